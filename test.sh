@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# All of vmpod's checks: formatting, lints, unit tests, real-KVM tests and
+# the Linux boot tests. Installs and builds what they need first.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+eval "$(scripts/setup.sh)"
+export VMPOD_KERNEL_DIR VMPOD_TEST_INITRD
+# Built here, a missing guest artifact is a failure, not a skip.
+export VMPOD_REQUIRE_GUEST=1
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo build --workspace --all-targets
+cargo test --workspace -- --nocapture 2>&1 | tee target/test.log

@@ -1,0 +1,19 @@
+// SPDX-License-Identifier: Apache-2.0
+//! vmpod's virtual machine monitor: builds and runs a KVM microVM that boots
+//! a Linux guest, for the `vmpod-vm` launcher and the containerd shim.
+#![warn(missing_docs)]
+
+/// Architecture-specific layout, boot protocols and CPU setup.
+pub mod arch;
+/// Building a microVM from its configuration.
+pub mod builder;
+/// Configuration from TOML and flags.
+pub mod config;
+/// Emulated devices and buses.
+pub mod devices;
+/// Why a VM ended.
+pub mod exit;
+/// A built and a running microVM.
+pub mod microvm;
+/// KVM objects and guest memory.
+pub mod vstate;

@@ -1,0 +1,128 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `vmpod-vm`: boots a Linux kernel in a KVM microVM and shows its console.
+//!
+//! Exit status: 0 when the guest resets or powers off, 1 when the VM or the
+//! host fails at run time, 2 for usage and configuration errors.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use vmm::arch::cpuid::CpuTemplate;
+use vmm::builder::build_microvm;
+use vmm::config::{host_memory_mib, ConfigLayer, SerialTarget};
+
+/// Exit status for run-time failures (host, KVM, guest).
+const EXIT_RUNTIME: u8 = 1;
+/// Exit status for usage and configuration errors.
+const EXIT_USAGE: u8 = 2;
+
+/// Boot a Linux kernel in a KVM microVM.
+#[derive(Debug, Parser)]
+#[command(name = "vmpod-vm", version, about)]
+struct Cli {
+    /// Guest kernel: ELF vmlinux (PVH or 64-bit entry) or bzImage.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk (uncompressed cpio recommended).
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line (replaces the default).
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+    /// Number of vCPUs (1-32).
+    #[arg(long, value_name = "N")]
+    vcpus: Option<u16>,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB")]
+    memory: Option<u64>,
+    /// Serial console: stdout, file:PATH or none.
+    #[arg(long, value_name = "TARGET")]
+    serial: Option<SerialTarget>,
+    /// CPU template; `auto` probes the host.
+    #[arg(long, value_name = "NAME")]
+    cpu_template: Option<CpuTemplate>,
+    /// TOML file with the same settings (flags override it).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl Cli {
+    fn layer(&self) -> ConfigLayer {
+        ConfigLayer {
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            cmdline: self.cmdline.clone(),
+            vcpus: self.vcpus,
+            memory: self.memory,
+            serial: self.serial.clone(),
+            cpu_template: self.cpu_template,
+        }
+    }
+}
+
+fn fail(code: u8, error: &anyhow::Error) -> ExitCode {
+    eprintln!("vmpod-vm: error: {error:#}");
+    ExitCode::from(code)
+}
+
+fn main() -> ExitCode {
+    let launched = Instant::now();
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+
+    let file_layer = match &cli.config {
+        Some(path) => match ConfigLayer::from_file(path) {
+            Ok(layer) => layer,
+            Err(e) => return fail(EXIT_USAGE, &e.into()),
+        },
+        None => ConfigLayer::default(),
+    };
+    let config = match file_layer
+        .overridden_by(cli.layer())
+        .validate(host_memory_mib())
+    {
+        Ok(config) => config,
+        Err(e) => return fail(EXIT_USAGE, &e.into()),
+    };
+
+    let microvm = match build_microvm(&config, launched) {
+        Ok(microvm) => microvm,
+        Err(e) => {
+            let code = if e.is_input_error() {
+                EXIT_USAGE
+            } else {
+                EXIT_RUNTIME
+            };
+            return fail(code, &e.into());
+        }
+    };
+    tracing::info!(
+        "starting {} vCPU(s), {} MiB, CPU template {}, command line: {}",
+        config.vcpus,
+        config.memory_mib,
+        microvm.cpu_template(),
+        microvm.cmdline()
+    );
+    let running = match microvm.start() {
+        Ok(running) => running,
+        Err(e) => return fail(EXIT_RUNTIME, &e.into()),
+    };
+    let end = running.wait();
+    if end.is_clean() {
+        tracing::info!("{end}; exiting");
+        ExitCode::SUCCESS
+    } else {
+        fail(EXIT_RUNTIME, &anyhow::anyhow!(end))
+    }
+}

@@ -1,0 +1,345 @@
+// SPDX-License-Identifier: Apache-2.0
+//! vCPUs: their boot state, and the run loop that routes exits to devices
+//! and turns fatal exits into a [`VmExit`].
+
+use std::cell::Cell;
+use std::os::unix::thread::JoinHandleExt;
+use std::thread::JoinHandle;
+
+use kvm_bindings::{
+    kvm_run, CpuId, KVM_INTERNAL_ERROR_EMULATION,
+    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+use super::memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use super::vm::Vm;
+use crate::arch::interrupts::wire_local_interrupts;
+use crate::arch::msr::{boot_msrs, MsrError};
+use crate::arch::regs::{boot_fpu, boot_regs, boot_sregs, EntryPoint};
+use crate::devices::bus::Bus;
+use crate::exit::{ExitNotifier, VmExit};
+
+/// Longest x86 instruction.
+const MAX_INSTRUCTION_LEN: usize = 15;
+
+/// Errors creating or configuring a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// `KVM_CREATE_VCPU` failed.
+    #[error("Cannot create vCPU {0}")]
+    Create(u8, #[source] kvm_ioctls::Error),
+    /// A `KVM_SET_*`/`KVM_GET_*` call failed while configuring.
+    #[error("Cannot set the {what} of vCPU {index}")]
+    Configure {
+        /// Which state.
+        what: &'static str,
+        /// The vCPU.
+        index: u8,
+        /// KVM's answer.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// KVM accepted fewer MSRs than given.
+    #[error("KVM accepted {set} of {wanted} boot MSRs on vCPU {index}")]
+    PartialMsrs {
+        /// The vCPU.
+        index: u8,
+        /// How many were set.
+        set: usize,
+        /// How many were given.
+        wanted: usize,
+    },
+    /// The MSR list could not be built.
+    #[error(transparent)]
+    Msr(#[from] MsrError),
+    /// The signal used to kick vCPUs out of the guest could not be installed.
+    #[error("Cannot install the vCPU kick signal handler")]
+    KickSignal(#[source] vmm_sys_util::errno::Error),
+    /// The vCPU thread could not be started.
+    #[error("Cannot start the thread of vCPU {0}")]
+    Thread(u8, #[source] std::io::Error),
+}
+
+/// One vCPU of the VM, before it runs.
+#[derive(Debug)]
+pub struct Vcpu {
+    index: u8,
+    fd: VcpuFd,
+}
+
+impl Vcpu {
+    /// Creates vCPU `index` (0 is the boot processor).
+    ///
+    /// # Errors
+    /// [`VcpuError::Create`] when KVM refuses.
+    pub fn new(vm: &Vm, index: u8) -> Result<Self, VcpuError> {
+        let fd = vm
+            .fd()
+            .create_vcpu(u64::from(index))
+            .map_err(|e| VcpuError::Create(index, e))?;
+        Ok(Vcpu { index, fd })
+    }
+
+    fn configure_error(&self, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
+        let index = self.index;
+        move |source| VcpuError::Configure {
+            what,
+            index,
+            source,
+        }
+    }
+
+    /// Sets CPUID, boot MSRs, FPU and LAPIC wiring, and, on the boot vCPU
+    /// (`entry` given), the registers of the kernel's entry. The other
+    /// vCPUs wait in the in-kernel LAPIC for the guest's INIT/SIPI.
+    ///
+    /// # Errors
+    /// A [`VcpuError`] naming the state KVM refused.
+    pub fn configure(&self, cpuid: &CpuId, entry: Option<EntryPoint>) -> Result<(), VcpuError> {
+        self.fd
+            .set_cpuid2(cpuid)
+            .map_err(self.configure_error("CPUID"))?;
+        let msrs = boot_msrs()?;
+        let set = self
+            .fd
+            .set_msrs(&msrs)
+            .map_err(self.configure_error("MSRs"))?;
+        if set != msrs.as_slice().len() {
+            return Err(VcpuError::PartialMsrs {
+                index: self.index,
+                set,
+                wanted: msrs.as_slice().len(),
+            });
+        }
+        self.fd
+            .set_fpu(&boot_fpu())
+            .map_err(self.configure_error("FPU state"))?;
+        let mut lapic = self.fd.get_lapic().map_err(self.configure_error("LAPIC"))?;
+        wire_local_interrupts(&mut lapic);
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(self.configure_error("LAPIC"))?;
+        if let Some(entry) = entry {
+            let sregs = self
+                .fd
+                .get_sregs()
+                .map_err(self.configure_error("segment registers"))?;
+            self.fd
+                .set_sregs(&boot_sregs(sregs, entry.protocol))
+                .map_err(self.configure_error("segment registers"))?;
+            self.fd
+                .set_regs(&boot_regs(entry))
+                .map_err(self.configure_error("registers"))?;
+        }
+        Ok(())
+    }
+
+    /// Starts the vCPU on its own thread; it runs until `exit` is notified.
+    ///
+    /// # Errors
+    /// [`VcpuError`] when the kick signal or the thread cannot be set up.
+    pub fn start(self, io: VcpuIo) -> Result<VcpuHandle, VcpuError> {
+        install_kick_handler()?;
+        let index = self.index;
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || self.run(io))
+            .map_err(|e| VcpuError::Thread(index, e))?;
+        Ok(VcpuHandle { thread })
+    }
+
+    fn run(mut self, io: VcpuIo) {
+        KVM_RUN_PTR.with(|ptr| ptr.set(self.fd.get_kvm_run() as *mut kvm_run));
+        while !io.exit.is_notified() {
+            if let Some(end) = self.run_once(&io) {
+                io.exit.notify(end);
+            }
+        }
+        KVM_RUN_PTR.with(|ptr| ptr.set(std::ptr::null_mut()));
+    }
+
+    /// Enters the guest once; returns why the VM must end, if it must.
+    fn run_once(&mut self, io: &VcpuIo) -> Option<VmExit> {
+        let index = self.index;
+        match self.fd.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                if !io.pio.write(u64::from(port), data) {
+                    tracing::debug!("vCPU {index}: unhandled port write {port:#x} {data:x?}");
+                }
+                None
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                if !io.pio.read(u64::from(port), data) {
+                    tracing::debug!("vCPU {index}: unhandled port read {port:#x}");
+                }
+                None
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if !io.mmio.write(addr, data) {
+                    tracing::debug!("vCPU {index}: unhandled MMIO write {addr:#x} {data:x?}");
+                }
+                None
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                if !io.mmio.read(addr, data) {
+                    tracing::debug!("vCPU {index}: unhandled MMIO read {addr:#x}");
+                }
+                None
+            }
+            Ok(VcpuExit::Hlt) => None,
+            Ok(VcpuExit::Shutdown) => Some(VmExit::TripleFault {
+                vcpu: index,
+                rip: self.rip(),
+            }),
+            Ok(VcpuExit::InternalError) => Some(self.internal_error(&io.mem)),
+            Ok(VcpuExit::SystemEvent(kind, _)) => {
+                tracing::info!("vCPU {index}: system event {kind}, ending the VM");
+                Some(VmExit::GuestReset)
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Some(VmExit::VcpuFailure {
+                vcpu: index,
+                reason: format!(
+                    "KVM could not enter the guest (hardware reason {reason:#x}, host CPU {cpu})"
+                ),
+            }),
+            Ok(other) => Some(VmExit::VcpuFailure {
+                vcpu: index,
+                reason: format!("unexpected exit {other:?}"),
+            }),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.fd.set_kvm_immediate_exit(0);
+                None
+            }
+            Err(e) => Some(VmExit::VcpuFailure {
+                vcpu: index,
+                reason: format!("KVM_RUN failed: {e}"),
+            }),
+        }
+    }
+
+    fn rip(&self) -> u64 {
+        self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
+    }
+
+    fn internal_error(&mut self, mem: &GuestMemoryMmap) -> VmExit {
+        let rip = self.rip();
+        // SAFETY: after a KVM_EXIT_INTERNAL_ERROR exit the kernel filled the
+        // `internal`/`emulation_failure` members of the union, which share
+        // their leading suberror/ndata fields.
+        let (suberror, ndata, flags, reported) = unsafe {
+            let run = self.fd.get_kvm_run();
+            let failure = run.__bindgen_anon_1.emulation_failure;
+            let bytes = failure.__bindgen_anon_1.__bindgen_anon_1;
+            (failure.suberror, failure.ndata, failure.flags, bytes)
+        };
+        if suberror != KVM_INTERNAL_ERROR_EMULATION {
+            return VmExit::InternalError {
+                vcpu: self.index,
+                suberror,
+            };
+        }
+        // With ndata >= 3 and the flag set, KVM supplied the bytes itself.
+        let has_bytes = ndata >= 3
+            && flags & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0;
+        let instruction = if has_bytes {
+            let len = usize::from(reported.insn_size).min(MAX_INSTRUCTION_LEN);
+            reported.insn_bytes[..len].to_vec()
+        } else {
+            self.read_instruction(mem, rip)
+        };
+        VmExit::EmulationFailure {
+            vcpu: self.index,
+            rip,
+            instruction,
+        }
+    }
+
+    /// Reads the bytes at the guest-virtual `rip`, through the guest's page
+    /// tables; empty if they are not mapped.
+    fn read_instruction(&self, mem: &GuestMemoryMmap, rip: u64) -> Vec<u8> {
+        let Ok(translation) = self.fd.translate_gva(rip) else {
+            return Vec::new();
+        };
+        if translation.valid == 0 {
+            return Vec::new();
+        }
+        let mut bytes = Vec::with_capacity(MAX_INSTRUCTION_LEN);
+        let base = translation.physical_address;
+        for i in 0..MAX_INSTRUCTION_LEN as u64 {
+            // Byte by byte: the instruction may end at the edge of RAM.
+            match base
+                .checked_add(i)
+                .and_then(|a| mem.read_obj::<u8>(GuestAddress(a)).ok())
+            {
+                Some(b) => bytes.push(b),
+                None => break,
+            }
+        }
+        bytes
+    }
+}
+
+/// What a running vCPU reaches: the buses, guest memory (to report a
+/// failing instruction) and the VM's end latch.
+#[derive(Debug, Clone)]
+pub struct VcpuIo {
+    /// Port I/O devices.
+    pub pio: Bus,
+    /// MMIO devices.
+    pub mmio: Bus,
+    /// Guest RAM.
+    pub mem: GuestMemoryMmap,
+    /// Where the VM's end is reported.
+    pub exit: ExitNotifier,
+}
+
+/// A running vCPU thread.
+#[derive(Debug)]
+pub struct VcpuHandle {
+    thread: JoinHandle<()>,
+}
+
+impl VcpuHandle {
+    /// Kicks the vCPU out of the guest and waits for its thread. Call after
+    /// the VM's end was notified, or the vCPU re-enters the guest.
+    pub fn stop(self) {
+        // Repeat the kick until the thread is gone: a kick that lands while
+        // the thread is between checks is absorbed by `immediate_exit`.
+        while !self.thread.is_finished() {
+            // SAFETY: the thread is alive (not finished), so its pthread_t
+            // is valid; the signal's handler only touches a thread-local.
+            unsafe { libc::pthread_kill(self.thread.as_pthread_t(), SIGRTMIN()) };
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if self.thread.join().is_err() {
+            tracing::error!("a vCPU thread panicked");
+        }
+    }
+}
+
+thread_local! {
+    /// The `kvm_run` of the vCPU this thread runs, for the kick handler.
+    static KVM_RUN_PTR: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let _ = KVM_RUN_PTR.try_with(|ptr| {
+        let run = ptr.get();
+        if !run.is_null() {
+            // SAFETY: the pointer is this thread's own `kvm_run` mapping,
+            // set while the vCPU runs and cleared before the `VcpuFd` (and
+            // its mapping) is dropped; a volatile byte store is async-signal
+            // safe.
+            unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+        }
+    });
+}
+
+fn install_kick_handler() -> Result<(), VcpuError> {
+    static INSTALLED: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| register_signal_handler(SIGRTMIN(), kick_handler).map_err(|e| e.errno()))
+        .map_err(|errno| VcpuError::KickSignal(vmm_sys_util::errno::Error::new(errno)))
+}

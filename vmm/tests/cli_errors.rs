@@ -1,0 +1,274 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Every way `vmpod-vm`'s input can be wrong ends it with one line naming
+//! the problem and exit status 2; host problems with status 1.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{
+    elf_kernel, kvm_available, path_str, run_command, run_vmpod_vm, temp_dir, write_temp, Program,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs vmpod-vm with `args` and checks it failed with `code` and exactly
+/// one error line containing each of `needles`.
+fn assert_fails(args: &[&str], code: i32, needles: &[&str]) {
+    let out = run_vmpod_vm(args, TIMEOUT);
+    assert_eq!(out.status, Some(code), "{args:?}: {out:?}");
+    let errors = out.error_lines();
+    assert_eq!(errors.len(), 1, "{args:?}: {out:?}");
+    for needle in needles {
+        assert!(
+            errors[0].contains(needle),
+            "{args:?}: missing {needle:?} in {out:?}"
+        );
+    }
+    assert_eq!(out.stdout, "", "{args:?}");
+}
+
+fn good_kernel(test: &str) -> std::path::PathBuf {
+    write_temp(
+        test,
+        "kernel.elf",
+        &elf_kernel(&Program::new().print_and_reset("x"), false),
+    )
+}
+
+#[test]
+fn test_no_kernel() {
+    assert_fails(&[], 2, &["No kernel given"]);
+}
+
+#[test]
+fn test_bad_flag_values() {
+    assert_fails(&["--kernel", "/k", "--vcpus", "two"], 2, &["--vcpus"]);
+    assert_fails(&["--kernel", "/k", "--memory=-5"], 2, &["--memory"]);
+    assert_fails(
+        &["--kernel", "/k", "--serial", "tty"],
+        2,
+        &["tty", "stdout, none or file:PATH"],
+    );
+    assert_fails(&["--kernel", "/k", "--cpu-template", "fast"], 2, &["fast"]);
+    assert_fails(&["--kernel", "/k", "--bogus"], 2, &["--bogus"]);
+}
+
+#[test]
+fn test_vcpu_count_out_of_range() {
+    assert_fails(&["--kernel", "/k", "--vcpus", "0"], 2, &["vCPU count 0"]);
+    assert_fails(
+        &["--kernel", "/k", "--vcpus", "33"],
+        2,
+        &["vCPU count 33", "between 1 and 32"],
+    );
+}
+
+#[test]
+fn test_memory_out_of_range() {
+    assert_fails(
+        &["--kernel", "/k", "--memory", "8"],
+        2,
+        &["8 MiB is too small"],
+    );
+    assert_fails(
+        &["--kernel", "/k", "--memory", "1000000000"],
+        2,
+        &["more than the host"],
+    );
+}
+
+#[test]
+fn test_bad_config_files() {
+    let dir = temp_dir("badconfig");
+    let unknown = dir.join("unknown.toml");
+    std::fs::write(&unknown, "kernel = \"/k\"\nmemroy = 64\n").unwrap();
+    assert_fails(
+        &["--config", path_str(&unknown)],
+        2,
+        &["unknown.toml", "memroy"],
+    );
+    let wrong_type = dir.join("type.toml");
+    std::fs::write(&wrong_type, "kernel = \"/k\"\nvcpus = \"many\"\n").unwrap();
+    assert_fails(
+        &["--config", path_str(&wrong_type)],
+        2,
+        &["type.toml", "invalid type"],
+    );
+    let not_toml = dir.join("garbage.toml");
+    std::fs::write(&not_toml, "kernel = [\n").unwrap();
+    assert_fails(&["--config", path_str(&not_toml)], 2, &["garbage.toml"]);
+    let range = dir.join("range.toml");
+    std::fs::write(&range, "kernel = \"/k\"\nvcpus = 0\n").unwrap();
+    assert_fails(&["--config", path_str(&range)], 2, &["vCPU count 0"]);
+    assert_fails(
+        &["--config", "/nonexistent/vmpod.toml"],
+        2,
+        &["Cannot read the config file /nonexistent/vmpod.toml"],
+    );
+}
+
+// The checks below load files, which happens once /dev/kvm is open.
+
+#[test]
+fn test_missing_and_unreadable_kernel() {
+    if !kvm_available("test_missing_and_unreadable_kernel") {
+        return;
+    }
+    assert_fails(
+        &["--kernel", "/nonexistent/vmlinux"],
+        2,
+        &[
+            "Cannot read the kernel /nonexistent/vmlinux",
+            "No such file",
+        ],
+    );
+    let dir = temp_dir("kerneldir");
+    // A directory opens but cannot be read (root reads any regular file).
+    assert_fails(
+        &["--kernel", path_str(&dir)],
+        2,
+        &["Cannot read the kernel"],
+    );
+}
+
+#[test]
+fn test_unrecognised_kernel() {
+    if !kvm_available("test_unrecognised_kernel") {
+        return;
+    }
+    let junk = write_temp("junkkernel", "junk", &[0x42; 4096]);
+    assert_fails(
+        &["--kernel", path_str(&junk)],
+        2,
+        &["Unrecognised kernel image", "ELF vmlinux or a bzImage"],
+    );
+    let empty = write_temp("emptykernel", "empty", &[]);
+    assert_fails(
+        &["--kernel", path_str(&empty)],
+        2,
+        &["Unrecognised kernel image"],
+    );
+    let mut truncated_elf = elf_kernel(&[0x90; 16], false);
+    truncated_elf.truncate(40);
+    let truncated = write_temp("truncatedkernel", "truncated", &truncated_elf);
+    assert_fails(
+        &["--kernel", path_str(&truncated)],
+        2,
+        &["Unrecognised kernel image"],
+    );
+}
+
+#[test]
+fn test_initrd_missing_or_too_large() {
+    if !kvm_available("test_initrd_missing_or_too_large") {
+        return;
+    }
+    let kernel = good_kernel("initrd");
+    assert_fails(
+        &[
+            "--kernel",
+            path_str(&kernel),
+            "--initrd",
+            "/nonexistent/initrd",
+        ],
+        2,
+        &["Cannot read the initrd /nonexistent/initrd"],
+    );
+    let big = temp_dir("initrd-big").join("big.cpio");
+    let file = std::fs::File::create(&big).unwrap();
+    file.set_len(40 << 20).unwrap();
+    assert_fails(
+        &[
+            "--kernel",
+            path_str(&kernel),
+            "--initrd",
+            path_str(&big),
+            "--memory",
+            "32",
+        ],
+        2,
+        &["does not fit in guest memory"],
+    );
+}
+
+#[test]
+fn test_cmdline_too_long() {
+    if !kvm_available("test_cmdline_too_long") {
+        return;
+    }
+    let kernel = good_kernel("cmdline");
+    let long = "x".repeat(3000);
+    assert_fails(
+        &[
+            "--kernel",
+            path_str(&kernel),
+            "--cpu-template",
+            "host",
+            "--cmdline",
+            &long,
+        ],
+        2,
+        &["command line is too long", "3000 bytes", "2047"],
+    );
+}
+
+#[test]
+fn test_serial_file_in_missing_directory() {
+    if !kvm_available("test_serial_file_in_missing_directory") {
+        return;
+    }
+    let kernel = good_kernel("serialfile");
+    assert_fails(
+        &[
+            "--kernel",
+            path_str(&kernel),
+            "--serial",
+            "file:/nonexistent/dir/console",
+        ],
+        2,
+        &["serial output file /nonexistent/dir/console"],
+    );
+}
+
+/// Runs vmpod-vm in a private mount namespace where `setup` (a shell
+/// snippet) has changed /dev/kvm first.
+fn run_without_kvm(setup: &str, kernel: &str) -> common::Outcome {
+    let script = format!("{setup} && exec \"$0\" --kernel \"$1\"");
+    run_command(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .arg(env!("CARGO_BIN_EXE_vmpod-vm"))
+            .arg(kernel),
+        TIMEOUT,
+    )
+}
+
+#[test]
+fn test_missing_or_unusable_dev_kvm() {
+    let kernel = good_kernel("nokvm");
+    let probe = run_command(Command::new("unshare").args(["--mount", "true"]), TIMEOUT);
+    if probe.status != Some(0) {
+        eprintln!(
+            "skipped test_missing_or_unusable_dev_kvm: cannot create a mount namespace: {}",
+            probe.stderr.trim()
+        );
+        return;
+    }
+    let missing = run_without_kvm("mount -t tmpfs none /dev", path_str(&kernel));
+    assert_eq!(missing.status, Some(1), "{missing:?}");
+    assert_eq!(missing.error_lines().len(), 1, "{missing:?}");
+    assert!(
+        missing.stderr.contains("Cannot open /dev/kvm"),
+        "{missing:?}"
+    );
+
+    let unusable = run_without_kvm("mount --bind /dev/null /dev/kvm", path_str(&kernel));
+    assert_eq!(unusable.status, Some(1), "{unusable:?}");
+    assert_eq!(unusable.error_lines().len(), 1, "{unusable:?}");
+    assert!(
+        unusable.stderr.contains("/dev/kvm is not a KVM device"),
+        "{unusable:?}"
+    );
+}
