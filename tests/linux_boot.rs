@@ -3,6 +3,8 @@
 //! checks on the console that the kernel came up through the VMM's devices,
 //! that the static test init ran, and that its reboot ended the VM with
 //! status 0. About a minute per boot on hosts that emulate guest CPL0.
+// An integration test crate is a test module as a whole.
+#![allow(clippy::tests_outside_test_module)]
 
 use std::path::Path;
 use std::process::Command;

@@ -1,15 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Every way `vmpod-vm`'s input can be wrong ends it with one line naming
 //! the problem and exit status 2; host problems with status 1.
+// An integration test crate is a test module as a whole.
+#![allow(clippy::tests_outside_test_module)]
 
 mod common;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::{
-    elf_kernel, kvm_available, path_str, run_command, run_vmpod_vm, temp_dir, write_temp, Program,
-};
+use common::{elf_kernel, kvm_available, path_str, run_command, run_vmpod_vm, Program, TestDir};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -29,9 +29,8 @@ fn assert_fails(args: &[&str], code: i32, needles: &[&str]) {
     assert_eq!(out.stdout, "", "{args:?}");
 }
 
-fn good_kernel(test: &str) -> std::path::PathBuf {
-    write_temp(
-        test,
+fn good_kernel(dir: &TestDir) -> std::path::PathBuf {
+    dir.write(
         "kernel.elf",
         &elf_kernel(&Program::new().print_and_reset("x"), false),
     )
@@ -81,26 +80,22 @@ fn test_memory_out_of_range() {
 
 #[test]
 fn test_bad_config_files() {
-    let dir = temp_dir("badconfig");
-    let unknown = dir.join("unknown.toml");
-    std::fs::write(&unknown, "kernel = \"/k\"\nmemroy = 64\n").unwrap();
+    let dir = TestDir::new("badconfig");
+    let unknown = dir.write("unknown.toml", b"kernel = \"/k\"\nmemroy = 64\n");
     assert_fails(
         &["--config", path_str(&unknown)],
         2,
         &["unknown.toml", "memroy"],
     );
-    let wrong_type = dir.join("type.toml");
-    std::fs::write(&wrong_type, "kernel = \"/k\"\nvcpus = \"many\"\n").unwrap();
+    let wrong_type = dir.write("type.toml", b"kernel = \"/k\"\nvcpus = \"many\"\n");
     assert_fails(
         &["--config", path_str(&wrong_type)],
         2,
         &["type.toml", "invalid type"],
     );
-    let not_toml = dir.join("garbage.toml");
-    std::fs::write(&not_toml, "kernel = [\n").unwrap();
+    let not_toml = dir.write("garbage.toml", b"kernel = [\n");
     assert_fails(&["--config", path_str(&not_toml)], 2, &["garbage.toml"]);
-    let range = dir.join("range.toml");
-    std::fs::write(&range, "kernel = \"/k\"\nvcpus = 0\n").unwrap();
+    let range = dir.write("range.toml", b"kernel = \"/k\"\nvcpus = 0\n");
     assert_fails(&["--config", path_str(&range)], 2, &["vCPU count 0"]);
     assert_fails(
         &["--config", "/nonexistent/vmpod.toml"],
@@ -124,10 +119,10 @@ fn test_missing_and_unreadable_kernel() {
             "No such file",
         ],
     );
-    let dir = temp_dir("kerneldir");
+    let dir = TestDir::new("kerneldir");
     // A directory opens but cannot be read (root reads any regular file).
     assert_fails(
-        &["--kernel", path_str(&dir)],
+        &["--kernel", path_str(dir.path())],
         2,
         &["Cannot read the kernel"],
     );
@@ -138,13 +133,14 @@ fn test_unrecognised_kernel() {
     if !kvm_available("test_unrecognised_kernel") {
         return;
     }
-    let junk = write_temp("junkkernel", "junk", &[0x42; 4096]);
+    let dir = TestDir::new("badkernels");
+    let junk = dir.write("junk", &[0x42; 4096]);
     assert_fails(
         &["--kernel", path_str(&junk)],
         2,
         &["Unrecognised kernel image", "ELF vmlinux or a bzImage"],
     );
-    let empty = write_temp("emptykernel", "empty", &[]);
+    let empty = dir.write("empty", &[]);
     assert_fails(
         &["--kernel", path_str(&empty)],
         2,
@@ -152,7 +148,7 @@ fn test_unrecognised_kernel() {
     );
     let mut truncated_elf = elf_kernel(&[0x90; 16], false);
     truncated_elf.truncate(40);
-    let truncated = write_temp("truncatedkernel", "truncated", &truncated_elf);
+    let truncated = dir.write("truncated", &truncated_elf);
     assert_fails(
         &["--kernel", path_str(&truncated)],
         2,
@@ -165,7 +161,8 @@ fn test_initrd_missing_or_too_large() {
     if !kvm_available("test_initrd_missing_or_too_large") {
         return;
     }
-    let kernel = good_kernel("initrd");
+    let dir = TestDir::new("initrd");
+    let kernel = good_kernel(&dir);
     assert_fails(
         &[
             "--kernel",
@@ -176,7 +173,7 @@ fn test_initrd_missing_or_too_large() {
         2,
         &["Cannot read the initrd /nonexistent/initrd"],
     );
-    let big = temp_dir("initrd-big").join("big.cpio");
+    let big = dir.path().join("big.cpio");
     let file = std::fs::File::create(&big).unwrap();
     file.set_len(40 << 20).unwrap();
     assert_fails(
@@ -198,7 +195,8 @@ fn test_cmdline_too_long() {
     if !kvm_available("test_cmdline_too_long") {
         return;
     }
-    let kernel = good_kernel("cmdline");
+    let dir = TestDir::new("cmdline");
+    let kernel = good_kernel(&dir);
     let long = "x".repeat(3000);
     assert_fails(
         &[
@@ -219,7 +217,8 @@ fn test_serial_file_in_missing_directory() {
     if !kvm_available("test_serial_file_in_missing_directory") {
         return;
     }
-    let kernel = good_kernel("serialfile");
+    let dir = TestDir::new("serialfile");
+    let kernel = good_kernel(&dir);
     assert_fails(
         &[
             "--kernel",
@@ -247,7 +246,8 @@ fn run_without_kvm(setup: &str, kernel: &str) -> common::Outcome {
 
 #[test]
 fn test_missing_or_unusable_dev_kvm() {
-    let kernel = good_kernel("nokvm");
+    let dir = TestDir::new("nokvm");
+    let kernel = good_kernel(&dir);
     let probe = run_command(Command::new("unshare").args(["--mount", "true"]), TIMEOUT);
     if probe.status != Some(0) {
         eprintln!(

@@ -2,17 +2,20 @@
 //! `vmpod-vm` against the real `/dev/kvm` with tiny test guests: a few
 //! hundred plain integer instructions at CPL0, entered through both the
 //! 64-bit and the PVH protocol.
+// An integration test crate is a test module as a whole.
+#![allow(clippy::tests_outside_test_module)]
 
 mod common;
 
 use std::time::Duration;
 
-use common::{elf_kernel, kvm_available, path_str, run_vmpod_vm, temp_dir, write_temp, Program};
+use common::{elf_kernel, kvm_available, path_str, run_vmpod_vm, Program, TestDir};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn run_guest(test: &str, code: &[u8], pvh: bool, extra: &[&str]) -> common::Outcome {
-    let kernel = write_temp(test, "kernel.elf", &elf_kernel(code, pvh));
+    let dir = TestDir::new(test);
+    let kernel = dir.write("kernel.elf", &elf_kernel(code, pvh));
     let mut args = vec!["--kernel", path_str(&kernel), "--memory", "64"];
     args.extend_from_slice(extra);
     run_vmpod_vm(&args, TIMEOUT)
@@ -120,10 +123,10 @@ fn test_config_file_says_what_flags_say() {
         return;
     }
     let code = Program::new().print_and_reset("configured by file\n");
-    let kernel = write_temp("configfile", "kernel.elf", &elf_kernel(&code, false));
-    let dir = temp_dir("configfile-conf");
-    let console = dir.join("console.log");
-    let config = dir.join("vm.toml");
+    let dir = TestDir::new("configfile");
+    let kernel = dir.write("kernel.elf", &elf_kernel(&code, false));
+    let console = dir.path().join("console.log");
+    let config = dir.path().join("vm.toml");
     std::fs::write(
         &config,
         format!(
@@ -185,4 +188,34 @@ fn test_emulated_supervisor_template_adds_cmdline_switches() {
     // `auto` runs the probe and says what it chose.
     let auto = run_guest("template-auto", &code, false, &[]);
     assert!(auto.stderr.contains("CPU probe:"), "{auto:?}");
+}
+
+#[test]
+fn test_emulation_failure_prints_instruction_bytes() {
+    if !kvm_available("test_emulation_failure_prints_instruction_bytes") {
+        return;
+    }
+    // XSAVE with CR4.OSXSAVE clear: a #UD (so a triple fault, with our
+    // empty IDT) where CPL0 runs natively; an emulation failure where CPL0
+    // is emulated, since the emulator lacks XSAVE (kvm-hosts.md).
+    let code = Program::new()
+        .bytes(&[0x31, 0xc0, 0x0f, 0xae, 0x27]) // xor eax, eax; xsave [rdi]
+        .triple_fault();
+    let out = run_guest("xsave", &code, false, &[]);
+    assert_eq!(out.status, Some(1), "{out:?}");
+    let errors = out.error_lines();
+    assert_eq!(errors.len(), 1, "{out:?}");
+    if out
+        .stderr
+        .contains("using CPU template emulated-supervisor")
+    {
+        assert!(
+            errors[0].contains("emulation failure on vCPU 0 at RIP 0x100002"),
+            "{out:?}"
+        );
+        assert!(errors[0].contains("instruction bytes 0f ae 27"), "{out:?}");
+    } else {
+        eprintln!("CPL0 runs natively here: XSAVE faulted instead of failing emulation");
+        assert!(errors[0].contains("triple fault"), "{out:?}");
+    }
 }

@@ -136,20 +136,33 @@ impl Program {
     }
 }
 
-/// Writes `image` to a fresh file in a per-test temporary directory.
-pub fn write_temp(test: &str, name: &str, image: &[u8]) -> PathBuf {
-    let dir = temp_dir(test);
-    let path = dir.join(name);
-    std::fs::write(&path, image).unwrap();
-    path
+/// A fresh, empty directory for one test, removed when dropped.
+pub struct TestDir(PathBuf);
+
+impl TestDir {
+    pub fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("vmpod-test-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TestDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Writes `contents` to `name` in the directory.
+    pub fn write(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
 }
 
-/// A fresh, empty directory for one test.
-pub fn temp_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vmpod-test-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// What a `vmpod-vm` run produced.
@@ -219,7 +232,7 @@ pub fn run_command(cmd: &mut Command, timeout: Duration) -> Outcome {
     }
 }
 
-/// Path of a file that exists and is not a valid kernel.
+/// A path as the `&str` an argument list takes.
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }

@@ -215,9 +215,11 @@ mod tests {
 
     #[test]
     fn test_pvh_sregs_are_flat_protected_mode() {
-        let mut start = kvm_sregs::default();
-        start.cr4 = X86_CR4_PAE;
-        start.efer = EFER_LME;
+        let start = kvm_sregs {
+            cr4: X86_CR4_PAE,
+            efer: EFER_LME,
+            ..Default::default()
+        };
         let sregs = boot_sregs(start, BootProtocol::Pvh);
         assert_eq!(sregs.cr0, X86_CR0_PE | X86_CR0_ET);
         assert_eq!((sregs.cr4, sregs.efer), (0, 0));
