@@ -403,6 +403,7 @@ pub fn attach_legacy_devices(
 /// whether the configuration is at fault.
 pub fn build_microvm(config: &VmConfig, launched: Instant) -> Result<Microvm, BuildMicrovmError> {
     let kvm = KvmContext::open()?;
+    tracing::debug!("/dev/kvm open after {:?}", launched.elapsed());
     if usize::from(config.vcpus) > kvm.max_vcpus() {
         return Err(BuildMicrovmError::TooManyVcpus {
             asked: config.vcpus,
@@ -423,6 +424,7 @@ pub fn build_microvm(config: &VmConfig, launched: Instant) -> Result<Microvm, Bu
     });
     let template = template?;
     let (kernel, initrd) = images?;
+    tracing::debug!("probe and images done after {:?}", launched.elapsed());
 
     let cmdline = build_cmdline(&config.cmdline, template)?;
     let cmdline_len = cmdline
@@ -442,8 +444,8 @@ pub fn build_microvm(config: &VmConfig, launched: Instant) -> Result<Microvm, Bu
     write_boot_tables(&mem, kernel.entry.protocol)?;
     setup_mptable(&mem, config.vcpus)?;
 
-    let vm = Vm::new(&kvm)?;
-    vm.register_memory(&mem)?;
+    let vm = Vm::new(&kvm, &mem)?;
+    tracing::debug!("VM created after {:?}", launched.elapsed());
     let exit = ExitNotifier::new();
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
@@ -456,6 +458,7 @@ pub fn build_microvm(config: &VmConfig, launched: Instant) -> Result<Microvm, Bu
         vcpu.configure(&cpuid, (index == 0).then_some(kernel.entry))?;
         vcpus.push(vcpu);
     }
+    tracing::debug!("vCPUs configured after {:?}", launched.elapsed());
     let cmdline = cmdline
         .as_cstring()
         .map(|c| c.to_string_lossy().into_owned())

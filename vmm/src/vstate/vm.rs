@@ -42,12 +42,17 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Creates the VM with in-kernel PIC/IO-APIC/LAPICs and PIT.
+    /// Creates the VM with guest memory `mem`, in-kernel PIC/IO-APIC/LAPICs
+    /// and PIT. Memory goes in first: while the VM has no interrupt routes
+    /// yet, KVM's memory-slot update skips a costly grace period wait.
     ///
     /// # Errors
     /// A [`VmError`] for the KVM call that failed.
-    pub fn new(kvm: &KvmContext) -> Result<Self, VmError> {
+    pub fn new(kvm: &KvmContext, mem: &GuestMemoryMmap) -> Result<Self, VmError> {
         let fd = kvm.kvm().create_vm().map_err(VmError::Create)?;
+        let vm = Vm { fd };
+        vm.register_memory(mem)?;
+        let fd = &vm.fd;
         fd.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(VmError::TssAddress)?;
         fd.create_irq_chip().map_err(VmError::Irqchip)?;
@@ -57,14 +62,10 @@ impl Vm {
             ..Default::default()
         };
         fd.create_pit2(pit).map_err(VmError::Pit)?;
-        Ok(Vm { fd })
+        Ok(vm)
     }
 
-    /// Registers every region of `mem` as a KVM memory slot.
-    ///
-    /// # Errors
-    /// [`VmError::MemorySlot`] when KVM refuses a region.
-    pub fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+    fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
         for (slot, region) in mem.iter().enumerate() {
             let region_desc = kvm_userspace_memory_region {
                 slot: slot as u32,
