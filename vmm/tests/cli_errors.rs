@@ -18,7 +18,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 fn assert_fails(args: &[&str], code: i32, needles: &[&str]) {
     let out = run_vmpod_vm(args, TIMEOUT);
     assert_eq!(out.status, Some(code), "{args:?}: {out:?}");
-    let errors = out.error_lines();
+    let errors = common::error_lines(&out);
     assert_eq!(errors.len(), 1, "{args:?}: {out:?}");
     for needle in needles {
         assert!(
@@ -258,7 +258,7 @@ fn test_missing_or_unusable_dev_kvm() {
     }
     let missing = run_without_kvm("mount -t tmpfs none /dev", path_str(&kernel));
     assert_eq!(missing.status, Some(1), "{missing:?}");
-    assert_eq!(missing.error_lines().len(), 1, "{missing:?}");
+    assert_eq!(common::error_lines(&missing).len(), 1, "{missing:?}");
     assert!(
         missing.stderr.contains("Cannot open /dev/kvm"),
         "{missing:?}"
@@ -266,7 +266,7 @@ fn test_missing_or_unusable_dev_kvm() {
 
     let unusable = run_without_kvm("mount --bind /dev/null /dev/kvm", path_str(&kernel));
     assert_eq!(unusable.status, Some(1), "{unusable:?}");
-    assert_eq!(unusable.error_lines().len(), 1, "{unusable:?}");
+    assert_eq!(common::error_lines(&unusable).len(), 1, "{unusable:?}");
     assert!(
         unusable.stderr.contains("/dev/kvm is not a KVM device"),
         "{unusable:?}"

@@ -90,7 +90,7 @@ fn test_triple_fault_is_one_error_line() {
     let code = Program::new().bytes(&[0x90, 0x90]).triple_fault();
     let out = run_guest("triple", &code, false, &[]);
     assert_eq!(out.status, Some(1), "{out:?}");
-    let errors = out.error_lines();
+    let errors = common::error_lines(&out);
     assert_eq!(errors.len(), 1, "{out:?}");
     assert!(errors[0].contains("triple fault"), "{out:?}");
     assert!(errors[0].contains("RIP 0x"), "{out:?}");
@@ -110,7 +110,7 @@ fn test_emulation_failure_names_rip() {
         .triple_fault();
     let out = run_guest("emulation", &code, true, &[]);
     assert_eq!(out.status, Some(1), "{out:?}");
-    let errors = out.error_lines();
+    let errors = common::error_lines(&out);
     assert_eq!(errors.len(), 1, "{out:?}");
     assert!(errors[0].contains("emulation failure"), "{out:?}");
     assert!(errors[0].contains("RIP 0xd0000000"), "{out:?}");
@@ -203,7 +203,7 @@ fn test_emulation_failure_prints_instruction_bytes() {
         .triple_fault();
     let out = run_guest("xsave", &code, false, &[]);
     assert_eq!(out.status, Some(1), "{out:?}");
-    let errors = out.error_lines();
+    let errors = common::error_lines(&out);
     assert_eq!(errors.len(), 1, "{out:?}");
     if out
         .stderr

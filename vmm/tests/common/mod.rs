@@ -4,10 +4,9 @@
 
 #![allow(dead_code)]
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// Where test kernels are loaded and entered.
 pub const LOAD_ADDR: u64 = 0x10_0000;
@@ -165,22 +164,14 @@ impl Drop for TestDir {
     }
 }
 
-/// What a `vmpod-vm` run produced.
-#[derive(Debug)]
-pub struct Outcome {
-    pub status: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-}
+pub use vmpod_integration_tests::Outcome;
 
-impl Outcome {
-    /// The lines vmpod-vm printed as errors.
-    pub fn error_lines(&self) -> Vec<&str> {
-        self.stderr
-            .lines()
-            .filter(|l| l.starts_with("vmpod-vm: error:") || l.starts_with("error:"))
-            .collect()
-    }
+/// The lines vmpod-vm printed as errors (its own and clap's).
+pub fn error_lines(out: &Outcome) -> Vec<&str> {
+    out.stderr
+        .lines()
+        .filter(|l| l.starts_with("vmpod-vm: error:") || l.starts_with("error:"))
+        .collect()
 }
 
 /// Runs the `vmpod-vm` binary with `args`, killing it after `timeout`.
@@ -191,45 +182,11 @@ pub fn run_vmpod_vm(args: &[&str], timeout: Duration) -> Outcome {
     )
 }
 
-/// Runs `cmd`, killing it after `timeout`.
+/// Runs `cmd`; a run that outlives `timeout` is killed and fails the test.
 pub fn run_command(cmd: &mut Command, timeout: Duration) -> Outcome {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let status = child.wait().unwrap();
-            let stdout = out_reader.join().unwrap();
-            let stderr = err_reader.join().unwrap();
-            panic!("timed out after {timeout:?} ({status}); stdout:\n{stdout}\nstderr:\n{stderr}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    Outcome {
-        status: status.code(),
-        stdout: out_reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
-    }
+    let out = vmpod_integration_tests::run_with_timeout(cmd, timeout);
+    assert!(!out.timed_out, "timed out after {timeout:?}: {out:?}");
+    out
 }
 
 /// A path as the `&str` an argument list takes.
