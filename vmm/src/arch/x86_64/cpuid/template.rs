@@ -102,6 +102,8 @@ impl FeatureBit {
     }
 }
 
+/// Leaf 0x1 ECX bit 13: CMPXCHG16B (SLUB's lockless fast path uses it).
+const CX16: FeatureBit = FeatureBit::leaf1(Ecx, 13);
 /// Leaf 0x1 ECX bit 23: POPCNT.
 const POPCNT: FeatureBit = FeatureBit::leaf1(Ecx, 23);
 /// Leaf 0x1 ECX bit 26: XSAVE/XRSTOR and XCR0.
@@ -267,14 +269,16 @@ const BASELINE_CLEARED: [FeatureBit; 40] = [
 const BASELINE_ZEROED_LEAVES: [u32; 3] = [LEAF_SGX, LEAF_AMX_TILE, LEAF_AMX_TMUL];
 
 /// Feature bits `EmulatedSupervisor` clears on top of `Baseline`: the instructions the
-/// supervisor-mode emulator lacks (XSAVE family, POPCNT, CLAC/STAC of SMAP) and what depends
-/// on them (AVX needs XSAVE), plus SMEP and PKU.
-const EMULATED_SUPERVISOR_CLEARED: [FeatureBit; 7] = [XSAVE, OSXSAVE, AVX, POPCNT, SMEP, SMAP, PKU];
+/// supervisor-mode emulator lacks (XSAVE family, POPCNT, CMPXCHG16B, CLAC/STAC of SMAP) and what
+/// depends on them (AVX needs XSAVE), plus SMEP and PKU.
+const EMULATED_SUPERVISOR_CLEARED: [FeatureBit; 8] =
+    [XSAVE, OSXSAVE, AVX, POPCNT, CX16, SMEP, SMAP, PKU];
 
 /// Kernel command-line switches for `EmulatedSupervisor`: on hosts whose guest supervisor
 /// mode is emulated the guest's CPUID answers come from the hardware, not from the VMM's
 /// table, so the guest kernel must be told to keep off these features itself.
-const EMULATED_SUPERVISOR_CMDLINE: [&str; 2] = ["noxsave", "clearcpuid=smap,smep,pku,xsave,popcnt"];
+const EMULATED_SUPERVISOR_CMDLINE: [&str; 2] =
+    ["noxsave", "clearcpuid=smap,smep,pku,xsave,popcnt,cx16"];
 
 impl CpuTemplate {
     /// Resolves `Auto`: `EmulatedSupervisor` if `supervisor_emulated` (what the start-up
@@ -513,8 +517,8 @@ mod tests {
         let mut after = before.clone();
         CpuTemplate::EmulatedSupervisor.apply(&mut after).unwrap();
         let ones = u32::MAX;
-        // Leaf 1 ECX: POPCNT 23, XSAVE 26, OSXSAVE 27, AVX 28.
-        let leaf1_ecx = (1 << 23) | (1 << 26) | (1 << 27) | (1 << 28);
+        // Leaf 1 ECX: CX16 13, POPCNT 23, XSAVE 26, OSXSAVE 27, AVX 28.
+        let leaf1_ecx = (1 << 13) | (1 << 23) | (1 << 26) | (1 << 27) | (1 << 28);
         // Leaf 7 EBX adds SMEP 7 and SMAP 20; ECX PKU 3 is already in Baseline.
         let leaf7_ebx = BASELINE_7_EBX | (1 << 7) | (1 << 20);
         assert_only_changed(
@@ -574,7 +578,7 @@ mod tests {
     fn test_kernel_cmdline_switches() {
         assert_eq!(
             CpuTemplate::EmulatedSupervisor.kernel_cmdline_switches(),
-            ["noxsave", "clearcpuid=smap,smep,pku,xsave,popcnt"]
+            ["noxsave", "clearcpuid=smap,smep,pku,xsave,popcnt,cx16"]
         );
         for template in [CpuTemplate::Auto, CpuTemplate::Host, CpuTemplate::Baseline] {
             assert!(template.kernel_cmdline_switches().is_empty());
