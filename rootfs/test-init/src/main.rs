@@ -1,0 +1,309 @@
+//! `vmpod-test-init`: the static `/init` of vmpod's guest boot tests.
+//!
+//! Run by the guest kernel as PID 1 from a tiny initrd, it
+//!
+//! 1. prints `vmpod-test-init: started`,
+//! 2. mounts devtmpfs on `/dev`, proc on `/proc` and sysfs on `/sys`,
+//! 3. writes the byte 123 to vmpod's boot-timer register at guest physical
+//!    address `0xc000_0000` through `/dev/mem` (the VMM then logs the time
+//!    since launch),
+//! 4. prints the number of online CPUs and the guest's uptime,
+//! 5. prints `vmpod-test-init: rebooting`, syncs and reboots; with
+//!    `reboot=k` on the kernel command line that is an i8042 reset, which
+//!    the VMM treats as a clean exit.
+//!
+//! Every line starts with `vmpod-test-init: ` so that tests can find them in
+//! the console output. A failing step is reported and the next one still
+//! runs; the program never panics or exits, because PID 1 exiting panics the
+//! kernel. Guest system calls are expensive on emulating KVM hosts (~0.4 ms
+//! each), so the program makes as few as it can: it uses `#![no_main]` to
+//! skip the Rust runtime's start-up work (signal and stdio set-up, which
+//! would also replace a missing console with `/dev/null`), and it ignores
+//! its arguments (the kernel passes unknown command-line words to init).
+
+// In test builds the harness supplies `main` and only the pure helpers run.
+#![cfg_attr(not(test), no_main)]
+#![cfg_attr(test, allow(dead_code))]
+
+use std::ffi::CStr;
+use std::io;
+
+/// Prefix of every line this program prints.
+const PREFIX: &str = "vmpod-test-init: ";
+
+/// Guest physical address of vmpod's boot-timer register.
+const BOOT_TIMER_ADDR: libc::off_t = 0xc000_0000;
+
+/// The value written to the boot-timer register.
+const BOOT_TIMER_VALUE: u8 = 123;
+
+/// Size of the `/dev/mem` mapping around the boot-timer register.
+const PAGE_SIZE: usize = 4096;
+
+/// C entry point, called by the C runtime; the arguments are ignored.
+#[cfg(not(test))]
+#[no_mangle]
+pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    let mut console = Console::new();
+    console.line("started");
+    run(&mut console);
+    console.line("rebooting");
+    reboot(&mut console)
+}
+
+/// Everything between the first line and the reboot.
+fn run(console: &mut Console) {
+    for (source, target, fstype) in [
+        (c"devtmpfs", c"/dev", c"devtmpfs"),
+        (c"proc", c"/proc", c"proc"),
+        (c"sysfs", c"/sys", c"sysfs"),
+    ] {
+        if let Err(err) = mount(source, target, fstype) {
+            console.line(&format!("mount {} failed: {err}", show(target)));
+        }
+    }
+
+    match write_boot_timer() {
+        Ok(()) => console.line("boot-timer written"),
+        Err(err) => console.line(&format!("boot-timer failed: {err}")),
+    }
+
+    let mut buf = [0u8; 256];
+    match read_file(c"/sys/devices/system/cpu/online", &mut buf) {
+        Ok(text) => match count_cpus(text) {
+            Some(n) => console.line(&format!("cpus={n}")),
+            None => console.line(&format!("cpus: cannot parse {:?}", text.trim())),
+        },
+        Err(err) => console.line(&format!("cpus: {err}")),
+    }
+
+    match read_file(c"/proc/uptime", &mut buf) {
+        Ok(text) => console.line(&format!(
+            "uptime={}",
+            text.split_whitespace().next().unwrap_or("?")
+        )),
+        Err(err) => console.line(&format!("uptime: {err}")),
+    }
+}
+
+/// Where the program's lines go: fd 1, or `/dev/console` if fd 1 is not
+/// usable (the kernel could not open the console for init).
+struct Console {
+    /// The file descriptor written to.
+    fd: libc::c_int,
+    /// Whether `/dev/console` was already tried as a replacement for fd 1.
+    reopened: bool,
+}
+
+impl Console {
+    /// A console writing to fd 1.
+    fn new() -> Self {
+        Self {
+            fd: 1,
+            reopened: false,
+        }
+    }
+
+    /// Prints `vmpod-test-init: <msg>` and a newline in a single write.
+    /// Output errors are ignored after one attempt to open `/dev/console`:
+    /// there is nowhere else to report them.
+    fn line(&mut self, msg: &str) {
+        let text = format!("{PREFIX}{msg}\n");
+        if self.write_all(text.as_bytes()).is_ok() || self.reopened {
+            return;
+        }
+        self.reopened = true;
+        // SAFETY: the path is a valid NUL-terminated string; the flags
+        // create nothing.
+        let fd = unsafe {
+            libc::open(
+                c"/dev/console".as_ptr(),
+                libc::O_WRONLY | libc::O_NOCTTY | libc::O_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            self.fd = fd;
+            // Nothing more can be done if this fails too.
+            let _ = self.write_all(text.as_bytes());
+        }
+    }
+
+    /// Writes all of `bytes` to the console's descriptor.
+    fn write_all(&self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            // SAFETY: the pointer and length describe the live slice `bytes`.
+            let n = unsafe { libc::write(self.fd, bytes.as_ptr().cast(), bytes.len()) };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            bytes = bytes.get(n.unsigned_abs()..).unwrap_or_default();
+        }
+        Ok(())
+    }
+}
+
+/// Mounts `fstype` from `source` on `target`, creating `target` if it does
+/// not exist. An already mounted devtmpfs (`EBUSY`) counts as success.
+fn mount(source: &CStr, target: &CStr, fstype: &CStr) -> io::Result<()> {
+    let try_mount = || {
+        // SAFETY: all strings are valid and NUL-terminated; no data pointer.
+        let rc = unsafe {
+            libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NOEXEC,
+                std::ptr::null(),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    let mut result = try_mount();
+    if matches!(&result, Err(err) if err.raw_os_error() == Some(libc::ENOENT)) {
+        // SAFETY: the path is a valid NUL-terminated string.
+        if unsafe { libc::mkdir(target.as_ptr(), 0o755) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        result = try_mount();
+    }
+    match result {
+        Err(err) if err.raw_os_error() == Some(libc::EBUSY) => Ok(()),
+        other => other,
+    }
+}
+
+/// Writes [`BOOT_TIMER_VALUE`] to the boot-timer register at
+/// [`BOOT_TIMER_ADDR`] through an uncached `/dev/mem` mapping.
+fn write_boot_timer() -> io::Result<()> {
+    // SAFETY: the path is a valid NUL-terminated string.
+    let fd = unsafe {
+        libc::open(
+            c"/dev/mem".as_ptr(),
+            libc::O_RDWR | libc::O_SYNC | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh shared mapping chosen by the kernel; it aliases no
+    // Rust object.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGE_SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            BOOT_TIMER_ADDR,
+        )
+    };
+    let result = if map == libc::MAP_FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        // SAFETY: `map` is a live, writable mapping of PAGE_SIZE bytes, so
+        // its first byte is valid for a (device register) write.
+        unsafe { std::ptr::write_volatile(map.cast::<u8>(), BOOT_TIMER_VALUE) };
+        // The mapping is left in place: init never exits and reboots soon,
+        // and every system call is expensive in the guest.
+        Ok(())
+    };
+    // SAFETY: `fd` is a descriptor this function opened and owns.
+    unsafe { libc::close(fd) };
+    result
+}
+
+/// Reads up to `buf.len()` bytes of a small text file (sysfs/procfs) and
+/// returns them as text.
+fn read_file<'a>(path: &CStr, buf: &'a mut [u8]) -> io::Result<&'a str> {
+    // SAFETY: the path is a valid NUL-terminated string.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the pointer and length describe the live, writable `buf`.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    let result = if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        let bytes = buf.get(..n.unsigned_abs()).unwrap_or_default();
+        std::str::from_utf8(bytes).map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))
+    };
+    // SAFETY: `fd` is a descriptor this function opened and owns.
+    unsafe { libc::close(fd) };
+    result
+}
+
+/// Counts the CPUs in a kernel CPU list such as `0`, `0-1` or `0,2-3`.
+/// Returns `None` if the text is not such a list.
+fn count_cpus(list: &str) -> Option<usize> {
+    let list = list.trim();
+    if list.is_empty() {
+        return None;
+    }
+    list.split(',').try_fold(0usize, |total, part| {
+        let n = match part.split_once('-') {
+            Some((first, last)) => {
+                let first: usize = first.parse().ok()?;
+                let last: usize = last.parse().ok()?;
+                last.checked_sub(first)?.checked_add(1)?
+            }
+            None => {
+                part.parse::<usize>().ok()?;
+                1
+            }
+        };
+        total.checked_add(n)
+    })
+}
+
+/// `path` for messages.
+fn show(path: &CStr) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// Flushes file systems and reboots the machine. Never returns: if the
+/// reboot fails, the error is printed and the process waits forever
+/// (PID 1 must not exit).
+fn reboot(console: &mut Console) -> ! {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    // SAFETY: reboot has no memory-safety preconditions; PID 1 may call it.
+    unsafe { libc::reboot(libc::RB_AUTOBOOT) };
+    console.line(&format!("reboot failed: {}", io::Error::last_os_error()));
+    loop {
+        // SAFETY: pause has no preconditions.
+        unsafe { libc::pause() };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_cpus;
+
+    #[test]
+    fn counts_cpu_lists() {
+        assert_eq!(count_cpus("0\n"), Some(1));
+        assert_eq!(count_cpus("0-1\n"), Some(2));
+        assert_eq!(count_cpus("0,2-3"), Some(3));
+        assert_eq!(count_cpus("0-7"), Some(8));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert_eq!(count_cpus(""), None);
+        assert_eq!(count_cpus("x"), None);
+        assert_eq!(count_cpus("3-1"), None);
+        assert_eq!(count_cpus("0-"), None);
+    }
+}
