@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Boots our guest kernel with the test initrd through `vmpod-vm`, and
 //! checks on the console that the kernel came up through the VMM's devices,
-//! that the static test init ran, and that its reboot ended the VM with
-//! status 0. About a minute per boot on hosts that emulate guest CPL0.
+//! that the static test init ran, and that its reboot or power-off ended
+//! the VM with status 0. Ten seconds to a minute per boot on hosts that
+//! emulate guest CPL0.
 // An integration test crate is a test module as a whole.
 #![allow(clippy::tests_outside_test_module)]
 
@@ -44,7 +45,35 @@ fn artifacts_or_skip(test: &str) -> Option<GuestArtifacts> {
     }
 }
 
-fn boot(kernel: &Path, initrd: &Path, vcpus: u8, timeout: Duration) -> Outcome {
+/// How the test init ends the guest.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// `reboot(RB_AUTOBOOT)`: with `reboot=k`, an i8042 reset.
+    Reboot,
+    /// `reboot(RB_POWER_OFF)`: without ACPI, our guest kernel's last-resort
+    /// handler (guest-kernel patch 0004) pulses the i8042 reset line.
+    PowerOff,
+}
+
+impl Ending {
+    /// The kernel command line that makes the test init end this way.
+    fn cmdline(self) -> &'static str {
+        match self {
+            Self::Reboot => "console=ttyS0 reboot=k panic=1",
+            Self::PowerOff => "console=ttyS0 reboot=k panic=1 poweroff",
+        }
+    }
+
+    /// The test init's last line before it ends the guest this way.
+    fn init_line(self) -> &'static str {
+        match self {
+            Self::Reboot => "vmpod-test-init: rebooting",
+            Self::PowerOff => "vmpod-test-init: powering off",
+        }
+    }
+}
+
+fn boot(kernel: &Path, initrd: &Path, vcpus: u8, ending: Ending, timeout: Duration) -> Outcome {
     let bin = vmpod_vm_binary().unwrap();
     run_with_timeout(
         Command::new(bin)
@@ -52,7 +81,8 @@ fn boot(kernel: &Path, initrd: &Path, vcpus: u8, timeout: Duration) -> Outcome {
             .arg(kernel)
             .arg("--initrd")
             .arg(initrd)
-            .args(["--vcpus", &vcpus.to_string(), "--memory", "256"]),
+            .args(["--cmdline", ending.cmdline()])
+            .args(["--vcpus", &vcpus.to_string(), "--memory", "128"]),
         timeout,
     )
     .tap_print()
@@ -77,7 +107,7 @@ impl TapPrint for Outcome {
     }
 }
 
-fn assert_booted_through_vmpod(out: &Outcome, vcpus: u8) {
+fn assert_booted_through_vmpod(out: &Outcome, vcpus: u8, ending: Ending) {
     assert!(!out.timed_out, "the guest did not finish in time");
     let console = &out.stdout;
     // The kernel came up and talked through our 16550 on COM1.
@@ -104,7 +134,10 @@ fn assert_booted_through_vmpod(out: &Outcome, vcpus: u8) {
         console.contains(&format!("vmpod-test-init: cpus={vcpus}")),
         "init saw the wrong number of CPUs"
     );
-    assert!(console.contains("vmpod-test-init: rebooting"));
+    assert!(
+        console.contains(ending.init_line()),
+        "init did not end the guest"
+    );
     // The VMM saw the boot timer and the i8042 reset, and exited cleanly.
     assert!(out.stderr.contains("guest boot completed"));
     assert!(out
@@ -113,24 +146,37 @@ fn assert_booted_through_vmpod(out: &Outcome, vcpus: u8) {
     assert_eq!(out.status, Some(0));
 }
 
-/// PVH entry of the ELF vmlinux, one vCPU.
+/// PVH entry of the ELF vmlinux, one vCPU, ended by a guest reboot.
 #[test]
-fn test_linux_boots_vmlinux_pvh_to_init() {
-    let Some(guest) = artifacts_or_skip("test_linux_boots_vmlinux_pvh_to_init") else {
+fn test_linux_boots_vmlinux_pvh_to_init_and_reboots() {
+    let Some(guest) = artifacts_or_skip("test_linux_boots_vmlinux_pvh_to_init_and_reboots") else {
         return;
     };
-    let out = boot(&guest.vmlinux, &guest.test_initrd, 1, BOOT_TIMEOUT);
-    assert_booted_through_vmpod(&out, 1);
+    let out = boot(
+        &guest.vmlinux,
+        &guest.test_initrd,
+        1,
+        Ending::Reboot,
+        BOOT_TIMEOUT,
+    );
+    assert_booted_through_vmpod(&out, 1, Ending::Reboot);
 }
 
-/// The 64-bit boot protocol through the bzImage, one vCPU.
+/// The 64-bit boot protocol through the bzImage, one vCPU, ended by a guest
+/// power-off (one boot checks both: boots are expensive here).
 #[test]
-fn test_linux_boots_bzimage_to_init() {
-    let Some(guest) = artifacts_or_skip("test_linux_boots_bzimage_to_init") else {
+fn test_linux_boots_bzimage_to_init_and_powers_off() {
+    let Some(guest) = artifacts_or_skip("test_linux_boots_bzimage_to_init_and_powers_off") else {
         return;
     };
-    let out = boot(&guest.bzimage, &guest.test_initrd, 1, BZIMAGE_TIMEOUT);
-    assert_booted_through_vmpod(&out, 1);
+    let out = boot(
+        &guest.bzimage,
+        &guest.test_initrd,
+        1,
+        Ending::PowerOff,
+        BZIMAGE_TIMEOUT,
+    );
+    assert_booted_through_vmpod(&out, 1, Ending::PowerOff);
 }
 
 /// Two vCPUs: the second one is started by the guest through INIT/SIPI.
@@ -149,8 +195,14 @@ fn test_linux_boots_with_two_vcpus() {
         );
         return;
     }
-    let out = boot(&guest.vmlinux, &guest.test_initrd, 2, SMP_TIMEOUT);
-    assert_booted_through_vmpod(&out, 2);
+    let out = boot(
+        &guest.vmlinux,
+        &guest.test_initrd,
+        2,
+        Ending::Reboot,
+        SMP_TIMEOUT,
+    );
+    assert_booted_through_vmpod(&out, 2, Ending::Reboot);
 }
 
 /// Asks vmpod-vm which CPU template `auto` picks here, with a guest that

@@ -10,7 +10,10 @@
 //! 4. prints the number of online CPUs and the guest's uptime,
 //! 5. prints `vmpod-test-init: rebooting`, syncs and reboots; with
 //!    `reboot=k` on the kernel command line that is an i8042 reset, which
-//!    the VMM treats as a clean exit.
+//!    the VMM treats as a clean exit. When the kernel command line holds the
+//!    word `poweroff` (the kernel hands such words to init as arguments), it
+//!    prints `vmpod-test-init: powering off` and powers the machine off
+//!    instead.
 //!
 //! Every line starts with `vmpod-test-init: ` so that tests can find them in
 //! the console output. A failing step is reported and the next one still
@@ -18,8 +21,8 @@
 //! kernel. Guest system calls are expensive on emulating KVM hosts (~0.4 ms
 //! each), so the program makes as few as it can: it uses `#![no_main]` to
 //! skip the Rust runtime's start-up work (signal and stdio set-up, which
-//! would also replace a missing console with `/dev/null`), and it ignores
-//! its arguments (the kernel passes unknown command-line words to init).
+//! would also replace a missing console with `/dev/null`), and it looks at
+//! its arguments only for `poweroff`.
 
 // In test builds the harness supplies `main` and only the pure helpers run.
 #![cfg_attr(not(test), no_main)]
@@ -40,15 +43,40 @@ const BOOT_TIMER_VALUE: u8 = 123;
 /// Size of the `/dev/mem` mapping around the boot-timer register.
 const PAGE_SIZE: usize = 4096;
 
-/// C entry point, called by the C runtime; the arguments are ignored.
+/// The argument that makes init power the machine off instead of rebooting.
+const POWER_OFF_ARG: &CStr = c"poweroff";
+
+/// C entry point, called by the C runtime with the kernel's `argc`/`argv`.
 #[cfg(not(test))]
 #[no_mangle]
-pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+pub extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc::c_int {
     let mut console = Console::new();
     console.line("started");
     run(&mut console);
-    console.line("rebooting");
-    reboot(&mut console)
+    // SAFETY: the C runtime passes the process's argv: `argc` valid,
+    // NUL-terminated strings.
+    let power_off = unsafe { has_arg(argc, argv, POWER_OFF_ARG) };
+    if power_off {
+        console.line("powering off");
+        shut_down(&mut console, libc::RB_POWER_OFF)
+    } else {
+        console.line("rebooting");
+        shut_down(&mut console, libc::RB_AUTOBOOT)
+    }
+}
+
+/// Whether one of the first `argc` strings of `argv` (skipping the program
+/// name) equals `wanted`.
+///
+/// # Safety
+/// `argv` must point to at least `argc` valid NUL-terminated strings.
+unsafe fn has_arg(argc: libc::c_int, argv: *const *const libc::c_char, wanted: &CStr) -> bool {
+    let count = usize::try_from(argc).unwrap_or(0);
+    (1..count).any(|i| {
+        // SAFETY: the caller guarantees `argc` entries, each a valid string.
+        let arg = unsafe { CStr::from_ptr(*argv.add(i)) };
+        arg == wanted
+    })
 }
 
 /// Everything between the first line and the reboot.
@@ -272,14 +300,15 @@ fn show(path: &CStr) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// Flushes file systems and reboots the machine. Never returns: if the
-/// reboot fails, the error is printed and the process waits forever
-/// (PID 1 must not exit).
-fn reboot(console: &mut Console) -> ! {
+/// Flushes file systems and reboots or powers off the machine (`how` is
+/// `RB_AUTOBOOT` or `RB_POWER_OFF`). Never returns: if that fails, or a
+/// power-off halts instead, the error is printed and the process waits
+/// forever (PID 1 must not exit).
+fn shut_down(console: &mut Console, how: libc::c_int) -> ! {
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
     // SAFETY: reboot has no memory-safety preconditions; PID 1 may call it.
-    unsafe { libc::reboot(libc::RB_AUTOBOOT) };
+    unsafe { libc::reboot(how) };
     console.line(&format!("reboot failed: {}", io::Error::last_os_error()));
     loop {
         // SAFETY: pause has no preconditions.
@@ -289,7 +318,24 @@ fn reboot(console: &mut Console) -> ! {
 
 #[cfg(test)]
 mod tests {
-    use super::count_cpus;
+    use super::{count_cpus, has_arg, POWER_OFF_ARG};
+
+    /// Runs `has_arg` on a C-style argv built from `args`.
+    fn argv_has_power_off(args: &[&std::ffi::CStr]) -> bool {
+        let argv: Vec<*const libc::c_char> = args.iter().map(|arg| arg.as_ptr()).collect();
+        let argc = libc::c_int::try_from(argv.len()).expect("few arguments");
+        // SAFETY: `argv` holds `argc` pointers to live NUL-terminated strings.
+        unsafe { has_arg(argc, argv.as_ptr(), POWER_OFF_ARG) }
+    }
+
+    #[test]
+    fn finds_power_off_argument_after_program_name() {
+        assert!(argv_has_power_off(&[c"/init", c"poweroff"]));
+        assert!(argv_has_power_off(&[c"/init", c"quiet", c"poweroff"]));
+        assert!(!argv_has_power_off(&[c"/init"]));
+        assert!(!argv_has_power_off(&[c"poweroff"]));
+        assert!(!argv_has_power_off(&[c"/init", c"poweroffx"]));
+    }
 
     #[test]
     fn counts_cpu_lists() {
