@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-eval "$(scripts/setup.sh)"
+setup=$(scripts/setup.sh)
+eval "$setup"
 cargo build --release -p vmm >&2
 exec target/release/vmpod-vm \
     --kernel "$VMPOD_KERNEL_DIR/vmlinux" \

@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-eval "$(scripts/setup.sh)"
+# An assignment, not `eval "$(...)"`, so that a failing setup stops here.
+setup=$(scripts/setup.sh)
+eval "$setup"
 export VMPOD_KERNEL_DIR VMPOD_TEST_INITRD
 # Built here, a missing guest artifact is a failure, not a skip.
 export VMPOD_REQUIRE_GUEST=1

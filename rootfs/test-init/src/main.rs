@@ -49,7 +49,7 @@ const POWER_OFF_ARG: &CStr = c"poweroff";
 /// C entry point, called by the C runtime with the kernel's `argc`/`argv`.
 #[cfg(not(test))]
 #[no_mangle]
-pub extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc::c_int {
+extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc::c_int {
     let mut console = Console::new();
     console.line("started");
     run(&mut console);
