@@ -410,7 +410,6 @@ pub fn build_microvm(config: &VmConfig, launched: Instant) -> Result<Microvm, Bu
             max: kvm.max_vcpus(),
         });
     }
-    let serial_out = serial_output(config)?;
     let mem = create_guest_memory(config.memory_mib << 20)?;
 
     // The probe (milliseconds where CPL0 is emulated) overlaps with loading.
@@ -444,6 +443,9 @@ pub fn build_microvm(config: &VmConfig, launched: Instant) -> Result<Microvm, Bu
     write_boot_tables(&mem, kernel.entry.protocol)?;
     setup_mptable(&mem, config.vcpus)?;
 
+    // Created only once the input is known to be good, so that a rejected
+    // launch leaves no empty console file behind.
+    let serial_out = serial_output(config)?;
     let vm = Vm::new(&kvm, &mem)?;
     tracing::debug!("VM created after {:?}", launched.elapsed());
     let exit = ExitNotifier::new();

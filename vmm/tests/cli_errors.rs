@@ -146,6 +146,19 @@ fn test_unrecognised_kernel() {
         2,
         &["Unrecognised kernel image"],
     );
+    // A rejected launch creates no console file.
+    let console = dir.path().join("console");
+    assert_fails(
+        &[
+            "--kernel",
+            path_str(&junk),
+            "--serial",
+            &format!("file:{}", path_str(&console)),
+        ],
+        2,
+        &["Unrecognised kernel image"],
+    );
+    assert!(!console.exists(), "{} left behind", console.display());
     let mut truncated_elf = elf_kernel(&[0x90; 16], false);
     truncated_elf.truncate(40);
     let truncated = dir.write("truncated", &truncated_elf);
