@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 setup=$(scripts/setup.sh)
 eval "$setup"
 cargo build --release -p vmm >&2
-exec target/release/vmpod-vm \
+exec target/x86_64-unknown-linux-gnu/release/vmpod-vm \
     --kernel "$VMPOD_KERNEL_DIR/vmlinux" \
     --initrd "$VMPOD_TEST_INITRD" \
     "$@"
