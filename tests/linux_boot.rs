@@ -134,6 +134,7 @@ fn assert_booted_through_vmpod(out: &Outcome, vcpus: u8, ending: Ending) {
         console.contains(&format!("vmpod-test-init: cpus={vcpus}")),
         "init saw the wrong number of CPUs"
     );
+    assert_container_support(console);
     assert!(
         console.contains(ending.init_line()),
         "init did not end the guest"
@@ -144,6 +145,46 @@ fn assert_booted_through_vmpod(out: &Outcome, vcpus: u8, ending: Ending) {
         .stderr
         .contains("guest requested a reset through the i8042"));
     assert_eq!(out.status, Some(0));
+}
+
+/// The words of the test init's `vmpod-test-init: <key>=...` line.
+fn init_report<'a>(console: &'a str, key: &str) -> Vec<&'a str> {
+    let prefix = format!("vmpod-test-init: {key}=");
+    let line = console
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("init printed no {key}= line"));
+    line.split_whitespace().collect()
+}
+
+/// What `guest-kernel/vmpod.config` promises container workloads, as the
+/// running guest kernel reports it to the test init.
+fn assert_container_support(console: &str) {
+    let filesystems = init_report(console, "filesystems");
+    for fs in [
+        "ext4", "overlay", "tmpfs", "devtmpfs", "proc", "sysfs", "fuse", "virtiofs", "cgroup2",
+    ] {
+        assert!(filesystems.contains(&fs), "guest kernel lacks {fs}");
+    }
+    let controllers = init_report(console, "cgroup-controllers");
+    for controller in ["cpuset", "cpu", "io", "memory", "pids"] {
+        assert!(
+            controllers.contains(&controller),
+            "guest kernel lacks the {controller} cgroup controller"
+        );
+    }
+    assert_eq!(
+        init_report(console, "cgroup-freeze"),
+        ["yes"],
+        "no cgroup v2 freezer"
+    );
+    let namespaces = init_report(console, "namespaces");
+    for ns in ["cgroup", "ipc", "mnt", "net", "pid", "user", "uts"] {
+        assert!(
+            namespaces.contains(&ns),
+            "guest kernel lacks {ns} namespaces"
+        );
+    }
 }
 
 /// PVH entry of the ELF vmlinux, one vCPU, ended by a guest reboot.

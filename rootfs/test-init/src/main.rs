@@ -7,7 +7,9 @@
 //! 3. writes the byte 123 to vmpod's boot-timer register at guest physical
 //!    address `0xc000_0000` through `/dev/mem` (the VMM then logs the time
 //!    since launch),
-//! 4. prints the number of online CPUs and the guest's uptime,
+//! 4. prints the number of online CPUs, what the kernel offers containers
+//!    (file systems, cgroup v2 controllers and freezer, namespaces) and the
+//!    guest's uptime,
 //! 5. prints `vmpod-test-init: rebooting`, syncs and reboots; with
 //!    `reboot=k` on the kernel command line that is an i8042 reset, which
 //!    the VMM treats as a clean exit. When the kernel command line holds the
@@ -105,6 +107,8 @@ fn run(console: &mut Console) {
         Err(err) => console.line(&format!("cpus: {err}")),
     }
 
+    report_container_support(console);
+
     match read_file(c"/proc/uptime", &mut buf) {
         Ok(text) => console.line(&format!(
             "uptime={}",
@@ -112,6 +116,66 @@ fn run(console: &mut Console) {
         )),
         Err(err) => console.line(&format!("uptime: {err}")),
     }
+}
+
+/// Namespace kinds looked up in `/proc/self/ns`.
+const NAMESPACES: [&CStr; 7] = [
+    c"/proc/self/ns/cgroup",
+    c"/proc/self/ns/ipc",
+    c"/proc/self/ns/mnt",
+    c"/proc/self/ns/net",
+    c"/proc/self/ns/pid",
+    c"/proc/self/ns/user",
+    c"/proc/self/ns/uts",
+];
+
+/// Prints the lines `filesystems=`, `cgroup-controllers=`, `cgroup-freeze=`
+/// and `namespaces=`, so that tests can check the guest kernel's
+/// configuration from the console.
+fn report_container_support(console: &mut Console) {
+    let mut buf = [0u8; 4096];
+    match read_file(c"/proc/filesystems", &mut buf) {
+        Ok(text) => console.line(&format!("filesystems={}", filesystem_names(text))),
+        Err(err) => console.line(&format!("filesystems: {err}")),
+    }
+
+    let cgroup = c"/sys/fs/cgroup";
+    if let Err(err) = mount(c"cgroup2", cgroup, c"cgroup2") {
+        console.line(&format!("mount {} failed: {err}", show(cgroup)));
+    }
+    match read_file(c"/sys/fs/cgroup/cgroup.controllers", &mut buf) {
+        Ok(text) => console.line(&format!("cgroup-controllers={}", text.trim())),
+        Err(err) => console.line(&format!("cgroup-controllers: {err}")),
+    }
+    // The v2 freezer is a file of every non-root cgroup, not a controller.
+    // SAFETY: the path is a valid NUL-terminated string.
+    let made = unsafe { libc::mkdir(c"/sys/fs/cgroup/vmpod-test".as_ptr(), 0o755) } == 0;
+    let freeze = made && exists(c"/sys/fs/cgroup/vmpod-test/cgroup.freeze");
+    console.line(&format!(
+        "cgroup-freeze={}",
+        if freeze { "yes" } else { "no" }
+    ));
+
+    let present: Vec<String> = NAMESPACES
+        .iter()
+        .filter(|path| exists(path))
+        .map(|path| show(path).trim_start_matches("/proc/self/ns/").to_owned())
+        .collect();
+    console.line(&format!("namespaces={}", present.join(" ")));
+}
+
+/// The file system names of a `/proc/filesystems` text, space-separated.
+fn filesystem_names(text: &str) -> String {
+    text.lines()
+        .filter_map(|line| line.split_whitespace().last())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether `path` exists.
+fn exists(path: &CStr) -> bool {
+    // SAFETY: the path is a valid NUL-terminated string.
+    unsafe { libc::access(path.as_ptr(), libc::F_OK) == 0 }
 }
 
 /// Where the program's lines go: fd 1, or `/dev/console` if fd 1 is not
@@ -343,6 +407,13 @@ mod tests {
         assert_eq!(count_cpus("0-1\n"), Some(2));
         assert_eq!(count_cpus("0,2-3"), Some(3));
         assert_eq!(count_cpus("0-7"), Some(8));
+    }
+
+    #[test]
+    fn lists_filesystem_names() {
+        let text = "nodev\tsysfs\nnodev\ttmpfs\n\text4\nnodev\toverlay\n";
+        assert_eq!(super::filesystem_names(text), "sysfs tmpfs ext4 overlay");
+        assert_eq!(super::filesystem_names(""), "");
     }
 
     #[test]
