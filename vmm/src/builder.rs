@@ -423,6 +423,12 @@ pub fn build_microvm(config: &VmConfig, launched: Instant) -> Result<Microvm, Bu
     });
     let template = template?;
     let (kernel, initrd) = images?;
+    if template == CpuTemplate::EmulatedSupervisor && config.vcpus > 1 {
+        tracing::warn!(
+            "on hosts that emulate guest CPL0 a secondary vCPU never leaves INIT/SIPI: \
+             expect the guest to stall at SMP bring-up; use --vcpus 1 here"
+        );
+    }
     tracing::debug!("probe and images done after {:?}", launched.elapsed());
 
     let cmdline = build_cmdline(&config.cmdline, template)?;

@@ -192,9 +192,26 @@ fn test_emulated_supervisor_template_adds_cmdline_switches() {
     );
     assert_eq!(forced.status, Some(0), "{forced:?}");
     assert!(forced.stderr.contains("noxsave clearcpuid="), "{forced:?}");
-    let disabled = run_guest("template-host", &code, false, &["--cpu-template", "host"]);
+    // One vCPU: no SMP warning. Two: a warning, and the run still works
+    // (the second vCPU waits for an INIT/SIPI this guest never sends).
+    assert!(!forced.stderr.contains("SMP bring-up"), "{forced:?}");
+    let two = run_guest(
+        "template-smp",
+        &code,
+        false,
+        &["--cpu-template", "emulated-supervisor", "--vcpus", "2"],
+    );
+    assert_eq!(two.status, Some(0), "{two:?}");
+    assert!(two.stderr.contains("stall at SMP bring-up"), "{two:?}");
+    let disabled = run_guest(
+        "template-host",
+        &code,
+        false,
+        &["--cpu-template", "host", "--vcpus", "2"],
+    );
     assert_eq!(disabled.status, Some(0), "{disabled:?}");
     assert!(!disabled.stderr.contains("noxsave"), "{disabled:?}");
+    assert!(!disabled.stderr.contains("SMP bring-up"), "{disabled:?}");
     // `auto` runs the probe and says what it chose.
     let auto = run_guest("template-auto", &code, false, &[]);
     assert!(auto.stderr.contains("CPU probe:"), "{auto:?}");
