@@ -5,3 +5,4 @@
 pub mod boot_timer;
 pub mod bus;
 pub mod legacy;
+pub mod virtio;

@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: Apache-2.0
+//! What a virtio device offers its transport, and the interrupt it raises.
+//!
+//! The transport owns feature negotiation, the status state machine and
+//! queue set-up; a device only says what it offers, serves its config space
+//! and, once the driver is ready, gets validated queues to work on.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::vstate::memory::GuestMemoryMmap;
+
+/// Interrupt status bit: a used ring was updated.
+pub const VIRTIO_MMIO_INT_VRING: u32 = 0x1;
+/// Interrupt status bit: the configuration changed (or the device broke).
+pub const VIRTIO_MMIO_INT_CONFIG: u32 = 0x2;
+
+/// A device's interrupt: the status word the driver reads and
+/// acknowledges, and the irqfd that raises the device's GSI.
+#[derive(Debug)]
+pub struct VirtioInterrupt {
+    status: AtomicU32,
+    irqfd: EventFd,
+}
+
+impl VirtioInterrupt {
+    /// An interrupt raised through `irqfd` (registered for the device's GSI).
+    pub fn new(irqfd: EventFd) -> Self {
+        VirtioInterrupt {
+            status: AtomicU32::new(0),
+            irqfd,
+        }
+    }
+
+    /// Tells the driver a used ring has new entries.
+    ///
+    /// # Errors
+    /// The irqfd write failed (the host is out of resources).
+    pub fn signal_used_queue(&self) -> std::io::Result<()> {
+        self.signal(VIRTIO_MMIO_INT_VRING)
+    }
+
+    /// Tells the driver the config space or the device status changed.
+    ///
+    /// # Errors
+    /// The irqfd write failed.
+    pub fn signal_config_change(&self) -> std::io::Result<()> {
+        self.signal(VIRTIO_MMIO_INT_CONFIG)
+    }
+
+    fn signal(&self, bit: u32) -> std::io::Result<()> {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        self.irqfd.write(1)
+    }
+
+    /// The InterruptStatus register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// InterruptACK: clears the acknowledged bits.
+    pub fn acknowledge(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Clears everything, on device reset.
+    pub fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+}
+
+/// What a device works on once the driver set it up: guest memory, the
+/// queues the driver made ready (validated against `mem`), the features
+/// both sides agreed on, and the interrupt.
+#[derive(Debug)]
+pub struct QueueSet {
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// One entry per queue the device declares, in order; each is ready
+    /// and lies in guest memory.
+    pub queues: Vec<Queue>,
+    /// Features offered by the device and acknowledged by the driver.
+    pub acked_features: u64,
+    /// The device's interrupt.
+    pub interrupt: Arc<VirtioInterrupt>,
+}
+
+/// Why a device refused to activate.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver did not make every queue the device needs ready.
+    #[error("Queue {0} is not ready")]
+    QueueNotReady(usize),
+    /// A queue's size or ring addresses are not usable.
+    #[error("Queue {0} is set up outside guest memory or with an invalid size")]
+    InvalidQueue(usize),
+    /// The device's own set-up failed.
+    #[error("Device back end failed: {0}")]
+    Backend(String),
+}
+
+/// A virtio device as its transport sees it.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (see [`super::ids`]).
+    fn device_type(&self) -> u32;
+
+    /// The maximum size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// One event per queue, written when the driver notifies that queue
+    /// (by KVM through an ioeventfd, or by the transport).
+    fn queue_events(&self) -> &[EventFd];
+
+    /// The features the device offers.
+    fn avail_features(&self) -> u64;
+
+    /// Reads the device-specific config space at `offset`. Bytes beyond
+    /// the config space read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let _ = offset;
+        data.fill(0);
+    }
+
+    /// Writes the device-specific config space; read-only by default.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        tracing::debug!(
+            "virtio device {}: ignored config write of {} bytes at {offset:#x}",
+            self.device_type(),
+            data.len()
+        );
+    }
+
+    /// Starts the device on queues the driver set up.
+    ///
+    /// # Errors
+    /// [`ActivateError`] when the device cannot work with them; the
+    /// transport then marks it as needing a reset.
+    fn activate(&mut self, queues: QueueSet) -> Result<(), ActivateError>;
+
+    /// Stops the device and forgets its queues (driver reset).
+    fn reset(&mut self);
+}

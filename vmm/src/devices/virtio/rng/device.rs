@@ -1,0 +1,193 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The entropy device: fills each guest buffer with bytes from `getrandom`.
+//!
+//! A request is one descriptor chain of device-writable buffers. A chain
+//! with a device-readable descriptor or a buffer outside guest memory is
+//! completed with length 0 (dropped); the driver then simply asks again.
+//! At most [`MAX_REQUEST_BYTES`] are served per request.
+
+use virtio_queue::QueueT;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::super::device::{ActivateError, QueueSet, VirtioDevice};
+use super::super::ids::VIRTIO_ID_RNG;
+use super::super::{feature, VIRTIO_F_VERSION_1};
+use super::{MAX_REQUEST_BYTES, QUEUE_SIZE};
+use crate::vstate::memory::{Bytes, GuestMemory, GuestMemoryMmap};
+
+/// Errors creating the entropy device.
+#[derive(Debug, thiserror::Error)]
+pub enum EntropyError {
+    /// The queue's notification event could not be created.
+    #[error("Cannot create the virtio-rng queue event")]
+    QueueEvent(#[source] std::io::Error),
+}
+
+/// What became of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    /// This many bytes were written to the guest.
+    Bytes(u32),
+    /// The chain was malformed; completed with length 0.
+    Dropped,
+}
+
+/// The virtio-rng device.
+#[derive(Debug)]
+pub struct Entropy {
+    queue_events: [EventFd; 1],
+    active: Option<QueueSet>,
+    /// Reused for every request: [`MAX_REQUEST_BYTES`] long.
+    scratch: Vec<u8>,
+    requests_dropped: u64,
+}
+
+impl Entropy {
+    /// A new, inactive device.
+    ///
+    /// # Errors
+    /// [`EntropyError::QueueEvent`] if the host is out of file descriptors.
+    pub fn new() -> Result<Self, EntropyError> {
+        Ok(Entropy {
+            queue_events: [EventFd::new(EFD_NONBLOCK).map_err(EntropyError::QueueEvent)?],
+            active: None,
+            scratch: vec![0; MAX_REQUEST_BYTES as usize],
+            requests_dropped: 0,
+        })
+    }
+
+    /// Requests completed with length 0 because the guest built them wrong.
+    pub fn requests_dropped(&self) -> u64 {
+        self.requests_dropped
+    }
+
+    /// Serves every request on the queue, then interrupts the guest if it
+    /// wants to be told. Does nothing before activation.
+    pub fn process_queue(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let Some(queue) = active.queues.first_mut() else {
+            return;
+        };
+        let mem = &active.mem;
+        let mut completed = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let served = fill_chain(mem, chain, &mut self.scratch);
+            let len = match served {
+                Served::Bytes(n) => n,
+                Served::Dropped => {
+                    self.requests_dropped += 1;
+                    0
+                }
+            };
+            if let Err(err) = queue.add_used(mem, head, len) {
+                // Only a corrupt used ring gets here: stop serving it.
+                tracing::warn!("virtio-rng: cannot complete request {head}: {err}");
+                break;
+            }
+            completed = true;
+        }
+        if completed && queue.needs_notification(mem).unwrap_or(true) {
+            if let Err(err) = active.interrupt.signal_used_queue() {
+                tracing::warn!("virtio-rng: cannot interrupt the guest: {err}");
+            }
+        }
+    }
+}
+
+/// Fills the chain's buffers with random bytes, at most `scratch.len()`.
+fn fill_chain<M>(
+    mem: &GuestMemoryMmap,
+    chain: virtio_queue::DescriptorChain<M>,
+    scratch: &mut [u8],
+) -> Served
+where
+    M: std::ops::Deref + Clone,
+    M::Target: vm_memory::GuestMemory,
+{
+    // Check the whole chain before touching guest memory.
+    let mut buffers = Vec::new();
+    let mut total: u32 = 0;
+    for desc in chain {
+        if !desc.is_write_only() {
+            return Served::Dropped;
+        }
+        let room = MAX_REQUEST_BYTES.saturating_sub(total);
+        let len = desc.len().min(room);
+        if len == 0 {
+            continue;
+        }
+        if !mem.check_range(desc.addr(), len as usize) {
+            return Served::Dropped;
+        }
+        buffers.push((desc.addr(), len));
+        total += len;
+    }
+    let Some(random) = scratch.get_mut(..total as usize) else {
+        return Served::Dropped;
+    };
+    if let Err(err) = fill_random(random) {
+        tracing::warn!("virtio-rng: getrandom failed: {err}");
+        return Served::Dropped;
+    }
+    let mut offset = 0usize;
+    for (addr, len) in buffers {
+        let end = offset + len as usize;
+        if mem.write_slice(&random[offset..end], addr).is_err() {
+            return Served::Dropped;
+        }
+        offset = end;
+    }
+    Served::Bytes(total)
+}
+
+/// `getrandom(2)` until `buf` is full.
+fn fill_random(mut buf: &mut [u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: the pointer and length describe the live, writable `buf`.
+        let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        buf = &mut buf[n.unsigned_abs()..];
+    }
+    Ok(())
+}
+
+impl VirtioDevice for Entropy {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_RNG
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    fn avail_features(&self) -> u64 {
+        feature(VIRTIO_F_VERSION_1)
+    }
+
+    fn activate(&mut self, queues: QueueSet) -> Result<(), ActivateError> {
+        if queues.queues.len() != 1 {
+            return Err(ActivateError::QueueNotReady(0));
+        }
+        self.active = Some(queues);
+        // Requests the driver queued before DRIVER_OK.
+        self.process_queue();
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+}
