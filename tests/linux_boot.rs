@@ -73,7 +73,15 @@ impl Ending {
     }
 }
 
-fn boot(kernel: &Path, initrd: &Path, vcpus: u8, ending: Ending, timeout: Duration) -> Outcome {
+/// Boots `kernel` with `initrd`; `devices` are extra vmpod-vm flags.
+fn boot(
+    kernel: &Path,
+    initrd: &Path,
+    vcpus: u8,
+    ending: Ending,
+    devices: &[&str],
+    timeout: Duration,
+) -> Outcome {
     let bin = vmpod_vm_binary().unwrap();
     run_with_timeout(
         Command::new(bin)
@@ -82,7 +90,8 @@ fn boot(kernel: &Path, initrd: &Path, vcpus: u8, ending: Ending, timeout: Durati
             .arg("--initrd")
             .arg(initrd)
             .args(["--cmdline", ending.cmdline()])
-            .args(["--vcpus", &vcpus.to_string(), "--memory", "128"]),
+            .args(["--vcpus", &vcpus.to_string(), "--memory", "128"])
+            .args(devices),
         timeout,
     )
     .tap_print()
@@ -187,10 +196,12 @@ fn assert_container_support(console: &str) {
     }
 }
 
-/// PVH entry of the ELF vmlinux, one vCPU, ended by a guest reboot.
+/// PVH entry of the ELF vmlinux, one vCPU, with the virtio devices, ended
+/// by a guest reboot.
 #[test]
-fn test_linux_boots_vmlinux_pvh_to_init_and_reboots() {
-    let Some(guest) = artifacts_or_skip("test_linux_boots_vmlinux_pvh_to_init_and_reboots") else {
+fn test_linux_boots_vmlinux_pvh_with_devices_and_reboots() {
+    let Some(guest) = artifacts_or_skip("test_linux_boots_vmlinux_pvh_with_devices_and_reboots")
+    else {
         return;
     };
     let out = boot(
@@ -198,9 +209,22 @@ fn test_linux_boots_vmlinux_pvh_to_init_and_reboots() {
         &guest.test_initrd,
         1,
         Ending::Reboot,
+        &["--rng"],
         BOOT_TIMEOUT,
     );
     assert_booted_through_vmpod(&out, 1, Ending::Reboot);
+    assert!(
+        out.stdout.contains(
+            "virtio-mmio: Registering device virtio-mmio.0 at 0xc0001000-0xc0001fff, IRQ 5."
+        ),
+        "virtio-rng not announced in its slot"
+    );
+    // 32 bytes from the guest's /dev/hwrng, served by our virtio-rng.
+    let hwrng = init_report(&out.stdout, "hwrng");
+    assert_eq!(hwrng.first(), Some(&"virtio_rng.0"), "{hwrng:?}");
+    let bytes = hwrng.get(1).copied().unwrap_or_default();
+    assert_eq!(bytes.len(), 64, "{hwrng:?}");
+    assert!(bytes.chars().any(|c| c != '0'), "all zero: {bytes}");
 }
 
 /// The 64-bit boot protocol through the bzImage, one vCPU, ended by a guest
@@ -215,9 +239,17 @@ fn test_linux_boots_bzimage_to_init_and_powers_off() {
         &guest.test_initrd,
         1,
         Ending::PowerOff,
+        &[],
         BZIMAGE_TIMEOUT,
     );
     assert_booted_through_vmpod(&out, 1, Ending::PowerOff);
+    // No device flags, no virtio devices.
+    assert!(!out.stdout.contains("virtio-mmio: Registering device"));
+    assert!(
+        out.stdout
+            .contains("vmpod-test-init: hwrng: No such device"),
+        "a hardware RNG without --rng"
+    );
 }
 
 /// Two vCPUs: the second one is started by the guest through INIT/SIPI.
@@ -241,6 +273,7 @@ fn test_linux_boots_with_two_vcpus() {
         &guest.test_initrd,
         2,
         Ending::Reboot,
+        &[],
         SMP_TIMEOUT,
     );
     assert_booted_through_vmpod(&out, 2, Ending::Reboot);

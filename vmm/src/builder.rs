@@ -28,6 +28,10 @@ use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{EventFdTrigger, SerialDevice, SerialOutput};
+use crate::devices::virtio::rng::{Entropy, EntropyError};
+use crate::devices::virtio::VirtioDevice;
+use crate::device_manager::mmio::{allocate_slots, attach_virtio_device, MmioDeviceError};
+use crate::event_loop::Subscriber;
 use crate::exit::ExitNotifier;
 use crate::microvm::Microvm;
 use crate::vstate::kvm::{KvmContext, KvmError};
@@ -154,6 +158,12 @@ pub enum BuildMicrovmError {
     /// An event fd for an interrupt cannot be created.
     #[error("Cannot create an interrupt event")]
     EventFd(#[source] std::io::Error),
+    /// A virtio device cannot be placed.
+    #[error(transparent)]
+    MmioDevice(#[from] MmioDeviceError),
+    /// The entropy device cannot be created.
+    #[error(transparent)]
+    Entropy(#[from] EntropyError),
 }
 
 impl BuildMicrovmError {
@@ -300,13 +310,18 @@ pub fn load_initrd(
 ///
 /// # Errors
 /// [`BuildMicrovmError::CmdlineTooLong`] or `CmdlineInvalid`.
-pub fn build_cmdline(base: &str, template: CpuTemplate) -> Result<Cmdline, BuildMicrovmError> {
+pub fn build_cmdline(
+    base: &str,
+    template: CpuTemplate,
+    device_switches: &[String],
+) -> Result<Cmdline, BuildMicrovmError> {
     let mut words: Vec<&str> = base.split_ascii_whitespace().collect();
     for switch in template.kernel_cmdline_switches() {
         if !words.contains(switch) {
             words.push(switch);
         }
     }
+    words.extend(device_switches.iter().map(String::as_str));
     let text = words.join(" ");
     // The kernel's buffer holds the terminating NUL too.
     if text.len() >= CMDLINE_MAX_SIZE {
@@ -360,6 +375,23 @@ fn serial_output(config: &VmConfig) -> Result<SerialOutput, BuildMicrovmError> {
             )
         }
     })
+}
+
+/// A virtio device as the transport and as the event loop see it.
+type VirtioPair = (Arc<Mutex<dyn VirtioDevice>>, Subscriber);
+
+/// The configured virtio devices, in the order the guest sees them (their
+/// MMIO slots and `virtio_mmio.device=` switches follow this order).
+///
+/// # Errors
+/// A [`BuildMicrovmError`] if a device's back end cannot be set up.
+pub fn create_virtio_devices(config: &VmConfig) -> Result<Vec<VirtioPair>, BuildMicrovmError> {
+    let mut devices: Vec<VirtioPair> = Vec::new();
+    if config.rng {
+        let rng = Arc::new(Mutex::new(Entropy::new()?));
+        devices.push((rng.clone(), rng));
+    }
+    Ok(devices)
 }
 
 /// The legacy devices on their buses: COM1, i8042, boot timer.
@@ -431,7 +463,10 @@ pub fn build_microvm(config: &VmConfig, launched: Instant) -> Result<Microvm, Bu
     }
     tracing::debug!("probe and images done after {:?}", launched.elapsed());
 
-    let cmdline = build_cmdline(&config.cmdline, template)?;
+    let virtio = create_virtio_devices(config)?;
+    let slots = allocate_slots(virtio.len())?;
+    let switches: Vec<String> = slots.iter().map(|slot| slot.cmdline_switch()).collect();
+    let cmdline = build_cmdline(&config.cmdline, template, &switches)?;
     let cmdline_len = cmdline
         .as_cstring()
         .map_err(|e| BuildMicrovmError::CmdlineInvalid(e.to_string()))?
@@ -458,6 +493,11 @@ pub fn build_microvm(config: &VmConfig, launched: Instant) -> Result<Microvm, Bu
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
     attach_legacy_devices(&vm, &mut pio, &mut mmio, serial_out, &exit, launched)?;
+    let mut subscribers = Vec::with_capacity(virtio.len());
+    for (slot, (device, subscriber)) in slots.into_iter().zip(virtio) {
+        attach_virtio_device(&vm, &mut mmio, &mem, slot, device)?;
+        subscribers.push(subscriber);
+    }
 
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
     for index in 0..config.vcpus {
@@ -472,7 +512,15 @@ pub fn build_microvm(config: &VmConfig, launched: Instant) -> Result<Microvm, Bu
         .map(|c| c.to_string_lossy().into_owned())
         .unwrap_or_default();
     Ok(Microvm::new(
-        vm, mem, vcpus, pio, mmio, exit, template, cmdline,
+        vm,
+        mem,
+        vcpus,
+        pio,
+        mmio,
+        exit,
+        template,
+        cmdline,
+        subscribers,
     ))
 }
 

@@ -70,6 +70,8 @@ pub struct ConfigLayer {
     pub serial: Option<SerialTarget>,
     /// CPU template.
     pub cpu_template: Option<CpuTemplate>,
+    /// Whether the guest gets a virtio-rng device.
+    pub rng: Option<bool>,
 }
 
 impl ConfigLayer {
@@ -113,6 +115,7 @@ impl ConfigLayer {
             memory: over.memory.or(self.memory),
             serial: over.serial.or(self.serial),
             cpu_template: over.cpu_template.or(self.cpu_template),
+            rng: over.rng.or(self.rng),
         }
     }
 
@@ -145,6 +148,7 @@ impl ConfigLayer {
             memory_mib,
             serial: self.serial.unwrap_or_default(),
             cpu_template: self.cpu_template.unwrap_or_default(),
+            rng: self.rng.unwrap_or(false),
         })
     }
 }
@@ -166,6 +170,8 @@ pub struct VmConfig {
     pub serial: SerialTarget,
     /// CPU template (possibly `auto`).
     pub cpu_template: CpuTemplate,
+    /// A virtio-rng device, fed from the host's `getrandom`.
+    pub rng: bool,
 }
 
 /// Errors in the configuration: all are the user's to fix.
@@ -240,6 +246,7 @@ mod tests {
         assert_eq!(config.cmdline, DEFAULT_CMDLINE);
         assert_eq!(config.serial, SerialTarget::Stdout);
         assert_eq!(config.cpu_template, CpuTemplate::Auto);
+        assert!(!config.rng);
     }
 
     #[test]
@@ -253,6 +260,7 @@ mod tests {
             memory = 512
             serial = "file:/tmp/console.log"
             cpu-template = "emulated-supervisor"
+            rng = true
             "#,
         )
         .unwrap();
@@ -263,6 +271,7 @@ mod tests {
         assert_eq!(config.memory_mib, 512);
         assert_eq!(config.serial, SerialTarget::File("/tmp/console.log".into()));
         assert_eq!(config.cpu_template, CpuTemplate::EmulatedSupervisor);
+        assert!(config.rng);
     }
 
     #[test]
@@ -295,6 +304,8 @@ mod tests {
         assert!(err.to_string().contains("tty"), "{err}");
         let err = ConfigLayer::from_toml("cpu-template = \"fast\"").unwrap_err();
         assert!(err.to_string().contains("fast"), "{err}");
+        let err = ConfigLayer::from_toml("rng = \"yes\"").unwrap_err();
+        assert!(err.to_string().contains("invalid type"), "{err}");
     }
 
     #[test]

@@ -9,8 +9,12 @@ pub mod arch;
 pub mod builder;
 /// Configuration from TOML and flags.
 pub mod config;
+/// Where devices sit in the guest's address space.
+pub mod device_manager;
 /// Emulated devices and buses.
 pub mod devices;
+/// The thread that serves device I/O events.
+pub mod event_loop;
 /// Why a VM ended.
 pub mod exit;
 /// A built and a running microVM.

@@ -45,6 +45,9 @@ struct Cli {
     /// CPU template; `auto` probes the host.
     #[arg(long, value_name = "NAME")]
     cpu_template: Option<CpuTemplate>,
+    /// Give the guest a virtio-rng device (entropy from the host).
+    #[arg(long)]
+    rng: bool,
     /// TOML file with the same settings (flags override it).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -60,6 +63,7 @@ impl Cli {
             memory: self.memory,
             serial: self.serial.clone(),
             cpu_template: self.cpu_template,
+            rng: self.rng.then_some(true),
         }
     }
 }

@@ -3,13 +3,13 @@
 
 use crate::arch::cpuid::CpuTemplate;
 use crate::devices::bus::Bus;
+use crate::event_loop::{EventLoop, EventLoopError, Subscriber};
 use crate::exit::{ExitNotifier, VmExit};
 use crate::vstate::memory::GuestMemoryMmap;
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuHandle, VcpuIo};
 use crate::vstate::vm::Vm;
 
 /// A VM with its kernel loaded and vCPUs configured, not yet running.
-#[derive(Debug)]
 pub struct Microvm {
     // Field order is drop order: vCPUs and the VM go before the memory
     // they were given.
@@ -21,6 +21,29 @@ pub struct Microvm {
     exit: ExitNotifier,
     cpu_template: CpuTemplate,
     cmdline: String,
+    devices: Vec<Subscriber>,
+}
+
+impl std::fmt::Debug for Microvm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Microvm")
+            .field("vcpus", &self.vcpus.len())
+            .field("cpu_template", &self.cpu_template)
+            .field("cmdline", &self.cmdline)
+            .field("devices", &self.devices.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors starting a built microVM.
+#[derive(Debug, thiserror::Error)]
+pub enum StartMicrovmError {
+    /// A vCPU thread could not start.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// The device event loop could not start.
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
 }
 
 impl Microvm {
@@ -34,6 +57,7 @@ impl Microvm {
         exit: ExitNotifier,
         cpu_template: CpuTemplate,
         cmdline: String,
+        devices: Vec<Subscriber>,
     ) -> Self {
         Microvm {
             vcpus,
@@ -44,6 +68,7 @@ impl Microvm {
             exit,
             cpu_template,
             cmdline,
+            devices,
         }
     }
 
@@ -62,12 +87,17 @@ impl Microvm {
         &self.mem
     }
 
-    /// Starts every vCPU.
+    /// Starts the device event loop (when there are devices) and every vCPU.
     ///
     /// # Errors
-    /// [`VcpuError`] if a vCPU thread cannot start; the ones already
+    /// [`StartMicrovmError`] if a thread cannot start; the ones already
     /// started are stopped.
-    pub fn start(self) -> Result<RunningMicrovm, VcpuError> {
+    pub fn start(self) -> Result<RunningMicrovm, StartMicrovmError> {
+        let event_loop = if self.devices.is_empty() {
+            None
+        } else {
+            Some(EventLoop::start(self.devices)?)
+        };
         let io = VcpuIo {
             pio: self.pio,
             mmio: self.mmio,
@@ -84,12 +114,14 @@ impl Microvm {
                         reason: e.to_string(),
                     });
                     handles.into_iter().for_each(VcpuHandle::stop);
-                    return Err(e);
+                    event_loop.into_iter().for_each(EventLoop::stop);
+                    return Err(e.into());
                 }
             }
         }
         Ok(RunningMicrovm {
             handles,
+            event_loop,
             exit: self.exit,
             _vm: self.vm,
             _mem: self.mem,
@@ -101,6 +133,7 @@ impl Microvm {
 #[derive(Debug)]
 pub struct RunningMicrovm {
     handles: Vec<VcpuHandle>,
+    event_loop: Option<EventLoop>,
     exit: ExitNotifier,
     _vm: Vm,
     _mem: GuestMemoryMmap,
@@ -111,6 +144,7 @@ impl RunningMicrovm {
     pub fn wait(self) -> VmExit {
         let end = self.exit.wait();
         self.handles.into_iter().for_each(VcpuHandle::stop);
+        self.event_loop.into_iter().for_each(EventLoop::stop);
         end
     }
 

@@ -8,8 +8,8 @@
 //!    address `0xc000_0000` through `/dev/mem` (the VMM then logs the time
 //!    since launch),
 //! 4. prints the number of online CPUs, what the kernel offers containers
-//!    (file systems, cgroup v2 controllers and freezer, namespaces) and the
-//!    guest's uptime,
+//!    (file systems, cgroup v2 controllers and freezer, namespaces), bytes
+//!    from `/dev/hwrng` and the guest's uptime,
 //! 5. prints `vmpod-test-init: rebooting`, syncs and reboots; with
 //!    `reboot=k` on the kernel command line that is an i8042 reset, which
 //!    the VMM treats as a clean exit. When the kernel command line holds the
@@ -108,6 +108,7 @@ fn run(console: &mut Console) {
     }
 
     report_container_support(console);
+    report_hwrng(console);
 
     match read_file(c"/proc/uptime", &mut buf) {
         Ok(text) => console.line(&format!(
@@ -162,6 +163,58 @@ fn report_container_support(console: &mut Console) {
         .map(|path| show(path).trim_start_matches("/proc/self/ns/").to_owned())
         .collect();
     console.line(&format!("namespaces={}", present.join(" ")));
+}
+
+/// Bytes read from `/dev/hwrng` to show the entropy device works.
+const HWRNG_BYTES: usize = 32;
+
+/// Prints `hwrng=<source> <hex bytes>` after reading [`HWRNG_BYTES`] from
+/// `/dev/hwrng`, or `hwrng: <error>` (no device: `No such device`).
+fn report_hwrng(console: &mut Console) {
+    let mut name = [0u8; 64];
+    let source = read_file(c"/sys/class/misc/hw_random/rng_current", &mut name)
+        .map(|text| text.trim().to_owned())
+        .unwrap_or_else(|_| "?".to_owned());
+    match read_exact(c"/dev/hwrng", HWRNG_BYTES) {
+        Ok(bytes) => console.line(&format!("hwrng={source} {}", hex(&bytes))),
+        Err(err) => console.line(&format!("hwrng: {err}")),
+    }
+}
+
+/// Reads exactly `len` bytes (a device may return fewer per read).
+fn read_exact(path: &CStr, len: usize) -> io::Result<Vec<u8>> {
+    // SAFETY: the path is a valid NUL-terminated string.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; len];
+    let mut filled = 0;
+    let result = loop {
+        let Some(rest) = buf.get_mut(filled..).filter(|rest| !rest.is_empty()) else {
+            break Ok(());
+        };
+        // SAFETY: the pointer and length describe the live, writable `rest`.
+        let n = unsafe { libc::read(fd, rest.as_mut_ptr().cast(), rest.len()) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                break Err(err);
+            }
+        } else if n == 0 {
+            break Err(io::ErrorKind::UnexpectedEof.into());
+        } else {
+            filled += n.unsigned_abs();
+        }
+    };
+    // SAFETY: `fd` is a descriptor this function opened and owns.
+    unsafe { libc::close(fd) };
+    result.map(|()| buf)
+}
+
+/// Lower-case hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The file system names of a `/proc/filesystems` text, space-separated.
@@ -414,6 +467,12 @@ mod tests {
         let text = "nodev\tsysfs\nnodev\ttmpfs\n\text4\nnodev\toverlay\n";
         assert_eq!(super::filesystem_names(text), "sysfs tmpfs ext4 overlay");
         assert_eq!(super::filesystem_names(""), "");
+    }
+
+    #[test]
+    fn hex_is_two_lower_case_digits_per_byte() {
+        assert_eq!(super::hex(&[0x00, 0xab, 0x7f]), "00ab7f");
+        assert_eq!(super::hex(&[]), "");
     }
 
     #[test]

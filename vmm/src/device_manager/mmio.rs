@@ -1,0 +1,155 @@
+// SPDX-License-Identifier: Apache-2.0
+//! virtio-mmio slots: one 4 KiB register window and one GSI per device,
+//! from [`VIRTIO_MMIO_START`] and [`VIRTIO_GSI_START`] up, in the order the
+//! devices are attached, and the `virtio_mmio.device=` switch that tells
+//! the guest kernel about each (no device tree or ACPI here).
+
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::IoEventAddress;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::layout::{
+    IOAPIC_PINS, IOAPIC_START, MMIO_WINDOW_SIZE, VIRTIO_GSI_START, VIRTIO_MMIO_START,
+};
+use crate::devices::bus::{Bus, BusError};
+use crate::devices::virtio::transport::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
+use crate::vstate::memory::GuestMemoryMmap;
+use crate::vstate::vm::{Vm, VmError};
+
+/// Most virtio-mmio devices: one per IOAPIC pin from GSI 5.
+pub const MAX_VIRTIO_DEVICES: usize = (IOAPIC_PINS - VIRTIO_GSI_START) as usize;
+
+/// Errors placing a virtio device.
+#[derive(Debug, thiserror::Error)]
+pub enum MmioDeviceError {
+    /// More devices than interrupt lines.
+    #[error("Too many virtio devices: {0} (at most {MAX_VIRTIO_DEVICES})")]
+    TooManyDevices(usize),
+    /// The interrupt event could not be created.
+    #[error("Cannot create the interrupt event of the virtio device at {0:#x}")]
+    InterruptEvent(u64, #[source] std::io::Error),
+    /// KVM refused the irqfd.
+    #[error("Cannot connect the virtio device at {0:#x} to its interrupt")]
+    Irqfd(u64, #[source] VmError),
+    /// KVM refused a queue notification event.
+    #[error("Cannot register queue {queue} notifications of the virtio device at {base:#x}")]
+    Ioeventfd {
+        /// The device's window.
+        base: u64,
+        /// The queue.
+        queue: usize,
+        /// What KVM said.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// The window overlaps another device.
+    #[error("Cannot place the virtio device at {0:#x}")]
+    Bus(u64, #[source] BusError),
+}
+
+/// A virtio-mmio device's place: register window and GSI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmioSlot {
+    /// Guest-physical start of the 4 KiB register window.
+    pub base: u64,
+    /// The device's interrupt line.
+    pub gsi: u32,
+}
+
+impl MmioSlot {
+    /// The kernel command-line switch announcing this device.
+    pub fn cmdline_switch(&self) -> String {
+        format!("virtio_mmio.device=4K@{:#x}:{}", self.base, self.gsi)
+    }
+}
+
+/// The slots of `count` devices, in order.
+///
+/// # Errors
+/// [`MmioDeviceError::TooManyDevices`] beyond [`MAX_VIRTIO_DEVICES`].
+pub fn allocate_slots(count: usize) -> Result<Vec<MmioSlot>, MmioDeviceError> {
+    if count > MAX_VIRTIO_DEVICES {
+        return Err(MmioDeviceError::TooManyDevices(count));
+    }
+    Ok((0..count as u32)
+        .map(|i| MmioSlot {
+            base: VIRTIO_MMIO_START + u64::from(i) * MMIO_WINDOW_SIZE,
+            gsi: VIRTIO_GSI_START + i,
+        })
+        .collect())
+}
+
+/// Puts `device` in `slot`: its interrupt on the slot's GSI (irqfd), its
+/// queue notifications straight to the device's events (ioeventfd, no exit
+/// to the VMM), its registers on the MMIO bus.
+///
+/// # Errors
+/// An [`MmioDeviceError`] when KVM or the bus refuses.
+pub fn attach_virtio_device(
+    vm: &Vm,
+    mmio: &mut Bus,
+    mem: &GuestMemoryMmap,
+    slot: MmioSlot,
+    device: Arc<Mutex<dyn VirtioDevice>>,
+) -> Result<(), MmioDeviceError> {
+    debug_assert!(slot.base + MMIO_WINDOW_SIZE <= IOAPIC_START);
+    let irqfd =
+        EventFd::new(EFD_NONBLOCK).map_err(|e| MmioDeviceError::InterruptEvent(slot.base, e))?;
+    vm.register_irqfd(&irqfd, slot.gsi)
+        .map_err(|e| MmioDeviceError::Irqfd(slot.base, e))?;
+    {
+        let device = device
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let notify = IoEventAddress::Mmio(slot.base + QUEUE_NOTIFY_OFFSET);
+        for (queue, event) in device.queue_events().iter().enumerate() {
+            vm.fd()
+                .register_ioevent(event, &notify, queue as u32)
+                .map_err(|source| MmioDeviceError::Ioeventfd {
+                    base: slot.base,
+                    queue,
+                    source,
+                })?;
+        }
+    }
+    let interrupt = Arc::new(VirtioInterrupt::new(irqfd));
+    let transport = MmioTransport::new(device, mem.clone(), interrupt);
+    mmio.insert(Arc::new(Mutex::new(transport)), slot.base, MMIO_WINDOW_SIZE)
+        .map_err(|e| MmioDeviceError::Bus(slot.base, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_slots_follow_each_other_from_gsi_5() {
+        let slots = allocate_slots(3).unwrap();
+        assert_eq!(
+            slots[0],
+            MmioSlot {
+                base: 0xc000_1000,
+                gsi: 5
+            }
+        );
+        assert_eq!(slots[2].base, 0xc000_3000);
+        assert_eq!(slots[2].gsi, 7);
+        assert_eq!(
+            slots[1].cmdline_switch(),
+            "virtio_mmio.device=4K@0xc0002000:6"
+        );
+    }
+
+    #[test]
+    fn test_slots_stop_at_the_last_ioapic_pin() {
+        let slots = allocate_slots(MAX_VIRTIO_DEVICES).unwrap();
+        assert_eq!(slots.last().unwrap().gsi, IOAPIC_PINS - 1);
+        assert!(matches!(
+            allocate_slots(MAX_VIRTIO_DEVICES + 1),
+            Err(MmioDeviceError::TooManyDevices(20))
+        ));
+        assert!(allocate_slots(0).unwrap().is_empty());
+    }
+}
