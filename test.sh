@@ -15,4 +15,6 @@ export VMPOD_REQUIRE_GUEST=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --all-targets
+# The fuzz targets (run with cargo fuzz on nightly) must keep building.
+cargo check --manifest-path fuzz/Cargo.toml --bins
 cargo test --workspace -- --nocapture 2>&1 | tee target/test.log
