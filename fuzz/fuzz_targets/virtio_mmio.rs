@@ -17,7 +17,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 fuzz_target!(|data: &[u8]| {
     let mem = create_guest_memory(1 << 20).expect("guest memory");
     let device = Arc::new(Mutex::new(Entropy::new().expect("entropy device")));
-    let interrupt = Arc::new(VirtioInterrupt::new(EventFd::new(EFD_NONBLOCK).expect("eventfd")));
+    let interrupt = Arc::new(VirtioInterrupt::new(
+        EventFd::new(EFD_NONBLOCK).expect("eventfd"),
+    ));
     let mut transport = MmioTransport::new(device.clone(), mem, interrupt);
     // Each access: [kind: u8][offset: u16][value: u32]; kind picks read or
     // write and the access size (1, 2, 4 or 8 bytes).

@@ -41,9 +41,12 @@ pub fn guest_with_queue(mut data: &[u8]) -> (GuestMemoryMmap, Queue) {
     let mem = create_guest_memory(MEM_SIZE).expect("1 MiB of guest memory");
     let n_desc = take(&mut data, 1).map_or(0, |b| usize::from(b[0]) % MAX_ENTRIES);
     for i in 0..n_desc {
-        let Some(raw) = take(&mut data, 16) else { break };
+        let Some(raw) = take(&mut data, 16) else {
+            break;
+        };
         let addr = GuestAddress(DESC_TABLE + 16 * i as u64);
-        mem.write_slice(raw, addr).expect("descriptor table is in memory");
+        mem.write_slice(raw, addr)
+            .expect("descriptor table is in memory");
     }
     if let Some(idx) = take(&mut data, 2) {
         mem.write_slice(idx, GuestAddress(AVAIL_RING + 2))
@@ -51,7 +54,9 @@ pub fn guest_with_queue(mut data: &[u8]) -> (GuestMemoryMmap, Queue) {
     }
     let n_avail = take(&mut data, 1).map_or(0, |b| usize::from(b[0]) % MAX_ENTRIES);
     for i in 0..n_avail {
-        let Some(head) = take(&mut data, 2) else { break };
+        let Some(head) = take(&mut data, 2) else {
+            break;
+        };
         mem.write_slice(head, GuestAddress(AVAIL_RING + 4 + 2 * i as u64))
             .expect("available ring is in memory");
     }
