@@ -161,6 +161,9 @@ pub enum BuildMicrovmError {
     /// A virtio device cannot be placed.
     #[error(transparent)]
     MmioDevice(#[from] MmioDeviceError),
+    /// A device kind this build of vmpod-vm cannot create yet.
+    #[error("{0} devices are not available in this build of vmpod-vm yet")]
+    DeviceUnavailable(&'static str),
     /// The entropy device cannot be created.
     #[error(transparent)]
     Entropy(#[from] EntropyError),
@@ -181,6 +184,7 @@ impl BuildMicrovmError {
                 | Self::CmdlineInvalid(_)
                 | Self::TooManyVcpus { .. }
                 | Self::SerialFile { .. }
+                | Self::DeviceUnavailable(_)
         )
     }
 }
@@ -386,6 +390,16 @@ type VirtioPair = (Arc<Mutex<dyn VirtioDevice>>, Subscriber);
 /// # Errors
 /// A [`BuildMicrovmError`] if a device's back end cannot be set up.
 pub fn create_virtio_devices(config: &VmConfig) -> Result<Vec<VirtioPair>, BuildMicrovmError> {
+    let wanted = &config.devices;
+    let missing = [
+        ("--disk", !wanted.disks.is_empty()),
+        ("--net", !wanted.nets.is_empty()),
+        ("--vsock", wanted.vsock.is_some()),
+        ("--fs", !wanted.fs.is_empty()),
+    ];
+    if let Some((flag, _)) = missing.into_iter().find(|(_, asked)| *asked) {
+        return Err(BuildMicrovmError::DeviceUnavailable(flag));
+    }
     let mut devices: Vec<VirtioPair> = Vec::new();
     if config.rng {
         let rng = Arc::new(Mutex::new(Entropy::new()?));

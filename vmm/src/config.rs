@@ -9,6 +9,13 @@ use serde::Deserialize;
 
 use crate::arch::cpuid::CpuTemplate;
 use crate::arch::layout::MAX_VCPUS;
+use crate::device_manager::mmio::MAX_VIRTIO_DEVICES;
+
+mod devices;
+
+pub use devices::{
+    DeviceConfigError, DeviceConfigs, DiskConfig, FsConfig, MacAddr, NetConfig, VsockConfig,
+};
 
 /// Guest memory when none is asked for.
 pub const DEFAULT_MEMORY_MIB: u64 = 256;
@@ -72,6 +79,14 @@ pub struct ConfigLayer {
     pub cpu_template: Option<CpuTemplate>,
     /// Whether the guest gets a virtio-rng device.
     pub rng: Option<bool>,
+    /// Disks (`[[disk]]` tables).
+    pub disk: Option<Vec<DiskConfig>>,
+    /// Network interfaces (`[[net]]` tables).
+    pub net: Option<Vec<NetConfig>>,
+    /// The vsock device (`[vsock]` table).
+    pub vsock: Option<VsockConfig>,
+    /// Shared directories (`[[fs]]` tables).
+    pub fs: Option<Vec<FsConfig>>,
 }
 
 impl ConfigLayer {
@@ -116,6 +131,10 @@ impl ConfigLayer {
             serial: over.serial.or(self.serial),
             cpu_template: over.cpu_template.or(self.cpu_template),
             rng: over.rng.or(self.rng),
+            disk: over.disk.or(self.disk),
+            net: over.net.or(self.net),
+            vsock: over.vsock.or(self.vsock),
+            fs: over.fs.or(self.fs),
         }
     }
 
@@ -140,6 +159,18 @@ impl ConfigLayer {
                 host: host_memory_mib,
             });
         }
+        let devices = DeviceConfigs {
+            disks: self.disk.unwrap_or_default(),
+            nets: self.net.unwrap_or_default(),
+            vsock: self.vsock,
+            fs: self.fs.unwrap_or_default(),
+        }
+        .check()?;
+        let rng = self.rng.unwrap_or(false);
+        let count = devices.count() + usize::from(rng);
+        if count > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyDevices(count));
+        }
         Ok(VmConfig {
             kernel,
             initrd: self.initrd,
@@ -148,7 +179,8 @@ impl ConfigLayer {
             memory_mib,
             serial: self.serial.unwrap_or_default(),
             cpu_template: self.cpu_template.unwrap_or_default(),
-            rng: self.rng.unwrap_or(false),
+            rng,
+            devices,
         })
     }
 }
@@ -172,6 +204,8 @@ pub struct VmConfig {
     pub cpu_template: CpuTemplate,
     /// A virtio-rng device, fed from the host's `getrandom`.
     pub rng: bool,
+    /// Disks, network interfaces, vsock and shared directories.
+    pub devices: DeviceConfigs,
 }
 
 /// Errors in the configuration: all are the user's to fix.
@@ -194,6 +228,12 @@ pub enum ConfigError {
         /// What the host has.
         host: u64,
     },
+    /// A device setting is wrong.
+    #[error(transparent)]
+    Device(#[from] DeviceConfigError),
+    /// More virtio devices than interrupt lines.
+    #[error("Too many virtio devices: {0}, the most is {MAX_VIRTIO_DEVICES}")]
+    TooManyDevices(usize),
     /// A serial target that is none of the known forms.
     #[error("Invalid serial target '{0}': expected stdout, none or file:PATH")]
     Serial(String),
@@ -261,6 +301,20 @@ mod tests {
             serial = "file:/tmp/console.log"
             cpu-template = "emulated-supervisor"
             rng = true
+            [[disk]]
+            path = "/img/root.ext4"
+            readonly = true
+            [[disk]]
+            path = "/img/data.ext4"
+            [[net]]
+            tap = "vmtap0"
+            mac = "02:00:00:00:00:01"
+            [vsock]
+            cid = 3
+            socket = "/run/vmpod/v.sock"
+            [[fs]]
+            tag = "rootfs"
+            dir = "/srv/rootfs"
             "#,
         )
         .unwrap();
@@ -272,6 +326,37 @@ mod tests {
         assert_eq!(config.serial, SerialTarget::File("/tmp/console.log".into()));
         assert_eq!(config.cpu_template, CpuTemplate::EmulatedSupervisor);
         assert!(config.rng);
+        let devices = &config.devices;
+        assert_eq!(devices.disks.len(), 2);
+        assert!(devices.disks[0].readonly && !devices.disks[1].readonly);
+        assert_eq!(devices.nets[0].mac, Some(MacAddr([2, 0, 0, 0, 0, 1])));
+        assert_eq!(devices.vsock.as_ref().map(|v| v.cid), Some(3));
+        assert_eq!(devices.fs[0].dir, PathBuf::from("/srv/rootfs"));
+    }
+
+    #[test]
+    fn test_device_tables_are_checked_like_flags() {
+        let bad = [
+            ("[[net]]\ntap = \"a/b\"", "Invalid tap name"),
+            ("[[net]]\ntap = \"t\"\nmac = \"xx\"", "Invalid MAC address"),
+            ("[vsock]\ncid = 1\nsocket = \"/s\"", "Invalid vsock CID"),
+            ("[[fs]]\ntag = \"\"\ndir = \"/d\"", "Invalid virtio-fs tag"),
+            ("[[disk]]\npath = \"/i\"\nsize = 3", "unknown field"),
+            ("[[disk]]\nreadonly = true", "missing field"),
+        ];
+        for (text, needle) in bad {
+            let err = ConfigLayer::from_toml(&format!("kernel = \"/k\"\n{text}"))
+                .and_then(|layer| layer.validate(1024).map(|_| ()))
+                .unwrap_err();
+            assert!(err.to_string().contains(needle), "{text}: {err}");
+        }
+        let many = ConfigLayer {
+            disk: Some(vec!["path=/i".parse().unwrap(); MAX_VIRTIO_DEVICES]),
+            rng: Some(true),
+            ..layer_with_kernel()
+        };
+        let err = many.validate(1024).unwrap_err();
+        assert!(err.to_string().contains("Too many virtio devices: 20"), "{err}");
     }
 
     #[test]

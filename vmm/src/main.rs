@@ -13,7 +13,9 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use vmm::arch::cpuid::CpuTemplate;
 use vmm::builder::build_microvm;
-use vmm::config::{host_memory_mib, ConfigLayer, SerialTarget};
+use vmm::config::{
+    host_memory_mib, ConfigLayer, DiskConfig, FsConfig, NetConfig, SerialTarget, VsockConfig,
+};
 
 /// Exit status for run-time failures (host, KVM, guest).
 const EXIT_RUNTIME: u8 = 1;
@@ -48,6 +50,18 @@ struct Cli {
     /// Give the guest a virtio-rng device (entropy from the host).
     #[arg(long)]
     rng: bool,
+    /// A virtio-blk disk from a raw image; repeat for more disks.
+    #[arg(long, value_name = "path=IMG[,readonly]")]
+    disk: Vec<DiskConfig>,
+    /// A virtio-net interface on a host tap; repeat for more.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC][,create]")]
+    net: Vec<NetConfig>,
+    /// The virtio-vsock device and its host-side Unix socket.
+    #[arg(long, value_name = "cid=N,socket=PATH")]
+    vsock: Option<VsockConfig>,
+    /// A host directory shared through virtio-fs; repeat for more.
+    #[arg(long, value_name = "tag=TAG,dir=DIR[,readonly]")]
+    fs: Vec<FsConfig>,
     /// TOML file with the same settings (flags override it).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -64,6 +78,10 @@ impl Cli {
             serial: self.serial.clone(),
             cpu_template: self.cpu_template,
             rng: self.rng.then_some(true),
+            disk: (!self.disk.is_empty()).then(|| self.disk.clone()),
+            net: (!self.net.is_empty()).then(|| self.net.clone()),
+            vsock: self.vsock.clone(),
+            fs: (!self.fs.is_empty()).then(|| self.fs.clone()),
         }
     }
 }

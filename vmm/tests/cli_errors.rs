@@ -285,3 +285,49 @@ fn test_missing_or_unusable_dev_kvm() {
         "{unusable:?}"
     );
 }
+
+#[test]
+fn test_bad_device_flags() {
+    let k = ["--kernel", "/k"];
+    let cases: [(&[&str], &[&str]); 8] = [
+        (&["--disk", "path=a,size=1"], &["--disk", "'size'"]),
+        (&["--disk", "readonly"], &["'path=' is required"]),
+        (&["--net", "tap=a/b"], &["Invalid tap name 'a/b'"]),
+        (
+            &["--net", "tap=t,mac=01:02:03:04:05:06"],
+            &["Invalid MAC address"],
+        ),
+        (&["--vsock", "cid=2,socket=/s"], &["Invalid vsock CID '2'"]),
+        (&["--vsock", "cid=3"], &["'socket=' is required"]),
+        (&["--fs", "tag=,dir=/d"], &["'tag=' is required"]),
+        (&["--fs", "tag=t,dir=/d,rw"], &["--fs", "'rw'"]),
+    ];
+    for (flags, needles) in cases {
+        let args: Vec<&str> = k.iter().chain(flags).copied().collect();
+        assert_fails(&args, 2, needles);
+    }
+}
+
+#[test]
+fn test_bad_device_tables_in_config_file() {
+    let dir = TestDir::new("devconfig");
+    let cases = [
+        (
+            "[[fs]]\ntag = \"t\"\ndir = \"/a\"\n[[fs]]\ntag = \"t\"\ndir = \"/b\"\n",
+            "'t' is used twice",
+        ),
+        ("[vsock]\ncid = 3\n", "missing field `socket`"),
+        (
+            "[[net]]\ntap = \"t\"\nqueues = 2\n",
+            "unknown field `queues`",
+        ),
+    ];
+    for (i, (text, needle)) in cases.into_iter().enumerate() {
+        let file = dir.write(&format!("c{i}.toml"), text.as_bytes());
+        assert_fails(
+            &["--kernel", "/k", "--config", path_str(&file)],
+            2,
+            &[needle],
+        );
+    }
+}

@@ -1,0 +1,488 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Device settings: what `--disk`, `--net`, `--vsock` and `--fs` say (as
+//! `key=value,flag` lists) and what the config file's `[[disk]]`, `[[net]]`,
+//! `[vsock]` and `[[fs]]` tables say, checked the same way.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+/// Longest Linux network interface name (IFNAMSIZ - 1).
+pub const MAX_TAP_NAME_LEN: usize = 15;
+/// Longest virtio-fs tag (the config space field's size).
+pub const MAX_FS_TAG_LEN: usize = 36;
+/// Longest Unix socket path (`sun_path` less the NUL); vsock adds `_<port>`
+/// for guest-initiated connections, which must fit too.
+pub const MAX_VSOCK_SOCKET_LEN: usize = 107 - "_4294967295".len();
+/// Lowest guest CID: 0-2 are reserved (hypervisor, local, host).
+pub const MIN_GUEST_CID: u32 = 3;
+
+/// Errors in a device setting, each naming the device and the problem.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DeviceConfigError {
+    /// A key this device does not know.
+    #[error("Invalid --{device} option '{key}': expected {expected}")]
+    UnknownKey {
+        /// disk, net, vsock or fs.
+        device: &'static str,
+        /// The key.
+        key: String,
+        /// The keys it takes.
+        expected: &'static str,
+    },
+    /// A key given twice.
+    #[error("Invalid --{device}: '{key}' is given twice")]
+    DuplicateKey {
+        /// disk, net, vsock or fs.
+        device: &'static str,
+        /// The key.
+        key: String,
+    },
+    /// A required key is missing or empty.
+    #[error("Invalid --{device}: '{key}=' is required")]
+    MissingKey {
+        /// disk, net, vsock or fs.
+        device: &'static str,
+        /// The key.
+        key: &'static str,
+    },
+    /// A flag given a value, or a key given none.
+    #[error("Invalid --{device} option '{option}'")]
+    BadOption {
+        /// disk, net, vsock or fs.
+        device: &'static str,
+        /// The option as written.
+        option: String,
+    },
+    /// Not a MAC address, or not a unicast one.
+    #[error("Invalid MAC address '{0}': expected six hex bytes like 02:00:00:00:00:01, unicast")]
+    Mac(String),
+    /// A tap name Linux would refuse.
+    #[error("Invalid tap name '{0}': 1 to {MAX_TAP_NAME_LEN} bytes, no '/' or whitespace")]
+    TapName(String),
+    /// A guest CID that is reserved or not a number.
+    #[error("Invalid vsock CID '{0}': a number from {MIN_GUEST_CID} to 4294967294")]
+    Cid(String),
+    /// A socket path too long for `sun_path`.
+    #[error("The vsock socket path {0} is too long: at most {MAX_VSOCK_SOCKET_LEN} bytes")]
+    SocketPathTooLong(PathBuf),
+    /// A virtio-fs tag the guest could not mount by.
+    #[error("Invalid virtio-fs tag '{0}': 1 to {MAX_FS_TAG_LEN} bytes, no NUL")]
+    FsTag(String),
+    /// Two shared directories with one tag.
+    #[error("The virtio-fs tag '{0}' is used twice")]
+    DuplicateFsTag(String),
+}
+
+/// `key=value,flag,...` as a map; `None` for flags.
+fn parse_options<'a>(
+    device: &'static str,
+    text: &'a str,
+    keys: &[&str],
+    flags: &[&str],
+    expected: &'static str,
+) -> Result<BTreeMap<&'a str, Option<&'a str>>, DeviceConfigError> {
+    let mut options = BTreeMap::new();
+    for option in text.split(',') {
+        let (key, value) = match option.split_once('=') {
+            Some((key, value)) => (key, Some(value)),
+            None => (option, None),
+        };
+        let known_key = keys.contains(&key);
+        let known_flag = flags.contains(&key);
+        if !known_key && !known_flag {
+            return Err(DeviceConfigError::UnknownKey {
+                device,
+                key: key.to_string(),
+                expected,
+            });
+        }
+        if known_key != value.is_some() {
+            return Err(DeviceConfigError::BadOption {
+                device,
+                option: option.to_string(),
+            });
+        }
+        if options.insert(key, value).is_some() {
+            return Err(DeviceConfigError::DuplicateKey {
+                device,
+                key: key.to_string(),
+            });
+        }
+    }
+    Ok(options)
+}
+
+/// The non-empty value of a required key.
+fn required<'a>(
+    device: &'static str,
+    options: &BTreeMap<&str, Option<&'a str>>,
+    key: &'static str,
+) -> Result<&'a str, DeviceConfigError> {
+    options
+        .get(key)
+        .copied()
+        .flatten()
+        .filter(|value| !value.is_empty())
+        .ok_or(DeviceConfigError::MissingKey { device, key })
+}
+
+/// A disk: a raw image file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// The image file.
+    pub path: PathBuf,
+    /// Whether the guest may only read it.
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+impl FromStr for DiskConfig {
+    type Err = DeviceConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let options = parse_options("disk", s, &["path"], &["readonly"], "path=IMG[,readonly]")?;
+        Ok(DiskConfig {
+            path: required("disk", &options, "path")?.into(),
+            readonly: options.contains_key("readonly"),
+        })
+    }
+}
+
+/// A MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl FromStr for MacAddr {
+    type Err = DeviceConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || DeviceConfigError::Mac(s.to_string());
+        let mut bytes = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut bytes {
+            let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        // Multicast addresses cannot be a NIC's own.
+        if parts.next().is_some() || bytes[0] & 1 != 0 {
+            return Err(bad());
+        }
+        Ok(MacAddr(bytes))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A network interface backed by a host tap device.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// The tap device's name.
+    pub tap: String,
+    /// The guest's MAC address; a random local one if absent.
+    pub mac: Option<MacAddr>,
+    /// Create the tap if it does not exist (it then goes away with the VM).
+    #[serde(default)]
+    pub create: bool,
+}
+
+impl NetConfig {
+    fn check(self) -> Result<Self, DeviceConfigError> {
+        let valid = !self.tap.is_empty()
+            && self.tap.len() <= MAX_TAP_NAME_LEN
+            && !self.tap.contains('/')
+            && !self.tap.chars().any(char::is_whitespace);
+        if valid {
+            Ok(self)
+        } else {
+            Err(DeviceConfigError::TapName(self.tap))
+        }
+    }
+}
+
+impl FromStr for NetConfig {
+    type Err = DeviceConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let options = parse_options(
+            "net",
+            s,
+            &["tap", "mac"],
+            &["create"],
+            "tap=NAME[,mac=MAC][,create]",
+        )?;
+        NetConfig {
+            tap: required("net", &options, "tap")?.to_string(),
+            mac: options
+                .get("mac")
+                .copied()
+                .flatten()
+                .map(str::parse)
+                .transpose()?,
+            create: options.contains_key("create"),
+        }
+        .check()
+    }
+}
+
+/// The vsock device: the guest's CID and the host-side Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's context ID.
+    pub cid: u32,
+    /// Host processes connect here (`CONNECT <port>`); guest connections
+    /// to port P go to `<socket>_P`.
+    pub socket: PathBuf,
+}
+
+impl VsockConfig {
+    fn check(self) -> Result<Self, DeviceConfigError> {
+        if self.cid < MIN_GUEST_CID || self.cid == u32::MAX {
+            return Err(DeviceConfigError::Cid(self.cid.to_string()));
+        }
+        if self.socket.as_os_str().len() > MAX_VSOCK_SOCKET_LEN {
+            return Err(DeviceConfigError::SocketPathTooLong(self.socket));
+        }
+        Ok(self)
+    }
+}
+
+impl FromStr for VsockConfig {
+    type Err = DeviceConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let options = parse_options("vsock", s, &["cid", "socket"], &[], "cid=N,socket=PATH")?;
+        let cid = required("vsock", &options, "cid")?;
+        VsockConfig {
+            cid: cid
+                .parse()
+                .map_err(|_| DeviceConfigError::Cid(cid.to_string()))?,
+            socket: required("vsock", &options, "socket")?.into(),
+        }
+        .check()
+    }
+}
+
+/// A host directory shared with the guest through virtio-fs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The name the guest mounts it by (`mount -t virtiofs TAG /mnt`).
+    pub tag: String,
+    /// The shared directory.
+    pub dir: PathBuf,
+    /// Whether the guest may only read it.
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+impl FsConfig {
+    fn check(self) -> Result<Self, DeviceConfigError> {
+        if self.tag.is_empty() || self.tag.len() > MAX_FS_TAG_LEN || self.tag.contains('\0') {
+            return Err(DeviceConfigError::FsTag(self.tag));
+        }
+        Ok(self)
+    }
+}
+
+impl FromStr for FsConfig {
+    type Err = DeviceConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let options = parse_options(
+            "fs",
+            s,
+            &["tag", "dir"],
+            &["readonly"],
+            "tag=TAG,dir=DIR[,readonly]",
+        )?;
+        FsConfig {
+            tag: required("fs", &options, "tag")?.to_string(),
+            dir: required("fs", &options, "dir")?.into(),
+            readonly: options.contains_key("readonly"),
+        }
+        .check()
+    }
+}
+
+/// Every device setting of a VM, checked as a whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceConfigs {
+    /// Disks, in the guest's order (`/dev/vda`, `/dev/vdb`, ...).
+    pub disks: Vec<DiskConfig>,
+    /// Network interfaces (`eth0`, ...).
+    pub nets: Vec<NetConfig>,
+    /// The vsock device.
+    pub vsock: Option<VsockConfig>,
+    /// Shared directories.
+    pub fs: Vec<FsConfig>,
+}
+
+impl DeviceConfigs {
+    /// Checks what the file said as the flags are checked, and what only a
+    /// whole set can get wrong (a tag used twice).
+    ///
+    /// # Errors
+    /// The first [`DeviceConfigError`].
+    pub fn check(self) -> Result<Self, DeviceConfigError> {
+        let nets = self
+            .nets
+            .into_iter()
+            .map(NetConfig::check)
+            .collect::<Result<_, _>>()?;
+        let vsock = self.vsock.map(VsockConfig::check).transpose()?;
+        let fs: Vec<FsConfig> = self
+            .fs
+            .into_iter()
+            .map(FsConfig::check)
+            .collect::<Result<_, _>>()?;
+        for (i, share) in fs.iter().enumerate() {
+            if fs[..i].iter().any(|other| other.tag == share.tag) {
+                return Err(DeviceConfigError::DuplicateFsTag(share.tag.clone()));
+            }
+        }
+        Ok(DeviceConfigs {
+            disks: self.disks,
+            nets,
+            vsock,
+            fs,
+        })
+    }
+
+    /// How many virtio devices these settings make.
+    pub fn count(&self) -> usize {
+        self.disks.len() + self.nets.len() + usize::from(self.vsock.is_some()) + self.fs.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_disk_options() {
+        let disk: DiskConfig = "path=/img/root.ext4,readonly".parse().unwrap();
+        assert_eq!(disk.path, PathBuf::from("/img/root.ext4"));
+        assert!(disk.readonly);
+        assert!(!"path=a".parse::<DiskConfig>().unwrap().readonly);
+        assert_eq!(
+            "readonly".parse::<DiskConfig>().unwrap_err(),
+            DeviceConfigError::MissingKey {
+                device: "disk",
+                key: "path"
+            }
+        );
+        assert_eq!(
+            "path=".parse::<DiskConfig>().unwrap_err().to_string(),
+            "Invalid --disk: 'path=' is required"
+        );
+        let err = "path=a,size=3".parse::<DiskConfig>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Invalid --disk option 'size': expected path=IMG[,readonly]"
+        );
+        let err = "path=a,path=b".parse::<DiskConfig>().unwrap_err();
+        assert!(err.to_string().contains("'path' is given twice"), "{err}");
+        let err = "path=a,readonly=yes".parse::<DiskConfig>().unwrap_err();
+        assert!(err.to_string().contains("'readonly=yes'"), "{err}");
+        let err = "path".parse::<DiskConfig>().unwrap_err();
+        assert!(err.to_string().contains("'path'"), "{err}");
+    }
+
+    #[test]
+    fn test_mac_addresses() {
+        let mac: MacAddr = "02:00:0a:ff:00:01".parse().unwrap();
+        assert_eq!(mac.0, [2, 0, 10, 255, 0, 1]);
+        assert_eq!(mac.to_string(), "02:00:0a:ff:00:01");
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:01:02",
+            "02:00:00:00:00:1",
+            "02:00:00:00:00:zz",
+            "03:00:00:00:00:01",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn test_net_options() {
+        let net: NetConfig = "tap=vmtap0,mac=02:00:00:00:00:01,create".parse().unwrap();
+        assert_eq!(net.tap, "vmtap0");
+        assert_eq!(net.mac, Some(MacAddr([2, 0, 0, 0, 0, 1])));
+        assert!(net.create);
+        let net: NetConfig = "tap=t".parse().unwrap();
+        assert_eq!((net.mac, net.create), (None, false));
+        let err = "tap=averyveryverylongname".parse::<NetConfig>().unwrap_err();
+        assert!(err.to_string().contains("Invalid tap name"), "{err}");
+        assert!("tap=a/b".parse::<NetConfig>().is_err());
+        let err = "tap=t,mac=01:00:00:00:00:01".parse::<NetConfig>().unwrap_err();
+        assert!(err.to_string().contains("unicast"), "{err}");
+        assert!("mac=02:00:00:00:00:01".parse::<NetConfig>().is_err());
+    }
+
+    #[test]
+    fn test_vsock_options() {
+        let vsock: VsockConfig = "cid=3,socket=/run/v.sock".parse().unwrap();
+        assert_eq!(vsock.cid, 3);
+        assert_eq!(vsock.socket, PathBuf::from("/run/v.sock"));
+        for bad in ["cid=2,socket=/s", "cid=x,socket=/s", "cid=4294967295,socket=/s"] {
+            let err = bad.parse::<VsockConfig>().unwrap_err();
+            assert!(err.to_string().contains("Invalid vsock CID"), "{bad}: {err}");
+        }
+        assert!("cid=3".parse::<VsockConfig>().is_err());
+        let long = format!("cid=3,socket=/{}", "s".repeat(MAX_VSOCK_SOCKET_LEN));
+        let err = long.parse::<VsockConfig>().unwrap_err();
+        assert!(err.to_string().contains("too long"), "{err}");
+    }
+
+    #[test]
+    fn test_fs_options_and_tags() {
+        let fs: FsConfig = "tag=root,dir=/srv/root,readonly".parse().unwrap();
+        assert_eq!((fs.tag.as_str(), fs.readonly), ("root", true));
+        let err = format!("tag={},dir=/d", "t".repeat(MAX_FS_TAG_LEN + 1))
+            .parse::<FsConfig>()
+            .unwrap_err();
+        assert!(err.to_string().contains("Invalid virtio-fs tag"), "{err}");
+        assert!("dir=/d".parse::<FsConfig>().is_err());
+        let twice = DeviceConfigs {
+            fs: vec![fs.clone(), fs],
+            ..Default::default()
+        };
+        assert_eq!(
+            twice.check().unwrap_err(),
+            DeviceConfigError::DuplicateFsTag("root".into())
+        );
+    }
+
+    #[test]
+    fn test_count() {
+        let configs = DeviceConfigs {
+            disks: vec!["path=a".parse().unwrap(), "path=b".parse().unwrap()],
+            nets: vec!["tap=t".parse().unwrap()],
+            vsock: Some("cid=3,socket=/s".parse().unwrap()),
+            fs: vec![],
+        };
+        assert_eq!(configs.count(), 4);
+    }
+}
