@@ -24,13 +24,13 @@ use crate::arch::layout::{
 use crate::arch::mptable::{setup_mptable, MptableError};
 use crate::arch::regs::{write_boot_tables, BootProtocol, EntryPoint, RegsError};
 use crate::config::VmConfig;
+use crate::device_manager::mmio::{allocate_slots, attach_virtio_device, MmioDeviceError};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{EventFdTrigger, SerialDevice, SerialOutput};
 use crate::devices::virtio::rng::{Entropy, EntropyError};
 use crate::devices::virtio::VirtioDevice;
-use crate::device_manager::mmio::{allocate_slots, attach_virtio_device, MmioDeviceError};
 use crate::event_loop::Subscriber;
 use crate::exit::ExitNotifier;
 use crate::microvm::Microvm;

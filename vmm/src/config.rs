@@ -356,7 +356,10 @@ mod tests {
             ..layer_with_kernel()
         };
         let err = many.validate(1024).unwrap_err();
-        assert!(err.to_string().contains("Too many virtio devices: 20"), "{err}");
+        assert!(
+            err.to_string().contains("Too many virtio devices: 20"),
+            "{err}"
+        );
     }
 
     #[test]

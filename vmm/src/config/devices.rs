@@ -433,10 +433,14 @@ mod tests {
         assert!(net.create);
         let net: NetConfig = "tap=t".parse().unwrap();
         assert_eq!((net.mac, net.create), (None, false));
-        let err = "tap=averyveryverylongname".parse::<NetConfig>().unwrap_err();
+        let err = "tap=averyveryverylongname"
+            .parse::<NetConfig>()
+            .unwrap_err();
         assert!(err.to_string().contains("Invalid tap name"), "{err}");
         assert!("tap=a/b".parse::<NetConfig>().is_err());
-        let err = "tap=t,mac=01:00:00:00:00:01".parse::<NetConfig>().unwrap_err();
+        let err = "tap=t,mac=01:00:00:00:00:01"
+            .parse::<NetConfig>()
+            .unwrap_err();
         assert!(err.to_string().contains("unicast"), "{err}");
         assert!("mac=02:00:00:00:00:01".parse::<NetConfig>().is_err());
     }
@@ -446,9 +450,16 @@ mod tests {
         let vsock: VsockConfig = "cid=3,socket=/run/v.sock".parse().unwrap();
         assert_eq!(vsock.cid, 3);
         assert_eq!(vsock.socket, PathBuf::from("/run/v.sock"));
-        for bad in ["cid=2,socket=/s", "cid=x,socket=/s", "cid=4294967295,socket=/s"] {
+        for bad in [
+            "cid=2,socket=/s",
+            "cid=x,socket=/s",
+            "cid=4294967295,socket=/s",
+        ] {
             let err = bad.parse::<VsockConfig>().unwrap_err();
-            assert!(err.to_string().contains("Invalid vsock CID"), "{bad}: {err}");
+            assert!(
+                err.to_string().contains("Invalid vsock CID"),
+                "{bad}: {err}"
+            );
         }
         assert!("cid=3".parse::<VsockConfig>().is_err());
         let long = format!("cid=3,socket=/{}", "s".repeat(MAX_VSOCK_SOCKET_LEN));
