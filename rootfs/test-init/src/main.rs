@@ -30,6 +30,8 @@
 #![cfg_attr(not(test), no_main)]
 #![cfg_attr(test, allow(dead_code))]
 
+mod devices;
+
 use std::ffi::CStr;
 use std::io;
 
@@ -109,6 +111,7 @@ fn run(console: &mut Console) {
 
     report_container_support(console);
     report_hwrng(console);
+    devices::run_checks(console);
 
     match read_file(c"/proc/uptime", &mut buf) {
         Ok(text) => console.line(&format!(
