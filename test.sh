@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 # An assignment, not `eval "$(...)"`, so that a failing setup stops here.
 setup=$(scripts/setup.sh)
 eval "$setup"
-export VMPOD_KERNEL_DIR VMPOD_TEST_INITRD
+export VMPOD_KERNEL_DIR VMPOD_TEST_INITRD VMPOD_TEST_INIT
 # Built here, a missing guest artifact is a failure, not a skip.
 export VMPOD_REQUIRE_GUEST=1
 

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 for pkg in build-essential flex bison bc libelf-dev libssl-dev cpio \
-           linux-source-6.1 file util-linux; do
+           linux-source-6.1 file util-linux e2fsprogs iproute2; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ((${#need[@]})); then
@@ -25,3 +25,4 @@ initrd=$(rootfs/build-test-initrd.sh "$PWD/target/vmpod-test-initrd.cpio" | tail
 
 echo "VMPOD_KERNEL_DIR=$kernel_dir"
 echo "VMPOD_TEST_INITRD=$initrd"
+echo "VMPOD_TEST_INIT=$PWD/target/x86_64-unknown-linux-gnu/release/vmpod-test-init"

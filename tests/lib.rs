@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 pub const KERNEL_DIR_ENV: &str = "VMPOD_KERNEL_DIR";
 /// Environment variable naming the test initrd.
 pub const TEST_INITRD_ENV: &str = "VMPOD_TEST_INITRD";
+/// Environment variable naming the static test init binary (for root
+/// file system images and shared directories).
+pub const TEST_INIT_ENV: &str = "VMPOD_TEST_INIT";
 
 /// The guest artifacts a boot test needs, or why they are missing.
 #[derive(Debug, Clone)]
@@ -22,6 +25,8 @@ pub struct GuestArtifacts {
     pub bzimage: PathBuf,
     /// Uncompressed cpio with vmpod-test-init as /init.
     pub test_initrd: PathBuf,
+    /// The static vmpod-test-init binary.
+    pub test_init: PathBuf,
 }
 
 impl GuestArtifacts {
@@ -43,11 +48,13 @@ impl GuestArtifacts {
             vmlinux: kernel_dir.join("vmlinux"),
             bzimage: kernel_dir.join("bzImage"),
             test_initrd: var(TEST_INITRD_ENV)?,
+            test_init: var(TEST_INIT_ENV)?,
         };
         for path in [
             &artifacts.vmlinux,
             &artifacts.bzimage,
             &artifacts.test_initrd,
+            &artifacts.test_init,
         ] {
             if !path.is_file() {
                 return Err(format!("{} does not exist", path.display()));
@@ -145,5 +152,71 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Outcome {
         stderr,
         elapsed: start.elapsed(),
         timed_out,
+    }
+}
+
+/// Writes a guest root file system tree to `dir`: `/init` (the test init),
+/// the mount points it uses, and a `from-host.txt` the virtio-fs check
+/// reads.
+///
+/// # Errors
+/// The first I/O error.
+pub fn write_root_tree(dir: &std::path::Path, test_init: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for sub in ["dev", "proc", "sys", "mnt", "tmp"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    let init = dir.join("init");
+    std::fs::copy(test_init, &init)?;
+    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::write(dir.join("from-host.txt"), "written by the host\n")
+}
+
+/// Makes an ext4 image of `size_mib` MiB at `image` holding the tree at
+/// `dir` (`mkfs.ext4 -d`).
+///
+/// # Errors
+/// A message with mkfs's output if it fails.
+pub fn make_ext4_image(
+    dir: &std::path::Path,
+    image: &std::path::Path,
+    size_mib: u32,
+) -> Result<(), String> {
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "root_owner=0:0", "-d"])
+        .arg(dir)
+        .arg(image)
+        .arg(format!("{size_mib}M"))
+        .output()
+        .map_err(|e| format!("cannot run mkfs.ext4: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "mkfs.ext4 failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// A file's content inside an ext4 image, read with `debugfs` (no mount).
+///
+/// # Errors
+/// A message if debugfs fails or the file is missing.
+pub fn read_ext4_file(image: &std::path::Path, path: &str) -> Result<String, String> {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {path}"))
+        .arg(image)
+        .output()
+        .map_err(|e| format!("cannot run debugfs: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() && !text.is_empty() {
+        Ok(text)
+    } else {
+        Err(format!(
+            "debugfs cat {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
