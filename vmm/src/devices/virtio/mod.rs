@@ -6,9 +6,13 @@
 //! untrusted: the transport validates queue set-up before a device sees
 //! it, and devices validate each descriptor chain before any I/O.
 
+pub mod block;
 pub mod device;
 pub mod rng;
 pub mod transport;
+
+#[cfg(test)]
+pub(crate) mod test_utils;
 
 pub use device::{ActivateError, QueueSet, VirtioDevice, VirtioInterrupt};
 

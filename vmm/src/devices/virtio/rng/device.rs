@@ -105,7 +105,7 @@ fn fill_chain<M>(
 ) -> Served
 where
     M: std::ops::Deref + Clone,
-    M::Target: vm_memory::GuestMemory,
+    M::Target: GuestMemory,
 {
     // Check the whole chain before touching guest memory.
     let mut buffers = Vec::new();
