@@ -29,6 +29,7 @@ use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{EventFdTrigger, SerialDevice, SerialOutput};
+use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::rng::{Entropy, EntropyError};
 use crate::devices::virtio::VirtioDevice;
 use crate::event_loop::Subscriber;
@@ -164,6 +165,9 @@ pub enum BuildMicrovmError {
     /// A device kind this build of vmpod-vm cannot create yet.
     #[error("{0} devices are not available in this build of vmpod-vm yet")]
     DeviceUnavailable(&'static str),
+    /// A disk cannot be set up.
+    #[error(transparent)]
+    Block(#[from] BlockError),
     /// The entropy device cannot be created.
     #[error(transparent)]
     Entropy(#[from] EntropyError),
@@ -185,6 +189,7 @@ impl BuildMicrovmError {
                 | Self::TooManyVcpus { .. }
                 | Self::SerialFile { .. }
                 | Self::DeviceUnavailable(_)
+                | Self::Block(_)
         )
     }
 }
@@ -392,7 +397,6 @@ type VirtioPair = (Arc<Mutex<dyn VirtioDevice>>, Subscriber);
 pub fn create_virtio_devices(config: &VmConfig) -> Result<Vec<VirtioPair>, BuildMicrovmError> {
     let wanted = &config.devices;
     let missing = [
-        ("--disk", !wanted.disks.is_empty()),
         ("--net", !wanted.nets.is_empty()),
         ("--vsock", wanted.vsock.is_some()),
         ("--fs", !wanted.fs.is_empty()),
@@ -401,6 +405,10 @@ pub fn create_virtio_devices(config: &VmConfig) -> Result<Vec<VirtioPair>, Build
         return Err(BuildMicrovmError::DeviceUnavailable(flag));
     }
     let mut devices: Vec<VirtioPair> = Vec::new();
+    for disk in &wanted.disks {
+        let block = Arc::new(Mutex::new(Block::new(&disk.path, disk.readonly)?));
+        devices.push((block.clone(), block));
+    }
     if config.rng {
         let rng = Arc::new(Mutex::new(Entropy::new()?));
         devices.push((rng.clone(), rng));

@@ -331,3 +331,32 @@ fn test_bad_device_tables_in_config_file() {
         );
     }
 }
+
+#[test]
+fn test_missing_disk_image() {
+    if !kvm_available("test_missing_disk_image") {
+        return;
+    }
+    let dir = TestDir::new("nodisk");
+    let kernel = good_kernel(&dir);
+    assert_fails(
+        &[
+            "--kernel",
+            path_str(&kernel),
+            "--disk",
+            "path=/nonexistent/disk.img",
+        ],
+        2,
+        &["Cannot open the disk image /nonexistent/disk.img"],
+    );
+    assert_fails(
+        &[
+            "--kernel",
+            path_str(&kernel),
+            "--disk",
+            &format!("path={}", path_str(dir.path())),
+        ],
+        2,
+        &["Cannot open the disk image", "Is a directory"],
+    );
+}

@@ -1,0 +1,134 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The guest uses the virtio devices for real, through its own drivers:
+//! its root file system on virtio-blk (an ext4 image made with
+//! `mkfs.ext4 -d`) and /dev/hwrng. The test init prints what it did; the
+//! test checks the console and, after the VM is gone, what the guest wrote
+//! into the image.
+// An integration test crate is a test module as a whole.
+#![allow(clippy::tests_outside_test_module)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use vmpod_integration_tests::{
+    make_ext4_image, read_ext4_file, run_with_timeout, vmpod_vm_binary, write_root_tree,
+    GuestArtifacts, Outcome,
+};
+
+/// A boot with devices, on a host that emulates guest CPL0.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// What the test init writes (rootfs/test-init/src/devices.rs).
+const GUEST_TEXT: &str = "written by the vmpod guest\n";
+
+fn artifacts_or_skip(test: &str) -> Option<GuestArtifacts> {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        eprintln!("skipped {test}: /dev/kvm is not usable here: {e}");
+        return None;
+    }
+    match GuestArtifacts::from_env() {
+        Ok(a) => Some(a),
+        Err(e) => {
+            if std::env::var_os("VMPOD_REQUIRE_GUEST").is_some() {
+                panic!("{test}: {e}");
+            }
+            eprintln!("skipped {test}: {e}");
+            None
+        }
+    }
+}
+
+/// A temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("vmpod-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn vmpod_vm(guest: &GuestArtifacts, args: &[String]) -> Outcome {
+    let bin = vmpod_vm_binary().unwrap();
+    let mut cmd = Command::new(bin);
+    cmd.arg("--kernel")
+        .arg(&guest.vmlinux)
+        .args(["--memory", "256"])
+        .args(args);
+    let out = run_with_timeout(&mut cmd, BOOT_TIMEOUT);
+    eprintln!(
+        "--- vmpod-vm ({:?}, {:.1} s, timed out: {}) console:\n{}\n--- log:\n{}",
+        out.status,
+        out.elapsed.as_secs_f64(),
+        out.timed_out,
+        out.stdout,
+        out.stderr
+    );
+    out
+}
+
+/// The test init's `<key>=...` line, or its `<key>: <error>` line in the
+/// panic message.
+fn init_line<'a>(console: &'a str, key: &str) -> &'a str {
+    let ok = format!("vmpod-test-init: {key}=");
+    let failed = format!("vmpod-test-init: {key}: ");
+    for line in console.lines() {
+        if let Some(rest) = line.trim_end().strip_prefix(ok.as_str()) {
+            return rest;
+        }
+        if line.starts_with(failed.as_str()) {
+            panic!("the guest's {key} check failed: {line}");
+        }
+    }
+    panic!("the guest printed no {key} line");
+}
+
+/// Root on a virtio-blk ext4 image, written by the guest; virtio-rng
+/// beside it.
+#[test]
+fn test_guest_uses_devices_with_root_on_virtio_blk() {
+    let Some(guest) = artifacts_or_skip("test_guest_uses_devices_with_root_on_virtio_blk") else {
+        return;
+    };
+    let work = TempDir::new("devices-blk");
+    let tree = work.0.join("tree");
+    write_root_tree(&tree, &guest.test_init).unwrap();
+    let image = work.0.join("root.ext4");
+    make_ext4_image(&tree, &image, 64).unwrap();
+
+    let out = vmpod_vm(
+        &guest,
+        &[
+            "--cmdline".into(),
+            "console=ttyS0 reboot=k panic=1 root=/dev/vda rw init=/init vmpod_disk=1".into(),
+            "--disk".into(),
+            format!("path={}", image.display()),
+            "--rng".into(),
+        ],
+    );
+    assert!(!out.timed_out, "the guest did not finish in time");
+    assert_eq!(out.status, Some(0));
+    let console = &out.stdout;
+    assert!(console.contains("virtio_blk virtio0: [vda] 131072 512-byte logical blocks"));
+    assert!(console.contains("VFS: Mounted root (ext4 filesystem)"));
+    // The guest wrote and synced a file on its root, and it is in the
+    // image afterwards.
+    assert_eq!(init_line(console, "disk"), "ok root=/dev/root ext4");
+    assert_eq!(
+        read_ext4_file(&image, "/vmpod-guest.txt").unwrap(),
+        GUEST_TEXT
+    );
+    assert!(init_line(console, "hwrng").starts_with("virtio_rng.0 "));
+}
