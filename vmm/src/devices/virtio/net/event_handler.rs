@@ -1,0 +1,74 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Wakes the network device on queue notifications and tap readiness.
+//! The tap is watched only while a received frame can be delivered: with
+//! one waiting for guest buffers, a level-triggered tap would wake the
+//! loop for nothing until the guest posts some.
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
+
+use super::device::Net;
+use super::{RX_QUEUE, TX_QUEUE};
+use crate::devices::virtio::device::VirtioDevice;
+
+/// Event data: which source woke the device.
+const RX_EVENT: u32 = 0;
+const TX_EVENT: u32 = 1;
+const TAP_EVENT: u32 = 2;
+
+impl Net {
+    fn tap_events(&self) -> Events {
+        Events::with_data_raw(self.backend_fd(), TAP_EVENT, EventSet::IN)
+    }
+
+    /// Watches the tap if a frame can be delivered, stops if not.
+    fn update_tap_watch(&mut self, ops: &mut EventOps, watching: bool) {
+        match (watching, self.rx_blocked()) {
+            (true, true) => {
+                let _ = ops.remove(self.tap_events());
+            }
+            (false, false) => {
+                if let Err(err) = ops.add(self.tap_events()) {
+                    tracing::error!("virtio-net: cannot watch the tap: {err}");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl MutEventSubscriber for Net {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (index, data) in [(RX_QUEUE, RX_EVENT), (TX_QUEUE, TX_EVENT)] {
+            if let Some(event) = self.queue_events().get(index) {
+                if let Err(err) = ops.add(Events::with_data(event, data, EventSet::IN)) {
+                    tracing::error!("virtio-net: cannot watch queue {index}: {err}");
+                }
+            }
+        }
+        if let Err(err) = ops.add(self.tap_events()) {
+            tracing::error!("virtio-net: cannot watch the tap: {err}");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let watching_before = !self.rx_blocked();
+        match events.data() {
+            RX_EVENT => {
+                if let Some(event) = self.queue_events().get(RX_QUEUE) {
+                    let _ = event.read();
+                }
+                self.process_rx();
+            }
+            TX_EVENT => {
+                if let Some(event) = self.queue_events().get(TX_QUEUE) {
+                    let _ = event.read();
+                }
+                self.process_tx();
+            }
+            TAP_EVENT => self.process_rx(),
+            other => tracing::warn!("virtio-net: unexpected event {other}"),
+        }
+        self.update_tap_watch(ops, watching_before);
+    }
+}
