@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The guest uses the virtio devices for real, through its own drivers:
 //! its root file system on virtio-blk (an ext4 image made with
-//! `mkfs.ext4 -d`) and /dev/hwrng. The test init prints what it did; the
+//! `mkfs.ext4 -d`), eth0 on a tap in a network namespace the test makes,
+//! and /dev/hwrng. The test init prints what it did; the
 //! test checks the console and, after the VM is gone, what the guest wrote
 //! into the image.
 // An integration test crate is a test module as a whole.
@@ -20,6 +21,10 @@ use vmpod_integration_tests::{
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// What the test init writes (rootfs/test-init/src/devices.rs).
 const GUEST_TEXT: &str = "written by the vmpod guest\n";
+/// Host end of the tap, the guest's address, the UDP echo port.
+const HOST_IP: &str = "10.0.2.1";
+const GUEST_NET: &str = "10.0.2.15/24";
+const UDP_PORT: u16 = 5000;
 
 fn artifacts_or_skip(test: &str) -> Option<GuestArtifacts> {
     if let Err(e) = std::fs::OpenOptions::new()
@@ -60,9 +65,79 @@ impl Drop for TempDir {
     }
 }
 
-fn vmpod_vm(guest: &GuestArtifacts, args: &[String]) -> Outcome {
+/// A network namespace holding a configured tap, deleted on drop.
+struct NetNs {
+    name: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetNs {
+    /// A namespace with tap `tap` at [`HOST_IP`]/24, up.
+    fn with_tap(tag: &str, tap: &str) -> Self {
+        let name = format!("vmpod-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let ns = NetNs { name };
+        ip(&[
+            "-n", &ns.name, "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr",
+        ]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{HOST_IP}/24"),
+            "dev",
+            tap,
+        ]);
+        ip(&["-n", &ns.name, "link", "set", tap, "up"]);
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// A UDP echo server in the namespace that answers once, then exits.
+    fn udp_echo(&self) -> std::process::Child {
+        let script = format!(
+            "import socket\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             s.bind(('{HOST_IP}', {UDP_PORT}))\n\
+             s.settimeout(240)\n\
+             data, peer = s.recvfrom(512)\n\
+             s.sendto(b'pong from the host: ' + data, peer)\n"
+        );
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, "python3", "-c", &script])
+            .spawn()
+            .expect("start the UDP echo server")
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+fn vmpod_vm(guest: &GuestArtifacts, netns: Option<&NetNs>, args: &[String]) -> Outcome {
     let bin = vmpod_vm_binary().unwrap();
-    let mut cmd = Command::new(bin);
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &ns.name]).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
+    };
     cmd.arg("--kernel")
         .arg(&guest.vmlinux)
         .args(["--memory", "256"])
@@ -95,8 +170,8 @@ fn init_line<'a>(console: &'a str, key: &str) -> &'a str {
     panic!("the guest printed no {key} line");
 }
 
-/// Root on a virtio-blk ext4 image, written by the guest; virtio-rng
-/// beside it.
+/// Root on a virtio-blk ext4 image, written by the guest; eth0 on a tap
+/// in a network namespace, with a UDP round trip to the host; virtio-rng.
 #[test]
 fn test_guest_uses_devices_with_root_on_virtio_blk() {
     let Some(guest) = artifacts_or_skip("test_guest_uses_devices_with_root_on_virtio_blk") else {
@@ -107,28 +182,45 @@ fn test_guest_uses_devices_with_root_on_virtio_blk() {
     write_root_tree(&tree, &guest.test_init).unwrap();
     let image = work.0.join("root.ext4");
     make_ext4_image(&tree, &image, 64).unwrap();
+    let netns = NetNs::with_tap("blk", "vmpodtap0");
+    let mut udp = netns.udp_echo();
 
+    let cmdline = format!(
+        "console=ttyS0 reboot=k panic=1 root=/dev/vda rw init=/init \
+         vmpod_disk=1 vmpod_net={GUEST_NET},{HOST_IP},{UDP_PORT}"
+    );
     let out = vmpod_vm(
         &guest,
+        Some(&netns),
         &[
             "--cmdline".into(),
-            "console=ttyS0 reboot=k panic=1 root=/dev/vda rw init=/init vmpod_disk=1".into(),
+            cmdline,
             "--disk".into(),
             format!("path={}", image.display()),
+            "--net".into(),
+            "tap=vmpodtap0,mac=02:00:00:00:00:01".into(),
             "--rng".into(),
         ],
     );
+    let _ = udp.kill();
+    let _ = udp.wait();
     assert!(!out.timed_out, "the guest did not finish in time");
     assert_eq!(out.status, Some(0));
     let console = &out.stdout;
     assert!(console.contains("virtio_blk virtio0: [vda] 131072 512-byte logical blocks"));
     assert!(console.contains("VFS: Mounted root (ext4 filesystem)"));
-    // The guest wrote and synced a file on its root, and it is in the
-    // image afterwards.
+    // virtio-blk: the guest wrote and synced a file on its root, and it is
+    // in the image afterwards.
     assert_eq!(init_line(console, "disk"), "ok root=/dev/root ext4");
     assert_eq!(
         read_ext4_file(&image, "/vmpod-guest.txt").unwrap(),
         GUEST_TEXT
     );
+    // virtio-net: a UDP round trip through the tap.
+    assert_eq!(
+        init_line(console, "net"),
+        "reply \"pong from the host: ping from the vmpod guest\""
+    );
+    // virtio-rng.
     assert!(init_line(console, "hwrng").starts_with("virtio_rng.0 "));
 }

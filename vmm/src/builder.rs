@@ -30,6 +30,7 @@ use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{EventFdTrigger, SerialDevice, SerialOutput};
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::{Entropy, EntropyError};
 use crate::devices::virtio::VirtioDevice;
 use crate::event_loop::Subscriber;
@@ -168,6 +169,9 @@ pub enum BuildMicrovmError {
     /// A disk cannot be set up.
     #[error(transparent)]
     Block(#[from] BlockError),
+    /// A network interface cannot be set up.
+    #[error(transparent)]
+    Net(#[from] NetError),
     /// The entropy device cannot be created.
     #[error(transparent)]
     Entropy(#[from] EntropyError),
@@ -190,6 +194,7 @@ impl BuildMicrovmError {
                 | Self::SerialFile { .. }
                 | Self::DeviceUnavailable(_)
                 | Self::Block(_)
+                | Self::Net(_)
         )
     }
 }
@@ -397,7 +402,6 @@ type VirtioPair = (Arc<Mutex<dyn VirtioDevice>>, Subscriber);
 pub fn create_virtio_devices(config: &VmConfig) -> Result<Vec<VirtioPair>, BuildMicrovmError> {
     let wanted = &config.devices;
     let missing = [
-        ("--net", !wanted.nets.is_empty()),
         ("--vsock", wanted.vsock.is_some()),
         ("--fs", !wanted.fs.is_empty()),
     ];
@@ -408,6 +412,10 @@ pub fn create_virtio_devices(config: &VmConfig) -> Result<Vec<VirtioPair>, Build
     for disk in &wanted.disks {
         let block = Arc::new(Mutex::new(Block::new(&disk.path, disk.readonly)?));
         devices.push((block.clone(), block));
+    }
+    for net in &wanted.nets {
+        let device = Arc::new(Mutex::new(Net::with_tap(&net.tap, net.create, net.mac)?));
+        devices.push((device.clone(), device));
     }
     if config.rng {
         let rng = Arc::new(Mutex::new(Entropy::new()?));

@@ -360,3 +360,17 @@ fn test_missing_disk_image() {
         &["Cannot open the disk image", "Is a directory"],
     );
 }
+
+#[test]
+fn test_missing_tap() {
+    if !kvm_available("test_missing_tap") {
+        return;
+    }
+    let dir = TestDir::new("notap");
+    let kernel = good_kernel(&dir);
+    assert_fails(
+        &["--kernel", path_str(&kernel), "--net", "tap=vmpodnotap9"],
+        2,
+        &["The tap vmpodnotap9 does not exist", "',create'"],
+    );
+}
