@@ -7,7 +7,7 @@ mod device;
 mod event_handler;
 mod tap;
 
-pub use device::{Net, NetCounters, NetError};
+pub use device::{Net, NetBackend, NetCounters, NetError};
 pub use tap::{Tap, TapError};
 
 /// Receive and transmit queue size.
