@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The guest uses the virtio devices for real, through its own drivers:
 //! its root file system on virtio-blk (an ext4 image made with
-//! `mkfs.ext4 -d`), eth0 on a tap in a network namespace the test makes,
-//! and /dev/hwrng. The test init prints what it did; the
+//! `mkfs.ext4 -d`) or on virtio-fs, a shared directory, eth0 on a tap in
+//! a network namespace the test makes, and /dev/hwrng. Two boots. The test init prints what it did; the
 //! test checks the console and, after the VM is gone, what the guest wrote
 //! into the image.
 // An integration test crate is a test module as a whole.
@@ -170,8 +170,9 @@ fn init_line<'a>(console: &'a str, key: &str) -> &'a str {
     panic!("the guest printed no {key} line");
 }
 
-/// Root on a virtio-blk ext4 image, written by the guest; eth0 on a tap
-/// in a network namespace, with a UDP round trip to the host; virtio-rng.
+/// Root on a virtio-blk ext4 image, written by the guest; a virtio-fs
+/// share; eth0 on a tap in a network namespace, with a UDP round trip to
+/// the host; virtio-rng.
 #[test]
 fn test_guest_uses_devices_with_root_on_virtio_blk() {
     let Some(guest) = artifacts_or_skip("test_guest_uses_devices_with_root_on_virtio_blk") else {
@@ -182,12 +183,14 @@ fn test_guest_uses_devices_with_root_on_virtio_blk() {
     write_root_tree(&tree, &guest.test_init).unwrap();
     let image = work.0.join("root.ext4");
     make_ext4_image(&tree, &image, 64).unwrap();
+    let share = work.0.join("share");
+    write_root_tree(&share, &guest.test_init).unwrap();
     let netns = NetNs::with_tap("blk", "vmpodtap0");
     let mut udp = netns.udp_echo();
 
     let cmdline = format!(
         "console=ttyS0 reboot=k panic=1 root=/dev/vda rw init=/init \
-         vmpod_disk=1 vmpod_net={GUEST_NET},{HOST_IP},{UDP_PORT}"
+         vmpod_disk=1 vmpod_fs=shared vmpod_net={GUEST_NET},{HOST_IP},{UDP_PORT}"
     );
     let out = vmpod_vm(
         &guest,
@@ -199,6 +202,8 @@ fn test_guest_uses_devices_with_root_on_virtio_blk() {
             format!("path={}", image.display()),
             "--net".into(),
             "tap=vmpodtap0,mac=02:00:00:00:00:01".into(),
+            "--fs".into(),
+            format!("tag=shared,dir={}", share.display()),
             "--rng".into(),
         ],
     );
@@ -216,6 +221,16 @@ fn test_guest_uses_devices_with_root_on_virtio_blk() {
         read_ext4_file(&image, "/vmpod-guest.txt").unwrap(),
         GUEST_TEXT
     );
+    // virtio-fs: the guest mounted the share, read the host's file and
+    // wrote one.
+    assert_eq!(
+        init_line(console, "fs"),
+        "read \"written by the host\" wrote from-guest.txt"
+    );
+    assert_eq!(
+        std::fs::read_to_string(share.join("from-guest.txt")).unwrap(),
+        GUEST_TEXT
+    );
     // virtio-net: a UDP round trip through the tap.
     assert_eq!(
         init_line(console, "net"),
@@ -223,4 +238,41 @@ fn test_guest_uses_devices_with_root_on_virtio_blk() {
     );
     // virtio-rng.
     assert!(init_line(console, "hwrng").starts_with("virtio_rng.0 "));
+}
+
+/// Root on virtio-fs: the guest boots from a shared host directory and
+/// writes into it.
+#[test]
+fn test_guest_boots_with_root_on_virtio_fs() {
+    let Some(guest) = artifacts_or_skip("test_guest_boots_with_root_on_virtio_fs") else {
+        return;
+    };
+    let work = TempDir::new("devices-fs");
+    let root = work.0.join("root");
+    write_root_tree(&root, &guest.test_init).unwrap();
+    let out = vmpod_vm(
+        &guest,
+        None,
+        &[
+            "--cmdline".into(),
+            "console=ttyS0 reboot=k panic=1 root=rootfs rootfstype=virtiofs rw init=/init \
+             vmpod_fs=rootfs"
+                .into(),
+            "--fs".into(),
+            format!("tag=rootfs,dir={}", root.display()),
+        ],
+    );
+    assert!(!out.timed_out, "the guest did not finish in time");
+    assert_eq!(out.status, Some(0));
+    assert!(out
+        .stdout
+        .contains("VFS: Mounted root (virtiofs filesystem)"));
+    assert_eq!(
+        init_line(&out.stdout, "fs"),
+        "read \"written by the host\" wrote from-guest.txt"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("from-guest.txt")).unwrap(),
+        GUEST_TEXT
+    );
 }

@@ -30,6 +30,7 @@ use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{EventFdTrigger, SerialDevice, SerialOutput};
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::{Entropy, EntropyError};
 use crate::devices::virtio::VirtioDevice;
@@ -172,6 +173,9 @@ pub enum BuildMicrovmError {
     /// A network interface cannot be set up.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// A shared directory cannot be set up.
+    #[error(transparent)]
+    Fs(#[from] FsError),
     /// The entropy device cannot be created.
     #[error(transparent)]
     Entropy(#[from] EntropyError),
@@ -195,6 +199,7 @@ impl BuildMicrovmError {
                 | Self::DeviceUnavailable(_)
                 | Self::Block(_)
                 | Self::Net(_)
+                | Self::Fs(_)
         )
     }
 }
@@ -403,7 +408,6 @@ pub fn create_virtio_devices(config: &VmConfig) -> Result<Vec<VirtioPair>, Build
     let wanted = &config.devices;
     let missing = [
         ("--vsock", wanted.vsock.is_some()),
-        ("--fs", !wanted.fs.is_empty()),
     ];
     if let Some((flag, _)) = missing.into_iter().find(|(_, asked)| *asked) {
         return Err(BuildMicrovmError::DeviceUnavailable(flag));
@@ -415,6 +419,10 @@ pub fn create_virtio_devices(config: &VmConfig) -> Result<Vec<VirtioPair>, Build
     }
     for net in &wanted.nets {
         let device = Arc::new(Mutex::new(Net::with_tap(&net.tap, net.create, net.mac)?));
+        devices.push((device.clone(), device));
+    }
+    for share in &wanted.fs {
+        let device = Arc::new(Mutex::new(Fs::new(&share.tag, &share.dir, share.readonly)?));
         devices.push((device.clone(), device));
     }
     if config.rng {

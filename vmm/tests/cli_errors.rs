@@ -374,3 +374,22 @@ fn test_missing_tap() {
         &["The tap vmpodnotap9 does not exist", "',create'"],
     );
 }
+
+#[test]
+fn test_missing_shared_directory() {
+    if !kvm_available("test_missing_shared_directory") {
+        return;
+    }
+    let dir = TestDir::new("noshare");
+    let kernel = good_kernel(&dir);
+    assert_fails(
+        &[
+            "--kernel",
+            path_str(&kernel),
+            "--fs",
+            "tag=t,dir=/nonexistent/share",
+        ],
+        2,
+        &["The shared directory /nonexistent/share does not exist"],
+    );
+}

@@ -8,6 +8,7 @@
 
 pub mod block;
 pub mod device;
+pub mod fs;
 pub mod net;
 pub mod rng;
 pub mod transport;

@@ -77,8 +77,8 @@ pub fn chain(bufs: &[Buf]) -> Vec<RawDescriptor> {
         .collect()
 }
 
-/// Activates `device` on a fresh queue holding `descs` (raw, as given),
-/// which makes it serve them; returns the used length of the first used
+/// Activates `device` on a fresh first queue holding `descs` (raw, as
+/// given), which makes it serve them; returns the used length of the first used
 /// entry, or `None` if the device completed nothing.
 pub fn submit_raw(
     device: &mut dyn VirtioDevice,
@@ -93,11 +93,19 @@ pub fn submit_raw(
     // of chains from the low slots, but no ring for long runs.
     let mock = MockSplitQueue::new(mem, QUEUE_SIZE);
     mock.add_desc_chains(descs, 0).unwrap();
-    let queue: Queue = mock.create_queue().unwrap();
+    let mut queues: Vec<Queue> = vec![mock.create_queue().unwrap()];
+    // A device with more queues gets empty rings for the others.
+    for index in 1..device.queue_max_sizes().len() {
+        let base = GuestAddress(0x8000 * index as u64);
+        mem.write_slice(&vec![0u8; 0x4000], base).unwrap();
+        queues.push(
+            MockSplitQueue::create(mem, base, QUEUE_SIZE)
+                .create_queue()
+                .unwrap(),
+        );
+    }
     device.reset();
-    device
-        .activate(queue_set(mem.clone(), vec![queue]))
-        .unwrap();
+    device.activate(queue_set(mem.clone(), queues)).unwrap();
     let used_idx: u16 = mem.read_obj(mock.used_addr().unchecked_add(2)).unwrap();
     (used_idx > 0).then(|| {
         mem.read_obj::<u32>(mock.used_addr().unchecked_add(8))
