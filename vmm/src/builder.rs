@@ -406,9 +406,7 @@ type VirtioPair = (Arc<Mutex<dyn VirtioDevice>>, Subscriber);
 /// A [`BuildMicrovmError`] if a device's back end cannot be set up.
 pub fn create_virtio_devices(config: &VmConfig) -> Result<Vec<VirtioPair>, BuildMicrovmError> {
     let wanted = &config.devices;
-    let missing = [
-        ("--vsock", wanted.vsock.is_some()),
-    ];
+    let missing = [("--vsock", wanted.vsock.is_some())];
     if let Some((flag, _)) = missing.into_iter().find(|(_, asked)| *asked) {
         return Err(BuildMicrovmError::DeviceUnavailable(flag));
     }
