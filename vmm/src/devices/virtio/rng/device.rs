@@ -191,3 +191,53 @@ impl VirtioDevice for Entropy {
         self.active = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::test_utils::{guest_memory, readable, submit, writable, DATA};
+    use crate::vstate::memory::GuestAddress;
+
+    #[test]
+    fn test_fills_every_buffer_of_a_request() {
+        let mut rng = Entropy::new().unwrap();
+        let mem = guest_memory();
+        let used = submit(
+            &mut rng,
+            &mem,
+            &[writable(DATA, 4096), writable(DATA + 0x2000, 16)],
+        );
+        assert_eq!(used, Some(4096 + 16));
+        let mut bytes = vec![0u8; 4096];
+        mem.read_slice(&mut bytes, GuestAddress(DATA)).unwrap();
+        assert!(bytes.iter().any(|&b| b != 0), "all zero");
+    }
+
+    #[test]
+    fn test_requests_are_capped() {
+        let mut rng = Entropy::new().unwrap();
+        let mem = guest_memory();
+        let used = submit(&mut rng, &mem, &[writable(DATA, 1 << 20)]);
+        assert_eq!(used, Some(MAX_REQUEST_BYTES));
+    }
+
+    #[test]
+    fn test_malformed_requests_are_dropped() {
+        let mut rng = Entropy::new().unwrap();
+        let mem = guest_memory();
+        assert_eq!(submit(&mut rng, &mem, &[readable(DATA, 64)]), Some(0));
+        assert_eq!(submit(&mut rng, &mem, &[writable(1 << 40, 64)]), Some(0));
+        assert_eq!(
+            submit(&mut rng, &mem, &[writable(DATA, 64), readable(DATA, 64)]),
+            Some(0)
+        );
+        assert_eq!(rng.requests_dropped(), 3);
+    }
+
+    #[test]
+    fn test_nothing_happens_before_activation() {
+        let mut rng = Entropy::new().unwrap();
+        rng.process_queue();
+        assert_eq!(rng.requests_dropped(), 0);
+    }
+}
