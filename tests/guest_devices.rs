@@ -13,8 +13,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use vmpod_integration_tests::{
-    make_ext4_image, read_ext4_file, run_with_timeout, vmpod_vm_binary, write_root_tree,
-    GuestArtifacts, Outcome,
+    guest_or_skip, make_ext4_image, read_ext4_file, run_with_timeout, vmpod_vm_binary,
+    write_root_tree, GuestArtifacts, Outcome,
 };
 
 /// A boot with devices, on a host that emulates guest CPL0.
@@ -25,27 +25,6 @@ const GUEST_TEXT: &str = "written by the vmpod guest\n";
 const HOST_IP: &str = "10.0.2.1";
 const GUEST_NET: &str = "10.0.2.15/24";
 const UDP_PORT: u16 = 5000;
-
-fn artifacts_or_skip(test: &str) -> Option<GuestArtifacts> {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        eprintln!("skipped {test}: /dev/kvm is not usable here: {e}");
-        return None;
-    }
-    match GuestArtifacts::from_env() {
-        Ok(a) => Some(a),
-        Err(e) => {
-            if std::env::var_os("VMPOD_REQUIRE_GUEST").is_some() {
-                panic!("{test}: {e}");
-            }
-            eprintln!("skipped {test}: {e}");
-            None
-        }
-    }
-}
 
 /// A temporary directory, removed on drop.
 struct TempDir(PathBuf);
@@ -175,7 +154,7 @@ fn init_line<'a>(console: &'a str, key: &str) -> &'a str {
 /// the host; virtio-rng.
 #[test]
 fn test_guest_uses_devices_with_root_on_virtio_blk() {
-    let Some(guest) = artifacts_or_skip("test_guest_uses_devices_with_root_on_virtio_blk") else {
+    let Some(guest) = guest_or_skip("test_guest_uses_devices_with_root_on_virtio_blk") else {
         return;
     };
     let work = TempDir::new("devices-blk");
@@ -244,7 +223,7 @@ fn test_guest_uses_devices_with_root_on_virtio_blk() {
 /// writes into it.
 #[test]
 fn test_guest_boots_with_root_on_virtio_fs() {
-    let Some(guest) = artifacts_or_skip("test_guest_boots_with_root_on_virtio_fs") else {
+    let Some(guest) = guest_or_skip("test_guest_boots_with_root_on_virtio_fs") else {
         return;
     };
     let work = TempDir::new("devices-fs");

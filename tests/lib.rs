@@ -220,3 +220,31 @@ pub fn read_ext4_file(image: &std::path::Path, path: &str) -> Result<String, Str
         ))
     }
 }
+
+/// The guest artifacts for `test`, or `None` after printing why the test
+/// skips: no usable /dev/kvm, or (outside ./test.sh) no built guest.
+///
+/// # Panics
+/// Under `VMPOD_REQUIRE_GUEST` (set by ./test.sh, which builds the guest),
+/// a missing artifact is a failure, not a skip.
+pub fn guest_or_skip(test: &str) -> Option<GuestArtifacts> {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        eprintln!("skipped {test}: /dev/kvm is not usable here: {e}");
+        return None;
+    }
+    match GuestArtifacts::from_env() {
+        Ok(artifacts) => Some(artifacts),
+        Err(e) => {
+            assert!(
+                std::env::var_os("VMPOD_REQUIRE_GUEST").is_none(),
+                "{test}: {e}"
+            );
+            eprintln!("skipped {test}: {e}");
+            None
+        }
+    }
+}

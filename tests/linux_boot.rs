@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use vmpod_integration_tests::{run_with_timeout, vmpod_vm_binary, GuestArtifacts, Outcome};
+use vmpod_integration_tests::{guest_or_skip, run_with_timeout, vmpod_vm_binary, Outcome};
 
 /// A boot on an emulating host takes about a minute; leave room for a
 /// loaded CI machine.
@@ -21,29 +21,6 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 const BZIMAGE_TIMEOUT: Duration = Duration::from_secs(900);
 /// How long to wait for a second vCPU before calling SMP broken here.
 const SMP_TIMEOUT: Duration = Duration::from_secs(240);
-
-fn artifacts_or_skip(test: &str) -> Option<GuestArtifacts> {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        eprintln!("skipped {test}: /dev/kvm is not usable here: {e}");
-        return None;
-    }
-    match GuestArtifacts::from_env() {
-        Ok(a) => Some(a),
-        Err(e) => {
-            // Under ./test.sh the guest is always built: a missing artifact
-            // there is a failure, not a skip.
-            if std::env::var_os("VMPOD_REQUIRE_GUEST").is_some() {
-                panic!("{test}: {e}");
-            }
-            eprintln!("skipped {test}: {e}");
-            None
-        }
-    }
-}
 
 /// How the test init ends the guest.
 #[derive(Clone, Copy)]
@@ -200,8 +177,7 @@ fn assert_container_support(console: &str) {
 /// by a guest reboot.
 #[test]
 fn test_linux_boots_vmlinux_pvh_with_devices_and_reboots() {
-    let Some(guest) = artifacts_or_skip("test_linux_boots_vmlinux_pvh_with_devices_and_reboots")
-    else {
+    let Some(guest) = guest_or_skip("test_linux_boots_vmlinux_pvh_with_devices_and_reboots") else {
         return;
     };
     let out = boot(
@@ -231,7 +207,7 @@ fn test_linux_boots_vmlinux_pvh_with_devices_and_reboots() {
 /// power-off (one boot checks both: boots are expensive here).
 #[test]
 fn test_linux_boots_bzimage_to_init_and_powers_off() {
-    let Some(guest) = artifacts_or_skip("test_linux_boots_bzimage_to_init_and_powers_off") else {
+    let Some(guest) = guest_or_skip("test_linux_boots_bzimage_to_init_and_powers_off") else {
         return;
     };
     let out = boot(
@@ -257,7 +233,7 @@ fn test_linux_boots_bzimage_to_init_and_powers_off() {
 /// `docs/kvm-hosts.md`); there the test says so and skips.
 #[test]
 fn test_linux_boots_with_two_vcpus() {
-    let Some(guest) = artifacts_or_skip("test_linux_boots_with_two_vcpus") else {
+    let Some(guest) = guest_or_skip("test_linux_boots_with_two_vcpus") else {
         return;
     };
     if host_emulates_supervisor_mode() {

@@ -102,6 +102,20 @@ pub enum ActivateError {
     Backend(String),
 }
 
+/// Copies the part of a device's `config` space at `offset` into `data`;
+/// bytes beyond the config space read as zero.
+pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Some(src) = usize::try_from(offset)
+        .ok()
+        .and_then(|start| config.get(start..))
+    else {
+        return;
+    };
+    let n = src.len().min(data.len());
+    data[..n].copy_from_slice(&src[..n]);
+}
+
 /// A virtio device as its transport sees it.
 pub trait VirtioDevice: Send {
     /// The virtio device ID (see [`super::ids`]).

@@ -17,7 +17,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::request::{Request, RequestType};
 use super::{ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SIZE_MAX};
-use crate::devices::virtio::device::{ActivateError, QueueSet, VirtioDevice};
+use crate::devices::virtio::device::{read_config_space, ActivateError, QueueSet, VirtioDevice};
 use crate::devices::virtio::ids::VIRTIO_ID_BLOCK;
 use crate::devices::virtio::{feature, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::vstate::memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
@@ -356,14 +356,7 @@ impl VirtioDevice for Block {
         config[..8].copy_from_slice(&self.capacity_sectors.to_le_bytes());
         config[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = config.get(start..) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        read_config_space(&config, offset, data);
     }
 
     fn activate(&mut self, queues: QueueSet) -> Result<(), ActivateError> {

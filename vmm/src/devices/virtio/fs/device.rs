@@ -24,7 +24,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::filter::{verdict, Verdict};
 use super::{NUM_QUEUES, QUEUE_SIZE, TAG_LEN};
-use crate::devices::virtio::device::{ActivateError, QueueSet, VirtioDevice};
+use crate::devices::virtio::device::{read_config_space, ActivateError, QueueSet, VirtioDevice};
 use crate::devices::virtio::ids::VIRTIO_ID_FS;
 use crate::devices::virtio::{feature, VIRTIO_F_VERSION_1};
 use crate::vstate::memory::GuestMemoryMmap;
@@ -259,14 +259,7 @@ impl VirtioDevice for Fs {
         let mut config = [0u8; TAG_LEN + 4];
         config[..TAG_LEN].copy_from_slice(&self.tag);
         config[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = config.get(start..) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        read_config_space(&config, offset, data);
     }
 
     fn activate(&mut self, queues: QueueSet) -> Result<(), ActivateError> {

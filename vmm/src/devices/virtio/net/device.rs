@@ -23,7 +23,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::tap::{Tap, TapError};
 use super::{MAX_FRAME_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN};
 use crate::config::MacAddr;
-use crate::devices::virtio::device::{ActivateError, QueueSet, VirtioDevice, VirtioInterrupt};
+use crate::devices::virtio::device::{
+    read_config_space, ActivateError, QueueSet, VirtioDevice, VirtioInterrupt,
+};
 use crate::devices::virtio::ids::VIRTIO_ID_NET;
 use crate::devices::virtio::{feature, VIRTIO_F_VERSION_1};
 use crate::vstate::memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
@@ -331,14 +333,7 @@ impl VirtioDevice for Net {
         let mut config = [0u8; 8];
         config[..6].copy_from_slice(&self.mac.0);
         config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = config.get(start..) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        read_config_space(&config, offset, data);
     }
 
     fn activate(&mut self, queues: QueueSet) -> Result<(), ActivateError> {
