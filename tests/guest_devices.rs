@@ -2,15 +2,19 @@
 //! The guest uses the virtio devices for real, through its own drivers:
 //! its root file system on virtio-blk (an ext4 image made with
 //! `mkfs.ext4 -d`) or on virtio-fs, a shared directory, eth0 on a tap in
-//! a network namespace the test makes, and /dev/hwrng. Two boots. The test init prints what it did; the
+//! a network namespace the test makes, vsock both ways through the hybrid
+//! Unix socket, and /dev/hwrng. Two boots. The test init prints what it did; the
 //! test checks the console and, after the VM is gone, what the guest wrote
 //! into the image.
 // An integration test crate is a test module as a whole.
 #![allow(clippy::tests_outside_test_module)]
 
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use vmpod_integration_tests::{
     guest_or_skip, make_ext4_image, read_ext4_file, run_with_timeout, vmpod_vm_binary,
@@ -21,6 +25,12 @@ use vmpod_integration_tests::{
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// What the test init writes (rootfs/test-init/src/devices.rs).
 const GUEST_TEXT: &str = "written by the vmpod guest\n";
+/// The guest's vsock CID.
+const GUEST_CID: &str = "3";
+/// The guest listens here for the host's CONNECT.
+const GUEST_VSOCK_PORT: u32 = 1234;
+/// The guest connects to this host port (`<socket>_5678`).
+const HOST_VSOCK_PORT: u32 = 5678;
 /// Host end of the tap, the guest's address, the UDP echo port.
 const HOST_IP: &str = "10.0.2.1";
 const GUEST_NET: &str = "10.0.2.15/24";
@@ -107,6 +117,52 @@ impl Drop for NetNs {
     }
 }
 
+/// The host side of vsock: answers the guest's connection to
+/// [`HOST_VSOCK_PORT`] and connects to the guest's [`GUEST_VSOCK_PORT`]
+/// (retrying until the guest listens). Sends what it saw on `results`.
+fn vsock_host_side(socket: &Path, results: mpsc::Sender<String>) {
+    let listener = UnixListener::bind(format!("{}_{HOST_VSOCK_PORT}", socket.display()))
+        .expect("bind the host vsock port");
+    let results_in = results.clone();
+    std::thread::spawn(move || {
+        if let Ok((stream, _)) = listener.accept() {
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = (&stream).write_all(b"hello guest from the host\n");
+            let _ = results_in.send(format!("guest said {:?}", line.trim()));
+        }
+    });
+    let socket = socket.to_path_buf();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(300));
+            let Ok(stream) = UnixStream::connect(&socket) else {
+                continue;
+            };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            if (&stream)
+                .write_all(format!("CONNECT {GUEST_VSOCK_PORT}\n").as_bytes())
+                .is_err()
+            {
+                continue;
+            }
+            let mut ok = String::new();
+            // The VMM closes the stream if the guest is not listening yet.
+            if reader.read_line(&mut ok).unwrap_or(0) == 0 || !ok.starts_with("OK ") {
+                continue;
+            }
+            let _ = (&stream).write_all(b"ping from the host\n");
+            let mut echo = String::new();
+            let _ = reader.read_line(&mut echo);
+            let _ = results.send(format!("connected ({}), echo {:?}", ok.trim(), echo.trim()));
+            return;
+        }
+    });
+}
+
 fn vmpod_vm(guest: &GuestArtifacts, netns: Option<&NetNs>, args: &[String]) -> Outcome {
     let bin = vmpod_vm_binary().unwrap();
     let mut cmd = match netns {
@@ -151,7 +207,7 @@ fn init_line<'a>(console: &'a str, key: &str) -> &'a str {
 
 /// Root on a virtio-blk ext4 image, written by the guest; a virtio-fs
 /// share; eth0 on a tap in a network namespace, with a UDP round trip to
-/// the host; virtio-rng.
+/// the host; vsock connections both ways; virtio-rng.
 #[test]
 fn test_guest_uses_devices_with_root_on_virtio_blk() {
     let Some(guest) = guest_or_skip("test_guest_uses_devices_with_root_on_virtio_blk") else {
@@ -164,12 +220,16 @@ fn test_guest_uses_devices_with_root_on_virtio_blk() {
     make_ext4_image(&tree, &image, 64).unwrap();
     let share = work.0.join("share");
     write_root_tree(&share, &guest.test_init).unwrap();
+    let socket = work.0.join("v.sock");
     let netns = NetNs::with_tap("blk", "vmpodtap0");
     let mut udp = netns.udp_echo();
+    let (tx, rx) = mpsc::channel();
+    vsock_host_side(&socket, tx);
 
     let cmdline = format!(
         "console=ttyS0 reboot=k panic=1 root=/dev/vda rw init=/init \
-         vmpod_disk=1 vmpod_fs=shared vmpod_net={GUEST_NET},{HOST_IP},{UDP_PORT}"
+         vmpod_disk=1 vmpod_fs=shared vmpod_net={GUEST_NET},{HOST_IP},{UDP_PORT} \
+         vmpod_vsock={GUEST_VSOCK_PORT},{HOST_VSOCK_PORT}"
     );
     let out = vmpod_vm(
         &guest,
@@ -183,6 +243,8 @@ fn test_guest_uses_devices_with_root_on_virtio_blk() {
             "tap=vmpodtap0,mac=02:00:00:00:00:01".into(),
             "--fs".into(),
             format!("tag=shared,dir={}", share.display()),
+            "--vsock".into(),
+            format!("cid={GUEST_CID},socket={}", socket.display()),
             "--rng".into(),
         ],
     );
@@ -215,6 +277,27 @@ fn test_guest_uses_devices_with_root_on_virtio_blk() {
         init_line(console, "net"),
         "reply \"pong from the host: ping from the vmpod guest\""
     );
+    // virtio-vsock, both ways.
+    let vsock = init_line(console, "vsock");
+    assert!(
+        vsock.contains("host said \"hello guest from the host\""),
+        "{vsock}"
+    );
+    assert!(vsock.contains("echoed \"ping from the host\""), "{vsock}");
+    let mut host_saw: Vec<String> = rx.try_iter().collect();
+    host_saw.sort();
+    assert_eq!(host_saw.len(), 2, "{host_saw:?}");
+    assert!(host_saw[0].starts_with("connected (OK "), "{host_saw:?}");
+    assert!(
+        host_saw[0].ends_with("echo \"echo ping from the host\""),
+        "{host_saw:?}"
+    );
+    assert_eq!(
+        host_saw[1],
+        "guest said \"hello host from the vmpod guest\""
+    );
+    // The device removed its socket when the VM ended.
+    assert!(!socket.exists(), "vsock socket left behind");
     // virtio-rng.
     assert!(init_line(console, "hwrng").starts_with("virtio_rng.0 "));
 }

@@ -33,6 +33,7 @@ use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::{Entropy, EntropyError};
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::VirtioDevice;
 use crate::event_loop::Subscriber;
 use crate::exit::ExitNotifier;
@@ -164,15 +165,15 @@ pub enum BuildMicrovmError {
     /// A virtio device cannot be placed.
     #[error(transparent)]
     MmioDevice(#[from] MmioDeviceError),
-    /// A device kind this build of vmpod-vm cannot create yet.
-    #[error("{0} devices are not available in this build of vmpod-vm yet")]
-    DeviceUnavailable(&'static str),
     /// A disk cannot be set up.
     #[error(transparent)]
     Block(#[from] BlockError),
     /// A network interface cannot be set up.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// The vsock device cannot be set up.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     /// A shared directory cannot be set up.
     #[error(transparent)]
     Fs(#[from] FsError),
@@ -196,7 +197,7 @@ impl BuildMicrovmError {
                 | Self::CmdlineInvalid(_)
                 | Self::TooManyVcpus { .. }
                 | Self::SerialFile { .. }
-                | Self::DeviceUnavailable(_)
+                | Self::Vsock(_)
                 | Self::Block(_)
                 | Self::Net(_)
                 | Self::Fs(_)
@@ -406,10 +407,6 @@ type VirtioPair = (Arc<Mutex<dyn VirtioDevice>>, Subscriber);
 /// A [`BuildMicrovmError`] if a device's back end cannot be set up.
 pub fn create_virtio_devices(config: &VmConfig) -> Result<Vec<VirtioPair>, BuildMicrovmError> {
     let wanted = &config.devices;
-    let missing = [("--vsock", wanted.vsock.is_some())];
-    if let Some((flag, _)) = missing.into_iter().find(|(_, asked)| *asked) {
-        return Err(BuildMicrovmError::DeviceUnavailable(flag));
-    }
     let mut devices: Vec<VirtioPair> = Vec::new();
     for disk in &wanted.disks {
         let block = Arc::new(Mutex::new(Block::new(&disk.path, disk.readonly)?));
@@ -417,6 +414,10 @@ pub fn create_virtio_devices(config: &VmConfig) -> Result<Vec<VirtioPair>, Build
     }
     for net in &wanted.nets {
         let device = Arc::new(Mutex::new(Net::with_tap(&net.tap, net.create, net.mac)?));
+        devices.push((device.clone(), device));
+    }
+    if let Some(vsock) = &wanted.vsock {
+        let device = Arc::new(Mutex::new(Vsock::new(u64::from(vsock.cid), &vsock.socket)?));
         devices.push((device.clone(), device));
     }
     for share in &wanted.fs {

@@ -393,3 +393,35 @@ fn test_missing_shared_directory() {
         &["The shared directory /nonexistent/share does not exist"],
     );
 }
+
+#[test]
+fn test_unusable_vsock_socket_path() {
+    if !kvm_available("test_unusable_vsock_socket_path") {
+        return;
+    }
+    let dir = TestDir::new("novsock");
+    let kernel = good_kernel(&dir);
+    assert_fails(
+        &[
+            "--kernel",
+            path_str(&kernel),
+            "--vsock",
+            "cid=3,socket=/nonexistent/dir/v.sock",
+        ],
+        2,
+        &["Cannot listen on the vsock socket /nonexistent/dir/v.sock"],
+    );
+    // A file that is not a socket is left alone.
+    let file = dir.write("not-a-socket", b"keep me");
+    assert_fails(
+        &[
+            "--kernel",
+            path_str(&kernel),
+            "--vsock",
+            &format!("cid=3,socket={}", path_str(&file)),
+        ],
+        2,
+        &["exists and is not a socket"],
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+}

@@ -12,6 +12,7 @@ pub mod fs;
 pub mod net;
 pub mod rng;
 pub mod transport;
+pub mod vsock;
 
 #[cfg(test)]
 pub(crate) mod test_utils;

@@ -1,0 +1,684 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The vsock device: connection table, packets from the guest (tx queue),
+//! packets to the guest (rx queue), and the host's Unix sockets.
+//!
+//! Guest packets are checked before use: a header shorter than 44 bytes,
+//! in a device-writable buffer or outside guest memory, a source CID that
+//! is not the guest's, a destination that is not the host, a type other
+//! than stream, or a payload over [`MAX_PKT_PAYLOAD`] or beyond its buffers
+//! is dropped and counted. Packets for connections that do not exist are
+//! answered with a reset (except resets). A guest that sends more than the
+//! credit it was given gets its connection reset.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use virtio_queue::{DescriptorChain, QueueT};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::packet::{op, parse_connect_line, Header, TYPE_STREAM};
+use super::{
+    CONN_BUF_ALLOC, FIRST_LOCAL_PORT, HOST_CID, MAX_CONNECTIONS, MAX_CONNECT_LINE,
+    MAX_PENDING_CONTROL, MAX_PKT_PAYLOAD, NUM_QUEUES, QUEUE_SIZE,
+};
+use crate::devices::virtio::device::{read_config_space, ActivateError, QueueSet, VirtioDevice};
+use crate::devices::virtio::ids::VIRTIO_ID_VSOCK;
+use crate::devices::virtio::{feature, VIRTIO_F_VERSION_1};
+use crate::vstate::memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
+
+/// Index of the receive queue.
+pub(super) const RX: usize = 0;
+/// Index of the transmit queue.
+pub(super) const TX: usize = 1;
+
+/// Errors creating the vsock device.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    /// CIDs 0-2 are reserved.
+    #[error("Invalid guest CID {0}: it must be 3 or more")]
+    Cid(u64),
+    /// Something that is not a socket is in the way.
+    #[error("The vsock socket path {0} exists and is not a socket")]
+    PathInUse(PathBuf),
+    /// The socket cannot be created.
+    #[error("Cannot listen on the vsock socket {path}")]
+    Listen {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A queue event cannot be created.
+    #[error("Cannot create a virtio-vsock queue event")]
+    QueueEvent(#[source] std::io::Error),
+}
+
+/// What happened to packets and connections.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct VsockCounters {
+    /// Malformed packets from the guest, dropped.
+    pub dropped: u64,
+    /// Resets sent to the guest.
+    pub resets: u64,
+    /// Connections established.
+    pub connected: u64,
+}
+
+/// Where a connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// A host process connected; its `CONNECT` line is not complete yet.
+    Handshake,
+    /// The guest was asked to accept; no answer yet.
+    AwaitingResponse,
+    /// Data flows.
+    Established,
+}
+
+/// One host-side Unix stream and its vsock connection.
+#[derive(Debug)]
+struct Conn {
+    stream: UnixStream,
+    state: State,
+    /// The handshake line so far.
+    line: Vec<u8>,
+    /// Host-side and guest-side ports, once known.
+    local_port: u32,
+    peer_port: u32,
+    /// The guest's receive buffer and how much of what we sent it consumed.
+    peer_buf_alloc: u32,
+    peer_fwd_cnt: u32,
+    /// Bytes sent to the guest.
+    tx_cnt: u32,
+    /// Bytes from the guest written to the host stream.
+    fwd_cnt: u32,
+    /// `fwd_cnt` as last told to the guest.
+    fwd_cnt_sent: u32,
+    /// Guest data the host stream has not taken yet.
+    to_host: Vec<u8>,
+    /// Host data read but not yet given to the guest.
+    to_guest: Vec<u8>,
+    /// Whether the event loop watches the stream, and for what.
+    watched: Option<bool>,
+}
+
+impl Conn {
+    fn new(stream: UnixStream, state: State) -> Self {
+        Conn {
+            stream,
+            state,
+            line: Vec::new(),
+            local_port: 0,
+            peer_port: 0,
+            peer_buf_alloc: 0,
+            peer_fwd_cnt: 0,
+            tx_cnt: 0,
+            fwd_cnt: 0,
+            fwd_cnt_sent: 0,
+            to_host: Vec::new(),
+            to_guest: Vec::new(),
+            watched: None,
+        }
+    }
+
+    /// Bytes the guest can still take.
+    fn peer_credit(&self) -> u32 {
+        let in_flight = self.tx_cnt.wrapping_sub(self.peer_fwd_cnt);
+        self.peer_buf_alloc.saturating_sub(in_flight)
+    }
+
+    /// Whether the stream is worth watching for input, and whether for
+    /// output: `(in, out)`.
+    fn wants(&self) -> (bool, bool) {
+        let input = match self.state {
+            State::Handshake => true,
+            State::AwaitingResponse => false,
+            State::Established => self.to_guest.is_empty() && self.peer_credit() > 0,
+        };
+        (input, !self.to_host.is_empty())
+    }
+}
+
+/// The vsock device.
+#[derive(Debug)]
+pub struct Vsock {
+    cid: u64,
+    path: PathBuf,
+    listener: UnixListener,
+    queue_events: [EventFd; NUM_QUEUES],
+    active: Option<QueueSet>,
+    /// Connections by stream descriptor.
+    conns: HashMap<RawFd, Conn>,
+    /// Established and pending connections by (host port, guest port).
+    ports: HashMap<(u32, u32), RawFd>,
+    /// Streams to stop watching and close.
+    closing: Vec<(UnixStream, bool)>,
+    control: VecDeque<Header>,
+    next_local_port: u32,
+    counters: VsockCounters,
+}
+
+impl Vsock {
+    /// A device for guest `cid`, listening on the Unix socket `path`.
+    ///
+    /// # Errors
+    /// [`VsockError`] naming the CID or socket.
+    pub fn new(cid: u64, path: &Path) -> Result<Self, VsockError> {
+        if cid <= HOST_CID {
+            return Err(VsockError::Cid(cid));
+        }
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(VsockError::PathInUse(path.to_path_buf()));
+            }
+            // A socket left by an earlier VM: nobody can be listening on
+            // it any more once we take the path.
+            let _ = std::fs::remove_file(path);
+        }
+        let listen_error = |source| VsockError::Listen {
+            path: path.to_path_buf(),
+            source,
+        };
+        let listener = UnixListener::bind(path).map_err(listen_error)?;
+        listener.set_nonblocking(true).map_err(listen_error)?;
+        let event = || EventFd::new(EFD_NONBLOCK).map_err(VsockError::QueueEvent);
+        Ok(Vsock {
+            cid,
+            path: path.to_path_buf(),
+            listener,
+            queue_events: [event()?, event()?, event()?],
+            active: None,
+            conns: HashMap::new(),
+            ports: HashMap::new(),
+            closing: Vec::new(),
+            control: VecDeque::new(),
+            next_local_port: FIRST_LOCAL_PORT,
+            counters: VsockCounters::default(),
+        })
+    }
+
+    /// What happened so far.
+    pub fn counters(&self) -> VsockCounters {
+        self.counters
+    }
+
+    pub(super) fn listener_fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+
+    /// Accepts every waiting host connection.
+    pub(super) fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if self.conns.len() >= MAX_CONNECTIONS || stream.set_nonblocking(true).is_err()
+                    {
+                        continue; // Dropped: the host sees the socket close.
+                    }
+                    let fd = stream.as_raw_fd();
+                    self.conns.insert(fd, Conn::new(stream, State::Handshake));
+                }
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Handles readiness of the stream `fd`.
+    pub(super) fn stream_ready(
+        &mut self,
+        fd: RawFd,
+        readable: bool,
+        writable: bool,
+        hung_up: bool,
+    ) {
+        let Some(conn) = self.conns.get_mut(&fd) else {
+            return;
+        };
+        if writable {
+            flush_to_host(conn);
+        }
+        if readable || hung_up {
+            match conn.state {
+                State::Handshake => self.read_handshake(fd),
+                State::Established => self.read_host_data(fd),
+                State::AwaitingResponse => {}
+            }
+        }
+    }
+
+    fn read_handshake(&mut self, fd: RawFd) {
+        let Some(conn) = self.conns.get_mut(&fd) else {
+            return;
+        };
+        let mut byte = [0u8; 1];
+        let port = loop {
+            match conn.stream.read(&mut byte) {
+                Ok(0) => return self.close(fd),
+                Ok(_) if byte[0] == b'\n' => break parse_connect_line(&conn.line),
+                Ok(_) if conn.line.len() < MAX_CONNECT_LINE => conn.line.push(byte[0]),
+                Ok(_) => break None,
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => return self.close(fd),
+            }
+        };
+        let Some(peer_port) = port else {
+            return self.close(fd);
+        };
+        let local_port = self.next_local_port;
+        self.next_local_port = self.next_local_port.wrapping_add(1).max(FIRST_LOCAL_PORT);
+        conn.state = State::AwaitingResponse;
+        conn.local_port = local_port;
+        conn.peer_port = peer_port;
+        self.ports.insert((local_port, peer_port), fd);
+        self.queue_control(local_port, peer_port, op::REQUEST, 0);
+    }
+
+    fn read_host_data(&mut self, fd: RawFd) {
+        let Some(conn) = self.conns.get_mut(&fd) else {
+            return;
+        };
+        if !conn.to_guest.is_empty() {
+            return;
+        }
+        let want = conn.peer_credit().min(MAX_PKT_PAYLOAD) as usize;
+        if want == 0 {
+            return;
+        }
+        conn.to_guest.resize(want, 0);
+        match conn.stream.read(&mut conn.to_guest) {
+            Ok(0) => {
+                conn.to_guest.clear();
+                let (local, peer) = (conn.local_port, conn.peer_port);
+                // The host closed: tell the guest nothing more comes.
+                self.queue_control(local, peer, op::SHUTDOWN, 3);
+                self.close(fd);
+            }
+            Ok(n) => conn.to_guest.truncate(n),
+            Err(err) => {
+                conn.to_guest.clear();
+                if !matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) {
+                    let (local, peer) = (conn.local_port, conn.peer_port);
+                    self.reset(local, peer);
+                    self.close(fd);
+                }
+            }
+        }
+    }
+
+    fn queue_control(&mut self, local: u32, peer: u32, op: u16, flags: u32) {
+        if self.control.len() >= MAX_PENDING_CONTROL {
+            return;
+        }
+        let fwd_cnt = self
+            .ports
+            .get(&(local, peer))
+            .and_then(|fd| self.conns.get_mut(fd))
+            .map_or(0, |conn| {
+                conn.fwd_cnt_sent = conn.fwd_cnt;
+                conn.fwd_cnt
+            });
+        self.control.push_back(Header {
+            src_cid: HOST_CID,
+            dst_cid: self.cid,
+            src_port: local,
+            dst_port: peer,
+            len: 0,
+            kind: TYPE_STREAM,
+            op,
+            flags,
+            buf_alloc: CONN_BUF_ALLOC,
+            fwd_cnt,
+        });
+    }
+
+    fn reset(&mut self, local: u32, peer: u32) {
+        self.counters.resets += 1;
+        self.queue_control(local, peer, op::RST, 0);
+    }
+
+    /// Forgets the connection of `fd`; its stream closes once the event
+    /// loop stopped watching it.
+    fn close(&mut self, fd: RawFd) {
+        if let Some(conn) = self.conns.remove(&fd) {
+            self.ports.remove(&(conn.local_port, conn.peer_port));
+            let watched = conn.watched.is_some();
+            self.closing.push((conn.stream, watched));
+        }
+    }
+
+    /// Handles every packet the guest queued.
+    pub fn process_tx(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mem = active.mem.clone();
+        let Some(queue) = active.queues.get_mut(TX) else {
+            return;
+        };
+        let mut packets = Vec::new();
+        let mut completed = false;
+        while let Some(chain) = queue.pop_descriptor_chain(&mem) {
+            let head = chain.head_index();
+            packets.push(read_packet(&mem, chain));
+            if queue.add_used(&mem, head, 0).is_err() {
+                break;
+            }
+            completed = true;
+        }
+        if completed && queue.needs_notification(&mem).unwrap_or(true) {
+            let _ = active.interrupt.signal_used_queue();
+        }
+        for packet in packets {
+            match packet {
+                Some((header, payload)) if self.valid(&header) => {
+                    self.handle_packet(header, payload)
+                }
+                _ => self.counters.dropped += 1,
+            }
+        }
+    }
+
+    fn valid(&self, header: &Header) -> bool {
+        header.src_cid == self.cid && header.dst_cid == HOST_CID && header.kind == TYPE_STREAM
+    }
+
+    fn handle_packet(&mut self, header: Header, payload: Vec<u8>) {
+        let key = (header.dst_port, header.src_port);
+        let Some(&fd) = self.ports.get(&key) else {
+            match header.op {
+                op::REQUEST => self.connect_to_host(header),
+                op::RST => {}
+                _ => self.reset(header.dst_port, header.src_port),
+            }
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&fd) else {
+            return;
+        };
+        conn.peer_buf_alloc = header.buf_alloc;
+        conn.peer_fwd_cnt = header.fwd_cnt;
+        match (header.op, conn.state) {
+            (op::RESPONSE, State::AwaitingResponse) => {
+                conn.state = State::Established;
+                self.counters.connected += 1;
+                let reply = format!("OK {}\n", header.dst_port);
+                // A few bytes to a fresh socket: they fit its buffer.
+                if conn.stream.write_all(reply.as_bytes()).is_err() {
+                    self.reset(key.0, key.1);
+                    self.close(fd);
+                }
+            }
+            (op::RW, State::Established) => {
+                let buffered = conn.to_host.len() + payload.len();
+                if buffered > CONN_BUF_ALLOC as usize {
+                    // More than the credit it was given.
+                    self.reset(key.0, key.1);
+                    return self.close(fd);
+                }
+                conn.to_host.extend_from_slice(&payload);
+                flush_to_host(conn);
+                if conn.fwd_cnt.wrapping_sub(conn.fwd_cnt_sent) >= CONN_BUF_ALLOC / 4 {
+                    self.queue_control(key.0, key.1, op::CREDIT_UPDATE, 0);
+                }
+            }
+            (op::CREDIT_REQUEST, _) => self.queue_control(key.0, key.1, op::CREDIT_UPDATE, 0),
+            (op::CREDIT_UPDATE, _) => {}
+            (op::SHUTDOWN, _) | (op::RST, _) => {
+                if header.op == op::SHUTDOWN {
+                    flush_to_host(conn);
+                    self.queue_control(key.0, key.1, op::RST, 0);
+                }
+                self.close(fd);
+            }
+            _ => {
+                self.reset(key.0, key.1);
+                self.close(fd);
+            }
+        }
+    }
+
+    /// A guest connection to host port P: connect to `<path>_P`.
+    fn connect_to_host(&mut self, header: Header) {
+        let (local, peer) = (header.dst_port, header.src_port);
+        if self.conns.len() >= MAX_CONNECTIONS {
+            return self.reset(local, peer);
+        }
+        let mut target = self.path.clone().into_os_string();
+        target.push(format!("_{local}"));
+        let stream = match UnixStream::connect(&target) {
+            Ok(stream) if stream.set_nonblocking(true).is_ok() => stream,
+            _ => return self.reset(local, peer),
+        };
+        let fd = stream.as_raw_fd();
+        let mut conn = Conn::new(stream, State::Established);
+        conn.local_port = local;
+        conn.peer_port = peer;
+        conn.peer_buf_alloc = header.buf_alloc;
+        conn.peer_fwd_cnt = header.fwd_cnt;
+        self.conns.insert(fd, conn);
+        self.ports.insert((local, peer), fd);
+        self.counters.connected += 1;
+        self.queue_control(local, peer, op::RESPONSE, 0);
+    }
+
+    /// Fills the guest's receive buffers: control packets first, then data
+    /// the host sent, within each connection's credit.
+    pub fn process_rx(&mut self) {
+        let Some(mut active) = self.active.take() else {
+            return;
+        };
+        let mem = active.mem.clone();
+        let mut completed = false;
+        if let Some(queue) = active.queues.get_mut(RX) {
+            loop {
+                let packet = match self.control.front() {
+                    Some(header) => Some((*header, Vec::new(), None)),
+                    None => self.next_data_packet(),
+                };
+                let Some((mut header, payload, fd)) = packet else {
+                    break;
+                };
+                let Some(chain) = queue.pop_descriptor_chain(&mem) else {
+                    break;
+                };
+                let head = chain.head_index();
+                header.len = payload.len() as u32;
+                let used = write_packet(&mem, chain, &header, &payload);
+                if fd.is_none() {
+                    self.control.pop_front();
+                }
+                if let (Some(fd), Some(_)) = (fd, used) {
+                    if let Some(conn) = self.conns.get_mut(&fd) {
+                        conn.tx_cnt = conn.tx_cnt.wrapping_add(header.len);
+                        conn.to_guest.clear();
+                    }
+                }
+                if queue.add_used(&mem, head, used.unwrap_or(0)).is_err() {
+                    break;
+                }
+                completed = true;
+            }
+            if completed && queue.needs_notification(&mem).unwrap_or(true) {
+                let _ = active.interrupt.signal_used_queue();
+            }
+        }
+        self.active = Some(active);
+    }
+
+    /// The next data packet: a connection's held host data, within credit.
+    fn next_data_packet(&mut self) -> Option<(Header, Vec<u8>, Option<RawFd>)> {
+        let (&fd, conn) = self
+            .conns
+            .iter_mut()
+            .find(|(_, c)| c.state == State::Established && !c.to_guest.is_empty())?;
+        let len = conn.to_guest.len().min(conn.peer_credit() as usize);
+        if len == 0 {
+            return None;
+        }
+        conn.to_guest.truncate(len);
+        conn.fwd_cnt_sent = conn.fwd_cnt;
+        let header = Header {
+            src_cid: HOST_CID,
+            dst_cid: self.cid,
+            src_port: conn.local_port,
+            dst_port: conn.peer_port,
+            len: 0,
+            kind: TYPE_STREAM,
+            op: op::RW,
+            flags: 0,
+            buf_alloc: CONN_BUF_ALLOC,
+            fwd_cnt: conn.fwd_cnt,
+        };
+        Some((header, conn.to_guest.clone(), Some(fd)))
+    }
+
+    /// Streams whose watch must change: `(fd, currently, wanted)`, where a
+    /// watch is `Some(out)` (in, plus out if `out`) or `None`.
+    pub(super) fn watch_changes(&mut self) -> Vec<(RawFd, Option<bool>, Option<bool>)> {
+        let mut changes = Vec::new();
+        for (&fd, conn) in &mut self.conns {
+            let (input, output) = conn.wants();
+            let wanted = (input || output).then_some(output);
+            if wanted != conn.watched {
+                changes.push((fd, conn.watched, wanted));
+                conn.watched = wanted;
+            }
+        }
+        changes
+    }
+
+    /// Closed streams: `(fd, was watched)`; they close when dropped.
+    pub(super) fn take_closing(&mut self) -> Vec<(UnixStream, bool)> {
+        std::mem::take(&mut self.closing)
+    }
+}
+
+/// Writes held guest data to the host stream as far as it goes.
+fn flush_to_host(conn: &mut Conn) {
+    while !conn.to_host.is_empty() {
+        match conn.stream.write(&conn.to_host) {
+            Ok(0) => break,
+            Ok(n) => {
+                conn.to_host.drain(..n);
+                conn.fwd_cnt = conn.fwd_cnt.wrapping_add(n as u32);
+            }
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// A tx chain as header and payload; `None` if malformed.
+fn read_packet<M>(mem: &GuestMemoryMmap, chain: DescriptorChain<M>) -> Option<(Header, Vec<u8>)>
+where
+    M: std::ops::Deref + Clone,
+    M::Target: GuestMemory,
+{
+    let mut bytes = Vec::new();
+    let limit = Header::LEN + MAX_PKT_PAYLOAD as usize;
+    for desc in chain {
+        let len = desc.len() as usize;
+        if desc.is_write_only() || bytes.len() + len > limit {
+            return None;
+        }
+        let start = bytes.len();
+        bytes.resize(start + len, 0);
+        mem.read_slice(bytes.get_mut(start..)?, desc.addr()).ok()?;
+    }
+    let raw: &[u8; Header::LEN] = bytes.get(..Header::LEN)?.try_into().ok()?;
+    let header = Header::from_bytes(raw);
+    let payload = bytes
+        .get(Header::LEN..Header::LEN + header.len as usize)?
+        .to_vec();
+    Some((header, payload))
+}
+
+/// Writes a packet into an rx chain; returns its length, or `None` if the
+/// chain is malformed or too small.
+fn write_packet<M>(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<M>,
+    header: &Header,
+    payload: &[u8],
+) -> Option<u32>
+where
+    M: std::ops::Deref + Clone,
+    M::Target: GuestMemory,
+{
+    let head = header.to_bytes();
+    let mut data = head.iter().chain(payload).copied();
+    let total = head.len() + payload.len();
+    let mut buffers: Vec<(GuestAddress, usize)> = Vec::new();
+    let mut room = 0usize;
+    for desc in chain {
+        if !desc.is_write_only() || !mem.check_range(desc.addr(), desc.len() as usize) {
+            return None;
+        }
+        buffers.push((desc.addr(), desc.len() as usize));
+        room = room.saturating_add(desc.len() as usize);
+        if room >= total {
+            break;
+        }
+    }
+    if room < total {
+        return None;
+    }
+    for (addr, len) in buffers {
+        let chunk: Vec<u8> = data.by_ref().take(len).collect();
+        mem.write_slice(&chunk, addr).ok()?;
+    }
+    u32::try_from(total).ok()
+}
+
+impl Drop for Vsock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE; NUM_QUEUES]
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    fn avail_features(&self) -> u64 {
+        feature(VIRTIO_F_VERSION_1)
+    }
+
+    /// `struct virtio_vsock_config`: guest_cid.
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_space(&self.cid.to_le_bytes(), offset, data);
+    }
+
+    fn activate(&mut self, queues: QueueSet) -> Result<(), ActivateError> {
+        if queues.queues.len() != NUM_QUEUES {
+            return Err(ActivateError::QueueNotReady(queues.queues.len()));
+        }
+        self.active = Some(queues);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.control.clear();
+        let fds: Vec<RawFd> = self.conns.keys().copied().collect();
+        for fd in fds {
+            self.close(fd);
+        }
+    }
+}
