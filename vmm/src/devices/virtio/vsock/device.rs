@@ -160,6 +160,7 @@ pub struct Vsock {
     closing: Vec<(UnixStream, bool)>,
     control: VecDeque<Header>,
     next_local_port: u32,
+    max_connections: usize,
     counters: VsockCounters,
 }
 
@@ -169,6 +170,18 @@ impl Vsock {
     /// # Errors
     /// [`VsockError`] naming the CID or socket.
     pub fn new(cid: u64, path: &Path) -> Result<Self, VsockError> {
+        Self::with_connection_limit(cid, path, MAX_CONNECTIONS)
+    }
+
+    /// [`Vsock::new`] with at most `max_connections` connections.
+    ///
+    /// # Errors
+    /// [`VsockError`] naming the CID or socket.
+    pub fn with_connection_limit(
+        cid: u64,
+        path: &Path,
+        max_connections: usize,
+    ) -> Result<Self, VsockError> {
         if cid <= HOST_CID {
             return Err(VsockError::Cid(cid));
         }
@@ -198,6 +211,7 @@ impl Vsock {
             closing: Vec::new(),
             control: VecDeque::new(),
             next_local_port: FIRST_LOCAL_PORT,
+            max_connections: max_connections.min(MAX_CONNECTIONS),
             counters: VsockCounters::default(),
         })
     }
@@ -216,7 +230,8 @@ impl Vsock {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if self.conns.len() >= MAX_CONNECTIONS || stream.set_nonblocking(true).is_err()
+                    if self.conns.len() >= self.max_connections
+                        || stream.set_nonblocking(true).is_err()
                     {
                         continue; // Dropped: the host sees the socket close.
                     }
@@ -447,7 +462,7 @@ impl Vsock {
     /// A guest connection to host port P: connect to `<path>_P`.
     fn connect_to_host(&mut self, header: Header) {
         let (local, peer) = (header.dst_port, header.src_port);
-        if self.conns.len() >= MAX_CONNECTIONS {
+        if self.conns.len() >= self.max_connections {
             return self.reset(local, peer);
         }
         let mut target = self.path.clone().into_os_string();
@@ -680,5 +695,335 @@ impl VirtioDevice for Vsock {
         for fd in fds {
             self.close(fd);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::Queue;
+
+    use super::*;
+    use crate::devices::virtio::test_utils::{guest_memory, queue_set};
+
+    const GUEST_CID: u64 = 3;
+    /// Rings of queue i at `i * RING_STRIDE`: descriptors, then available
+    /// ring at +0x1000, used ring at +0x2000.
+    const RING_STRIDE: u64 = 0x4000;
+    /// Buffers: rx at 0x10_0000 (4 KiB each), tx at 0x20_0000.
+    const RX_BUFS: u64 = 0x10_0000;
+    const TX_BUFS: u64 = 0x20_0000;
+
+    /// The driver side of one split queue.
+    struct Ring {
+        base: u64,
+        next_avail: u16,
+        last_used: u16,
+    }
+
+    impl Ring {
+        fn new(index: u64) -> Self {
+            Ring {
+                base: index * RING_STRIDE,
+                next_avail: 0,
+                last_used: 0,
+            }
+        }
+
+        fn queue(&self) -> Queue {
+            let mut queue = Queue::new(QUEUE_SIZE).unwrap();
+            queue.set_desc_table_address(Some(self.base as u32), Some(0));
+            queue.set_avail_ring_address(Some((self.base + 0x1000) as u32), Some(0));
+            queue.set_used_ring_address(Some((self.base + 0x2000) as u32), Some(0));
+            queue.set_ready(true);
+            queue
+        }
+
+        /// Posts one single-descriptor chain.
+        fn post(&mut self, mem: &GuestMemoryMmap, addr: u64, len: u32, write: bool) {
+            let slot = u64::from(self.next_avail % QUEUE_SIZE);
+            let flags: u16 = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+            let desc = self.base + 16 * slot;
+            mem.write_obj(addr, GuestAddress(desc)).unwrap();
+            mem.write_obj(len, GuestAddress(desc + 8)).unwrap();
+            mem.write_obj(flags, GuestAddress(desc + 12)).unwrap();
+            mem.write_obj(slot as u16, GuestAddress(self.base + 0x1000 + 4 + 2 * slot))
+                .unwrap();
+            self.next_avail = self.next_avail.wrapping_add(1);
+            mem.write_obj(self.next_avail, GuestAddress(self.base + 0x1002))
+                .unwrap();
+        }
+
+        /// Used entries since the last call: (descriptor id, length).
+        fn used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u32, u32)> {
+            let idx: u16 = mem.read_obj(GuestAddress(self.base + 0x2002)).unwrap();
+            let mut out = Vec::new();
+            while self.last_used != idx {
+                let entry = self.base + 0x2004 + 8 * u64::from(self.last_used % QUEUE_SIZE);
+                out.push((
+                    mem.read_obj(GuestAddress(entry)).unwrap(),
+                    mem.read_obj(GuestAddress(entry + 4)).unwrap(),
+                ));
+                self.last_used = self.last_used.wrapping_add(1);
+            }
+            out
+        }
+    }
+
+    /// A vsock device on a real event loop, and a scripted guest driver.
+    struct Harness {
+        dir: PathBuf,
+        mem: GuestMemoryMmap,
+        device: Arc<Mutex<Vsock>>,
+        manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+        rx: Ring,
+        tx: Ring,
+        tx_slot: u64,
+    }
+
+    impl Harness {
+        fn new(name: &str, limit: usize) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("vmpod-vsock-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let device =
+                Vsock::with_connection_limit(GUEST_CID, &dir.join("v.sock"), limit).unwrap();
+            let device = Arc::new(Mutex::new(device));
+            let mem = guest_memory();
+            let (mut rx, tx, evt) = (Ring::new(0), Ring::new(1), Ring::new(2));
+            for i in 0..64 {
+                rx.post(&mem, RX_BUFS + i * 0x1000, 0x1000, true);
+            }
+            let queues = vec![rx.queue(), tx.queue(), evt.queue()];
+            device
+                .lock()
+                .unwrap()
+                .activate(queue_set(mem.clone(), queues))
+                .unwrap();
+            let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+                EventManager::new().unwrap();
+            manager.add_subscriber(device.clone());
+            Harness {
+                dir,
+                mem,
+                device,
+                manager,
+                rx,
+                tx,
+                tx_slot: 0,
+            }
+        }
+
+        fn path(&self) -> PathBuf {
+            self.dir.join("v.sock")
+        }
+
+        fn run(&mut self) {
+            for _ in 0..5 {
+                self.manager.run_with_timeout(20).unwrap();
+            }
+        }
+
+        /// The guest sends a packet.
+        fn send(&mut self, header: Header, payload: &[u8]) {
+            let addr = TX_BUFS + (self.tx_slot % 64) * 0x1_0000;
+            self.tx_slot += 1;
+            let mut bytes = header.to_bytes().to_vec();
+            bytes.extend_from_slice(payload);
+            self.mem.write_slice(&bytes, GuestAddress(addr)).unwrap();
+            self.tx.post(&self.mem, addr, bytes.len() as u32, false);
+            self.device.lock().unwrap().queue_events()[TX]
+                .write(1)
+                .unwrap();
+            self.run();
+        }
+
+        /// Packets the device gave the guest since the last call; their
+        /// buffers are posted again.
+        fn received(&mut self) -> Vec<(Header, Vec<u8>)> {
+            self.run();
+            let mut packets = Vec::new();
+            for (id, len) in self.rx.used(&self.mem) {
+                let addr = RX_BUFS + u64::from(id) * 0x1000;
+                let mut bytes = vec![0u8; len as usize];
+                self.mem.read_slice(&mut bytes, GuestAddress(addr)).unwrap();
+                let raw: [u8; Header::LEN] = bytes[..Header::LEN].try_into().unwrap();
+                packets.push((Header::from_bytes(&raw), bytes[Header::LEN..].to_vec()));
+                self.rx.post(&self.mem, addr, 0x1000, true);
+            }
+            packets
+        }
+
+        fn guest_header(&self, op: u16, guest_port: u32, host_port: u32, len: u32) -> Header {
+            Header {
+                src_cid: GUEST_CID,
+                dst_cid: HOST_CID,
+                src_port: guest_port,
+                dst_port: host_port,
+                len,
+                kind: TYPE_STREAM,
+                op,
+                flags: 0,
+                buf_alloc: 64 * 1024,
+                fwd_cnt: 0,
+            }
+        }
+
+        /// A host process connects and sends `line`.
+        fn host_connect(&mut self, line: &[u8]) -> UnixStream {
+            let mut stream = UnixStream::connect(self.path()).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            stream.write_all(line).unwrap();
+            self.run();
+            stream
+        }
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Reads until `n` bytes or EOF/timeout.
+    fn read_some(stream: &mut UnixStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        let mut got = 0;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while got < n && Instant::now() < deadline {
+            match stream.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(_) => break,
+            }
+        }
+        buf.truncate(got);
+        buf
+    }
+
+    /// Whether the device closed its end: EOF, or a reset when it closed
+    /// with our bytes unread.
+    fn is_closed(stream: &mut UnixStream) -> bool {
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte) {
+            Ok(0) => true,
+            Err(err) => err.kind() == ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        }
+    }
+
+    #[test]
+    fn test_host_connect_and_data_both_ways() {
+        let mut h = Harness::new("connect", MAX_CONNECTIONS);
+        let mut stream = h.host_connect(b"CONNECT 1234\n");
+        let packets = h.received();
+        assert_eq!(packets.len(), 1, "{packets:?}");
+        let request = packets[0].0;
+        assert_eq!(
+            (request.op, request.dst_port, request.dst_cid),
+            (op::REQUEST, 1234, GUEST_CID)
+        );
+        let host_port = request.src_port;
+        h.send(h.guest_header(op::RESPONSE, 1234, host_port, 0), &[]);
+        assert_eq!(
+            read_some(&mut stream, 32).len(),
+            format!("OK {host_port}\n").len()
+        );
+        // Host to guest.
+        stream.write_all(b"from the host").unwrap();
+        let data = h.received();
+        assert_eq!(data.len(), 1, "{data:?}");
+        assert_eq!(
+            (data[0].0.op, data[0].1.as_slice()),
+            (op::RW, &b"from the host"[..])
+        );
+        // Guest to host.
+        h.send(
+            h.guest_header(op::RW, 1234, host_port, 14),
+            b"from the guest",
+        );
+        assert_eq!(read_some(&mut stream, 14), b"from the guest");
+        assert_eq!(h.device.lock().unwrap().counters().connected, 1);
+    }
+
+    #[test]
+    fn test_refused_port_closes_the_host_stream() {
+        let mut h = Harness::new("refused", MAX_CONNECTIONS);
+        let mut stream = h.host_connect(b"CONNECT 99\n");
+        let request = h.received()[0].0;
+        h.send(h.guest_header(op::RST, 99, request.src_port, 0), &[]);
+        assert!(is_closed(&mut stream));
+    }
+
+    #[test]
+    fn test_malformed_lines_close_the_host_stream() {
+        let mut h = Harness::new("malformed", MAX_CONNECTIONS);
+        for line in [&b"HELLO 1\n"[..], b"CONNECT x\n", &[b'A'; 40]] {
+            let mut stream = h.host_connect(line);
+            assert!(is_closed(&mut stream), "{line:?}");
+        }
+        assert!(h.received().is_empty(), "the guest was asked anyway");
+    }
+
+    #[test]
+    fn test_connection_limit() {
+        let mut h = Harness::new("limit", 2);
+        let _a = h.host_connect(b"CONNECT 1\n");
+        let _b = h.host_connect(b"CONNECT 2\n");
+        let mut c = h.host_connect(b"CONNECT 3\n");
+        assert!(is_closed(&mut c), "a third connection was kept");
+        assert_eq!(h.received().len(), 2);
+    }
+
+    #[test]
+    fn test_guest_connections_to_the_host() {
+        let mut h = Harness::new("guestconn", MAX_CONNECTIONS);
+        let listener = UnixListener::bind(format!("{}_5678", h.path().display())).unwrap();
+        h.send(h.guest_header(op::REQUEST, 40000, 5678, 0), &[]);
+        let reply = h.received();
+        assert_eq!(reply[0].0.op, op::RESPONSE);
+        let (mut accepted, _) = listener.accept().unwrap();
+        h.send(h.guest_header(op::RW, 40000, 5678, 5), b"hello");
+        assert_eq!(read_some(&mut accepted, 5), b"hello");
+        // Nobody listens on port 9.
+        h.send(h.guest_header(op::REQUEST, 40001, 9, 0), &[]);
+        assert_eq!(h.received()[0].0.op, op::RST);
+    }
+
+    #[test]
+    fn test_unknown_and_malformed_packets() {
+        let mut h = Harness::new("unknown", MAX_CONNECTIONS);
+        h.send(h.guest_header(op::RW, 1, 2, 3), b"abc");
+        assert_eq!(
+            h.received()[0].0.op,
+            op::RST,
+            "no reset for an unknown connection"
+        );
+        let mut bad = h.guest_header(op::REQUEST, 1, 2, 0);
+        bad.src_cid = 7;
+        h.send(bad, &[]);
+        let mut bad = h.guest_header(op::REQUEST, 1, 2, 0);
+        bad.kind = 2;
+        h.send(bad, &[]);
+        let too_long = h.guest_header(op::RW, 1, 2, 100);
+        h.send(too_long, b"short");
+        assert!(h.received().is_empty());
+        assert_eq!(h.device.lock().unwrap().counters().dropped, 3);
+    }
+
+    #[test]
+    fn test_socket_is_removed_with_the_device() {
+        let h = Harness::new("cleanup", MAX_CONNECTIONS);
+        let path = h.path();
+        assert!(path.exists());
+        drop(h);
+        assert!(!path.exists());
     }
 }
