@@ -34,6 +34,8 @@ use crate::vstate::memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 pub(super) const RX: usize = 0;
 /// Index of the transmit queue.
 pub(super) const TX: usize = 1;
+/// Index of the event queue.
+pub(super) const EVENT_QUEUE: usize = 2;
 
 /// Errors creating the vsock device.
 #[derive(Debug, thiserror::Error)]
@@ -320,7 +322,7 @@ impl Vsock {
                 conn.to_guest.clear();
                 if !matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) {
                     let (local, peer) = (conn.local_port, conn.peer_port);
-                    self.reset(local, peer);
+                    self.send_reset(local, peer);
                     self.close(fd);
                 }
             }
@@ -353,7 +355,7 @@ impl Vsock {
         });
     }
 
-    fn reset(&mut self, local: u32, peer: u32) {
+    fn send_reset(&mut self, local: u32, peer: u32) {
         self.counters.resets += 1;
         self.queue_control(local, peer, op::RST, 0);
     }
@@ -410,7 +412,7 @@ impl Vsock {
             match header.op {
                 op::REQUEST => self.connect_to_host(header),
                 op::RST => {}
-                _ => self.reset(header.dst_port, header.src_port),
+                _ => self.send_reset(header.dst_port, header.src_port),
             }
             return;
         };
@@ -426,7 +428,7 @@ impl Vsock {
                 let reply = format!("OK {}\n", header.dst_port);
                 // A few bytes to a fresh socket: they fit its buffer.
                 if conn.stream.write_all(reply.as_bytes()).is_err() {
-                    self.reset(key.0, key.1);
+                    self.send_reset(key.0, key.1);
                     self.close(fd);
                 }
             }
@@ -434,7 +436,7 @@ impl Vsock {
                 let buffered = conn.to_host.len() + payload.len();
                 if buffered > CONN_BUF_ALLOC as usize {
                     // More than the credit it was given.
-                    self.reset(key.0, key.1);
+                    self.send_reset(key.0, key.1);
                     return self.close(fd);
                 }
                 conn.to_host.extend_from_slice(&payload);
@@ -453,7 +455,7 @@ impl Vsock {
                 self.close(fd);
             }
             _ => {
-                self.reset(key.0, key.1);
+                self.send_reset(key.0, key.1);
                 self.close(fd);
             }
         }
@@ -463,13 +465,13 @@ impl Vsock {
     fn connect_to_host(&mut self, header: Header) {
         let (local, peer) = (header.dst_port, header.src_port);
         if self.conns.len() >= self.max_connections {
-            return self.reset(local, peer);
+            return self.send_reset(local, peer);
         }
         let mut target = self.path.clone().into_os_string();
         target.push(format!("_{local}"));
         let stream = match UnixStream::connect(&target) {
             Ok(stream) if stream.set_nonblocking(true).is_ok() => stream,
-            _ => return self.reset(local, peer),
+            _ => return self.send_reset(local, peer),
         };
         let fd = stream.as_raw_fd();
         let mut conn = Conn::new(stream, State::Established);
@@ -694,6 +696,11 @@ impl VirtioDevice for Vsock {
         let fds: Vec<RawFd> = self.conns.keys().copied().collect();
         for fd in fds {
             self.close(fd);
+        }
+        // The streams close when the event loop stops watching them: wake
+        // it (a reset comes from a vCPU thread, not from the loop).
+        if let Some(event) = self.queue_events.get(EVENT_QUEUE) {
+            let _ = event.write(1);
         }
     }
 }
@@ -1016,6 +1023,19 @@ mod tests {
         h.send(too_long, b"short");
         assert!(h.received().is_empty());
         assert_eq!(h.device.lock().unwrap().counters().dropped, 3);
+    }
+
+    #[test]
+    fn test_driver_reset_closes_every_connection() {
+        let mut h = Harness::new("reset", MAX_CONNECTIONS);
+        let mut stream = h.host_connect(b"CONNECT 1234\n");
+        let request = h.received()[0].0;
+        h.send(h.guest_header(op::RESPONSE, 1234, request.src_port, 0), &[]);
+        let ok = format!("OK {}\n", request.src_port);
+        assert_eq!(read_some(&mut stream, ok.len()), ok.as_bytes());
+        VirtioDevice::reset(&mut *h.device.lock().unwrap());
+        h.run();
+        assert!(is_closed(&mut stream), "stream kept open after reset");
     }
 
     #[test]

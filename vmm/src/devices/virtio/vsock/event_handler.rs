@@ -7,7 +7,7 @@
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 
-use super::device::{Vsock, RX, TX};
+use super::device::{Vsock, EVENT_QUEUE, RX, TX};
 use crate::devices::virtio::device::VirtioDevice;
 
 const RX_EVENT: u32 = 0;
@@ -50,7 +50,11 @@ impl Vsock {
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
-        for (index, data) in [(RX, RX_EVENT), (TX, TX_EVENT), (2, EVENT_QUEUE_EVENT)] {
+        for (index, data) in [
+            (RX, RX_EVENT),
+            (TX, TX_EVENT),
+            (EVENT_QUEUE, EVENT_QUEUE_EVENT),
+        ] {
             if let Some(event) = self.queue_events().get(index) {
                 if let Err(err) = ops.add(Events::with_data(event, data, EventSet::IN)) {
                     tracing::error!("virtio-vsock: cannot watch queue {index}: {err}");
