@@ -17,12 +17,15 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
+use std::time::Instant;
 use virtio_queue::{DescriptorChain, QueueT};
+
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::packet::{op, parse_connect_line, Header, TYPE_STREAM};
 use super::{
-    CONN_BUF_ALLOC, FIRST_LOCAL_PORT, HOST_CID, MAX_CONNECTIONS, MAX_CONNECT_LINE,
+    CONNECT_TIMEOUT, CONN_BUF_ALLOC, FIRST_LOCAL_PORT, HOST_CID, MAX_CONNECTIONS, MAX_CONNECT_LINE,
     MAX_PENDING_CONTROL, MAX_PKT_PAYLOAD, NUM_QUEUES, QUEUE_SIZE,
 };
 use crate::devices::virtio::device::{read_config_space, ActivateError, QueueSet, VirtioDevice};
@@ -58,6 +61,9 @@ pub enum VsockError {
     /// A queue event cannot be created.
     #[error("Cannot create a virtio-vsock queue event")]
     QueueEvent(#[source] std::io::Error),
+    /// The handshake timer cannot be created.
+    #[error("Cannot create the virtio-vsock handshake timer")]
+    Timer(#[source] vmm_sys_util::errno::Error),
 }
 
 /// What happened to packets and connections.
@@ -107,6 +113,8 @@ struct Conn {
     to_guest: Vec<u8>,
     /// Whether the event loop watches the stream, and for what.
     watched: Option<bool>,
+    /// When the guest was asked to accept (host-initiated connections).
+    requested_at: Option<Instant>,
 }
 
 impl Conn {
@@ -125,6 +133,7 @@ impl Conn {
             to_host: Vec::new(),
             to_guest: Vec::new(),
             watched: None,
+            requested_at: None,
         }
     }
 
@@ -152,6 +161,8 @@ pub struct Vsock {
     cid: u64,
     path: PathBuf,
     listener: UnixListener,
+    /// Fires when the oldest unanswered host connection times out.
+    timer: TimerFd,
     queue_events: [EventFd; NUM_QUEUES],
     active: Option<QueueSet>,
     /// Connections by stream descriptor.
@@ -206,6 +217,7 @@ impl Vsock {
             cid,
             path: path.to_path_buf(),
             listener,
+            timer: TimerFd::new().map_err(VsockError::Timer)?,
             queue_events: [event()?, event()?, event()?],
             active: None,
             conns: HashMap::new(),
@@ -225,6 +237,43 @@ impl Vsock {
 
     pub(super) fn listener_fd(&self) -> RawFd {
         self.listener.as_raw_fd()
+    }
+
+    pub(super) fn timer_fd(&self) -> RawFd {
+        self.timer.as_raw_fd()
+    }
+
+    /// Closes host connections the guest did not answer in time (the host
+    /// sees its socket close) and re-arms the timer for the next one.
+    pub(super) fn expire_handshakes(&mut self) {
+        let _ = self.timer.wait();
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        let mut next: Option<std::time::Duration> = None;
+        for (&fd, conn) in &self.conns {
+            let Some(at) = conn
+                .requested_at
+                .filter(|_| conn.state == State::AwaitingResponse)
+            else {
+                continue;
+            };
+            let age = now.duration_since(at);
+            if age >= CONNECT_TIMEOUT {
+                expired.push((fd, conn.local_port, conn.peer_port));
+            } else {
+                let left = CONNECT_TIMEOUT - age;
+                next = Some(next.map_or(left, |n| n.min(left)));
+            }
+        }
+        for (fd, local, peer) in expired {
+            self.send_reset(local, peer);
+            self.close(fd);
+        }
+        if let Some(left) = next {
+            if let Err(err) = self.timer.reset(left, None) {
+                tracing::warn!("virtio-vsock: cannot arm the handshake timer: {err}");
+            }
+        }
     }
 
     /// Accepts every waiting host connection.
@@ -293,6 +342,12 @@ impl Vsock {
         conn.state = State::AwaitingResponse;
         conn.local_port = local_port;
         conn.peer_port = peer_port;
+        conn.requested_at = Some(Instant::now());
+        if !self.timer.is_armed().unwrap_or(true) {
+            if let Err(err) = self.timer.reset(CONNECT_TIMEOUT, None) {
+                tracing::warn!("virtio-vsock: cannot arm the handshake timer: {err}");
+            }
+        }
         self.ports.insert((local_port, peer_port), fd);
         self.queue_control(local_port, peer_port, op::REQUEST, 0);
     }
@@ -1023,6 +1078,20 @@ mod tests {
         h.send(too_long, b"short");
         assert!(h.received().is_empty());
         assert_eq!(h.device.lock().unwrap().counters().dropped, 3);
+    }
+
+    #[test]
+    fn test_unanswered_connections_time_out() {
+        let mut h = Harness::new("timeout", MAX_CONNECTIONS);
+        let mut stream = h.host_connect(b"CONNECT 1234\n");
+        assert_eq!(h.received()[0].0.op, op::REQUEST);
+        let deadline = Instant::now() + CONNECT_TIMEOUT + Duration::from_secs(2);
+        while Instant::now() < deadline && h.device.lock().unwrap().conns.len() == 1 {
+            h.run();
+        }
+        assert!(is_closed(&mut stream), "still open after the timeout");
+        // The guest is told to drop its half too.
+        assert_eq!(h.received()[0].0.op, op::RST);
     }
 
     #[test]

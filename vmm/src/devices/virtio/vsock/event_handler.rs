@@ -14,6 +14,7 @@ const RX_EVENT: u32 = 0;
 const TX_EVENT: u32 = 1;
 const EVENT_QUEUE_EVENT: u32 = 2;
 const LISTENER_EVENT: u32 = 3;
+const TIMER_EVENT: u32 = 4;
 /// Stream events carry the descriptor plus this.
 const STREAM_BASE: u32 = 16;
 
@@ -65,6 +66,10 @@ impl MutEventSubscriber for Vsock {
         if let Err(err) = ops.add(listener) {
             tracing::error!("virtio-vsock: cannot watch the Unix socket: {err}");
         }
+        let timer = Events::with_data_raw(self.timer_fd(), TIMER_EVENT, EventSet::IN);
+        if let Err(err) = ops.add(timer) {
+            tracing::error!("virtio-vsock: cannot watch the handshake timer: {err}");
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -80,6 +85,7 @@ impl MutEventSubscriber for Vsock {
                 }
             }
             LISTENER_EVENT => self.accept_all(),
+            TIMER_EVENT => self.expire_handshakes(),
             data => {
                 let fd = data.wrapping_sub(STREAM_BASE) as i32;
                 self.stream_ready(

@@ -5,7 +5,8 @@
 //! - Host to guest: a host process connects to the device's Unix socket
 //!   and writes `CONNECT <port>\n`; the device asks the guest to accept on
 //!   that port and, when it does, answers `OK <host_port>\n`; if the guest
-//!   refuses, the socket is closed.
+//!   refuses, or does not answer within [`CONNECT_TIMEOUT`], the socket is
+//!   closed.
 //! - Guest to host: a guest connection to CID 2, port P, is connected to
 //!   the Unix socket `<path>_P`; if nobody listens there, the guest gets a
 //!   reset.
@@ -40,3 +41,5 @@ const MAX_CONNECT_LINE: usize = 32;
 const MAX_PENDING_CONTROL: usize = 2 * MAX_CONNECTIONS;
 /// First host-side port given to host-initiated connections.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
+/// How long the guest has to accept a host-initiated connection.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
