@@ -427,6 +427,19 @@ fn show(path: &CStr) -> String {
 fn shut_down(console: &mut Console, how: libc::c_int) -> ! {
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
+    // As a clean shutdown does: a read-only root has its journal
+    // checkpointed, so the host can read the image afterwards. (On the
+    // initrd's rootfs this fails harmlessly.)
+    // SAFETY: valid NUL-terminated target; no source, type or data.
+    unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT | libc::MS_RDONLY,
+            std::ptr::null(),
+        )
+    };
     // SAFETY: reboot has no memory-safety preconditions; PID 1 may call it.
     unsafe { libc::reboot(how) };
     console.line(&format!("reboot failed: {}", io::Error::last_os_error()));
