@@ -1,0 +1,36 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The API between the shim and `vmpod-agent`: the protobuf messages and
+//! ttrpc service generated from `protos/agent.proto`, and [`AgentClient`],
+//! a typed client with one method per protocol step, so that callers never
+//! build raw requests.
+#![warn(missing_docs)]
+
+mod client;
+
+// The generated modules below are the generators' code as they wrote it:
+// their warnings are not ours to fix.
+
+// The generated service names the messages `super::agent`.
+use messages as agent;
+
+/// The protobuf messages of `protos/agent.proto`.
+#[allow(warnings, clippy::all, clippy::pedantic)]
+pub mod messages {
+    include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+}
+
+/// The ttrpc service: the server trait the agent implements, its
+/// registration function and the raw client.
+#[allow(warnings, clippy::all, clippy::pedantic)]
+pub mod service {
+    include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+}
+
+pub use client::{AgentClient, ClientError, ProcessId, SandboxConfig};
+
+/// Bumped on incompatible changes to `protos/agent.proto`.
+pub const API_VERSION: u32 = 1;
+
+/// The vsock port the agent listens on unless its command line says
+/// otherwise.
+pub const AGENT_VSOCK_PORT: u32 = 1024;

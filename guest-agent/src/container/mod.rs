@@ -1,0 +1,654 @@
+// SPDX-License-Identifier: Apache-2.0
+//! A container: its root file system mount, cgroup, init process and
+//! exec'd processes, with the lifecycle created → running → stopped
+//! (and paused). Built the way an OCI runtime builds it, but in the agent:
+//! one clone3 per process, straight into its namespaces and cgroup.
+
+pub mod cgroup;
+mod child;
+pub mod mount_options;
+pub mod paths;
+pub mod plan;
+pub mod spawn;
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use oci_spec::runtime::{LinuxResources, Process as OciProcess, Spec};
+use vmpod_agent_api::messages::Mount;
+
+use self::cgroup::{Cgroup, CgroupError};
+use self::mount_options::MountOptions;
+use self::plan::{InitPlan, PlanError, ProcessPlan};
+use self::spawn::{SpawnError, Spawned};
+use crate::reaper::{Exit, ExitWatch, Reaper};
+use crate::stdio::{StdioError, Streams};
+
+/// Longest container or exec id.
+const MAX_ID_LEN: usize = 128;
+
+/// Where a container stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Its init waits for start.
+    Created,
+    /// Its init runs.
+    Running,
+    /// Frozen.
+    Paused,
+    /// Its init has exited.
+    Stopped,
+}
+
+/// Failures of container operations; each names what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// A malformed id.
+    #[error("{kind} id {id:?} must be 1 to 128 of [A-Za-z0-9_.-], not starting with '.'")]
+    Id {
+        /// "container" or "exec".
+        kind: &'static str,
+        /// The id.
+        id: String,
+    },
+    /// The spec is not JSON of an OCI spec.
+    #[error("the {what} is not valid: {message}")]
+    Json {
+        /// Which document.
+        what: &'static str,
+        /// serde's message.
+        message: String,
+    },
+    /// The spec cannot be run.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The rootfs mount is unusable.
+    #[error("rootfs: {0}")]
+    Rootfs(String),
+    /// A cgroup operation failed.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// Stdio could not be set up or used.
+    #[error(transparent)]
+    Stdio(#[from] StdioError),
+    /// The process could not be started.
+    #[error("starting the process: {0}")]
+    Spawn(#[from] SpawnError),
+    /// The operation does not fit the container's state.
+    #[error("container {id} is {status:?}; cannot {verb}")]
+    IncorrectStatus {
+        /// The container.
+        id: String,
+        /// Its state.
+        status: Status,
+        /// The operation.
+        verb: &'static str,
+    },
+    /// No such exec id.
+    #[error("container {container} has no process {exec}")]
+    NoProcess {
+        /// The container.
+        container: String,
+        /// The exec id.
+        exec: String,
+    },
+    /// An exec id in use.
+    #[error("container {container} already has a process {exec}")]
+    DuplicateExec {
+        /// The container.
+        container: String,
+        /// The exec id.
+        exec: String,
+    },
+    /// The process has exited.
+    #[error("process {0} has already exited")]
+    Exited(String),
+    /// A signal number out of range.
+    #[error("signal {0} is not a valid signal number")]
+    Signal(u32),
+    /// A system call of the agent failed.
+    #[error("{what}: {source}")]
+    Os {
+        /// What the agent did.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Checks a container or exec id: it becomes a path component and a
+/// cgroup name.
+///
+/// # Errors
+///
+/// [`ContainerError::Id`].
+pub fn validate_id(kind: &'static str, id: &str) -> Result<(), ContainerError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ContainerError::Id {
+            kind,
+            id: id.to_owned(),
+        })
+    }
+}
+
+/// One process of a container.
+#[derive(Debug)]
+pub struct Process {
+    spawned: Spawned,
+    streams: Arc<Streams>,
+}
+
+impl Process {
+    /// The PID, as the agent sees it.
+    pub fn pid(&self) -> libc::pid_t {
+        self.spawned.pid
+    }
+
+    /// Its exit, once it has one.
+    pub fn exit_watch(&self) -> ExitWatch {
+        self.spawned.exit.clone()
+    }
+
+    /// Its exit, if it has ended.
+    pub fn exited(&self) -> Option<Exit> {
+        *self.spawned.exit.borrow()
+    }
+
+    /// Its stdio.
+    pub fn streams(&self) -> Arc<Streams> {
+        self.streams.clone()
+    }
+
+    fn signal(&self, signal: libc::c_int) -> std::io::Result<()> {
+        // SAFETY: pidfd_send_signal on our pidfd, no siginfo.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.spawned.pidfd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// A container of the sandbox.
+#[derive(Debug)]
+pub struct Container {
+    id: String,
+    dir: PathBuf,
+    rootfs: PathBuf,
+    cgroup: Cgroup,
+    init: Process,
+    init_process: ProcessPlan,
+    start: Option<OwnedFd>,
+    execs: HashMap<String, Process>,
+    started: bool,
+}
+
+/// Where a container's pieces go.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement<'a> {
+    /// The agent's state directory (container roots go below).
+    pub state_dir: &'a Path,
+    /// The sandbox's cgroup (container cgroups go below).
+    pub sandbox_cgroup: &'a Path,
+}
+
+fn json<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, ContainerError> {
+    serde_json::from_slice(bytes).map_err(|err| ContainerError::Json {
+        what,
+        message: err.to_string(),
+    })
+}
+
+/// Undoes the set-up steps done so far when a create fails half-way.
+#[derive(Default)]
+struct Rollback {
+    rootfs: Option<PathBuf>,
+    dir: Option<PathBuf>,
+    cgroup: Option<Cgroup>,
+}
+
+impl Rollback {
+    fn run(self) {
+        if let Some(cgroup) = &self.cgroup {
+            let _ = cgroup.kill_all();
+            let _ = cgroup.remove();
+        }
+        if let Some(rootfs) = &self.rootfs {
+            unmount(rootfs);
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn unmount(path: &Path) {
+    if let Ok(path) = CString::new(path.as_os_str().as_encoded_bytes()) {
+        // SAFETY: a NUL-terminated path.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Mounts the container's root file system at `target`.
+fn mount_rootfs(rootfs: &Mount, target: &Path) -> Result<(), ContainerError> {
+    let bad = |message: String| ContainerError::Rootfs(message);
+    let options = MountOptions::parse(&rootfs.options);
+    let (source, fstype, flags) = match rootfs.fstype.as_str() {
+        "bind" | "" => {
+            let source = Path::new(&rootfs.source);
+            if !source.is_absolute() {
+                return Err(bad(format!(
+                    "source {:?} is not an absolute path",
+                    rootfs.source
+                )));
+            }
+            if !source.is_dir() {
+                return Err(bad(format!(
+                    "source {} is not a directory",
+                    source.display()
+                )));
+            }
+            (rootfs.source.as_str(), "", libc::MS_BIND | libc::MS_REC)
+        }
+        "overlay" => ("overlay", "overlay", options.flags),
+        other => {
+            return Err(bad(format!(
+                "type {other:?} is not supported (bind or overlay)"
+            )))
+        }
+    };
+    let c = |field: &str, value: &str| {
+        CString::new(value).map_err(|_| bad(format!("{field} contains a NUL byte")))
+    };
+    let source_c = c("source", source)?;
+    let fstype_c = c("type", fstype)?;
+    let data_c = c("options", &options.data)?;
+    let target_c = CString::new(target.as_os_str().as_encoded_bytes())
+        .map_err(|_| bad("target contains a NUL byte".into()))?;
+    // SAFETY: NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            source_c.as_ptr(),
+            target_c.as_ptr(),
+            fstype_c.as_ptr(),
+            flags,
+            if fstype.is_empty() {
+                std::ptr::null()
+            } else {
+                data_c.as_ptr().cast()
+            },
+        )
+    };
+    if rc != 0 {
+        return Err(bad(format!(
+            "mounting {} {}: {}",
+            rootfs.fstype,
+            rootfs.source,
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+impl Container {
+    /// Creates a container from its OCI spec (JSON) on `rootfs`: mounts
+    /// the root, creates the cgroup with the spec's resources and starts
+    /// the init process up to the point of exec. A failure leaves nothing
+    /// behind.
+    ///
+    /// # Errors
+    ///
+    /// [`ContainerError`] naming the spec field or step at fault.
+    pub fn create(
+        id: &str,
+        spec_json: &[u8],
+        rootfs: &Mount,
+        placement: Placement<'_>,
+        reaper: &Reaper,
+    ) -> Result<Container, ContainerError> {
+        validate_id("container", id)?;
+        let spec: Spec = json("OCI spec", spec_json)?;
+        let mut rollback = Rollback::default();
+        match Self::build(id, &spec, rootfs, placement, reaper, &mut rollback) {
+            Ok(container) => Ok(container),
+            Err(err) => {
+                rollback.run();
+                Err(err)
+            }
+        }
+    }
+
+    fn build(
+        id: &str,
+        spec: &Spec,
+        rootfs: &Mount,
+        placement: Placement<'_>,
+        reaper: &Reaper,
+        rollback: &mut Rollback,
+    ) -> Result<Container, ContainerError> {
+        let dir = placement.state_dir.join(id);
+        let root = dir.join("rootfs");
+        std::fs::create_dir_all(&root).map_err(|source| ContainerError::Os {
+            what: format!("creating {}", root.display()),
+            source,
+        })?;
+        rollback.dir = Some(dir.clone());
+        mount_rootfs(rootfs, &root)?;
+        rollback.rootfs = Some(root.clone());
+        let plan = plan::plan_init(spec, &root)?;
+        let cgroup = Cgroup::create(placement.sandbox_cgroup, id)?;
+        rollback.cgroup = Some(cgroup.clone());
+        if let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+            cgroup.apply(resources)?;
+        }
+        let (streams, child_side) = if plan.process.terminal {
+            let size = spec
+                .process()
+                .as_ref()
+                .and_then(OciProcess::console_size)
+                .map_or((24, 80), |b| (b.height() as u16, b.width() as u16));
+            Streams::terminal(size.0, size.1)?
+        } else {
+            Streams::pipes()?
+        };
+        let cgroup_dir = cgroup.open()?;
+        let (spawned, start) = spawn::spawn_init(&plan, &cgroup_dir, &child_side, reaper)?;
+        drop(child_side);
+        let InitPlan { process, .. } = plan;
+        Ok(Container {
+            id: id.to_owned(),
+            dir,
+            rootfs: root,
+            cgroup,
+            init: Process {
+                spawned,
+                streams: Arc::new(streams),
+            },
+            init_process: process,
+            start: Some(start),
+            execs: HashMap::new(),
+            started: false,
+        })
+    }
+
+    /// The container's state.
+    pub fn status(&self) -> Status {
+        if self.init.exited().is_some() {
+            Status::Stopped
+        } else if !self.started {
+            Status::Created
+        } else if self.cgroup.is_frozen() {
+            Status::Paused
+        } else {
+            Status::Running
+        }
+    }
+
+    fn incorrect(&self, verb: &'static str) -> ContainerError {
+        ContainerError::IncorrectStatus {
+            id: self.id.clone(),
+            status: self.status(),
+            verb,
+        }
+    }
+
+    /// Lets the init process exec its program.
+    ///
+    /// # Errors
+    ///
+    /// [`ContainerError::IncorrectStatus`] unless created; the exec's
+    /// failure.
+    pub fn start(&mut self) -> Result<(), ContainerError> {
+        if self.status() != Status::Created {
+            return Err(self.incorrect("start"));
+        }
+        let start = self.start.take().ok_or_else(|| self.incorrect("start"))?;
+        self.started = true;
+        spawn::release(&mut self.init.spawned, start, &self.init_process)?;
+        Ok(())
+    }
+
+    /// The process `exec_id` (empty for init).
+    ///
+    /// # Errors
+    ///
+    /// [`ContainerError::NoProcess`].
+    pub fn process(&self, exec_id: &str) -> Result<&Process, ContainerError> {
+        if exec_id.is_empty() {
+            return Ok(&self.init);
+        }
+        self.execs
+            .get(exec_id)
+            .ok_or_else(|| ContainerError::NoProcess {
+                container: self.id.clone(),
+                exec: exec_id.to_owned(),
+            })
+    }
+
+    /// Runs another process (an OCI process, JSON) in the container's
+    /// namespaces and cgroup.
+    ///
+    /// # Errors
+    ///
+    /// [`ContainerError`]: the id, the state, the process spec, the spawn.
+    pub fn exec(
+        &mut self,
+        exec_id: &str,
+        process_json: &[u8],
+        reaper: &Reaper,
+    ) -> Result<(), ContainerError> {
+        validate_id("exec", exec_id)?;
+        if self.status() != Status::Running {
+            return Err(self.incorrect("exec"));
+        }
+        if self.execs.contains_key(exec_id) {
+            return Err(ContainerError::DuplicateExec {
+                container: self.id.clone(),
+                exec: exec_id.to_owned(),
+            });
+        }
+        let process: OciProcess = json("OCI process", process_json)?;
+        let plan = plan::plan_process(&process)?;
+        let (streams, child_side) = if plan.terminal {
+            let size = process
+                .console_size()
+                .map_or((24, 80), |b| (b.height() as u16, b.width() as u16));
+            Streams::terminal(size.0, size.1)?
+        } else {
+            Streams::pipes()?
+        };
+        let pid = self.init.pid();
+        let open = |name: &str| {
+            File::open(format!("/proc/{pid}/ns/{name}")).map_err(|source| ContainerError::Os {
+                what: format!("opening the container's {name} namespace"),
+                source,
+            })
+        };
+        let mut namespaces = Vec::new();
+        for (name, kind) in [
+            ("ipc", libc::CLONE_NEWIPC),
+            ("uts", libc::CLONE_NEWUTS),
+            ("net", libc::CLONE_NEWNET),
+            ("cgroup", libc::CLONE_NEWCGROUP),
+            // Last: after it, paths are the container's.
+            ("mnt", libc::CLONE_NEWNS),
+        ] {
+            namespaces.push((OwnedFd::from(open(name)?), kind));
+        }
+        let pid_ns = open("pid")?;
+        let cgroup_dir = self.cgroup.open()?;
+        let spawned = spawn::spawn_exec(
+            &plan,
+            &pid_ns,
+            &namespaces,
+            &cgroup_dir,
+            &child_side,
+            reaper,
+        )?;
+        drop(child_side);
+        self.execs.insert(
+            exec_id.to_owned(),
+            Process {
+                spawned,
+                streams: Arc::new(streams),
+            },
+        );
+        Ok(())
+    }
+
+    /// Sends `signal` to one process, or with `all` to every process of
+    /// the container.
+    ///
+    /// # Errors
+    ///
+    /// [`ContainerError::Signal`], [`ContainerError::Exited`].
+    pub fn signal(&self, exec_id: &str, signal: u32, all: bool) -> Result<(), ContainerError> {
+        let number = libc::c_int::try_from(signal)
+            .ok()
+            .filter(|&n| (1..=libc::SIGRTMAX()).contains(&n))
+            .ok_or(ContainerError::Signal(signal))?;
+        if all {
+            // A frozen process only gets SIGKILL once thawed.
+            for pid in self.cgroup.pids() {
+                // SAFETY: kill takes plain integers.
+                unsafe { libc::kill(pid as libc::pid_t, number) };
+            }
+            return Ok(());
+        }
+        let process = self.process(exec_id)?;
+        let name = if exec_id.is_empty() {
+            &self.id
+        } else {
+            exec_id
+        };
+        if process.exited().is_some() {
+            return Err(ContainerError::Exited(name.to_owned()));
+        }
+        process
+            .signal(number)
+            .map_err(|source| match source.raw_os_error() {
+                Some(libc::ESRCH) => ContainerError::Exited(name.to_owned()),
+                _ => ContainerError::Os {
+                    what: format!("signalling {name}"),
+                    source,
+                },
+            })
+    }
+
+    /// Freezes the container.
+    ///
+    /// # Errors
+    ///
+    /// [`ContainerError::IncorrectStatus`] unless running; the freezer's
+    /// failure.
+    pub fn pause(&self) -> Result<(), ContainerError> {
+        if self.status() != Status::Running {
+            return Err(self.incorrect("pause"));
+        }
+        Ok(self.cgroup.set_frozen(true)?)
+    }
+
+    /// Thaws the container.
+    ///
+    /// # Errors
+    ///
+    /// [`ContainerError::IncorrectStatus`] unless paused.
+    pub fn resume(&self) -> Result<(), ContainerError> {
+        if self.status() != Status::Paused {
+            return Err(self.incorrect("resume"));
+        }
+        Ok(self.cgroup.set_frozen(false)?)
+    }
+
+    /// Applies new resources (OCI LinuxResources, JSON).
+    ///
+    /// # Errors
+    ///
+    /// [`ContainerError::Json`], [`ContainerError::Cgroup`].
+    pub fn update(&self, resources_json: &[u8]) -> Result<(), ContainerError> {
+        if self.status() == Status::Stopped {
+            return Err(self.incorrect("update"));
+        }
+        let resources: LinuxResources = json("OCI resources", resources_json)?;
+        Ok(self.cgroup.apply(&resources)?)
+    }
+
+    /// The container's cgroup.
+    pub fn cgroup(&self) -> &Cgroup {
+        &self.cgroup
+    }
+
+    /// Whether any of its processes still runs.
+    fn has_live_processes(&self) -> bool {
+        self.init.exited().is_none() || self.execs.values().any(|p| p.exited().is_none())
+    }
+
+    /// Removes the container: refused while processes run, unless `force`,
+    /// which kills them. Unmounts its root, removes its cgroup and state.
+    ///
+    /// # Errors
+    ///
+    /// [`ContainerError::IncorrectStatus`] while running without `force`;
+    /// [`ContainerError::Cgroup`] if the processes do not go.
+    pub fn remove(&self, force: bool) -> Result<(), ContainerError> {
+        let alive = self.has_live_processes() || !self.cgroup.pids().is_empty();
+        if alive && !force && self.started {
+            return Err(self.incorrect("remove (it still runs; use force)"));
+        }
+        if self.cgroup.is_frozen() {
+            self.cgroup.set_frozen(false)?;
+        }
+        self.cgroup.kill_all()?;
+        self.cgroup.remove()?;
+        unmount(&self.rootfs);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_ids() {
+        for good in ["a", "c1", "my-container_2.x", &"x".repeat(128)] {
+            assert!(validate_id("container", good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "a b",
+            "ü",
+            &"x".repeat(129),
+        ] {
+            assert!(validate_id("container", bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,622 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Turns an OCI spec into a plan: every path, flag, string and number the
+//! new process needs, checked and converted before it is cloned. The child
+//! (`child.rs`) then only makes system calls on this data: after a clone in
+//! a multi-threaded agent it must not allocate.
+
+use std::ffi::{CString, NulError};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+
+use super::mount_options::MountOptions;
+use super::paths::{resolve_in_root, PathError};
+
+/// PATH for finding the program when the process environment has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The device nodes every container gets, bound from the agent's /dev.
+pub const DEFAULT_DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// The symlinks every container's /dev gets: (link, target).
+pub const DEFAULT_DEV_LINKS: [(&str, &str); 5] = [
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+];
+
+/// A spec the agent cannot run, with the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The spec has no `process`.
+    #[error("the spec has no process")]
+    NoProcess,
+    /// `process.args` is missing or empty.
+    #[error("process.args is empty")]
+    NoArgs,
+    /// A string holds a NUL byte.
+    #[error("{field} contains a NUL byte")]
+    Nul {
+        /// The field.
+        field: &'static str,
+    },
+    /// A path that must be absolute is not.
+    #[error("{field} {path:?} is not an absolute path")]
+    NotAbsolute {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        path: String,
+    },
+    /// An environment entry without `=`.
+    #[error("process.env entry {0:?} is not NAME=VALUE")]
+    Env(String),
+    /// A namespace kind the agent does not create.
+    #[error("{0} namespaces are not supported")]
+    Namespace(&'static str),
+    /// A namespace path that cannot be opened.
+    #[error("namespace path {path}: {source}")]
+    NamespacePath {
+        /// The path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A hostname without a UTS namespace of its own.
+    #[error("hostname is set but the spec has no new uts namespace")]
+    HostnameWithoutUts,
+    /// An unknown capability name.
+    #[error("unknown capability {0}")]
+    Capability(String),
+    /// Seccomp profiles are not applied yet.
+    #[error("linux.seccomp is not supported yet")]
+    Seccomp,
+    /// A mount with neither a type nor `bind`.
+    #[error("mount on {0} has no type")]
+    MountType(String),
+    /// A mount destination or cwd that does not resolve inside the root.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// Creating a mount point in the root file system failed.
+    #[error("cannot create mount point {path}: {source}")]
+    MountPoint {
+        /// The host path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// NUL-terminated strings and the NULL-terminated pointer array execve
+/// takes, built before the clone.
+#[derive(Debug)]
+pub struct CStrArray {
+    strings: Vec<CString>,
+    pointers: Vec<*const libc::c_char>,
+}
+
+// SAFETY: the pointers point into the heap buffers of `strings`, which the
+// struct owns and never changes; moving the struct to another thread moves
+// neither the buffers nor what the pointers mean.
+unsafe impl Send for CStrArray {}
+
+// SAFETY: nothing changes the strings or the pointers after `new`, so
+// shared references on several threads only read.
+unsafe impl Sync for CStrArray {}
+
+impl CStrArray {
+    fn new(strings: Vec<CString>) -> Self {
+        let mut pointers: Vec<_> = strings.iter().map(|s| s.as_ptr()).collect();
+        pointers.push(std::ptr::null());
+        CStrArray { strings, pointers }
+    }
+
+    /// The array for execve.
+    pub fn as_ptr(&self) -> *const *const libc::c_char {
+        self.pointers.as_ptr()
+    }
+
+    /// The strings.
+    pub fn strings(&self) -> &[CString] {
+        &self.strings
+    }
+}
+
+/// Capability sets as bit masks (bit N = capability N).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CapSets {
+    /// The bounding set.
+    pub bounding: u64,
+    /// The effective set.
+    pub effective: u64,
+    /// The permitted set.
+    pub permitted: u64,
+    /// The inheritable set.
+    pub inheritable: u64,
+    /// The ambient set.
+    pub ambient: u64,
+    /// The highest capability number the kernel knows.
+    pub last_cap: u32,
+}
+
+/// The process part of a plan: shared by a container's init and its
+/// exec'd processes.
+#[derive(Debug)]
+pub struct ProcessPlan {
+    /// argv.
+    pub args: CStrArray,
+    /// envp.
+    pub env: CStrArray,
+    /// Where to look for argv\[0\], in order (PATH search done here).
+    pub exec_candidates: Vec<CString>,
+    /// The working directory, container-absolute.
+    pub cwd: CString,
+    /// User and groups.
+    pub uid: libc::uid_t,
+    /// Primary group.
+    pub gid: libc::gid_t,
+    /// Supplementary groups.
+    pub groups: Vec<libc::gid_t>,
+    /// The umask, if the spec sets one.
+    pub umask: Option<libc::mode_t>,
+    /// (resource, limits) for setrlimit.
+    pub rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
+    /// Capability sets; `None` leaves them as they are.
+    pub caps: Option<CapSets>,
+    /// `process.noNewPrivileges`.
+    pub no_new_privileges: bool,
+    /// `/proc/self/oom_score_adj` text, if set.
+    pub oom_score_adj: Option<CString>,
+    /// A terminal instead of pipes.
+    pub terminal: bool,
+}
+
+/// One mount in the new mount namespace.
+#[derive(Debug)]
+pub struct MountStep {
+    /// mount(2) source ("" for none).
+    pub source: CString,
+    /// Host path of the destination (under the root).
+    pub target: CString,
+    /// mount(2) type ("" for a bind mount).
+    pub fstype: CString,
+    /// mount(2) flags of the first call.
+    pub flags: libc::c_ulong,
+    /// File-system data.
+    pub data: CString,
+    /// A bind mount whose own flags (ro, nosuid, ...) need a remount.
+    pub bind_remount_flags: Option<libc::c_ulong>,
+    /// Propagation to set after mounting (0 for none).
+    pub propagation: libc::c_ulong,
+    /// Directories to create first, outermost first (mount points that lie
+    /// on a file system mounted by an earlier step).
+    pub make_dirs: Vec<CString>,
+    /// Create the destination as an empty file (a file bind-mounted).
+    pub make_file: bool,
+}
+
+/// A device node or default device in the container's /dev.
+#[derive(Debug)]
+pub struct DeviceStep {
+    /// Host path of the node under the root.
+    pub target: CString,
+    /// Bind this agent device onto it.
+    pub bind_source: CString,
+}
+
+/// Everything a container's init process does between clone and exec.
+#[derive(Debug)]
+pub struct InitPlan {
+    /// CLONE_NEW* flags for clone3.
+    pub clone_flags: u64,
+    /// Namespaces joined instead of created (setns in the child).
+    pub join: Vec<(OwnedFd, libc::c_int)>,
+    /// A PID namespace to join (setns on the cloning thread).
+    pub join_pid: Option<OwnedFd>,
+    /// The UTS namespace's hostname.
+    pub hostname: Option<CString>,
+    /// The root file system, already mounted (host path).
+    pub rootfs: CString,
+    /// Propagation of `/` in the new mount namespace.
+    pub root_propagation: libc::c_ulong,
+    /// The spec's mounts, in order.
+    pub mounts: Vec<MountStep>,
+    /// Default devices.
+    pub devices: Vec<DeviceStep>,
+    /// /dev symlinks: (link host path, target).
+    pub dev_links: Vec<(CString, CString)>,
+    /// `linux.maskedPaths`, container-absolute.
+    pub masked: Vec<CString>,
+    /// `linux.readonlyPaths`, container-absolute.
+    pub readonly: Vec<CString>,
+    /// `root.readonly`.
+    pub readonly_root: bool,
+    /// The process.
+    pub process: ProcessPlan,
+}
+
+fn cstring(field: &'static str, value: impl Into<Vec<u8>>) -> Result<CString, PlanError> {
+    CString::new(value).map_err(|_: NulError| PlanError::Nul { field })
+}
+
+fn path_cstring(field: &'static str, path: &Path) -> Result<CString, PlanError> {
+    cstring(field, path.as_os_str().as_encoded_bytes())
+}
+
+/// The process part of a plan. The program is looked up along the
+/// process's PATH by the child, inside the container's root.
+///
+/// # Errors
+///
+/// [`PlanError`] naming the field at fault.
+pub fn plan_process(process: &Process) -> Result<ProcessPlan, PlanError> {
+    let args = process
+        .args()
+        .as_ref()
+        .filter(|a| !a.is_empty())
+        .ok_or(PlanError::NoArgs)?;
+    let args: Vec<CString> = args
+        .iter()
+        .map(|a| cstring("process.args", a.as_str()))
+        .collect::<Result<_, _>>()?;
+    let env = process.env().clone().unwrap_or_default();
+    for entry in &env {
+        if !entry.contains('=') {
+            return Err(PlanError::Env(entry.clone()));
+        }
+    }
+    let path_var = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH)
+        .to_owned();
+    let env: Vec<CString> = env
+        .into_iter()
+        .map(|e| cstring("process.env", e))
+        .collect::<Result<_, _>>()?;
+    let program = args[0].to_bytes();
+    let exec_candidates = if program.contains(&b'/') {
+        vec![args[0].clone()]
+    } else {
+        path_var
+            .split(':')
+            .filter(|dir| !dir.is_empty())
+            .map(|dir| {
+                let mut path = dir.as_bytes().to_vec();
+                path.push(b'/');
+                path.extend_from_slice(program);
+                cstring("process.env PATH", path)
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let cwd = process.cwd();
+    if !cwd.is_absolute() {
+        return Err(PlanError::NotAbsolute {
+            field: "process.cwd",
+            path: cwd.display().to_string(),
+        });
+    }
+    let user = process.user();
+    let rlimits = process
+        .rlimits()
+        .iter()
+        .flatten()
+        .map(|limit| {
+            (
+                rlimit_resource(&limit.typ().to_string()),
+                libc::rlimit {
+                    rlim_cur: limit.soft(),
+                    rlim_max: limit.hard(),
+                },
+            )
+        })
+        .collect();
+    let caps = match process.capabilities() {
+        Some(caps) => {
+            let mask = |set: &Option<oci_spec::runtime::Capabilities>| -> Result<u64, PlanError> {
+                let mut bits = 0;
+                for cap in set.iter().flatten() {
+                    let name = format!("CAP_{cap}");
+                    let parsed = caps::Capability::from_str(&name)
+                        .map_err(|_| PlanError::Capability(name.clone()))?;
+                    bits |= 1u64 << parsed.index();
+                }
+                Ok(bits)
+            };
+            Some(CapSets {
+                bounding: mask(caps.bounding())?,
+                effective: mask(caps.effective())?,
+                permitted: mask(caps.permitted())?,
+                inheritable: mask(caps.inheritable())?,
+                ambient: mask(caps.ambient())?,
+                last_cap: last_capability(),
+            })
+        }
+        None => None,
+    };
+    Ok(ProcessPlan {
+        args: CStrArray::new(args),
+        env: CStrArray::new(env),
+        exec_candidates,
+        cwd: path_cstring("process.cwd", cwd)?,
+        uid: user.uid(),
+        gid: user.gid(),
+        groups: user.additional_gids().clone().unwrap_or_default(),
+        umask: user.umask(),
+        rlimits,
+        caps,
+        no_new_privileges: process.no_new_privileges().unwrap_or(false),
+        oom_score_adj: process
+            .oom_score_adj()
+            .map(|adj| cstring("process.oomScoreAdj", adj.to_string()))
+            .transpose()?,
+        terminal: process.terminal().unwrap_or(false),
+    })
+}
+
+/// The RLIMIT_* number of an OCI rlimit type name.
+fn rlimit_resource(name: &str) -> libc::__rlimit_resource_t {
+    match name {
+        "RLIMIT_CPU" => libc::RLIMIT_CPU,
+        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+        "RLIMIT_DATA" => libc::RLIMIT_DATA,
+        "RLIMIT_STACK" => libc::RLIMIT_STACK,
+        "RLIMIT_CORE" => libc::RLIMIT_CORE,
+        "RLIMIT_RSS" => libc::RLIMIT_RSS,
+        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "RLIMIT_AS" => libc::RLIMIT_AS,
+        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => libc::RLIMIT_NICE,
+        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+        _ => libc::RLIMIT_NOFILE,
+    }
+}
+
+/// The kernel's highest capability number.
+fn last_capability() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+fn namespace_flag(kind: LinuxNamespaceType) -> Result<libc::c_int, PlanError> {
+    Ok(match kind {
+        LinuxNamespaceType::Mount => libc::CLONE_NEWNS,
+        LinuxNamespaceType::Cgroup => libc::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Uts => libc::CLONE_NEWUTS,
+        LinuxNamespaceType::Ipc => libc::CLONE_NEWIPC,
+        LinuxNamespaceType::Pid => libc::CLONE_NEWPID,
+        LinuxNamespaceType::Network => libc::CLONE_NEWNET,
+        LinuxNamespaceType::User => return Err(PlanError::Namespace("user")),
+        LinuxNamespaceType::Time => return Err(PlanError::Namespace("time")),
+    })
+}
+
+/// The plan for a container's init process, on the root file system
+/// mounted at `rootfs` (a host path). Mount points that lie in the image
+/// are created here, after resolving them inside it.
+///
+/// # Errors
+///
+/// [`PlanError`] naming the field at fault.
+pub fn plan_init(spec: &Spec, rootfs: &Path) -> Result<InitPlan, PlanError> {
+    let process = spec.process().as_ref().ok_or(PlanError::NoProcess)?;
+    let process = plan_process(process)?;
+    let linux = spec.linux().clone().unwrap_or_default();
+    if linux.seccomp().is_some() {
+        return Err(PlanError::Seccomp);
+    }
+    // The container always gets a mount namespace of its own: the agent's
+    // mounts must not change under it.
+    let mut clone_flags = libc::CLONE_NEWNS as u64;
+    let mut join = Vec::new();
+    let mut join_pid = None;
+    for namespace in linux.namespaces().iter().flatten() {
+        let flag = namespace_flag(namespace.typ())?;
+        match namespace.path() {
+            None => clone_flags |= flag as u64,
+            Some(path) => {
+                let fd = std::fs::File::open(path)
+                    .map(OwnedFd::from)
+                    .map_err(|source| PlanError::NamespacePath {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                if flag == libc::CLONE_NEWPID {
+                    join_pid = Some(fd);
+                } else if flag != libc::CLONE_NEWNS {
+                    join.push((fd, flag));
+                }
+            }
+        }
+    }
+    let hostname = spec
+        .hostname()
+        .as_deref()
+        .filter(|name| !name.is_empty())
+        .map(|name| cstring("hostname", name))
+        .transpose()?;
+    if hostname.is_some() && clone_flags & libc::CLONE_NEWUTS as u64 == 0 {
+        return Err(PlanError::HostnameWithoutUts);
+    }
+
+    let mut mounts = Vec::new();
+    // Destinations of earlier mounts: what lies below them is created in
+    // the child, on the mounted file system, not in the image.
+    let mut mounted: Vec<PathBuf> = Vec::new();
+    for mount in spec.mounts().iter().flatten() {
+        let destination = mount.destination();
+        if !destination.is_absolute() {
+            return Err(PlanError::NotAbsolute {
+                field: "mounts.destination",
+                path: destination.display().to_string(),
+            });
+        }
+        let options = MountOptions::parse(mount.options().as_deref().unwrap_or_default());
+        let fstype = match mount.typ().as_deref() {
+            _ if options.bind => "",
+            Some("bind") => "",
+            // Only cgroup v2 exists in the guest.
+            Some("cgroup") => "cgroup2",
+            Some(other) if !other.is_empty() => other,
+            _ => return Err(PlanError::MountType(destination.display().to_string())),
+        };
+        let bind = fstype.is_empty();
+        let source = mount.source().clone().unwrap_or_default();
+        let on_earlier_mount = mounted
+            .iter()
+            .rev()
+            .find(|earlier| destination.starts_with(earlier) && destination != *earlier)
+            .cloned();
+        let source_is_file = bind && std::fs::metadata(&source).is_ok_and(|m| !m.is_dir());
+        let (target, make_dirs, make_file) = match &on_earlier_mount {
+            Some(earlier) => {
+                // Below a file system this plan mounts: nothing of the image
+                // is in the way, and the child creates the mount point.
+                let base = resolve_in_root(rootfs, earlier)?;
+                let below = destination.strip_prefix(earlier).unwrap_or(destination);
+                let parts: Vec<_> = below.components().collect();
+                let mut dirs = Vec::new();
+                let mut dir = base.clone();
+                for (i, part) in parts.iter().enumerate() {
+                    dir.push(part);
+                    if i + 1 < parts.len() || !source_is_file {
+                        dirs.push(path_cstring("mounts.destination", &dir)?);
+                    }
+                }
+                (base.join(below), dirs, source_is_file)
+            }
+            None => {
+                let target = resolve_in_root(rootfs, destination)?;
+                create_mount_point(&target, source_is_file)?;
+                (target, Vec::new(), false)
+            }
+        };
+        mounts.push(mount_step(
+            &source, &target, fstype, &options, bind, make_dirs, make_file,
+        )?);
+        mounted.push(destination.to_path_buf());
+    }
+
+    let dev = resolve_in_root(rootfs, Path::new("/dev"))?;
+    let devices = DEFAULT_DEVICES
+        .iter()
+        .map(|name| {
+            Ok(DeviceStep {
+                target: path_cstring("/dev", &dev.join(name))?,
+                bind_source: cstring("/dev", format!("/dev/{name}"))?,
+            })
+        })
+        .collect::<Result<_, PlanError>>()?;
+    let dev_links = DEFAULT_DEV_LINKS
+        .iter()
+        .map(|(link, target)| {
+            Ok((
+                path_cstring("/dev", &dev.join(link))?,
+                cstring("/dev", *target)?,
+            ))
+        })
+        .collect::<Result<_, PlanError>>()?;
+    let container_paths = |field: &'static str, paths: &Option<Vec<String>>| {
+        paths
+            .iter()
+            .flatten()
+            .map(|p| {
+                if !p.starts_with('/') {
+                    return Err(PlanError::NotAbsolute {
+                        field,
+                        path: p.clone(),
+                    });
+                }
+                cstring(field, p.as_str())
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let root_propagation = match linux.rootfs_propagation().as_deref() {
+        Some(name) => {
+            let parsed = MountOptions::parse(&[name]);
+            if parsed.propagation == 0 {
+                libc::MS_SLAVE | libc::MS_REC
+            } else {
+                parsed.propagation
+            }
+        }
+        None => libc::MS_SLAVE | libc::MS_REC,
+    };
+    Ok(InitPlan {
+        clone_flags,
+        join,
+        join_pid,
+        hostname,
+        rootfs: path_cstring("root", rootfs)?,
+        root_propagation,
+        mounts,
+        devices,
+        dev_links,
+        masked: container_paths("linux.maskedPaths", linux.masked_paths())?,
+        readonly: container_paths("linux.readonlyPaths", linux.readonly_paths())?,
+        readonly_root: spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false),
+        process,
+    })
+}
+
+fn mount_step(
+    source: &Path,
+    target: &Path,
+    fstype: &str,
+    options: &MountOptions,
+    bind: bool,
+    make_dirs: Vec<CString>,
+    make_file: bool,
+) -> Result<MountStep, PlanError> {
+    let own_flags = options.flags & !libc::MS_REC;
+    Ok(MountStep {
+        source: path_cstring("mounts.source", source)?,
+        target: path_cstring("mounts.destination", target)?,
+        fstype: cstring("mounts.type", fstype)?,
+        flags: if bind {
+            libc::MS_BIND | (options.flags & libc::MS_REC)
+        } else {
+            options.flags
+        },
+        data: cstring("mounts.options", options.data.as_str())?,
+        bind_remount_flags: (bind && own_flags != 0).then_some(own_flags),
+        propagation: options.propagation,
+        make_dirs,
+        make_file,
+    })
+}
+
+/// Creates a mount point (a directory, or an empty file for a file bind
+/// mount) in the image, if it is missing.
+fn create_mount_point(target: &Path, file: bool) -> Result<(), PlanError> {
+    let error = |source| PlanError::MountPoint {
+        path: target.display().to_string(),
+        source,
+    };
+    if file {
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(error)?;
+        }
+        if std::fs::symlink_metadata(target).is_err() {
+            std::fs::File::create(target).map_err(error)?;
+        }
+        Ok(())
+    } else {
+        std::fs::create_dir_all(target).map_err(error)
+    }
+}

@@ -1,0 +1,363 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Cloning a container process: clone3 straight into its cgroup, with a
+//! pidfd, from a thread of its own (which first joins the PID namespace of
+//! an exec), with the reaper's registry locked so the exit cannot be
+//! missed; then the report pipe protocol with the child.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use super::child::{self, ChildFds, Report, Step, REPORT_LEN};
+use super::plan::{InitPlan, ProcessPlan};
+use crate::reaper::{ExitWatch, Reaper};
+
+/// Failures to start a process.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// A pipe, thread or clone failed in the agent.
+    #[error("{what}: {source}")]
+    Os {
+        /// What the agent did.
+        what: &'static str,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The child reported a failed step.
+    #[error("{step}: {source}")]
+    Child {
+        /// The step, with the item it was working on.
+        step: String,
+        /// The errno it got.
+        source: std::io::Error,
+    },
+    /// The child ended without a report.
+    #[error("the process ended during set-up")]
+    Vanished,
+}
+
+fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> SpawnError {
+    move |source| SpawnError::Os { what, source }
+}
+
+/// A pipe with both ends close-on-exec.
+pub fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid out-array of two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 just returned these descriptors; we own them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A started child: PID, pidfd, its exit and the parent's end of the
+/// report pipe.
+#[derive(Debug)]
+pub struct Spawned {
+    /// The PID in the agent's PID namespace.
+    pub pid: libc::pid_t,
+    /// A pidfd, for signals that cannot hit a recycled PID.
+    pub pidfd: OwnedFd,
+    /// Its exit.
+    pub exit: ExitWatch,
+    /// The parent's end of the report pipe.
+    pub reports: File,
+}
+
+/// What the child runs after the clone.
+enum Role<'a> {
+    Init(&'a InitPlan),
+    Exec {
+        ns: &'a [(RawFd, libc::c_int)],
+        process: &'a ProcessPlan,
+    },
+}
+
+/// clone_args of clone3 (linux/sched.h, version 2 with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+fn clone_into(
+    role: &Role<'_>,
+    extra_flags: u64,
+    cgroup: &File,
+    fds: &ChildFds,
+    reaper: &Reaper,
+) -> Result<(libc::pid_t, OwnedFd, ExitWatch), SpawnError> {
+    let mut pidfd: libc::c_int = -1;
+    let mut args = CloneArgs {
+        flags: extra_flags | libc::CLONE_PIDFD as u64 | CLONE_INTO_CGROUP,
+        pidfd: (&raw mut pidfd) as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    let mut registry = reaper.lock();
+    // SAFETY: args is a valid clone_args of the size given. With no stack
+    // the child continues on a copy of this thread's stack, like fork; it
+    // only runs `child::run_*`, which make system calls on prepared data.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &raw mut args,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid == 0 {
+        match role {
+            Role::Init(plan) => child::run_init(plan, fds),
+            Role::Exec { ns, process } => child::run_exec(ns, process, fds),
+        }
+    }
+    if pid < 0 {
+        return Err(SpawnError::Os {
+            what: "clone3",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    let pid = pid as libc::pid_t;
+    let exit = Reaper::register(&mut registry, pid);
+    drop(registry);
+    // SAFETY: clone3 stored a new pidfd that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok((pid, pidfd, exit))
+}
+
+/// The child's ends of its stdio, closed in the agent once it is cloned.
+#[derive(Debug)]
+pub struct ChildSide {
+    /// stdin, stdout, stderr of the process.
+    pub stdio: [OwnedFd; 3],
+}
+
+/// Starts a container's init process in its new namespaces, inside
+/// `cgroup`. It stops just before exec, until [`release`] is called.
+///
+/// # Errors
+///
+/// [`SpawnError`]: the failed agent call or the child's failed step.
+pub fn spawn_init(
+    plan: &InitPlan,
+    cgroup: &File,
+    stdio: &ChildSide,
+    reaper: &Reaper,
+) -> Result<(Spawned, OwnedFd), SpawnError> {
+    let (report_read, report_write) = pipe().map_err(os("creating the report pipe"))?;
+    let (start_read, start_write) = pipe().map_err(os("creating the start pipe"))?;
+    let fds = ChildFds {
+        report: report_write.as_raw_fd(),
+        start: start_read.as_raw_fd(),
+        stdio: [0, 1, 2].map(|i| stdio.stdio[i].as_raw_fd()),
+    };
+    let join_pid = plan.join_pid.as_ref().map(AsRawFd::as_raw_fd);
+    let (pid, pidfd, exit) = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                if let Some(fd) = join_pid {
+                    set_pid_namespace(fd)?;
+                }
+                clone_into(&Role::Init(plan), plan.clone_flags, cgroup, &fds, reaper)
+            })
+            .join()
+            .unwrap_or(Err(SpawnError::Vanished))
+    })?;
+    drop(report_write);
+    drop(start_read);
+    let mut reports = File::from(report_read);
+    match read_report(&mut reports)? {
+        Some(report) if report.step == Step::Ready as u32 => Ok((
+            Spawned {
+                pid,
+                pidfd,
+                exit,
+                reports,
+            },
+            start_write,
+        )),
+        Some(report) => Err(child_error(&report, Some(plan), None)),
+        None => Err(SpawnError::Vanished),
+    }
+}
+
+/// Lets a process created by [`spawn_init`] exec its program, and waits
+/// until it did.
+///
+/// # Errors
+///
+/// [`SpawnError::Child`] when the exec failed.
+pub fn release(
+    spawned: &mut Spawned,
+    start: OwnedFd,
+    plan: &ProcessPlan,
+) -> Result<(), SpawnError> {
+    let mut start = File::from(start);
+    std::io::Write::write_all(&mut start, &[1]).map_err(os("starting the process"))?;
+    match read_report(&mut spawned.reports)? {
+        None => Ok(()),
+        Some(report) => Err(child_error(&report, None, Some(plan))),
+    }
+}
+
+/// Starts `process` in the running container whose namespaces are
+/// `ns` (PID namespace last, joined by the cloning thread), inside `cgroup`.
+///
+/// # Errors
+///
+/// [`SpawnError`]: the failed agent call or the child's failed step.
+pub fn spawn_exec(
+    process: &ProcessPlan,
+    pid_ns: &File,
+    ns: &[(OwnedFd, libc::c_int)],
+    cgroup: &File,
+    stdio: &ChildSide,
+    reaper: &Reaper,
+) -> Result<Spawned, SpawnError> {
+    let (report_read, report_write) = pipe().map_err(os("creating the report pipe"))?;
+    let fds = ChildFds {
+        report: report_write.as_raw_fd(),
+        start: -1,
+        stdio: [0, 1, 2].map(|i| stdio.stdio[i].as_raw_fd()),
+    };
+    let raw_ns: Vec<(RawFd, libc::c_int)> = ns.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect();
+    let (pid, pidfd, exit) = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                set_pid_namespace(pid_ns.as_raw_fd())?;
+                clone_into(
+                    &Role::Exec {
+                        ns: &raw_ns,
+                        process,
+                    },
+                    0,
+                    cgroup,
+                    &fds,
+                    reaper,
+                )
+            })
+            .join()
+            .unwrap_or(Err(SpawnError::Vanished))
+    })?;
+    drop(report_write);
+    let mut reports = File::from(report_read);
+    match read_report(&mut reports)? {
+        None => Ok(Spawned {
+            pid,
+            pidfd,
+            exit,
+            reports,
+        }),
+        Some(report) => Err(child_error(&report, None, Some(process))),
+    }
+}
+
+/// Makes this thread's future children members of the PID namespace `fd`.
+fn set_pid_namespace(fd: RawFd) -> Result<(), SpawnError> {
+    // SAFETY: setns takes a descriptor and a flag; CLONE_NEWPID only
+    // changes this thread's namespace for children.
+    if unsafe { libc::setns(fd, libc::CLONE_NEWPID) } != 0 {
+        return Err(SpawnError::Os {
+            what: "joining the PID namespace",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// The next report, or `None` at the end of the pipe (the child exec'd or
+/// died).
+fn read_report(reports: &mut File) -> Result<Option<Report>, SpawnError> {
+    let mut bytes = [0u8; REPORT_LEN];
+    let mut got = 0;
+    while got < REPORT_LEN {
+        match reports.read(&mut bytes[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(SpawnError::Vanished),
+            Ok(n) => got += n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(SpawnError::Os {
+                    what: "reading the child's report",
+                    source,
+                })
+            }
+        }
+    }
+    let word = |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    Ok(Some(Report {
+        step: word(0),
+        index: word(4),
+        errno: word(8) as i32,
+    }))
+}
+
+/// The child's report as an error naming what it was doing.
+fn child_error(
+    report: &Report,
+    init: Option<&InitPlan>,
+    process: Option<&ProcessPlan>,
+) -> SpawnError {
+    let index = report.index as usize;
+    let text = |s: Option<&std::ffi::CString>| {
+        s.map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let process = process.or(init.map(|plan| &plan.process));
+    let step = match Step::from_u32(report.step) {
+        Some(Step::Mount | Step::MountPoint | Step::BindRemount | Step::MountPropagation) => {
+            let target = init.and_then(|p| p.mounts.get(index)).map(|m| &m.target);
+            let what = match Step::from_u32(report.step) {
+                Some(Step::MountPoint) => "creating mount point",
+                Some(Step::BindRemount) => "remounting bind mount",
+                Some(Step::MountPropagation) => "setting propagation of",
+                _ => "mounting",
+            };
+            format!("{what} {}", text(target))
+        }
+        Some(Step::MaskPath) => format!("masking {}", text(init.and_then(|p| p.masked.get(index)))),
+        Some(Step::ReadonlyPath) => format!(
+            "making {} read-only",
+            text(init.and_then(|p| p.readonly.get(index)))
+        ),
+        Some(Step::Device) => format!(
+            "creating {}",
+            text(init.and_then(|p| p.devices.get(index)).map(|d| &d.target))
+        ),
+        Some(Step::Cwd) => format!("changing to cwd {}", text(process.map(|p| &p.cwd))),
+        Some(Step::Exec) => format!(
+            "executing {}",
+            text(process.and_then(|p| p.args.strings().first()))
+        ),
+        Some(Step::JoinNamespace) => "joining a namespace".to_owned(),
+        Some(Step::RootPropagation) => "setting the propagation of /".to_owned(),
+        Some(Step::Hostname) => "setting the hostname".to_owned(),
+        Some(Step::PivotRoot) => "pivot_root into the root file system".to_owned(),
+        Some(Step::ReadonlyRoot) => "making the root read-only".to_owned(),
+        Some(Step::Stdio) => "attaching stdio".to_owned(),
+        Some(Step::Rlimit) => "setting rlimits".to_owned(),
+        Some(Step::OomScoreAdj) => "setting oom_score_adj".to_owned(),
+        Some(Step::User) => "setting the user and groups".to_owned(),
+        Some(Step::Capabilities) => "setting capabilities".to_owned(),
+        Some(Step::NoNewPrivileges) => "setting no_new_privs".to_owned(),
+        Some(Step::Ready) | None => "setting up the process".to_owned(),
+    };
+    SpawnError::Child {
+        step,
+        source: std::io::Error::from_raw_os_error(report.errno),
+    }
+}

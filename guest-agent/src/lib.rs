@@ -1,0 +1,13 @@
+// SPDX-License-Identifier: Apache-2.0
+//! vmpod's guest agent as a library: the pieces of `vmpod-agent`, PID 1
+//! of the pod VM, which builds the pod's containers on the shim's
+//! requests.
+#![warn(missing_docs)]
+
+pub mod container;
+pub mod listen;
+pub mod pid1;
+pub mod reaper;
+pub mod sandbox;
+pub mod server;
+pub mod stdio;

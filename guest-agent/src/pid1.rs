@@ -1,0 +1,203 @@
+// SPDX-License-Identifier: Apache-2.0
+//! What the agent does as the guest's PID 1: the system file systems,
+//! options from the kernel command line, power-off at the end.
+
+use std::ffi::CStr;
+use std::io;
+use std::path::Path;
+
+/// Failures while setting up the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum Pid1Error {
+    /// A system file system did not mount.
+    #[error("cannot mount {fstype} on {target}: {source}")]
+    Mount {
+        /// The file system type.
+        fstype: &'static str,
+        /// Where.
+        target: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+    /// A mount point could not be made.
+    #[error("cannot create {path}: {source}")]
+    MountPoint {
+        /// The directory.
+        path: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// The system file systems, in mount order: (type, target, flags, data).
+const SYSTEM_MOUNTS: [(&CStr, &str, libc::c_ulong, &CStr); 8] = [
+    (c"proc", "/proc", NOSUID_NODEV_NOEXEC, c""),
+    (c"sysfs", "/sys", NOSUID_NODEV_NOEXEC, c""),
+    (c"devtmpfs", "/dev", libc::MS_NOSUID, c"mode=0755"),
+    (
+        c"devpts",
+        "/dev/pts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        c"newinstance,ptmxmode=0666,mode=0620,gid=5",
+    ),
+    (c"tmpfs", "/dev/shm", NOSUID_NODEV, c"mode=1777"),
+    (c"tmpfs", "/run", NOSUID_NODEV, c"mode=0755"),
+    (c"tmpfs", "/tmp", NOSUID_NODEV, c"mode=1777"),
+    (c"cgroup2", "/sys/fs/cgroup", NOSUID_NODEV_NOEXEC, c""),
+];
+const NOSUID_NODEV: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV;
+const NOSUID_NODEV_NOEXEC: libc::c_ulong = NOSUID_NODEV | libc::MS_NOEXEC;
+
+/// The hostname until the sandbox sets its own.
+const DEFAULT_HOSTNAME: &[u8] = b"vmpod";
+
+/// Mounts the system file systems, enables every cgroup v2 controller for
+/// the containers' cgroups and sets a hostname.
+///
+/// # Errors
+///
+/// [`Pid1Error`] when a file system does not mount.
+pub fn set_up_system() -> Result<(), Pid1Error> {
+    for (fstype, target, flags, data) in SYSTEM_MOUNTS {
+        std::fs::create_dir_all(target).map_err(|source| Pid1Error::MountPoint {
+            path: target,
+            source,
+        })?;
+        let target_c = std::ffi::CString::new(target).expect("constant paths have no NUL");
+        // SAFETY: all pointers are NUL-terminated strings that outlive the
+        // call; mount does not keep them.
+        let rc = unsafe {
+            libc::mount(
+                fstype.as_ptr(),
+                target_c.as_ptr(),
+                fstype.as_ptr(),
+                flags,
+                data.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            let source = io::Error::last_os_error();
+            // An initrd's kernel may have mounted devtmpfs already.
+            if source.raw_os_error() != Some(libc::EBUSY) {
+                return Err(Pid1Error::Mount {
+                    fstype: fstype.to_str().unwrap_or("?"),
+                    target,
+                    source,
+                });
+            }
+        }
+    }
+    let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx.vmpod")
+        .and_then(|()| std::fs::rename("/dev/ptmx.vmpod", "/dev/ptmx"));
+    enable_cgroup_controllers(Path::new("/sys/fs/cgroup"));
+    // SAFETY: the pointer and length describe a live constant.
+    unsafe { libc::sethostname(DEFAULT_HOSTNAME.as_ptr().cast(), DEFAULT_HOSTNAME.len()) };
+    Ok(())
+}
+
+/// Turns on, for the children of `dir`, every controller `dir` offers. A
+/// controller the kernel refuses is left off (and the containers' figures
+/// for it are then missing).
+pub fn enable_cgroup_controllers(dir: &Path) {
+    let Ok(controllers) = std::fs::read_to_string(dir.join("cgroup.controllers")) else {
+        return;
+    };
+    for controller in controllers.split_whitespace() {
+        if let Err(err) =
+            std::fs::write(dir.join("cgroup.subtree_control"), format!("+{controller}"))
+        {
+            tracing::warn!("cgroup controller {controller} stays off: {err}");
+        }
+    }
+}
+
+/// Options for the agent on the kernel command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelOptions {
+    /// `vmpod.agent_port=N`: the vsock port to serve on.
+    pub agent_port: u32,
+}
+
+impl Default for KernelOptions {
+    fn default() -> Self {
+        KernelOptions {
+            agent_port: vmpod_agent_api::AGENT_VSOCK_PORT,
+        }
+    }
+}
+
+impl KernelOptions {
+    /// The options of `/proc/cmdline`; defaults where it has none.
+    pub fn read() -> Self {
+        std::fs::read_to_string("/proc/cmdline")
+            .map(|line| Self::parse(&line))
+            .unwrap_or_default()
+    }
+
+    /// The options among the words of a kernel command line. Words that
+    /// are not ours, and values that do not parse (logged), are ignored.
+    pub fn parse(cmdline: &str) -> Self {
+        let mut options = KernelOptions::default();
+        for word in cmdline.split_whitespace() {
+            if let Some(port) = word.strip_prefix("vmpod.agent_port=") {
+                match port.parse::<u32>() {
+                    Ok(port) if port != 0 && port != u32::MAX => options.agent_port = port,
+                    _ => tracing::warn!("ignoring {word}: not a vsock port"),
+                }
+            }
+        }
+        options
+    }
+}
+
+/// Makes the agent the reaper of every orphan below it (PID 1 is anyway;
+/// on a host the agent's containers are then its children).
+///
+/// # Errors
+///
+/// The `prctl` failure.
+pub fn become_subreaper() -> io::Result<()> {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer argument only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Ends the VM: PID 1 must not exit.
+pub fn power_off() -> ! {
+    // SAFETY: sync and reboot have no memory-safety preconditions.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+    // Only reached when reboot failed: keep PID 1 alive.
+    loop {
+        // SAFETY: pause has no preconditions.
+        unsafe { libc::pause() };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_kernel_options_take_only_ours() {
+        assert_eq!(
+            KernelOptions::parse("console=ttyS0 noxsave").agent_port,
+            1024
+        );
+        assert_eq!(
+            KernelOptions::parse("quiet vmpod.agent_port=2000 x=1").agent_port,
+            2000
+        );
+        for bad in [
+            "vmpod.agent_port=",
+            "vmpod.agent_port=0",
+            "vmpod.agent_port=abc",
+        ] {
+            assert_eq!(KernelOptions::parse(bad).agent_port, 1024, "{bad}");
+        }
+    }
+}

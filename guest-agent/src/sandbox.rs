@@ -1,0 +1,497 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The sandbox: the pod-wide state (hostname, DNS, shared mounts, the
+//! pod's cgroup) and its containers. Every API request lands here.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vmpod_agent_api::messages::Mount;
+
+use crate::container::cgroup::{Cgroup, CgroupError};
+use crate::container::{Container, ContainerError, Placement, Status};
+use crate::reaper::{Exit, ExitWatch, Reaper};
+use crate::stdio::Streams;
+
+/// Failures of sandbox requests. Each maps to a ttrpc status code.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// CreateSandbox has not been called.
+    #[error("no sandbox: call CreateSandbox first")]
+    NoSandbox,
+    /// CreateSandbox called twice.
+    #[error("the sandbox {0} exists already")]
+    SandboxExists(String),
+    /// An invalid field in the sandbox request.
+    #[error("{0}")]
+    InvalidSandbox(String),
+    /// No container with that id.
+    #[error("no container {0}")]
+    NoContainer(String),
+    /// A container id in use.
+    #[error("container {0} exists already")]
+    ContainerExists(String),
+    /// The container operation failed.
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    /// The sandbox's cgroup failed.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Os {
+        /// What the agent did.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Where the agent keeps things.
+#[derive(Debug, Clone)]
+pub struct SandboxPaths {
+    /// Container root file systems go below.
+    pub state_dir: PathBuf,
+    /// The sandbox's cgroup goes below.
+    pub cgroup_root: PathBuf,
+}
+
+impl SandboxPaths {
+    /// Paths from the command line.
+    pub fn new(state_dir: PathBuf, cgroup_root: PathBuf) -> Self {
+        SandboxPaths {
+            state_dir,
+            cgroup_root,
+        }
+    }
+}
+
+/// What CreateSandbox set up.
+#[derive(Debug)]
+struct Pod {
+    id: String,
+    cgroup: Cgroup,
+    shared_mounts: Vec<PathBuf>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    pod: Option<Pod>,
+    containers: HashMap<String, Container>,
+}
+
+/// The agent's one sandbox.
+#[derive(Debug)]
+pub struct Sandbox {
+    paths: SandboxPaths,
+    reaper: Arc<Reaper>,
+    state: Mutex<State>,
+}
+
+/// `path` made from mount(2) pieces, or an error naming it.
+fn c_path(value: &str, what: &str) -> Result<std::ffi::CString, SandboxError> {
+    std::ffi::CString::new(value)
+        .map_err(|_| SandboxError::InvalidSandbox(format!("{what} contains a NUL byte")))
+}
+
+impl Sandbox {
+    /// A sandbox with no pod yet.
+    ///
+    /// # Errors
+    ///
+    /// When the state directory cannot be made.
+    pub fn new(paths: SandboxPaths, reaper: Arc<Reaper>) -> Result<Arc<Self>, SandboxError> {
+        std::fs::create_dir_all(&paths.state_dir).map_err(|source| SandboxError::Os {
+            what: format!("creating {}", paths.state_dir.display()),
+            source,
+        })?;
+        Ok(Arc::new(Sandbox {
+            paths,
+            reaper,
+            state: Mutex::new(State::default()),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets up the pod: its cgroup, hostname and shared mounts.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError`]: a second sandbox, a bad id or mount.
+    pub fn create(
+        &self,
+        id: &str,
+        hostname: &str,
+        shared_mounts: &[Mount],
+    ) -> Result<(), SandboxError> {
+        let mut state = self.lock();
+        if let Some(pod) = &state.pod {
+            return Err(SandboxError::SandboxExists(pod.id.clone()));
+        }
+        crate::container::validate_id("sandbox", id)?;
+        if hostname.len() > 64 {
+            return Err(SandboxError::InvalidSandbox(format!(
+                "hostname {hostname:?} is longer than 64 bytes"
+            )));
+        }
+        let cgroup = Cgroup::create(&self.paths.cgroup_root, &format!("vmpod-{id}"))?;
+        cgroup.delegate_controllers();
+        let mut mounted = Vec::new();
+        for mount in shared_mounts {
+            match mount_shared(mount) {
+                Ok(path) => mounted.push(path),
+                Err(err) => {
+                    for path in mounted.iter().rev() {
+                        unmount(path);
+                    }
+                    let _ = cgroup.remove();
+                    return Err(err);
+                }
+            }
+        }
+        if !hostname.is_empty() {
+            // SAFETY: pointer and length of a live string.
+            unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) };
+        }
+        state.pod = Some(Pod {
+            id: id.to_owned(),
+            cgroup,
+            shared_mounts: mounted,
+        });
+        Ok(())
+    }
+
+    /// Kills and removes every container, then undoes the pod's set-up.
+    pub async fn destroy(self: &Arc<Self>) {
+        let sandbox = self.clone();
+        let _ = tokio::task::spawn_blocking(move || sandbox.destroy_blocking()).await;
+    }
+
+    fn destroy_blocking(&self) {
+        let mut state = self.lock();
+        for (id, container) in state.containers.drain() {
+            if let Err(err) = container.remove(true) {
+                tracing::warn!("removing container {id}: {err}");
+            }
+        }
+        if let Some(pod) = state.pod.take() {
+            for path in pod.shared_mounts.iter().rev() {
+                unmount(path);
+            }
+            if let Err(err) = pod.cgroup.remove() {
+                tracing::warn!("removing the sandbox cgroup: {err}");
+            }
+        }
+    }
+
+    /// DestroySandbox.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::NoSandbox`].
+    pub async fn destroy_checked(self: &Arc<Self>) -> Result<(), SandboxError> {
+        if self.lock().pod.is_none() {
+            return Err(SandboxError::NoSandbox);
+        }
+        self.destroy().await;
+        Ok(())
+    }
+
+    /// Runs `op` on a blocking thread with the state locked.
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        op: impl FnOnce(&Sandbox, &mut State) -> Result<T, SandboxError> + Send + 'static,
+    ) -> Result<T, SandboxError> {
+        let sandbox = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut state = sandbox.lock();
+            op(&sandbox, &mut state)
+        })
+        .await
+        .unwrap_or_else(|err| {
+            Err(SandboxError::Os {
+                what: "agent worker".into(),
+                source: std::io::Error::other(err.to_string()),
+            })
+        })
+    }
+
+    /// CreateContainer.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError`].
+    pub async fn create_container(
+        self: &Arc<Self>,
+        id: String,
+        spec: Vec<u8>,
+        rootfs: Mount,
+    ) -> Result<(), SandboxError> {
+        self.blocking(move |sandbox, state| {
+            let pod = state.pod.as_ref().ok_or(SandboxError::NoSandbox)?;
+            if state.containers.contains_key(&id) {
+                return Err(SandboxError::ContainerExists(id));
+            }
+            let placement = Placement {
+                state_dir: &sandbox.paths.state_dir,
+                sandbox_cgroup: pod.cgroup.path(),
+            };
+            let container = Container::create(&id, &spec, &rootfs, placement, &sandbox.reaper)?;
+            state.containers.insert(id, container);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs `op` on the container `id`, on a blocking thread.
+    async fn with_container<T: Send + 'static>(
+        self: &Arc<Self>,
+        id: String,
+        op: impl FnOnce(&mut Container, &Reaper) -> Result<T, ContainerError> + Send + 'static,
+    ) -> Result<T, SandboxError> {
+        self.blocking(move |sandbox, state| {
+            let container = state
+                .containers
+                .get_mut(&id)
+                .ok_or(SandboxError::NoContainer(id))?;
+            Ok(op(container, &sandbox.reaper)?)
+        })
+        .await
+    }
+
+    /// StartContainer.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError`].
+    pub async fn start_container(self: &Arc<Self>, id: String) -> Result<(), SandboxError> {
+        self.with_container(id, |c, _| c.start()).await
+    }
+
+    /// RemoveContainer.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError`].
+    pub async fn remove_container(
+        self: &Arc<Self>,
+        id: String,
+        force: bool,
+    ) -> Result<(), SandboxError> {
+        self.blocking(move |_, state| {
+            let container = state
+                .containers
+                .get(&id)
+                .ok_or_else(|| SandboxError::NoContainer(id.clone()))?;
+            container.remove(force)?;
+            state.containers.remove(&id);
+            Ok(())
+        })
+        .await
+    }
+
+    /// ExecProcess.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError`].
+    pub async fn exec_process(
+        self: &Arc<Self>,
+        id: String,
+        exec_id: String,
+        process: Vec<u8>,
+    ) -> Result<(), SandboxError> {
+        self.with_container(id, move |c, reaper| c.exec(&exec_id, &process, reaper))
+            .await
+    }
+
+    /// SignalProcess.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError`].
+    pub async fn signal_process(
+        self: &Arc<Self>,
+        id: String,
+        exec_id: String,
+        signal: u32,
+        all: bool,
+    ) -> Result<(), SandboxError> {
+        self.with_container(id, move |c, _| c.signal(&exec_id, signal, all))
+            .await
+    }
+
+    /// PauseContainer.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError`].
+    pub async fn pause_container(self: &Arc<Self>, id: String) -> Result<(), SandboxError> {
+        self.with_container(id, |c, _| c.pause()).await
+    }
+
+    /// ResumeContainer.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError`].
+    pub async fn resume_container(self: &Arc<Self>, id: String) -> Result<(), SandboxError> {
+        self.with_container(id, |c, _| c.resume()).await
+    }
+
+    /// UpdateContainer.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError`].
+    pub async fn update_container(
+        self: &Arc<Self>,
+        id: String,
+        resources: Vec<u8>,
+    ) -> Result<(), SandboxError> {
+        self.with_container(id, move |c, _| c.update(&resources))
+            .await
+    }
+
+    /// The container's cgroup, for stats and process lists.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::NoContainer`].
+    pub fn container_cgroup(&self, id: &str) -> Result<Cgroup, SandboxError> {
+        let state = self.lock();
+        let container = state
+            .containers
+            .get(id)
+            .ok_or_else(|| SandboxError::NoContainer(id.to_owned()))?;
+        Ok(container.cgroup().clone())
+    }
+
+    /// The container's state.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::NoContainer`].
+    pub fn container_status(&self, id: &str) -> Result<Status, SandboxError> {
+        let state = self.lock();
+        let container = state
+            .containers
+            .get(id)
+            .ok_or_else(|| SandboxError::NoContainer(id.to_owned()))?;
+        Ok(container.status())
+    }
+
+    /// A process's exit watch and streams.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::NoContainer`], [`ContainerError::NoProcess`].
+    pub fn process(
+        &self,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<(ExitWatch, Arc<Streams>), SandboxError> {
+        let state = self.lock();
+        let container = state
+            .containers
+            .get(id)
+            .ok_or_else(|| SandboxError::NoContainer(id.to_owned()))?;
+        let process = container.process(exec_id)?;
+        Ok((process.exit_watch(), process.streams()))
+    }
+
+    /// Waits until the process has ended.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::NoContainer`], [`ContainerError::NoProcess`].
+    pub async fn wait_process(&self, id: &str, exec_id: &str) -> Result<Exit, SandboxError> {
+        let (mut exit, _) = self.process(id, exec_id)?;
+        loop {
+            if let Some(status) = *exit.borrow_and_update() {
+                return Ok(status);
+            }
+            if exit.changed().await.is_err() {
+                // The reaper is gone: only at shutdown.
+                return Err(SandboxError::Os {
+                    what: "waiting".into(),
+                    source: std::io::Error::other("the agent is shutting down"),
+                });
+            }
+        }
+    }
+
+    /// The ids of the containers and their OOM kill counts.
+    pub fn oom_counts(&self) -> Vec<(String, u64)> {
+        let state = self.lock();
+        state
+            .containers
+            .iter()
+            .map(|(id, c)| (id.clone(), c.cgroup().oom_kills()))
+            .collect()
+    }
+}
+
+/// Mounts one of the sandbox's shared file systems.
+fn mount_shared(mount: &Mount) -> Result<PathBuf, SandboxError> {
+    let target = Path::new(&mount.destination);
+    if !target.is_absolute() {
+        return Err(SandboxError::InvalidSandbox(format!(
+            "shared mount destination {:?} is not an absolute path",
+            mount.destination
+        )));
+    }
+    std::fs::create_dir_all(target).map_err(|source| SandboxError::Os {
+        what: format!("creating {}", target.display()),
+        source,
+    })?;
+    let options = crate::container::mount_options::MountOptions::parse(&mount.options);
+    let (fstype, flags) = match mount.fstype.as_str() {
+        "bind" => ("", libc::MS_BIND | libc::MS_REC | options.flags),
+        "" => {
+            return Err(SandboxError::InvalidSandbox(format!(
+                "shared mount on {} has no type",
+                mount.destination
+            )))
+        }
+        other => (other, options.flags),
+    };
+    let source = c_path(&mount.source, "shared mount source")?;
+    let target_c = c_path(&mount.destination, "shared mount destination")?;
+    let fstype_c = c_path(fstype, "shared mount type")?;
+    let data = c_path(&options.data, "shared mount options")?;
+    // SAFETY: NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target_c.as_ptr(),
+            fstype_c.as_ptr(),
+            flags,
+            if options.data.is_empty() {
+                std::ptr::null()
+            } else {
+                data.as_ptr().cast()
+            },
+        )
+    };
+    if rc != 0 {
+        return Err(SandboxError::InvalidSandbox(format!(
+            "mounting {} ({}) on {}: {}",
+            mount.source,
+            mount.fstype,
+            mount.destination,
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(target.to_path_buf())
+}
+
+fn unmount(path: &Path) {
+    if let Ok(path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) {
+        // SAFETY: a NUL-terminated path.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    }
+}

@@ -1,0 +1,412 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The ttrpc service: each request checked and handed to the sandbox, each
+//! failure returned as a status whose code says whose fault it was and
+//! whose message names the problem. The agent keeps serving whatever a
+//! request did.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ttrpc::r#async::{Server, TtrpcContext};
+use ttrpc::Code;
+use vmpod_agent_api::messages as api;
+use vmpod_agent_api::service::{create_agent_service, AgentService};
+
+use crate::container::ContainerError;
+use crate::listen::{ListenAddress, ListenError};
+use crate::sandbox::{Sandbox, SandboxError};
+use crate::stdio::{StdioError, MAX_READ};
+
+/// How often GetOOMEvent looks at the containers' `memory.events`.
+const OOM_POLL: Duration = Duration::from_millis(100);
+
+/// The status for a failed request.
+fn status(err: &SandboxError) -> ttrpc::Error {
+    let code = match err {
+        SandboxError::NoSandbox => Code::FAILED_PRECONDITION,
+        SandboxError::SandboxExists(_) | SandboxError::ContainerExists(_) => Code::ALREADY_EXISTS,
+        SandboxError::InvalidSandbox(_) => Code::INVALID_ARGUMENT,
+        SandboxError::NoContainer(_) => Code::NOT_FOUND,
+        SandboxError::Container(err) => match err {
+            ContainerError::Id { .. }
+            | ContainerError::Json { .. }
+            | ContainerError::Plan(_)
+            | ContainerError::Rootfs(_)
+            | ContainerError::Signal(_) => Code::INVALID_ARGUMENT,
+            ContainerError::NoProcess { .. } => Code::NOT_FOUND,
+            ContainerError::DuplicateExec { .. } => Code::ALREADY_EXISTS,
+            ContainerError::IncorrectStatus { .. }
+            | ContainerError::Exited(_)
+            | ContainerError::Stdio(StdioError::NoStream(_)) => Code::FAILED_PRECONDITION,
+            ContainerError::Cgroup(crate::container::cgroup::CgroupError::NoController {
+                ..
+            })
+            | ContainerError::Cgroup(crate::container::cgroup::CgroupError::UnifiedKey(_))
+            | ContainerError::Cgroup(crate::container::cgroup::CgroupError::Value(_)) => {
+                Code::INVALID_ARGUMENT
+            }
+            _ => Code::INTERNAL,
+        },
+        SandboxError::Cgroup(_) | SandboxError::Os { .. } => Code::INTERNAL,
+    };
+    let message = err.to_string();
+    tracing::info!("request failed: {message}");
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
+}
+
+fn stdio_status(err: StdioError) -> ttrpc::Error {
+    status(&SandboxError::Container(ContainerError::Stdio(err)))
+}
+
+fn invalid(message: String) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(Code::INVALID_ARGUMENT, message))
+}
+
+/// The agent's service.
+#[derive(Debug)]
+struct Agent {
+    sandbox: Arc<Sandbox>,
+}
+
+type Reply<T> = ttrpc::Result<T>;
+
+#[async_trait]
+impl AgentService for Agent {
+    async fn check(&self, _: &TtrpcContext, _: api::CheckRequest) -> Reply<api::CheckResponse> {
+        let mut reply = api::CheckResponse::new();
+        reply.serving = true;
+        Ok(reply)
+    }
+
+    async fn version(
+        &self,
+        _: &TtrpcContext,
+        _: api::VersionRequest,
+    ) -> Reply<api::VersionResponse> {
+        let mut reply = api::VersionResponse::new();
+        reply.agent_version = env!("CARGO_PKG_VERSION").to_owned();
+        reply.api_version = vmpod_agent_api::API_VERSION;
+        Ok(reply)
+    }
+
+    async fn create_sandbox(
+        &self,
+        _: &TtrpcContext,
+        req: api::CreateSandboxRequest,
+    ) -> Reply<api::Empty> {
+        if req.shared_pid_namespace {
+            return Err(invalid(
+                "a shared PID namespace is not supported yet".into(),
+            ));
+        }
+        self.sandbox
+            .create(&req.sandbox_id, &req.hostname, &req.shared_mounts)
+            .map_err(|e| status(&e))?;
+        Ok(api::Empty::new())
+    }
+
+    async fn destroy_sandbox(
+        &self,
+        _: &TtrpcContext,
+        _: api::DestroySandboxRequest,
+    ) -> Reply<api::Empty> {
+        self.sandbox
+            .destroy_checked()
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(api::Empty::new())
+    }
+
+    async fn create_container(
+        &self,
+        _: &TtrpcContext,
+        req: api::CreateContainerRequest,
+    ) -> Reply<api::Empty> {
+        let rootfs = req
+            .rootfs
+            .into_option()
+            .ok_or_else(|| invalid("rootfs is missing".into()))?;
+        self.sandbox
+            .create_container(req.container_id, req.oci_spec, rootfs)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(api::Empty::new())
+    }
+
+    async fn start_container(
+        &self,
+        _: &TtrpcContext,
+        req: api::ContainerRequest,
+    ) -> Reply<api::Empty> {
+        self.sandbox
+            .start_container(req.container_id)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(api::Empty::new())
+    }
+
+    async fn remove_container(
+        &self,
+        _: &TtrpcContext,
+        req: api::RemoveContainerRequest,
+    ) -> Reply<api::Empty> {
+        self.sandbox
+            .remove_container(req.container_id, req.force)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(api::Empty::new())
+    }
+
+    async fn pause_container(
+        &self,
+        _: &TtrpcContext,
+        req: api::ContainerRequest,
+    ) -> Reply<api::Empty> {
+        self.sandbox
+            .pause_container(req.container_id)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(api::Empty::new())
+    }
+
+    async fn resume_container(
+        &self,
+        _: &TtrpcContext,
+        req: api::ContainerRequest,
+    ) -> Reply<api::Empty> {
+        self.sandbox
+            .resume_container(req.container_id)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(api::Empty::new())
+    }
+
+    async fn update_container(
+        &self,
+        _: &TtrpcContext,
+        req: api::UpdateContainerRequest,
+    ) -> Reply<api::Empty> {
+        self.sandbox
+            .update_container(req.container_id, req.resources)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(api::Empty::new())
+    }
+
+    async fn stats_container(
+        &self,
+        _: &TtrpcContext,
+        req: api::ContainerRequest,
+    ) -> Reply<api::StatsContainerResponse> {
+        let cgroup = self
+            .sandbox
+            .container_cgroup(&req.container_id)
+            .map_err(|e| status(&e))?;
+        let mut reply = api::StatsContainerResponse::new();
+        if let Some(usage) = cgroup.value("memory.current") {
+            let mut memory = api::MemoryStats::new();
+            memory.usage = usage;
+            memory.limit = cgroup.value("memory.max").unwrap_or(0);
+            memory.max_usage = cgroup.value("memory.peak").unwrap_or(0);
+            memory.oom_kills = cgroup.oom_kills();
+            reply.memory = Some(memory).into();
+        }
+        if let Some(usage) = cgroup.keyed("cpu.stat", "usage_usec") {
+            let mut cpu = api::CpuStats::new();
+            cpu.usage_usec = usage;
+            cpu.user_usec = cgroup.keyed("cpu.stat", "user_usec").unwrap_or(0);
+            cpu.system_usec = cgroup.keyed("cpu.stat", "system_usec").unwrap_or(0);
+            cpu.nr_throttled = cgroup.keyed("cpu.stat", "nr_throttled").unwrap_or(0);
+            cpu.throttled_usec = cgroup.keyed("cpu.stat", "throttled_usec").unwrap_or(0);
+            reply.cpu = Some(cpu).into();
+        }
+        if let Some(current) = cgroup.value("pids.current") {
+            let mut pids = api::PidsStats::new();
+            pids.current = current;
+            pids.limit = cgroup.value("pids.max").unwrap_or(0);
+            reply.pids = Some(pids).into();
+        }
+        Ok(reply)
+    }
+
+    async fn list_processes(
+        &self,
+        _: &TtrpcContext,
+        req: api::ContainerRequest,
+    ) -> Reply<api::ListProcessesResponse> {
+        let cgroup = self
+            .sandbox
+            .container_cgroup(&req.container_id)
+            .map_err(|e| status(&e))?;
+        let mut reply = api::ListProcessesResponse::new();
+        reply.pids = cgroup.pids();
+        Ok(reply)
+    }
+
+    async fn get_oom_event(
+        &self,
+        _: &TtrpcContext,
+        _: api::GetOOMEventRequest,
+    ) -> Reply<api::OOMEvent> {
+        let mut seen: std::collections::HashMap<String, u64> =
+            self.sandbox.oom_counts().into_iter().collect();
+        loop {
+            tokio::time::sleep(OOM_POLL).await;
+            for (id, count) in self.sandbox.oom_counts() {
+                let before = seen.insert(id.clone(), count).unwrap_or(0);
+                if count > before {
+                    let mut event = api::OOMEvent::new();
+                    event.container_id = id;
+                    return Ok(event);
+                }
+            }
+        }
+    }
+
+    async fn exec_process(
+        &self,
+        _: &TtrpcContext,
+        req: api::ExecProcessRequest,
+    ) -> Reply<api::Empty> {
+        self.sandbox
+            .exec_process(req.container_id, req.exec_id, req.process)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(api::Empty::new())
+    }
+
+    async fn signal_process(
+        &self,
+        _: &TtrpcContext,
+        req: api::SignalProcessRequest,
+    ) -> Reply<api::Empty> {
+        self.sandbox
+            .signal_process(req.container_id, req.exec_id, req.signal, req.all)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(api::Empty::new())
+    }
+
+    async fn wait_process(
+        &self,
+        _: &TtrpcContext,
+        req: api::ProcessRequest,
+    ) -> Reply<api::WaitProcessResponse> {
+        let exit = self
+            .sandbox
+            .wait_process(&req.container_id, &req.exec_id)
+            .await
+            .map_err(|e| status(&e))?;
+        let mut reply = api::WaitProcessResponse::new();
+        reply.exit_status = exit.status;
+        reply.exited_at_ns = exit.at_ns;
+        Ok(reply)
+    }
+
+    async fn write_stdin(
+        &self,
+        _: &TtrpcContext,
+        req: api::WriteStreamRequest,
+    ) -> Reply<api::WriteStreamResponse> {
+        let (_, streams) = self
+            .sandbox
+            .process(&req.container_id, &req.exec_id)
+            .map_err(|e| status(&e))?;
+        let len = streams.write_stdin(&req.data).await.map_err(stdio_status)?;
+        let mut reply = api::WriteStreamResponse::new();
+        reply.len = len as u32;
+        Ok(reply)
+    }
+
+    async fn read_stdout(
+        &self,
+        _: &TtrpcContext,
+        req: api::ReadStreamRequest,
+    ) -> Reply<api::ReadStreamResponse> {
+        let (_, streams) = self
+            .sandbox
+            .process(&req.container_id, &req.exec_id)
+            .map_err(|e| status(&e))?;
+        let mut reply = api::ReadStreamResponse::new();
+        reply.data = streams
+            .read_stdout(read_len(req.len))
+            .await
+            .map_err(stdio_status)?;
+        Ok(reply)
+    }
+
+    async fn read_stderr(
+        &self,
+        _: &TtrpcContext,
+        req: api::ReadStreamRequest,
+    ) -> Reply<api::ReadStreamResponse> {
+        let (_, streams) = self
+            .sandbox
+            .process(&req.container_id, &req.exec_id)
+            .map_err(|e| status(&e))?;
+        let mut reply = api::ReadStreamResponse::new();
+        reply.data = streams
+            .read_stderr(read_len(req.len))
+            .await
+            .map_err(stdio_status)?;
+        Ok(reply)
+    }
+
+    async fn close_stdin(&self, _: &TtrpcContext, req: api::ProcessRequest) -> Reply<api::Empty> {
+        let (_, streams) = self
+            .sandbox
+            .process(&req.container_id, &req.exec_id)
+            .map_err(|e| status(&e))?;
+        streams.close_stdin().await.map_err(stdio_status)?;
+        Ok(api::Empty::new())
+    }
+
+    async fn tty_win_resize(
+        &self,
+        _: &TtrpcContext,
+        req: api::TtyWinResizeRequest,
+    ) -> Reply<api::Empty> {
+        let (_, streams) = self
+            .sandbox
+            .process(&req.container_id, &req.exec_id)
+            .map_err(|e| status(&e))?;
+        let rows = u16::try_from(req.rows)
+            .map_err(|_| invalid(format!("rows {} is too large", req.rows)))?;
+        let columns = u16::try_from(req.columns)
+            .map_err(|_| invalid(format!("columns {} is too large", req.columns)))?;
+        streams.resize(rows, columns).map_err(stdio_status)?;
+        Ok(api::Empty::new())
+    }
+}
+
+/// A read size: the caller's, within 1 byte and [`MAX_READ`].
+fn read_len(asked: u32) -> usize {
+    (asked as usize).clamp(1, MAX_READ)
+}
+
+/// Failures to start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The address is taken.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// ttrpc could not bind or start.
+    #[error(transparent)]
+    Ttrpc(#[from] ttrpc::Error),
+}
+
+/// Starts serving on `listen`.
+///
+/// # Errors
+///
+/// [`ServeError`] when the address cannot be bound.
+pub async fn start(listen: &ListenAddress, sandbox: Arc<Sandbox>) -> Result<Server, ServeError> {
+    listen.prepare()?;
+    let service = create_agent_service(Arc::new(Agent { sandbox }));
+    let mut server = Server::new()
+        .bind(&listen.ttrpc_address())?
+        .register_service(service);
+    server.start().await?;
+    Ok(server)
+}
