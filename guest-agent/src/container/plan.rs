@@ -328,12 +328,24 @@ pub fn plan_process(process: &Process) -> Result<ProcessPlan, PlanError> {
                 }
                 Ok(bits)
             };
+            let permitted = mask(caps.permitted())?;
+            let inheritable = mask(caps.inheritable())?;
+            let ambient = mask(caps.ambient())?;
+            // The kernel raises an ambient capability only if it is both
+            // permitted and inheritable; runc skips the others too.
+            let raisable = ambient & permitted & inheritable;
+            if raisable != ambient {
+                tracing::warn!(
+                    "ambient capabilities {:#x} are not both permitted and inheritable: not raised",
+                    ambient & !raisable
+                );
+            }
             Some(CapSets {
                 bounding: mask(caps.bounding())?,
                 effective: mask(caps.effective())?,
-                permitted: mask(caps.permitted())?,
-                inheritable: mask(caps.inheritable())?,
-                ambient: mask(caps.ambient())?,
+                permitted,
+                inheritable,
+                ambient: raisable,
                 last_cap: last_capability(),
             })
         }
