@@ -86,66 +86,54 @@ impl Streams {
         };
         Ok((
             streams,
-            ChildSide {
-                stdio: [stdin_read, stdout_write, stderr_write],
-            },
+            ChildSide::Pipes([stdin_read, stdout_write, stderr_write]),
         ))
     }
 
-    /// A terminal: the agent keeps the master; the child gets the slave
-    /// as stdin, stdout and stderr.
+    /// A terminal: the child opens it in the container's own devpts (so
+    /// that `tty` and ttyname work inside) and sends the master back over
+    /// the console socket; [`Streams::terminal`] then takes it.
     ///
     /// # Errors
     ///
     /// [`StdioError::Create`].
-    pub fn terminal(rows: u16, columns: u16) -> Result<(Streams, ChildSide), StdioError> {
-        let mut master = -1;
-        let mut slave = -1;
-        let size = libc::winsize {
-            ws_row: rows,
-            ws_col: columns,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: out-pointers to two ints; no name buffer; a valid
-        // winsize; openpty does not keep the pointers.
+    pub fn console_socket() -> Result<(OwnedFd, ChildSide), StdioError> {
+        let mut fds = [0; 2];
+        // SAFETY: fds is a valid out-array of two descriptors.
         let rc = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                &size,
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
             )
         };
         if rc != 0 {
             return Err(StdioError::Create {
-                what: "a terminal",
+                what: "the console socket",
                 source: io::Error::last_os_error(),
             });
         }
-        // SAFETY: openpty returned two new descriptors that we own.
-        let (master, slave) =
-            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-        for fd in [&master, &slave] {
-            // SAFETY: fcntl on descriptors we own.
-            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
-        }
-        let dup = |fd: &OwnedFd| fd.try_clone().map_err(create("a terminal"));
-        let child = ChildSide {
-            stdio: [dup(&slave)?, dup(&slave)?, slave],
-        };
+        // SAFETY: socketpair just returned these descriptors; we own them.
+        let (ours, theirs) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok((ours, ChildSide::Console(theirs)))
+    }
+
+    /// The streams of a terminal whose master the child sent.
+    ///
+    /// # Errors
+    ///
+    /// [`StdioError::Create`] when it cannot be watched.
+    pub fn terminal(master: OwnedFd) -> Result<Streams, StdioError> {
         let master =
             std::sync::Arc::new(nonblocking(File::from(master)).map_err(create("a terminal"))?);
-        Ok((
-            Streams {
-                stdin: Mutex::new(Some(master.clone())),
-                stdout: master,
-                stderr: None,
-                terminal: true,
-            },
-            child,
-        ))
+        Ok(Streams {
+            stdin: Mutex::new(Some(master.clone())),
+            stdout: master,
+            stderr: None,
+            terminal: true,
+        })
     }
 
     /// Whether the process has a terminal.

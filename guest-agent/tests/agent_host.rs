@@ -8,6 +8,7 @@
 mod common;
 
 use common::{spec, HostAgent};
+use vmpod_agent_api::ProcessId;
 
 #[tokio::test]
 async fn test_health_and_version() {
@@ -62,4 +63,214 @@ async fn test_container_is_isolated_and_exits_with_its_status() {
     assert_eq!(agent.mounts_below(&agent.state_dir), Vec::<String>::new());
     assert!(!agent.state_dir.join("c1").exists());
     assert!(!agent.cgroup_root.join("vmpod-pod/c1").exists());
+}
+
+/// stdin reaches the process and closing it gives end of file; a
+/// terminal carries both directions and resizes.
+#[tokio::test]
+async fn test_stdin_and_terminal() {
+    let agent: HostAgent = agent_or_skip!("stdio");
+    agent.sandbox("pod").await;
+    let rootfs = agent.rootfs("root");
+    // Pipes.
+    agent
+        .create(
+            "pipes",
+            &spec(&["sh", "-c", "cat; echo done"], "pod"),
+            &rootfs,
+        )
+        .await
+        .unwrap();
+    agent.client.start_container("pipes").await.unwrap();
+    let init = ProcessId::init("pipes");
+    assert_eq!(
+        agent.client.write_stdin(&init, b"hello\n").await.unwrap(),
+        6
+    );
+    agent.client.close_stdin(&init).await.unwrap();
+    assert_eq!(agent.read_all(&init, false).await, "hello\ndone\n");
+    assert_eq!(
+        agent.client.wait_process(&init).await.unwrap().exit_status,
+        0
+    );
+    let closed = agent.client.write_stdin(&init, b"x").await.unwrap_err();
+    assert!(
+        closed
+            .agent_message()
+            .unwrap()
+            .contains("stdin (it was closed)"),
+        "{closed}"
+    );
+    // A terminal.
+    let mut tty_spec = spec(
+        &["sh", "-c", "tty; stty size; read line; echo got $line"],
+        "pod",
+    );
+    tty_spec["process"]["terminal"] = true.into();
+    tty_spec["process"]["consoleSize"] = serde_json::json!({"height": 30, "width": 100});
+    agent.create("tty", &tty_spec, &rootfs).await.unwrap();
+    agent.client.start_container("tty").await.unwrap();
+    let init = ProcessId::init("tty");
+    agent.client.resize_tty(&init, 40, 120).await.unwrap();
+    agent.client.write_stdin(&init, b"typed\n").await.unwrap();
+    let out = agent.read_all(&init, false).await;
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("40 120"), "{out}");
+    assert!(out.contains("got typed"), "{out}");
+    let no_stderr = agent.client.read_stderr(&init, 10).await.unwrap_err();
+    assert!(
+        no_stderr.agent_message().unwrap().contains("terminal"),
+        "{no_stderr}"
+    );
+    assert_eq!(
+        agent.client.wait_process(&init).await.unwrap().exit_status,
+        0
+    );
+}
+
+/// exec joins the container's namespaces and cgroup; signals reach one
+/// process or all; pause freezes and resume thaws; stats and the process
+/// list come from the cgroup.
+#[tokio::test]
+async fn test_exec_signals_pause_and_stats() {
+    let agent: HostAgent = agent_or_skip!("exec");
+    agent.sandbox("pod").await;
+    let rootfs = agent.rootfs("root");
+    // A PID 1 without handlers ignores SIGTERM; it traps it here.
+    let script = "trap 'echo term; exit 143' TERM; echo ready; while true; do sleep 0.05; done";
+    agent
+        .create("svc", &spec(&["sh", "-c", script], "svc-host"), &rootfs)
+        .await
+        .unwrap();
+    agent.client.start_container("svc").await.unwrap();
+    let init = ProcessId::init("svc");
+    assert_eq!(
+        agent.client.read_stdout(&init, 6).await.unwrap(),
+        b"ready\n"
+    );
+
+    let process = serde_json::json!({
+        "args": ["sh", "-c", "echo pid=$$ host=$(hostname); ps -o pid,comm | grep -c sleep >/dev/null && echo sees-init; cat /proc/self/cgroup"],
+        "env": ["PATH=/bin"],
+        "cwd": "/tmp",
+        "user": {"uid": 65534, "gid": 65534}
+    });
+    let exec = ProcessId::exec("svc", "e1");
+    agent
+        .client
+        .exec_process(&exec, serde_json::to_vec(&process).unwrap())
+        .await
+        .unwrap();
+    let out = agent.read_all(&exec, false).await;
+    assert_eq!(
+        agent.client.wait_process(&exec).await.unwrap().exit_status,
+        0
+    );
+    assert!(out.contains("host=svc-host"), "{out}");
+    assert!(!out.contains("pid=1 "), "{out}");
+    assert!(out.contains("sees-init"), "{out}");
+    assert!(
+        out.contains("/svc"),
+        "the exec is not in the container's cgroup: {out}"
+    );
+    let duplicate = agent
+        .client
+        .exec_process(&exec, serde_json::to_vec(&process).unwrap())
+        .await
+        .unwrap_err();
+    assert!(duplicate
+        .agent_message()
+        .unwrap()
+        .contains("already has a process e1"));
+
+    let pids = agent.client.list_processes("svc").await.unwrap();
+    assert!(!pids.is_empty());
+    let stats = agent.client.stats_container("svc").await.unwrap();
+    if stats.cpu.is_none() {
+        eprintln!("SKIP cpu stats: this host's cgroup v2 has no cpu controller");
+    }
+    if stats.memory.is_none() {
+        eprintln!("SKIP memory stats: this host's cgroup v2 has no memory controller");
+    }
+
+    agent.client.pause_container("svc").await.unwrap();
+    let again = agent.client.pause_container("svc").await.unwrap_err();
+    assert!(
+        again.agent_message().unwrap().contains("is Paused"),
+        "{again}"
+    );
+    let frozen =
+        std::fs::read_to_string(agent.cgroup_root.join("vmpod-pod/svc/cgroup.events")).unwrap();
+    assert!(frozen.contains("frozen 1"), "{frozen}");
+    agent.client.resume_container("svc").await.unwrap();
+
+    agent
+        .client
+        .signal_process(&init, libc::SIGTERM as u32, false)
+        .await
+        .unwrap();
+    assert_eq!(agent.read_all(&init, false).await, "term\n");
+    assert_eq!(
+        agent.client.wait_process(&init).await.unwrap().exit_status,
+        143
+    );
+    let dead = agent
+        .client
+        .signal_process(&init, libc::SIGTERM as u32, false)
+        .await
+        .unwrap_err();
+    assert!(
+        dead.agent_message().unwrap().contains("already exited"),
+        "{dead}"
+    );
+    agent.client.remove_container("svc", false).await.unwrap();
+}
+
+/// SIGKILL to all, then a forced remove of a container that still runs.
+#[tokio::test]
+async fn test_kill_all_and_forced_remove() {
+    let agent: HostAgent = agent_or_skip!("kill");
+    agent.sandbox("pod").await;
+    let rootfs = agent.rootfs("root");
+    agent
+        .create(
+            "k",
+            &spec(&["sh", "-c", "sleep 100 & sleep 100"], "pod"),
+            &rootfs,
+        )
+        .await
+        .unwrap();
+    agent.client.start_container("k").await.unwrap();
+    let refused = agent.client.remove_container("k", false).await.unwrap_err();
+    assert!(
+        refused.agent_message().unwrap().contains("use force"),
+        "{refused}"
+    );
+    agent
+        .client
+        .signal_process(&ProcessId::init("k"), libc::SIGKILL as u32, true)
+        .await
+        .unwrap();
+    let exit = agent
+        .client
+        .wait_process(&ProcessId::init("k"))
+        .await
+        .unwrap();
+    assert_eq!(exit.exit_status, 128 + libc::SIGKILL);
+    // Created but never started: force is not needed.
+    agent
+        .create("idle", &spec(&["sleep", "100"], "pod"), &rootfs)
+        .await
+        .unwrap();
+    agent.client.remove_container("idle", false).await.unwrap();
+    agent
+        .create("busy", &spec(&["sleep", "100"], "pod"), &rootfs)
+        .await
+        .unwrap();
+    agent.client.start_container("busy").await.unwrap();
+    agent.client.remove_container("busy", true).await.unwrap();
+    agent.client.remove_container("k", false).await.unwrap();
+    assert_eq!(agent.mounts_below(&agent.state_dir), Vec::<String>::new());
+    agent.client.destroy_sandbox().await.unwrap();
+    assert!(!agent.cgroup_root.join("vmpod-pod").exists());
 }

@@ -42,6 +42,8 @@ pub enum Step {
     ReadonlyRoot,
     /// Attaching stdio or the terminal.
     Stdio,
+    /// Opening the terminal and sending its master.
+    Terminal,
     /// setrlimit.
     Rlimit,
     /// oom_score_adj.
@@ -61,7 +63,7 @@ pub enum Step {
 impl Step {
     /// The step a record names.
     pub fn from_u32(value: u32) -> Option<Step> {
-        const ALL: [Step; 21] = [
+        const ALL: [Step; 22] = [
             Step::Ready,
             Step::JoinNamespace,
             Step::RootPropagation,
@@ -76,6 +78,7 @@ impl Step {
             Step::ReadonlyPath,
             Step::ReadonlyRoot,
             Step::Stdio,
+            Step::Terminal,
             Step::Rlimit,
             Step::OomScoreAdj,
             Step::User,
@@ -111,9 +114,10 @@ pub struct ChildFds {
     pub report: RawFd,
     /// Read end of the start pipe, or -1 to exec at once.
     pub start: RawFd,
-    /// The process's stdin, stdout and stderr (a terminal's slave three
-    /// times).
+    /// The process's stdin, stdout and stderr; -1 with a terminal.
     pub stdio: [RawFd; 3],
+    /// The console socket for a terminal's master, or -1.
+    pub console: RawFd,
 }
 
 fn errno() -> i32 {
@@ -389,7 +393,12 @@ fn run_process(process: &ProcessPlan, fds: &ChildFds) -> ! {
         libc::sigemptyset(&mut empty_set);
         libc::sigprocmask(libc::SIG_SETMASK, &empty_set, std::ptr::null_mut());
         check(fds, libc::setsid(), Step::Stdio, 0);
-        for (target, &fd) in fds.stdio.iter().enumerate() {
+        let stdio = if fds.console >= 0 {
+            [open_terminal(process, fds); 3]
+        } else {
+            fds.stdio
+        };
+        for (target, &fd) in stdio.iter().enumerate() {
             check(
                 fds,
                 libc::dup2(fd, target as libc::c_int),
@@ -397,7 +406,7 @@ fn run_process(process: &ProcessPlan, fds: &ChildFds) -> ! {
                 target,
             );
         }
-        if process.terminal {
+        if fds.console >= 0 {
             check(fds, libc::ioctl(0, libc::TIOCSCTTY, 0), Step::Stdio, 3);
         }
         for (i, (resource, limit)) in process.rlimits.iter().enumerate() {
@@ -522,6 +531,62 @@ fn run_process(process: &ProcessPlan, fds: &ChildFds) -> ! {
         }
         report(fds.report, Step::Exec, 0, last_errno);
         libc::_exit(127)
+    }
+}
+
+/// Opens a terminal in the container's /dev/ptmx, sends its master over
+/// the console socket and returns the slave.
+fn open_terminal(process: &ProcessPlan, fds: &ChildFds) -> RawFd {
+    // SAFETY: system calls on a constant path, descriptors this child owns
+    // and stack buffers that outlive each call.
+    unsafe {
+        let master = libc::open(
+            c"/dev/ptmx".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        check(fds, master, Step::Terminal, 0);
+        let unlock: libc::c_int = 0;
+        check(
+            fds,
+            libc::ioctl(master, libc::TIOCSPTLCK, &unlock),
+            Step::Terminal,
+            1,
+        );
+        let size = libc::winsize {
+            ws_row: process.console_size.0,
+            ws_col: process.console_size.1,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        check(
+            fds,
+            libc::ioctl(master, libc::TIOCSWINSZ, &size),
+            Step::Terminal,
+            2,
+        );
+        let slave = libc::ioctl(master, libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY);
+        check(fds, slave, Step::Terminal, 3);
+        let mut byte = 0u8;
+        let mut iov = libc::iovec {
+            iov_base: (&raw mut byte).cast(),
+            iov_len: 1,
+        };
+        let mut control = [0u64; 8];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), master);
+        if libc::sendmsg(fds.console, &raw const msg, 0) != 1 {
+            fail(fds, Step::Terminal, 4);
+        }
+        libc::close(master);
+        slave
     }
 }
 

@@ -24,7 +24,7 @@ use vmpod_agent_api::messages::Mount;
 use self::cgroup::{Cgroup, CgroupError};
 use self::mount_options::MountOptions;
 use self::plan::{InitPlan, PlanError, ProcessPlan};
-use self::spawn::{SpawnError, Spawned};
+use self::spawn::{ChildSide, SpawnError, Spawned};
 use crate::reaper::{Exit, ExitWatch, Reaper};
 use crate::stdio::{StdioError, Streams};
 
@@ -313,6 +313,32 @@ fn mount_rootfs(rootfs: &Mount, target: &Path) -> Result<(), ContainerError> {
     Ok(())
 }
 
+/// Stdio for a new process: pipes now, or a console socket on which the
+/// child sends the terminal it opens.
+fn child_stdio(
+    terminal: bool,
+) -> Result<(Option<Streams>, Option<OwnedFd>, ChildSide), ContainerError> {
+    if terminal {
+        let (console, child_side) = Streams::console_socket()?;
+        Ok((None, Some(console), child_side))
+    } else {
+        let (streams, child_side) = Streams::pipes()?;
+        Ok((Some(streams), None, child_side))
+    }
+}
+
+/// The agent's streams once the process is cloned.
+fn agent_streams(
+    pipes: Option<Streams>,
+    master: Option<OwnedFd>,
+) -> Result<Streams, ContainerError> {
+    match (pipes, master) {
+        (Some(streams), _) => Ok(streams),
+        (None, Some(master)) => Ok(Streams::terminal(master)?),
+        (None, None) => Err(ContainerError::Spawn(SpawnError::Vanished)),
+    }
+}
+
 impl Container {
     /// Creates a container from its OCI spec (JSON) on `rootfs`: mounts
     /// the root, creates the cgroup with the spec's resources and starts
@@ -364,19 +390,11 @@ impl Container {
         if let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
             cgroup.apply(resources)?;
         }
-        let (streams, child_side) = if plan.process.terminal {
-            let size = spec
-                .process()
-                .as_ref()
-                .and_then(OciProcess::console_size)
-                .map_or((24, 80), |b| (b.height() as u16, b.width() as u16));
-            Streams::terminal(size.0, size.1)?
-        } else {
-            Streams::pipes()?
-        };
+        let (pipes, console, child_side) = child_stdio(plan.process.terminal)?;
         let cgroup_dir = cgroup.open()?;
-        let (spawned, start) = spawn::spawn_init(&plan, &cgroup_dir, &child_side, reaper)?;
-        drop(child_side);
+        let (spawned, start, master) =
+            spawn::spawn_init(&plan, &cgroup_dir, child_side, console.as_ref(), reaper)?;
+        let streams = agent_streams(pipes, master)?;
         let InitPlan { process, .. } = plan;
         Ok(Container {
             id: id.to_owned(),
@@ -472,14 +490,7 @@ impl Container {
         }
         let process: OciProcess = json("OCI process", process_json)?;
         let plan = plan::plan_process(&process)?;
-        let (streams, child_side) = if plan.terminal {
-            let size = process
-                .console_size()
-                .map_or((24, 80), |b| (b.height() as u16, b.width() as u16));
-            Streams::terminal(size.0, size.1)?
-        } else {
-            Streams::pipes()?
-        };
+        let (pipes, console, child_side) = child_stdio(plan.terminal)?;
         let pid = self.init.pid();
         let open = |name: &str| {
             File::open(format!("/proc/{pid}/ns/{name}")).map_err(|source| ContainerError::Os {
@@ -500,15 +511,16 @@ impl Container {
         }
         let pid_ns = open("pid")?;
         let cgroup_dir = self.cgroup.open()?;
-        let spawned = spawn::spawn_exec(
+        let (spawned, master) = spawn::spawn_exec(
             &plan,
             &pid_ns,
             &namespaces,
             &cgroup_dir,
-            &child_side,
+            child_side,
+            console.as_ref(),
             reaper,
         )?;
-        drop(child_side);
+        let streams = agent_streams(pipes, master)?;
         self.execs.insert(
             exec_id.to_owned(),
             Process {

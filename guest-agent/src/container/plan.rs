@@ -173,6 +173,8 @@ pub struct ProcessPlan {
     pub oom_score_adj: Option<CString>,
     /// A terminal instead of pipes.
     pub terminal: bool,
+    /// The terminal's (rows, columns).
+    pub console_size: (u16, u16),
 }
 
 /// One mount in the new mount namespace.
@@ -368,6 +370,12 @@ pub fn plan_process(process: &Process) -> Result<ProcessPlan, PlanError> {
             .map(|adj| cstring("process.oomScoreAdj", adj.to_string()))
             .transpose()?,
         terminal: process.terminal().unwrap_or(false),
+        console_size: process.console_size().map_or((24, 80), |size| {
+            (
+                u16::try_from(size.height()).unwrap_or(u16::MAX),
+                u16::try_from(size.width()).unwrap_or(u16::MAX),
+            )
+        }),
     })
 }
 

@@ -141,9 +141,75 @@ fn clone_into(
 
 /// The child's ends of its stdio, closed in the agent once it is cloned.
 #[derive(Debug)]
-pub struct ChildSide {
+pub enum ChildSide {
     /// stdin, stdout, stderr of the process.
-    pub stdio: [OwnedFd; 3],
+    Pipes([OwnedFd; 3]),
+    /// The socket on which the child sends its terminal's master.
+    Console(OwnedFd),
+}
+
+impl ChildSide {
+    fn stdio(&self) -> [RawFd; 3] {
+        match self {
+            ChildSide::Pipes(fds) => [0, 1, 2].map(|i| fds[i].as_raw_fd()),
+            ChildSide::Console(_) => [-1; 3],
+        }
+    }
+
+    fn console(&self) -> RawFd {
+        match self {
+            ChildSide::Pipes(_) => -1,
+            ChildSide::Console(fd) => fd.as_raw_fd(),
+        }
+    }
+}
+
+/// Receives the terminal master the child sends on the console socket;
+/// `None` if the child ended first.
+fn receive_master(console: &OwnedFd) -> Result<Option<OwnedFd>, SpawnError> {
+    let mut byte = 0u8;
+    let mut iov = libc::iovec {
+        iov_base: (&raw mut byte).cast(),
+        iov_len: 1,
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: an all-zero msghdr is valid; the fields set below point to
+    // live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    loop {
+        // SAFETY: msg describes valid buffers for recvmsg to fill.
+        let n = unsafe { libc::recvmsg(console.as_raw_fd(), &raw mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n == 0 {
+            return Ok(None);
+        }
+        if n > 0 {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(SpawnError::Os {
+                what: "receiving the terminal",
+                source: err,
+            });
+        }
+    }
+    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR and CMSG_DATA stay
+    // within msg_control, whose length the kernel set.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Ok(None);
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+        Ok(Some(OwnedFd::from_raw_fd(fd)))
+    }
 }
 
 /// Starts a container's init process in its new namespaces, inside
@@ -152,18 +218,21 @@ pub struct ChildSide {
 /// # Errors
 ///
 /// [`SpawnError`]: the failed agent call or the child's failed step.
+/// With a console socket the terminal's master comes back as well.
 pub fn spawn_init(
     plan: &InitPlan,
     cgroup: &File,
-    stdio: &ChildSide,
+    stdio: ChildSide,
+    console: Option<&OwnedFd>,
     reaper: &Reaper,
-) -> Result<(Spawned, OwnedFd), SpawnError> {
+) -> Result<(Spawned, OwnedFd, Option<OwnedFd>), SpawnError> {
     let (report_read, report_write) = pipe().map_err(os("creating the report pipe"))?;
     let (start_read, start_write) = pipe().map_err(os("creating the start pipe"))?;
     let fds = ChildFds {
         report: report_write.as_raw_fd(),
         start: start_read.as_raw_fd(),
-        stdio: [0, 1, 2].map(|i| stdio.stdio[i].as_raw_fd()),
+        stdio: stdio.stdio(),
+        console: stdio.console(),
     };
     let join_pid = plan.join_pid.as_ref().map(AsRawFd::as_raw_fd);
     let (pid, pidfd, exit) = std::thread::scope(|scope| {
@@ -179,6 +248,8 @@ pub fn spawn_init(
     })?;
     drop(report_write);
     drop(start_read);
+    drop(stdio);
+    let master = console.map(receive_master).transpose()?.flatten();
     let mut reports = File::from(report_read);
     match read_report(&mut reports)? {
         Some(report) if report.step == Step::Ready as u32 => Ok((
@@ -189,6 +260,7 @@ pub fn spawn_init(
                 reports,
             },
             start_write,
+            master,
         )),
         Some(report) => Err(child_error(&report, Some(plan), None)),
         None => Err(SpawnError::Vanished),
@@ -225,14 +297,16 @@ pub fn spawn_exec(
     pid_ns: &File,
     ns: &[(OwnedFd, libc::c_int)],
     cgroup: &File,
-    stdio: &ChildSide,
+    stdio: ChildSide,
+    console: Option<&OwnedFd>,
     reaper: &Reaper,
-) -> Result<Spawned, SpawnError> {
+) -> Result<(Spawned, Option<OwnedFd>), SpawnError> {
     let (report_read, report_write) = pipe().map_err(os("creating the report pipe"))?;
     let fds = ChildFds {
         report: report_write.as_raw_fd(),
         start: -1,
-        stdio: [0, 1, 2].map(|i| stdio.stdio[i].as_raw_fd()),
+        stdio: stdio.stdio(),
+        console: stdio.console(),
     };
     let raw_ns: Vec<(RawFd, libc::c_int)> = ns.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect();
     let (pid, pidfd, exit) = std::thread::scope(|scope| {
@@ -254,14 +328,19 @@ pub fn spawn_exec(
             .unwrap_or(Err(SpawnError::Vanished))
     })?;
     drop(report_write);
+    drop(stdio);
+    let master = console.map(receive_master).transpose()?.flatten();
     let mut reports = File::from(report_read);
     match read_report(&mut reports)? {
-        None => Ok(Spawned {
-            pid,
-            pidfd,
-            exit,
-            reports,
-        }),
+        None => Ok((
+            Spawned {
+                pid,
+                pidfd,
+                exit,
+                reports,
+            },
+            master,
+        )),
         Some(report) => Err(child_error(&report, None, Some(process))),
     }
 }
@@ -349,6 +428,7 @@ fn child_error(
         Some(Step::PivotRoot) => "pivot_root into the root file system".to_owned(),
         Some(Step::ReadonlyRoot) => "making the root read-only".to_owned(),
         Some(Step::Stdio) => "attaching stdio".to_owned(),
+        Some(Step::Terminal) => "opening the terminal in the container".to_owned(),
         Some(Step::Rlimit) => "setting rlimits".to_owned(),
         Some(Step::OomScoreAdj) => "setting oom_score_adj".to_owned(),
         Some(Step::User) => "setting the user and groups".to_owned(),
