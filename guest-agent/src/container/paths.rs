@@ -30,12 +30,19 @@ pub enum PathError {
 }
 
 /// `path` (absolute or relative to the container's `/`) as a host path
-/// under `root`. Components that do not exist yet are taken as they are.
+/// under `root`. Components that do not exist yet are taken as they are,
+/// and so is everything below one of `fresh_mounts` (host paths where a
+/// new file system will be mounted first, hiding what the image has
+/// there).
 ///
 /// # Errors
 ///
 /// [`PathError`] on symlink loops and unreadable components.
-pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf, PathError> {
+pub fn resolve_in_root(
+    root: &Path,
+    path: &Path,
+    fresh_mounts: &[PathBuf],
+) -> Result<PathBuf, PathError> {
     let mut pending: VecDeque<OsString> = components(path).collect();
     let mut resolved: Vec<OsString> = Vec::new();
     let mut links = 0;
@@ -78,6 +85,9 @@ pub fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf, PathError> {
             }
         }
         resolved.push(name);
+        if exists && fresh_mounts.iter().any(|m| *m == join(root, &resolved)) {
+            exists = false;
+        }
     }
     Ok(join(root, &resolved))
 }
@@ -120,11 +130,11 @@ mod tests {
     fn test_plain_and_missing_paths() {
         let (base, root) = tree();
         assert_eq!(
-            resolve_in_root(&root, Path::new("/etc/hosts")).unwrap(),
+            resolve_in_root(&root, Path::new("/etc/hosts"), &[]).unwrap(),
             root.join("etc/hosts")
         );
         assert_eq!(
-            resolve_in_root(&root, Path::new("new/dir")).unwrap(),
+            resolve_in_root(&root, Path::new("new/dir"), &[]).unwrap(),
             root.join("new/dir")
         );
         std::fs::remove_dir_all(base).unwrap();
@@ -134,11 +144,11 @@ mod tests {
     fn test_dotdot_stops_at_the_root() {
         let (base, root) = tree();
         assert_eq!(
-            resolve_in_root(&root, Path::new("/../../../etc")).unwrap(),
+            resolve_in_root(&root, Path::new("/../../../etc"), &[]).unwrap(),
             root.join("etc")
         );
         assert_eq!(
-            resolve_in_root(&root, Path::new("/usr/../../x")).unwrap(),
+            resolve_in_root(&root, Path::new("/usr/../../x"), &[]).unwrap(),
             root.join("x")
         );
         std::fs::remove_dir_all(base).unwrap();
@@ -151,16 +161,32 @@ mod tests {
         symlink("../../../../..", root.join("usr/lib/up")).unwrap();
         symlink("/usr/lib", root.join("lib")).unwrap();
         assert_eq!(
-            resolve_in_root(&root, Path::new("/abs/etc")).unwrap(),
+            resolve_in_root(&root, Path::new("/abs/etc"), &[]).unwrap(),
             root.join("etc")
         );
         assert_eq!(
-            resolve_in_root(&root, Path::new("/usr/lib/up/etc")).unwrap(),
+            resolve_in_root(&root, Path::new("/usr/lib/up/etc"), &[]).unwrap(),
             root.join("etc")
         );
         assert_eq!(
-            resolve_in_root(&root, Path::new("/lib/x")).unwrap(),
+            resolve_in_root(&root, Path::new("/lib/x"), &[]).unwrap(),
             root.join("usr/lib/x")
+        );
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn test_nothing_below_a_fresh_mount_is_followed() {
+        let (base, root) = tree();
+        std::fs::create_dir_all(root.join("dev")).unwrap();
+        symlink("/etc", root.join("dev/pts")).unwrap();
+        assert_eq!(
+            resolve_in_root(&root, Path::new("/dev/pts"), &[]).unwrap(),
+            root.join("etc")
+        );
+        assert_eq!(
+            resolve_in_root(&root, Path::new("/dev/pts"), &[root.join("dev")]).unwrap(),
+            root.join("dev/pts")
         );
         std::fs::remove_dir_all(base).unwrap();
     }
@@ -171,7 +197,7 @@ mod tests {
         symlink("b", root.join("a")).unwrap();
         symlink("a", root.join("b")).unwrap();
         assert!(matches!(
-            resolve_in_root(&root, Path::new("/a/x")),
+            resolve_in_root(&root, Path::new("/a/x"), &[]),
             Err(PathError::Loop(_))
         ));
         std::fs::remove_dir_all(base).unwrap();

@@ -471,8 +471,8 @@ pub fn plan_init(spec: &Spec, rootfs: &Path) -> Result<InitPlan, PlanError> {
     }
 
     let mut mounts = Vec::new();
-    // Destinations of earlier mounts: what lies below them is created in
-    // the child, on the mounted file system, not in the image.
+    // Host paths of earlier mounts: what lies below them is created in the
+    // child, on the mounted file system, not in the image.
     let mut mounted: Vec<PathBuf> = Vec::new();
     for mount in spec.mounts().iter().flatten() {
         let destination = mount.destination();
@@ -493,42 +493,43 @@ pub fn plan_init(spec: &Spec, rootfs: &Path) -> Result<InitPlan, PlanError> {
         };
         let bind = fstype.is_empty();
         let source = mount.source().clone().unwrap_or_default();
+        let target = resolve_in_root(rootfs, destination, &mounted)?;
+        let source_is_file = bind && std::fs::metadata(&source).is_ok_and(|m| !m.is_dir());
+        // Below a file system this plan mounts first, the mount point can
+        // only be made by the child, once that file system is there.
         let on_earlier_mount = mounted
             .iter()
-            .rev()
-            .find(|earlier| destination.starts_with(earlier) && destination != *earlier)
-            .cloned();
-        let source_is_file = bind && std::fs::metadata(&source).is_ok_and(|m| !m.is_dir());
-        let (target, make_dirs, make_file) = match &on_earlier_mount {
+            .filter(|earlier| target.starts_with(earlier) && target != **earlier)
+            .max_by_key(|earlier| earlier.as_os_str().len());
+        let (make_dirs, make_file) = match on_earlier_mount {
             Some(earlier) => {
-                // Below a file system this plan mounts: nothing of the image
-                // is in the way, and the child creates the mount point.
-                let base = resolve_in_root(rootfs, earlier)?;
-                let below = destination.strip_prefix(earlier).unwrap_or(destination);
-                let parts: Vec<_> = below.components().collect();
+                let below: Vec<_> = target
+                    .strip_prefix(earlier)
+                    .unwrap_or(&target)
+                    .components()
+                    .collect();
                 let mut dirs = Vec::new();
-                let mut dir = base.clone();
-                for (i, part) in parts.iter().enumerate() {
+                let mut dir = earlier.clone();
+                for (i, part) in below.iter().enumerate() {
                     dir.push(part);
-                    if i + 1 < parts.len() || !source_is_file {
+                    if i + 1 < below.len() || !source_is_file {
                         dirs.push(path_cstring("mounts.destination", &dir)?);
                     }
                 }
-                (base.join(below), dirs, source_is_file)
+                (dirs, source_is_file)
             }
             None => {
-                let target = resolve_in_root(rootfs, destination)?;
                 create_mount_point(&target, source_is_file)?;
-                (target, Vec::new(), false)
+                (Vec::new(), false)
             }
         };
         mounts.push(mount_step(
             &source, &target, fstype, &options, bind, make_dirs, make_file,
         )?);
-        mounted.push(destination.to_path_buf());
+        mounted.push(target);
     }
 
-    let dev = resolve_in_root(rootfs, Path::new("/dev"))?;
+    let dev = resolve_in_root(rootfs, Path::new("/dev"), &mounted)?;
     let devices = DEFAULT_DEVICES
         .iter()
         .map(|name| {
