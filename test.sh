@@ -8,9 +8,10 @@ cd "$(dirname "$0")"
 # An assignment, not `eval "$(...)"`, so that a failing setup stops here.
 setup=$(scripts/setup.sh)
 eval "$setup"
-export VMPOD_KERNEL_DIR VMPOD_TEST_INITRD VMPOD_TEST_INIT
-# Built here, a missing guest artifact is a failure, not a skip.
-export VMPOD_REQUIRE_GUEST=1
+export VMPOD_KERNEL_DIR VMPOD_TEST_INITRD VMPOD_TEST_INIT VMPOD_AGENT_INITRD
+# Built and installed here, a missing guest artifact or agent prerequisite
+# is a failure, not a skip.
+export VMPOD_REQUIRE_GUEST=1 VMPOD_REQUIRE_AGENT=1
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

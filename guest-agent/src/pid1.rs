@@ -51,6 +51,73 @@ const NOSUID_NODEV_NOEXEC: libc::c_ulong = NOSUID_NODEV | libc::MS_NOEXEC;
 /// The hostname until the sandbox sets its own.
 const DEFAULT_HOSTNAME: &[u8] = b"vmpod";
 
+/// Where the agent's own root goes when it starts on the initramfs.
+const NEW_ROOT: &str = "/vmpod-root";
+
+/// Moves the agent off the initramfs onto a tmpfs root of its own, as
+/// switch_root does. pivot_root(2), which puts containers in their roots,
+/// refuses to run while the caller's root is the initramfs itself. The
+/// running agent needs no files of the old root afterwards.
+///
+/// # Errors
+///
+/// [`Pid1Error`] when the new root cannot be mounted or entered.
+pub fn leave_initramfs() -> Result<(), Pid1Error> {
+    const RAMFS_MAGIC: libc::c_long = 0x8584_58f6;
+    const TMPFS_MAGIC: libc::c_long = 0x0102_1994;
+    // SAFETY: an all-zero statfs is valid; statfs fills it.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out-pointer.
+    if unsafe { libc::statfs(c"/".as_ptr(), &mut fs) } != 0
+        || !matches!(fs.f_type as libc::c_long, RAMFS_MAGIC | TMPFS_MAGIC)
+    {
+        return Ok(());
+    }
+    let fail = |source| Pid1Error::Mount {
+        fstype: "tmpfs",
+        target: NEW_ROOT,
+        source,
+    };
+    std::fs::create_dir_all(NEW_ROOT).map_err(|source| Pid1Error::MountPoint {
+        path: NEW_ROOT,
+        source,
+    })?;
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(fail(io::Error::last_os_error()))
+        }
+    };
+    // SAFETY: NUL-terminated constant strings; mount keeps none of them.
+    check(unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            c"/vmpod-root".as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID,
+            c"mode=0755".as_ptr().cast(),
+        )
+    })?;
+    // SAFETY: as above; the new root is moved over "/" and entered.
+    check(unsafe { libc::chdir(c"/vmpod-root".as_ptr()) })?;
+    // SAFETY: as above.
+    check(unsafe {
+        libc::mount(
+            c".".as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_MOVE,
+            std::ptr::null(),
+        )
+    })?;
+    // SAFETY: as above.
+    check(unsafe { libc::chroot(c".".as_ptr()) })?;
+    // SAFETY: a NUL-terminated constant path.
+    unsafe { libc::chdir(c"/".as_ptr()) };
+    Ok(())
+}
+
 /// Mounts the system file systems, enables every cgroup v2 controller for
 /// the containers' cgroups and sets a hostname.
 ///
@@ -58,6 +125,7 @@ const DEFAULT_HOSTNAME: &[u8] = b"vmpod";
 ///
 /// [`Pid1Error`] when a file system does not mount.
 pub fn set_up_system() -> Result<(), Pid1Error> {
+    leave_initramfs()?;
     for (fstype, target, flags, data) in SYSTEM_MOUNTS {
         std::fs::create_dir_all(target).map_err(|source| Pid1Error::MountPoint {
             path: target,

@@ -103,7 +103,11 @@ async fn test_stdin_and_terminal() {
     );
     // A terminal.
     let mut tty_spec = spec(
-        &["sh", "-c", "tty; stty size; read line; echo got $line"],
+        &[
+            "sh",
+            "-c",
+            "stty size; tty; read line; stty size; echo got $line",
+        ],
         "pod",
     );
     tty_spec["process"]["terminal"] = true.into();
@@ -111,10 +115,19 @@ async fn test_stdin_and_terminal() {
     agent.create("tty", &tty_spec, &rootfs).await.unwrap();
     agent.client.start_container("tty").await.unwrap();
     let init = ProcessId::init("tty");
+    // The size from the spec first; resize once the shell printed it.
+    let mut out = String::new();
+    while !out.contains("/dev/pts/") {
+        let chunk = agent.client.read_stdout(&init, 4096).await.unwrap();
+        assert!(!chunk.is_empty(), "ended early: {out}");
+        out.push_str(&String::from_utf8_lossy(&chunk));
+    }
     agent.client.resize_tty(&init, 40, 120).await.unwrap();
     agent.client.write_stdin(&init, b"typed\n").await.unwrap();
-    let out = agent.read_all(&init, false).await;
-    assert!(out.contains("/dev/pts/"), "{out}");
+    out.push_str(&agent.read_all(&init, false).await);
+    assert!(out.contains("got typed"), "{out}");
+    // The size from the spec, then the one set before the line was typed.
+    assert!(out.contains("30 100"), "{out}");
     assert!(out.contains("40 120"), "{out}");
     assert!(out.contains("got typed"), "{out}");
     let no_stderr = agent.client.read_stderr(&init, 10).await.unwrap_err();

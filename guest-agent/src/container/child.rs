@@ -118,7 +118,12 @@ pub struct ChildFds {
     pub stdio: [RawFd; 3],
     /// The console socket for a terminal's master, or -1.
     pub console: RawFd,
+    /// Report every step done (errno [`PROGRESS`]), for `RUST_LOG=trace`.
+    pub trace: bool,
 }
+
+/// The errno of a report that only says a step is done.
+pub const PROGRESS: i32 = -1;
 
 fn errno() -> i32 {
     // SAFETY: __errno_location returns the calling thread's errno slot.
@@ -146,6 +151,9 @@ fn fail(fds: &ChildFds, step: Step, index: usize) -> ! {
 fn check(fds: &ChildFds, rc: libc::c_int, step: Step, index: usize) {
     if rc == -1 {
         fail(fds, step, index);
+    }
+    if fds.trace {
+        report(fds.report, step, index, PROGRESS);
     }
 }
 
@@ -441,24 +449,22 @@ fn run_process(process: &ProcessPlan, fds: &ChildFds) -> ! {
                 64,
             );
         }
-        check(
-            fds,
-            libc::setgroups(process.groups.len(), process.groups.as_ptr()),
-            Step::User,
-            0,
+        // Raw system calls, not glibc's wrappers: those broadcast the
+        // change to every thread glibc believes the process has, and after
+        // a raw clone it still lists the agent's threads, so they wait for
+        // answers that never come.
+        let groups = libc::syscall(
+            libc::SYS_setgroups,
+            process.groups.len(),
+            process.groups.as_ptr(),
         );
-        check(
-            fds,
-            libc::setresgid(process.gid, process.gid, process.gid),
-            Step::User,
-            1,
-        );
-        check(
-            fds,
-            libc::setresuid(process.uid, process.uid, process.uid),
-            Step::User,
-            2,
-        );
+        check(fds, groups as libc::c_int, Step::User, 0);
+        let gid = process.gid;
+        let rc = libc::syscall(libc::SYS_setresgid, gid, gid, gid);
+        check(fds, rc as libc::c_int, Step::User, 1);
+        let uid = process.uid;
+        let rc = libc::syscall(libc::SYS_setresuid, uid, uid, uid);
+        check(fds, rc as libc::c_int, Step::User, 2);
         if let Some(caps) = &process.caps {
             check(
                 fds,

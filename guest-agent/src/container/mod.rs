@@ -384,17 +384,21 @@ impl Container {
         rollback.dir = Some(dir.clone());
         mount_rootfs(rootfs, &root)?;
         rollback.rootfs = Some(root.clone());
+        tracing::debug!("container {id}: root file system mounted");
         let plan = plan::plan_init(spec, &root)?;
+        tracing::debug!("container {id}: planned");
         let cgroup = Cgroup::create(placement.sandbox_cgroup, id)?;
         rollback.cgroup = Some(cgroup.clone());
         if let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
             cgroup.apply(resources)?;
         }
+        tracing::debug!("container {id}: cgroup ready");
         let (pipes, console, child_side) = child_stdio(plan.process.terminal)?;
         let cgroup_dir = cgroup.open()?;
         let (spawned, start, master) =
             spawn::spawn_init(&plan, &cgroup_dir, child_side, console.as_ref(), reaper)?;
         let streams = agent_streams(pipes, master)?;
+        tracing::debug!("container {id}: init process {} ready", spawned.pid);
         let InitPlan { process, .. } = plan;
         Ok(Container {
             id: id.to_owned(),

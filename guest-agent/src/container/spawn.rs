@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use super::child::{self, ChildFds, Report, Step, REPORT_LEN};
+use super::child::{self, ChildFds, Report, Step, PROGRESS, REPORT_LEN};
 use super::plan::{InitPlan, ProcessPlan};
 use crate::reaper::{ExitWatch, Reaper};
 
@@ -233,6 +233,7 @@ pub fn spawn_init(
         start: start_read.as_raw_fd(),
         stdio: stdio.stdio(),
         console: stdio.console(),
+        trace: tracing::enabled!(tracing::Level::TRACE),
     };
     let join_pid = plan.join_pid.as_ref().map(AsRawFd::as_raw_fd);
     let (pid, pidfd, exit) = std::thread::scope(|scope| {
@@ -307,6 +308,7 @@ pub fn spawn_exec(
         start: -1,
         stdio: stdio.stdio(),
         console: stdio.console(),
+        trace: tracing::enabled!(tracing::Level::TRACE),
     };
     let raw_ns: Vec<(RawFd, libc::c_int)> = ns.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect();
     let (pid, pidfd, exit) = std::thread::scope(|scope| {
@@ -359,8 +361,23 @@ fn set_pid_namespace(fd: RawFd) -> Result<(), SpawnError> {
 }
 
 /// The next report, or `None` at the end of the pipe (the child exec'd or
-/// died).
+/// died). Progress reports are logged and skipped.
 fn read_report(reports: &mut File) -> Result<Option<Report>, SpawnError> {
+    loop {
+        match read_one_report(reports)? {
+            Some(report) if report.errno == PROGRESS => {
+                tracing::trace!(
+                    "child: done {:?} #{}",
+                    Step::from_u32(report.step),
+                    report.index
+                );
+            }
+            other => return Ok(other),
+        }
+    }
+}
+
+fn read_one_report(reports: &mut File) -> Result<Option<Report>, SpawnError> {
     let mut bytes = [0u8; REPORT_LEN];
     let mut got = 0;
     while got < REPORT_LEN {

@@ -1,0 +1,224 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The agent for real: vmpod-vm boots the guest kernel with the agent's
+//! initrd (the agent is PID 1), the host connects over hybrid vsock,
+//! creates a sandbox whose shared directory comes over virtio-fs, runs a
+//! busybox container from it with resources, reads its output and exit
+//! status, execs a second process, and destroys the sandbox. One boot.
+// An integration test crate is a test module as a whole.
+#![allow(clippy::tests_outside_test_module)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use vmpod_agent_api::messages::Mount;
+use vmpod_agent_api::{AgentClient, ProcessId, SandboxConfig, AGENT_VSOCK_PORT};
+use vmpod_integration_tests::{guest_or_skip, vmpod_vm_binary};
+
+/// Boot to a serving agent, on a host that emulates guest CPL0.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Where the agent mounts the virtio-fs share.
+const SHARED: &str = "/run/vmpod/shared";
+/// The static busybox of the container's root file system.
+const BUSYBOX: &str = "/bin/busybox";
+
+/// vmpod-vm, killed on drop.
+struct Vm(Child);
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn busybox_root(root: &Path) {
+    for dir in ["bin", "proc", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo", "cat", "hostname", "read", "sleep"] {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+    }
+}
+
+fn container_spec(args: &[&str]) -> serde_json::Value {
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": ["PATH=/bin"],
+            "cwd": "/",
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs"},
+        "hostname": "in-the-vm",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "resources": {
+                "memory": {"limit": 67108864},
+                "pids": {"limit": 64}
+            }
+        }
+    })
+}
+
+async fn read_all(client: &AgentClient, process: &ProcessId) -> String {
+    let mut out = Vec::new();
+    loop {
+        let chunk = client.read_stdout(process, 65536).await.unwrap();
+        if chunk.is_empty() {
+            return String::from_utf8_lossy(&out).into_owned();
+        }
+        out.extend_from_slice(&chunk);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_agent_runs_containers_in_the_vm() {
+    let Some(guest) = guest_or_skip("test_agent_runs_containers_in_the_vm") else {
+        return;
+    };
+    let initrd = match std::env::var_os("VMPOD_AGENT_INITRD").map(PathBuf::from) {
+        Some(path) if path.is_file() => path,
+        other => {
+            assert!(
+                std::env::var_os("VMPOD_REQUIRE_GUEST").is_none(),
+                "VMPOD_AGENT_INITRD {other:?} is not a built initrd"
+            );
+            eprintln!(
+                "skipped test_agent_runs_containers_in_the_vm: no agent initrd (run ./test.sh)"
+            );
+            return;
+        }
+    };
+    let work = std::env::temp_dir().join(format!("vmpod-agent-vm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let share = work.join("share");
+    busybox_root(&share.join("c1/rootfs"));
+    let socket = work.join("vsock.sock");
+    let console = work.join("console.log");
+    let started = Instant::now();
+    let vm = Vm(Command::new(vmpod_vm_binary().unwrap())
+        .arg("--kernel")
+        .arg(&guest.vmlinux)
+        .arg("--initrd")
+        .arg(&initrd)
+        .args([
+            "--memory",
+            "256",
+            "--cmdline",
+            "console=ttyS0 reboot=k panic=1 RUST_LOG=trace",
+        ])
+        .arg("--serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("--vsock")
+        .arg(format!("cid=3,socket={}", socket.display()))
+        .arg("--fs")
+        .arg(format!("tag=vmpod,dir={}", share.display()))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start vmpod-vm"));
+    let console_text = || std::fs::read_to_string(&console).unwrap_or_default();
+
+    // The agent serves once the guest has booted.
+    let client = loop {
+        if let Ok(client) = AgentClient::connect_hybrid_vsock(&socket, AGENT_VSOCK_PORT).await {
+            if client.check().await.unwrap_or(false) {
+                break client;
+            }
+        }
+        assert!(
+            started.elapsed() < BOOT_TIMEOUT,
+            "the agent did not serve within {BOOT_TIMEOUT:?}; console:\n{}",
+            console_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let booted = started.elapsed();
+    let version = client.version().await.unwrap();
+    assert_eq!(version.api_version, vmpod_agent_api::API_VERSION);
+
+    let mut shared = Mount::new();
+    shared.source = "vmpod".into();
+    shared.destination = SHARED.into();
+    shared.fstype = "virtiofs".into();
+    client
+        .create_sandbox(&SandboxConfig {
+            id: "pod".into(),
+            hostname: "pod-vm".into(),
+            shared_mounts: vec![shared],
+            ..SandboxConfig::default()
+        })
+        .await
+        .unwrap();
+    let mut rootfs = Mount::new();
+    rootfs.source = format!("{SHARED}/c1/rootfs");
+    rootfs.fstype = "bind".into();
+    let script = "echo hello from $(hostname) as pid $$; read line; echo got $line; \
+                  echo written-in-the-vm > /from-container; exit 7";
+    let t0 = Instant::now();
+    client
+        .create_container(
+            "c1",
+            serde_json::to_vec(&container_spec(&["sh", "-c", script])).unwrap(),
+            rootfs,
+        )
+        .await
+        .unwrap();
+    client.start_container("c1").await.unwrap();
+    let create_start = t0.elapsed();
+    let init = ProcessId::init("c1");
+    let first = client.read_stdout(&init, 4096).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&first),
+        "hello from in-the-vm as pid 1\n"
+    );
+
+    // Resources reached the guest's cgroup v2.
+    let stats = client.stats_container("c1").await.unwrap();
+    assert_eq!(stats.memory.limit, 64 << 20, "{stats:?}");
+    assert_eq!(stats.pids.limit, 64, "{stats:?}");
+    assert!(stats.pids.current >= 1, "{stats:?}");
+
+    // A second process in the running container.
+    let exec = ProcessId::exec("c1", "e1");
+    let t1 = Instant::now();
+    client
+        .exec_process(
+            &exec,
+            serde_json::to_vec(&json!({"args": ["hostname"], "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(read_all(&client, &exec).await, "in-the-vm\n");
+    assert_eq!(client.wait_process(&exec).await.unwrap().exit_status, 0);
+    let exec_time = t1.elapsed();
+
+    client.write_stdin(&init, b"bye\n").await.unwrap();
+    assert_eq!(read_all(&client, &init).await, "got bye\n");
+    assert_eq!(client.wait_process(&init).await.unwrap().exit_status, 7);
+    // The container wrote through virtio-fs into the host's directory.
+    assert_eq!(
+        std::fs::read_to_string(share.join("c1/rootfs/from-container")).unwrap(),
+        "written-in-the-vm\n"
+    );
+    client.remove_container("c1", false).await.unwrap();
+    client.destroy_sandbox().await.unwrap();
+    eprintln!(
+        "agent in the VM: serving after {:.1} s, create+start {:.2} s, exec+wait {:.2} s",
+        booted.as_secs_f64(),
+        create_start.as_secs_f64(),
+        exec_time.as_secs_f64()
+    );
+    drop(vm);
+    let _ = std::fs::remove_dir_all(&work);
+}
