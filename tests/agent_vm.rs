@@ -115,7 +115,7 @@ async fn test_agent_runs_containers_in_the_vm() {
             "--memory",
             "256",
             "--cmdline",
-            "console=ttyS0 reboot=k panic=1 RUST_LOG=trace",
+            "console=ttyS0 reboot=k panic=1",
         ])
         .arg("--serial")
         .arg(format!("file:{}", console.display()))
