@@ -3,7 +3,8 @@
 //! initrd (the agent is PID 1), the host connects over hybrid vsock,
 //! creates a sandbox whose shared directory comes over virtio-fs, runs a
 //! busybox container from it with resources, reads its output and exit
-//! status, execs a second process, and destroys the sandbox. One boot.
+//! status, execs a second process, sees a container over its memory limit
+//! OOM-killed and reported, and destroys the sandbox. One boot.
 // An integration test crate is a test module as a whole.
 #![allow(clippy::tests_outside_test_module)]
 
@@ -38,7 +39,7 @@ fn busybox_root(root: &Path) {
         std::fs::create_dir_all(root.join(dir)).unwrap();
     }
     std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "cat", "hostname", "read", "sleep"] {
+    for applet in ["sh", "echo", "cat", "hostname", "read", "sleep", "dd"] {
         let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
     }
 }
@@ -187,6 +188,9 @@ async fn test_agent_runs_containers_in_the_vm() {
     assert_eq!(stats.memory.limit, 64 << 20, "{stats:?}");
     assert_eq!(stats.pids.limit, 64, "{stats:?}");
     assert!(stats.pids.current >= 1, "{stats:?}");
+    // The freezer of the guest's cgroup v2.
+    client.pause_container("c1").await.unwrap();
+    client.resume_container("c1").await.unwrap();
 
     // A second process in the running container.
     let exec = ProcessId::exec("c1", "e1");
@@ -212,6 +216,32 @@ async fn test_agent_runs_containers_in_the_vm() {
         "written-in-the-vm\n"
     );
     client.remove_container("c1", false).await.unwrap();
+
+    // Over its memory limit, a container is OOM-killed: the agent reports
+    // the event and the exit.
+    let mut hungry = container_spec(&["dd", "if=/dev/zero", "of=/dev/null", "bs=16M", "count=1"]);
+    hungry["linux"]["resources"]["memory"]["limit"] = (8 << 20).into();
+    let mut rootfs = Mount::new();
+    rootfs.source = format!("{SHARED}/c1/rootfs");
+    rootfs.fstype = "bind".into();
+    client
+        .create_container("oom", serde_json::to_vec(&hungry).unwrap(), rootfs)
+        .await
+        .unwrap();
+    let oom_event = {
+        let client = client.clone();
+        tokio::spawn(async move { client.next_oom_event().await })
+    };
+    client.start_container("oom").await.unwrap();
+    let exit = client.wait_process(&ProcessId::init("oom")).await.unwrap();
+    assert_eq!(exit.exit_status, 128 + 9, "console:\n{}", console_text());
+    let event = tokio::time::timeout(Duration::from_secs(30), oom_event)
+        .await
+        .expect("no OOM event")
+        .unwrap()
+        .unwrap();
+    assert_eq!(event, "oom");
+    client.remove_container("oom", false).await.unwrap();
     client.destroy_sandbox().await.unwrap();
     eprintln!(
         "agent in the VM: serving after {:.1} s, create+start {:.2} s, exec+wait {:.2} s",

@@ -15,6 +15,7 @@ use vmpod_agent_api::service::{create_agent_service, AgentService};
 
 use crate::container::ContainerError;
 use crate::listen::{ListenAddress, ListenError};
+use crate::network::{Network, NetworkError};
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::stdio::{StdioError, MAX_READ};
 
@@ -63,10 +64,24 @@ fn invalid(message: String) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(Code::INVALID_ARGUMENT, message))
 }
 
+/// The status for a failed network request.
+fn network_status(err: &NetworkError) -> ttrpc::Error {
+    let code = match err {
+        NetworkError::Invalid(_) => Code::INVALID_ARGUMENT,
+        NetworkError::NoInterface(_) | NetworkError::NoDevice(_) => Code::NOT_FOUND,
+        NetworkError::Netlink { .. } => Code::FAILED_PRECONDITION,
+        NetworkError::Socket(_) => Code::INTERNAL,
+    };
+    let message = err.to_string();
+    tracing::info!("request failed: {message}");
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
+}
+
 /// The agent's service.
 #[derive(Debug)]
 struct Agent {
     sandbox: Arc<Sandbox>,
+    network: Network,
 }
 
 type Reply<T> = ttrpc::Result<T>;
@@ -378,6 +393,36 @@ impl AgentService for Agent {
         streams.resize(rows, columns).map_err(stdio_status)?;
         Ok(api::Empty::new())
     }
+
+    async fn update_interface(
+        &self,
+        _: &TtrpcContext,
+        req: api::UpdateInterfaceRequest,
+    ) -> Reply<api::Interface> {
+        let interface = req
+            .interface
+            .into_option()
+            .ok_or_else(|| invalid("interface is missing".into()))?;
+        self.network
+            .update_interface(&interface)
+            .await
+            .map_err(|e| network_status(&e))
+    }
+
+    async fn update_routes(
+        &self,
+        _: &TtrpcContext,
+        req: api::UpdateRoutesRequest,
+    ) -> Reply<api::Routes> {
+        let routes = req.routes.into_option().unwrap_or_default();
+        let mut reply = api::Routes::new();
+        reply.routes = self
+            .network
+            .update_routes(&routes.routes)
+            .await
+            .map_err(|e| network_status(&e))?;
+        Ok(reply)
+    }
 }
 
 /// A read size: the caller's, within 1 byte and [`MAX_READ`].
@@ -394,6 +439,9 @@ pub enum ServeError {
     /// ttrpc could not bind or start.
     #[error(transparent)]
     Ttrpc(#[from] ttrpc::Error),
+    /// rtnetlink could not be opened.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
 }
 
 /// Starts serving on `listen`.
@@ -403,7 +451,11 @@ pub enum ServeError {
 /// [`ServeError`] when the address cannot be bound.
 pub async fn start(listen: &ListenAddress, sandbox: Arc<Sandbox>) -> Result<Server, ServeError> {
     listen.prepare()?;
-    let service = create_agent_service(Arc::new(Agent { sandbox }));
+    let network = Network::new()?;
+    if let Err(err) = network.loopback_up().await {
+        tracing::warn!("{err}");
+    }
+    let service = create_agent_service(Arc::new(Agent { sandbox, network }));
     let mut server = Server::new()
         .bind(&listen.ttrpc_address())?
         .register_service(service);

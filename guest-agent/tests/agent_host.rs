@@ -500,3 +500,138 @@ async fn test_mount_destinations_stay_inside_the_root() {
     assert!(!outside.join("data").exists());
     assert!(agent.mounts_below(&outside).is_empty());
 }
+
+fn address(ip: &str, prefix: u32) -> vmpod_agent_api::messages::IPAddress {
+    let mut address = vmpod_agent_api::messages::IPAddress::new();
+    address.address = ip.into();
+    address.prefix_len = prefix;
+    address
+}
+
+fn route(destination: &str, gateway: &str, device: &str) -> vmpod_agent_api::messages::Route {
+    let mut route = vmpod_agent_api::messages::Route::new();
+    route.destination = destination.into();
+    route.gateway = gateway.into();
+    route.device = device.into();
+    route
+}
+
+/// UpdateInterface finds the interface by MAC, renames it, sets MTU and
+/// IPv4/IPv6 addresses and brings it up; UpdateRoutes replaces the routes;
+/// bad values are refused before anything changes, and a refused route
+/// leaves the routes as they were.
+#[tokio::test]
+async fn test_interfaces_and_routes() {
+    let agent: HostAgent = agent_or_skip!("net");
+    assert!(
+        agent.ip(&["link", "show", "lo"]).contains(",UP"),
+        "lo is not up"
+    );
+    agent.ip(&[
+        "link",
+        "add",
+        "veth0",
+        "address",
+        "02:00:00:00:00:07",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "veth1",
+    ]);
+    agent.ip(&["link", "set", "veth1", "up"]);
+    let mut interface = vmpod_agent_api::messages::Interface::new();
+    interface.hw_addr = "02:00:00:00:00:07".into();
+    interface.name = "eth7".into();
+    interface.mtu = 1400;
+    interface.addresses = vec![address("192.0.2.10", 24), address("2001:db8::10", 64)];
+    let c = &agent.client;
+    c.update_interface(interface.clone()).await.unwrap();
+    let link = agent.ip(&["link", "show", "eth7"]);
+    assert!(link.contains("mtu 1400") && link.contains(",UP"), "{link}");
+    let addresses = agent.ip(&["addr", "show", "dev", "eth7"]);
+    assert!(addresses.contains("inet 192.0.2.10/24"), "{addresses}");
+    assert!(addresses.contains("inet6 2001:db8::10/64"), "{addresses}");
+    // Updating again replaces the addresses.
+    interface.addresses = vec![address("192.0.2.11", 24)];
+    c.update_interface(interface.clone()).await.unwrap();
+    let addresses = agent.ip(&["addr", "show", "dev", "eth7"]);
+    assert!(
+        addresses.contains("inet 192.0.2.11/24") && !addresses.contains("192.0.2.10"),
+        "{addresses}"
+    );
+
+    c.update_routes(vec![
+        route("default", "192.0.2.1", ""),
+        route("198.51.100.0/24", "192.0.2.254", "eth7"),
+    ])
+    .await
+    .unwrap();
+    let routes = agent.ip(&["route", "show"]);
+    assert!(
+        routes.contains("default via 192.0.2.1 dev eth7"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("198.51.100.0/24 via 192.0.2.254 dev eth7"),
+        "{routes}"
+    );
+    c.update_routes(vec![route("198.51.100.0/24", "192.0.2.254", "eth7")])
+        .await
+        .unwrap();
+    let routes = agent.ip(&["route", "show"]);
+    assert!(!routes.contains("default"), "{routes}");
+
+    // Refused, with the routes left as they were.
+    let message = refused(c.update_routes(vec![
+        route("203.0.113.0/24", "192.0.2.253", "eth7"),
+        route("default", "10.99.0.1", ""),
+    ]))
+    .await;
+    assert!(
+        message.starts_with("adding route to default: "),
+        "{message}"
+    );
+    let after = agent.ip(&["route", "show"]);
+    assert_eq!(after, routes);
+    for (bad, expected) in [
+        (
+            route("default", "", ""),
+            "has neither a gateway nor a device",
+        ),
+        (
+            route("10.0.0.0", "192.0.2.1", ""),
+            "neither default nor ADDRESS/PREFIX",
+        ),
+        (
+            route("192.0.2.0/24", "2001:db8::1", "eth7"),
+            "mixes IPv4 and IPv6",
+        ),
+        (
+            route("default", "", "nosuchdev"),
+            "no interface is named nosuchdev",
+        ),
+    ] {
+        let message = refused(c.update_routes(vec![bad])).await;
+        assert!(message.contains(expected), "{message}");
+    }
+    let mut unknown = interface.clone();
+    unknown.hw_addr = "02:00:00:00:00:99".into();
+    assert_eq!(
+        refused(c.update_interface(unknown)).await,
+        "no interface has MAC 02:00:00:00:00:99"
+    );
+    let mut bad = interface.clone();
+    bad.addresses = vec![address("192.0.2.12", 40)];
+    assert!(refused(c.update_interface(bad))
+        .await
+        .contains("prefix length 40"));
+    let mut bad = interface.clone();
+    bad.hw_addr = "zz".into();
+    assert!(refused(c.update_interface(bad))
+        .await
+        .contains("is not a MAC address"));
+    // None of the refused requests changed the interface.
+    let addresses = agent.ip(&["addr", "show", "dev", "eth7"]);
+    assert!(addresses.contains("inet 192.0.2.11/24"), "{addresses}");
+}

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! A `vmpod-agent` running on the host as root for the tests: its own
-//! mount namespace (so nothing it mounts outlives it), a Unix socket, a
+//! mount namespace (so nothing it mounts outlives it) and network
+//! namespace (so its interfaces and routes are its own), a Unix socket, a
 //! state directory, a cgroup v2 directory, and a busybox root file system
 //! (Debian's busybox-static) for its containers.
 
@@ -95,7 +96,7 @@ impl HostAgent {
             .join(format!("vmpod-test-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&cgroup_root).unwrap();
         let child = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--"])
+            .args(["--mount", "--net", "--propagation", "private", "--"])
             .arg(env!("CARGO_BIN_EXE_vmpod-agent"))
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
@@ -129,6 +130,24 @@ impl HostAgent {
     /// The agent's PID (unshare execs it).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Runs `ip ARGS` in the agent's network namespace; its output.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("nsenter")
+            .arg("-t")
+            .arg(self.pid().to_string())
+            .arg("-n")
+            .arg("ip")
+            .args(args)
+            .output()
+            .expect("run nsenter ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Mounts in the agent's namespace below `path`.

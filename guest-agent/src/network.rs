@@ -1,0 +1,430 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Pod networking inside the guest, over rtnetlink: an interface found by
+//! its MAC gets its name, MTU and addresses and comes up; the routes the
+//! shim gives replace the ones it gave before. Every value is checked
+//! before anything changes.
+
+use std::net::IpAddr;
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::route::RouteMessage;
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use tokio::sync::Mutex;
+use vmpod_agent_api::messages::{IPAddress, Interface, Route};
+
+/// Longest interface name (IFNAMSIZ - 1).
+const MAX_NAME: usize = 15;
+
+/// Failures of network requests.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// A malformed field.
+    #[error("{0}")]
+    Invalid(String),
+    /// No interface has that MAC.
+    #[error("no interface has MAC {0}")]
+    NoInterface(String),
+    /// No interface has that name (a route's device).
+    #[error("no interface is named {0}")]
+    NoDevice(String),
+    /// The kernel refused a change.
+    #[error("{what}: {source}")]
+    Netlink {
+        /// What the agent asked for.
+        what: String,
+        /// The kernel's answer.
+        source: rtnetlink::Error,
+    },
+    /// The netlink socket could not be opened.
+    #[error("opening rtnetlink: {0}")]
+    Socket(std::io::Error),
+}
+
+fn invalid(message: String) -> NetworkError {
+    NetworkError::Invalid(message)
+}
+
+fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
+    let what = what.into();
+    move |source| NetworkError::Netlink { what, source }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+///
+/// # Errors
+///
+/// [`NetworkError::Invalid`].
+pub fn parse_mac(text: &str) -> Result<[u8; 6], NetworkError> {
+    let bad = || {
+        invalid(format!(
+            "hw_addr {text:?} is not a MAC address like 02:00:00:00:00:01"
+        ))
+    };
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next().ok_or_else(bad)?;
+        if part.len() != 2 {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
+/// An address and prefix, checked.
+fn parse_address(address: &IPAddress) -> Result<(IpAddr, u8), NetworkError> {
+    let ip: IpAddr = address.address.parse().map_err(|_| {
+        invalid(format!(
+            "address {:?} is not an IP address",
+            address.address
+        ))
+    })?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    match u8::try_from(address.prefix_len) {
+        Ok(prefix) if prefix <= max => Ok((ip, prefix)),
+        _ => Err(invalid(format!(
+            "prefix length {} of {ip} is above {max}",
+            address.prefix_len
+        ))),
+    }
+}
+
+/// `default` or `ADDRESS/PREFIX`.
+fn parse_destination(text: &str) -> Result<Option<(IpAddr, u8)>, NetworkError> {
+    if text == "default" || text.is_empty() {
+        return Ok(None);
+    }
+    let (address, prefix) = text.split_once('/').ok_or_else(|| {
+        invalid(format!(
+            "route destination {text:?} is neither default nor ADDRESS/PREFIX"
+        ))
+    })?;
+    let mut parsed = IPAddress::new();
+    parsed.address = address.to_owned();
+    parsed.prefix_len = prefix
+        .parse()
+        .map_err(|_| invalid(format!("route destination {text:?} has no numeric prefix")))?;
+    parse_address(&parsed).map(Some)
+}
+
+fn parse_optional_ip(field: &str, text: &str) -> Result<Option<IpAddr>, NetworkError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| invalid(format!("route {field} {text:?} is not an IP address")))
+}
+
+/// The guest's network configuration, through one rtnetlink socket.
+#[derive(Debug)]
+pub struct Network {
+    handle: Handle,
+    /// Routes set by the last UpdateRoutes, removed by the next.
+    routes: Mutex<Vec<RouteMessage>>,
+}
+
+impl Network {
+    /// Opens rtnetlink in the agent's network namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`NetworkError::Socket`].
+    pub fn new() -> Result<Self, NetworkError> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(NetworkError::Socket)?;
+        tokio::spawn(connection);
+        Ok(Network {
+            handle,
+            routes: Mutex::new(Vec::new()),
+        })
+    }
+
+    async fn link_index(
+        &self,
+        matches: impl Fn(&LinkAttribute) -> bool,
+    ) -> Result<Option<u32>, NetworkError> {
+        let mut links = self.handle.link().get().execute();
+        while let Some(link) = links
+            .try_next()
+            .await
+            .map_err(netlink("listing interfaces"))?
+        {
+            if link.attributes.iter().any(&matches) {
+                return Ok(Some(link.header.index));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Brings up the loopback interface.
+    ///
+    /// # Errors
+    ///
+    /// [`NetworkError`] when lo is missing or refuses.
+    pub async fn loopback_up(&self) -> Result<(), NetworkError> {
+        let index = self
+            .link_index(|a| matches!(a, LinkAttribute::IfName(name) if name == "lo"))
+            .await?
+            .ok_or_else(|| NetworkError::NoDevice("lo".into()))?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(netlink("bringing lo up"))
+    }
+
+    /// Configures the interface with `interface.hw_addr`: name, MTU,
+    /// addresses (replacing the ones it had), up.
+    ///
+    /// # Errors
+    ///
+    /// [`NetworkError`] naming the field or the refused change.
+    pub async fn update_interface(&self, interface: &Interface) -> Result<Interface, NetworkError> {
+        let mac = parse_mac(&interface.hw_addr)?;
+        if interface.name.len() > MAX_NAME
+            || interface.name.contains(['/', ' ', '\0'])
+            || interface.name == "."
+            || interface.name == ".."
+        {
+            return Err(invalid(format!(
+                "interface name {:?} is not a valid name",
+                interface.name
+            )));
+        }
+        if interface.mtu != 0 && !(68..=65535).contains(&interface.mtu) {
+            return Err(invalid(format!(
+                "mtu {} is outside 68..65535",
+                interface.mtu
+            )));
+        }
+        let addresses = interface
+            .addresses
+            .iter()
+            .map(parse_address)
+            .collect::<Result<Vec<_>, _>>()?;
+        let index = self
+            .link_index(|a| matches!(a, LinkAttribute::Address(bytes) if bytes.as_slice() == mac))
+            .await?
+            .ok_or_else(|| NetworkError::NoInterface(interface.hw_addr.clone()))?;
+        let set = |message| self.handle.link().set(message).execute();
+        if !interface.name.is_empty() {
+            set(LinkUnspec::new_with_index(index).down().build())
+                .await
+                .map_err(netlink("taking the interface down"))?;
+            set(LinkUnspec::new_with_index(index)
+                .name(interface.name.clone())
+                .build())
+            .await
+            .map_err(netlink(format!(
+                "renaming the interface to {}",
+                interface.name
+            )))?;
+        }
+        if interface.mtu != 0 {
+            set(LinkUnspec::new_with_index(index).mtu(interface.mtu).build())
+                .await
+                .map_err(netlink(format!("setting mtu {}", interface.mtu)))?;
+        }
+        let mut old = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut stale = Vec::new();
+        while let Some(address) = old.try_next().await.map_err(netlink("listing addresses"))? {
+            // IPv6 link-local addresses belong to the link, not the pod.
+            let link_local = address.attributes.iter().any(|a| {
+                matches!(a, AddressAttribute::Address(IpAddr::V6(ip)) if ip.segments()[0] & 0xffc0 == 0xfe80)
+            });
+            if !link_local {
+                stale.push(address);
+            }
+        }
+        for address in stale {
+            self.handle
+                .address()
+                .del(address)
+                .execute()
+                .await
+                .map_err(netlink("removing an old address"))?;
+        }
+        for (ip, prefix) in &addresses {
+            self.handle
+                .address()
+                .add(index, *ip, *prefix)
+                .execute()
+                .await
+                .map_err(netlink(format!("adding {ip}/{prefix}")))?;
+        }
+        set(LinkUnspec::new_with_index(index).up().build())
+            .await
+            .map_err(netlink("bringing the interface up"))?;
+        Ok(interface.clone())
+    }
+
+    /// Replaces the routes of the last call with `routes`. If one is
+    /// refused, the routes are put back as they were.
+    ///
+    /// # Errors
+    ///
+    /// [`NetworkError`] naming the route at fault.
+    pub async fn update_routes(&self, routes: &[Route]) -> Result<Vec<Route>, NetworkError> {
+        let mut messages = Vec::new();
+        for route in routes {
+            messages.push(self.route_message(route).await?);
+        }
+        let mut current = self.routes.lock().await;
+        for old in current.iter() {
+            let _ = self.handle.route().del(old.clone()).execute().await;
+        }
+        for (i, message) in messages.iter().enumerate() {
+            if let Err(source) = self.handle.route().add(message.clone()).execute().await {
+                // Back to the routes as they were.
+                for added in &messages[..i] {
+                    let _ = self.handle.route().del(added.clone()).execute().await;
+                }
+                for old in current.iter() {
+                    let _ = self.handle.route().add(old.clone()).execute().await;
+                }
+                return Err(NetworkError::Netlink {
+                    what: format!("adding route to {}", display_destination(&routes[i])),
+                    source,
+                });
+            }
+        }
+        *current = messages;
+        Ok(routes.to_vec())
+    }
+
+    async fn route_message(&self, route: &Route) -> Result<RouteMessage, NetworkError> {
+        let destination = parse_destination(&route.destination)?;
+        let gateway = parse_optional_ip("gateway", &route.gateway)?;
+        let source = parse_optional_ip("source", &route.source)?;
+        let device = if route.device.is_empty() {
+            None
+        } else {
+            Some(
+                self.link_index(
+                    |a| matches!(a, LinkAttribute::IfName(name) if *name == route.device),
+                )
+                .await?
+                .ok_or_else(|| NetworkError::NoDevice(route.device.clone()))?,
+            )
+        };
+        if gateway.is_none() && device.is_none() {
+            return Err(invalid(format!(
+                "route to {} has neither a gateway nor a device",
+                display_destination(route)
+            )));
+        }
+        let v6 = destination
+            .map(|(ip, _)| ip.is_ipv6())
+            .or(gateway.map(|ip| ip.is_ipv6()))
+            .unwrap_or(false);
+        let family_mismatch = [destination.map(|(ip, _)| ip), gateway, source]
+            .into_iter()
+            .flatten()
+            .any(|ip| ip.is_ipv6() != v6);
+        if family_mismatch {
+            return Err(invalid(format!(
+                "route to {} mixes IPv4 and IPv6",
+                display_destination(route)
+            )));
+        }
+        let message = if v6 {
+            let mut builder = RouteMessageBuilder::<std::net::Ipv6Addr>::new();
+            if let Some((IpAddr::V6(ip), prefix)) = destination {
+                builder = builder.destination_prefix(ip, prefix);
+            }
+            if let Some(IpAddr::V6(ip)) = gateway {
+                builder = builder.gateway(ip);
+            }
+            if let Some(IpAddr::V6(ip)) = source {
+                builder = builder.pref_source(ip);
+            }
+            if let Some(index) = device {
+                builder = builder.output_interface(index);
+            }
+            builder.build()
+        } else {
+            let mut builder = RouteMessageBuilder::<std::net::Ipv4Addr>::new();
+            if let Some((IpAddr::V4(ip), prefix)) = destination {
+                builder = builder.destination_prefix(ip, prefix);
+            }
+            if let Some(IpAddr::V4(ip)) = gateway {
+                builder = builder.gateway(ip);
+            }
+            if let Some(IpAddr::V4(ip)) = source {
+                builder = builder.pref_source(ip);
+            }
+            if let Some(index) = device {
+                builder = builder.output_interface(index);
+            }
+            builder.build()
+        };
+        Ok(message)
+    }
+}
+
+fn display_destination(route: &Route) -> &str {
+    if route.destination.is_empty() {
+        "default"
+    } else {
+        &route.destination
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_macs() {
+        assert_eq!(
+            parse_mac("02:00:0a:FF:00:01").unwrap(),
+            [2, 0, 10, 255, 0, 1]
+        );
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:01:02",
+            "0g:00:00:00:00:01",
+            "2:0:0:0:0:1",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn test_addresses_and_destinations() {
+        let mut address = IPAddress::new();
+        address.address = "192.0.2.10".into();
+        address.prefix_len = 24;
+        assert_eq!(
+            parse_address(&address).unwrap(),
+            ("192.0.2.10".parse().unwrap(), 24)
+        );
+        address.prefix_len = 33;
+        assert!(parse_address(&address).is_err());
+        address.address = "2001:db8::1".into();
+        address.prefix_len = 64;
+        assert!(parse_address(&address).is_ok());
+        address.address = "300.1.1.1".into();
+        assert!(parse_address(&address).is_err());
+        assert_eq!(parse_destination("default").unwrap(), None);
+        assert_eq!(
+            parse_destination("198.51.100.0/24").unwrap(),
+            Some(("198.51.100.0".parse().unwrap(), 24))
+        );
+        assert!(parse_destination("198.51.100.0").is_err());
+        assert!(parse_destination("198.51.100.0/x").is_err());
+    }
+}
