@@ -21,6 +21,8 @@ use vmpod_integration_tests::{guest_or_skip, vmpod_vm_binary};
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Where the agent mounts the virtio-fs share.
 const SHARED: &str = "/run/vmpod/shared";
+/// The host port the agent sends its logs to.
+const LOG_PORT: u32 = 1025;
 /// The static busybox of the container's root file system.
 const BUSYBOX: &str = "/bin/busybox";
 
@@ -59,13 +61,16 @@ fn container_spec(args: &[&str]) -> serde_json::Value {
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
-            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["ro", "nosuid", "nodev", "noexec"]},
+            {"destination": "/etc/resolv.conf", "type": "bind", "source": "/run/vmpod-agent/.sandbox/resolv.conf", "options": ["rbind", "ro"]}
         ],
         "linux": {
-            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}],
             "resources": {
                 "memory": {"limit": 67108864},
-                "pids": {"limit": 64}
+                "pids": {"limit": 64},
+                "cpu": {"shares": 512, "quota": 50000, "period": 100000}
             }
         }
     })
@@ -106,6 +111,31 @@ async fn test_agent_runs_containers_in_the_vm() {
     busybox_root(&share.join("c1/rootfs"));
     let socket = work.join("vsock.sock");
     let console = work.join("console.log");
+    // The agent's logs, over vsock to the host's port LOG_PORT.
+    let logs =
+        std::os::unix::net::UnixListener::bind(format!("{}_{LOG_PORT}", socket.display())).unwrap();
+    logs.set_nonblocking(true).unwrap();
+    let log_reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        let stream = loop {
+            match logs.accept() {
+                Ok((stream, _)) => break stream,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(_) => return None,
+            }
+        };
+        stream.set_nonblocking(false).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .ok()?;
+        std::io::BufReader::new(stream)
+            .lines()
+            .map_while(Result::ok)
+            .find(|line| line.contains("serving on vsock:1024"))
+    });
     let started = Instant::now();
     let vm = Vm(Command::new(vmpod_vm_binary().unwrap())
         .arg("--kernel")
@@ -116,7 +146,7 @@ async fn test_agent_runs_containers_in_the_vm() {
             "--memory",
             "256",
             "--cmdline",
-            "console=ttyS0 reboot=k panic=1",
+            &format!("console=ttyS0 reboot=k panic=1 vmpod.log_port={LOG_PORT}"),
         ])
         .arg("--serial")
         .arg(format!("file:{}", console.display()))
@@ -144,6 +174,8 @@ async fn test_agent_runs_containers_in_the_vm() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let booted = started.elapsed();
+    let log_line = log_reader.join().unwrap();
+    assert!(log_line.is_some(), "no log line over vsock");
     let version = client.version().await.unwrap();
     assert_eq!(version.api_version, vmpod_agent_api::API_VERSION);
 
@@ -155,6 +187,7 @@ async fn test_agent_runs_containers_in_the_vm() {
         .create_sandbox(&SandboxConfig {
             id: "pod".into(),
             hostname: "pod-vm".into(),
+            dns: vec!["nameserver 192.0.2.53".into(), "search pod.test".into()],
             shared_mounts: vec![shared],
             ..SandboxConfig::default()
         })
@@ -204,6 +237,23 @@ async fn test_agent_runs_containers_in_the_vm() {
         .await
         .unwrap();
     assert_eq!(read_all(&client, &exec).await, "in-the-vm\n");
+    // What the container sees: its own cgroup (cgroup namespace) with the
+    // spec's resources in the guest's cgroup v2 files, and the pod's DNS.
+    let exec = ProcessId::exec("c1", "e2");
+    let look = "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max /sys/fs/cgroup/cpu.max \
+                /sys/fs/cgroup/cpu.weight /etc/resolv.conf";
+    client
+        .exec_process(
+            &exec,
+            serde_json::to_vec(&json!({"args": ["sh", "-c", look], "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        read_all(&client, &exec).await,
+        "67108864\n64\n50000 100000\n20\nnameserver 192.0.2.53\nsearch pod.test\n"
+    );
     assert_eq!(client.wait_process(&exec).await.unwrap().exit_status, 0);
     let exec_time = t1.elapsed();
 

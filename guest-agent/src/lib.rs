@@ -6,6 +6,7 @@
 
 pub mod container;
 pub mod listen;
+pub mod logging;
 pub mod network;
 pub mod pid1;
 pub mod reaper;

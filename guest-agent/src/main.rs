@@ -12,6 +12,7 @@ use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 
 use vmpod_agent::listen::ListenAddress;
+use vmpod_agent::logging::LogSink;
 use vmpod_agent::reaper::Reaper;
 use vmpod_agent::sandbox::{Sandbox, SandboxPaths};
 use vmpod_agent::{pid1, server};
@@ -42,15 +43,26 @@ fn main() {
     } else {
         Args::parse()
     };
+    // As PID 1, the system comes first: the kernel command line (and with
+    // it the log port) is readable once /proc is mounted.
+    let options = if is_pid1 {
+        if let Err(err) = pid1::set_up_system() {
+            eprintln!("vmpod-agent: error: setting up the guest: {err}");
+            pid1::power_off();
+        }
+        pid1::KernelOptions::read()
+    } else {
+        pid1::KernelOptions::default()
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(LogSink::new(options.log_port))
         .with_ansi(false)
         .init();
-    if let Err(err) = run(args, is_pid1) {
+    if let Err(err) = run(args, is_pid1, &options) {
         eprintln!("vmpod-agent: error: {err:#}");
         if is_pid1 {
             pid1::power_off();
@@ -62,16 +74,10 @@ fn main() {
     }
 }
 
-fn run(args: Args, is_pid1: bool) -> anyhow::Result<()> {
-    let cmdline = if is_pid1 {
-        pid1::set_up_system().context("setting up the guest")?;
-        pid1::KernelOptions::read()
-    } else {
-        pid1::KernelOptions::default()
-    };
+fn run(args: Args, is_pid1: bool, options: &pid1::KernelOptions) -> anyhow::Result<()> {
     let listen = match args.listen {
         Some(listen) => listen,
-        None if is_pid1 => ListenAddress::Vsock(cmdline.agent_port),
+        None if is_pid1 => ListenAddress::Vsock(options.agent_port),
         None => anyhow::bail!("--listen is required outside the VM"),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

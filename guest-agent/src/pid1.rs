@@ -184,12 +184,15 @@ pub fn enable_cgroup_controllers(dir: &Path) {
 pub struct KernelOptions {
     /// `vmpod.agent_port=N`: the vsock port to serve on.
     pub agent_port: u32,
+    /// `vmpod.log_port=N`: the host's vsock port for the logs.
+    pub log_port: Option<u32>,
 }
 
 impl Default for KernelOptions {
     fn default() -> Self {
         KernelOptions {
             agent_port: vmpod_agent_api::AGENT_VSOCK_PORT,
+            log_port: None,
         }
     }
 }
@@ -207,11 +210,19 @@ impl KernelOptions {
     pub fn parse(cmdline: &str) -> Self {
         let mut options = KernelOptions::default();
         for word in cmdline.split_whitespace() {
-            if let Some(port) = word.strip_prefix("vmpod.agent_port=") {
-                match port.parse::<u32>() {
-                    Ok(port) if port != 0 && port != u32::MAX => options.agent_port = port,
-                    _ => tracing::warn!("ignoring {word}: not a vsock port"),
+            let port = |value: &str| match value.parse::<u32>() {
+                Ok(port) if port != 0 && port != u32::MAX => Some(port),
+                _ => {
+                    eprintln!("vmpod-agent: ignoring {word}: not a vsock port");
+                    None
                 }
+            };
+            if let Some(value) = word.strip_prefix("vmpod.agent_port=") {
+                if let Some(port) = port(value) {
+                    options.agent_port = port;
+                }
+            } else if let Some(value) = word.strip_prefix("vmpod.log_port=") {
+                options.log_port = port(value);
             }
         }
         options

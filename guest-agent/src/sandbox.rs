@@ -125,6 +125,7 @@ impl Sandbox {
         &self,
         id: &str,
         hostname: &str,
+        dns: &[String],
         shared_mounts: &[Mount],
     ) -> Result<(), SandboxError> {
         let mut state = self.lock();
@@ -137,6 +138,12 @@ impl Sandbox {
                 "hostname {hostname:?} is longer than 64 bytes"
             )));
         }
+        if dns.iter().any(|line| line.contains('\n')) {
+            return Err(SandboxError::InvalidSandbox(
+                "a dns line contains a newline".into(),
+            ));
+        }
+        self.write_pod_files(hostname, dns)?;
         let cgroup = Cgroup::create(&self.paths.cgroup_root, &format!("vmpod-{id}"))?;
         cgroup.delegate_controllers();
         let mut mounted = Vec::new();
@@ -164,6 +171,33 @@ impl Sandbox {
         Ok(())
     }
 
+    /// The directory of the pod's shared files (`hostname`, `resolv.conf`),
+    /// for containers to bind-mount. Its name cannot be a container id.
+    pub fn pod_files_dir(&self) -> PathBuf {
+        self.paths.state_dir.join(".sandbox")
+    }
+
+    fn write_pod_files(&self, hostname: &str, dns: &[String]) -> Result<(), SandboxError> {
+        let dir = self.pod_files_dir();
+        let write = |name: &str, text: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(|source| SandboxError::Os {
+                what: format!("writing {}", path.display()),
+                source,
+            })
+        };
+        std::fs::create_dir_all(&dir).map_err(|source| SandboxError::Os {
+            what: format!("creating {}", dir.display()),
+            source,
+        })?;
+        write("hostname", format!("{hostname}\n"))?;
+        let mut resolv: String = dns.iter().map(|line| format!("{line}\n")).collect();
+        if resolv.is_empty() {
+            resolv.push_str("# no DNS configured for this pod\n");
+        }
+        write("resolv.conf", resolv)
+    }
+
     /// Kills and removes every container, then undoes the pod's set-up.
     pub async fn destroy(self: &Arc<Self>) {
         let sandbox = self.clone();
@@ -184,6 +218,7 @@ impl Sandbox {
             if let Err(err) = pod.cgroup.remove() {
                 tracing::warn!("removing the sandbox cgroup: {err}");
             }
+            let _ = std::fs::remove_dir_all(self.pod_files_dir());
         }
     }
 

@@ -116,7 +116,7 @@ impl AgentService for Agent {
             ));
         }
         self.sandbox
-            .create(&req.sandbox_id, &req.hostname, &req.shared_mounts)
+            .create(&req.sandbox_id, &req.hostname, &req.dns, &req.shared_mounts)
             .map_err(|e| status(&e))?;
         Ok(api::Empty::new())
     }
