@@ -641,3 +641,59 @@ async fn test_interfaces_and_routes() {
     let addresses = agent.ip(&["addr", "show", "dev", "eth7"]);
     assert!(addresses.contains("inet 192.0.2.11/24"), "{addresses}");
 }
+
+/// A root file system from an overlay: writes land in the upper layer,
+/// the lower one is untouched, and remove unmounts it.
+#[tokio::test]
+async fn test_overlay_rootfs() {
+    let agent: HostAgent = agent_or_skip!("overlay");
+    agent.sandbox("pod").await;
+    let lower = agent.rootfs("lower");
+    let upper = agent.dir.join("upper");
+    let work = agent.dir.join("work");
+    std::fs::create_dir_all(&upper).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let mut rootfs = vmpod_agent_api::messages::Mount::new();
+    rootfs.fstype = "overlay".into();
+    rootfs.options = vec![
+        format!("lowerdir={}", lower.display()),
+        format!("upperdir={}", upper.display()),
+        format!("workdir={}", work.display()),
+    ];
+    let mut writable = spec(
+        &["sh", "-c", "echo layered > /written && cat /written"],
+        "pod",
+    );
+    writable["root"]["readonly"] = false.into();
+    agent
+        .client
+        .create_container("ov", serde_json::to_vec(&writable).unwrap(), rootfs.clone())
+        .await
+        .unwrap();
+    agent.client.start_container("ov").await.unwrap();
+    let init = ProcessId::init("ov");
+    assert_eq!(agent.read_all(&init, false).await, "layered\n");
+    assert_eq!(
+        agent.client.wait_process(&init).await.unwrap().exit_status,
+        0
+    );
+    assert_eq!(
+        std::fs::read_to_string(upper.join("written")).unwrap(),
+        "layered\n"
+    );
+    assert!(!lower.join("written").exists());
+    agent.client.remove_container("ov", false).await.unwrap();
+    assert_eq!(agent.mounts_below(&agent.state_dir), Vec::<String>::new());
+    // A type the agent does not take is refused.
+    rootfs.fstype = "ext4".into();
+    let message = refused(agent.client.create_container(
+        "bad",
+        serde_json::to_vec(&writable).unwrap(),
+        rootfs,
+    ))
+    .await;
+    assert_eq!(
+        message,
+        "rootfs: type \"ext4\" is not supported (bind or overlay)"
+    );
+}
