@@ -72,6 +72,8 @@ struct Pod {
     id: String,
     cgroup: Cgroup,
     shared_mounts: Vec<PathBuf>,
+    /// PID 1 of the shared PID namespace: its pidfd and /proc/<pid>/ns/pid.
+    pid_holder: Option<(std::os::fd::OwnedFd, PathBuf)>,
 }
 
 #[derive(Debug, Default)]
@@ -127,6 +129,7 @@ impl Sandbox {
         hostname: &str,
         dns: &[String],
         shared_mounts: &[Mount],
+        shared_pid_namespace: bool,
     ) -> Result<(), SandboxError> {
         let mut state = self.lock();
         if let Some(pod) = &state.pod {
@@ -159,6 +162,22 @@ impl Sandbox {
                 }
             }
         }
+        let pid_holder = if shared_pid_namespace {
+            match crate::container::spawn::spawn_pid_holder(&self.reaper) {
+                Ok((pid, pidfd, _exit)) => {
+                    Some((pidfd, PathBuf::from(format!("/proc/{pid}/ns/pid"))))
+                }
+                Err(err) => {
+                    for path in mounted.iter().rev() {
+                        unmount(path);
+                    }
+                    let _ = cgroup.remove();
+                    return Err(SandboxError::Container(ContainerError::Spawn(err)));
+                }
+            }
+        } else {
+            None
+        };
         if !hostname.is_empty() {
             // SAFETY: pointer and length of a live string.
             unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) };
@@ -167,6 +186,7 @@ impl Sandbox {
             id: id.to_owned(),
             cgroup,
             shared_mounts: mounted,
+            pid_holder,
         });
         Ok(())
     }
@@ -217,6 +237,19 @@ impl Sandbox {
             }
             if let Err(err) = pod.cgroup.remove() {
                 tracing::warn!("removing the sandbox cgroup: {err}");
+            }
+            if let Some((pidfd, _)) = &pod.pid_holder {
+                use std::os::fd::AsRawFd;
+                // SAFETY: pidfd_send_signal on our pidfd, no siginfo.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        pidfd.as_raw_fd(),
+                        libc::SIGKILL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
             }
             let _ = std::fs::remove_dir_all(self.pod_files_dir());
         }
@@ -273,6 +306,7 @@ impl Sandbox {
             let placement = Placement {
                 state_dir: &sandbox.paths.state_dir,
                 sandbox_cgroup: pod.cgroup.path(),
+                shared_pid: pod.pid_holder.as_ref().map(|(_, path)| path.as_path()),
             };
             let container = Container::create(&id, &spec, &rootfs, placement, &sandbox.reaper)?;
             state.containers.insert(id, container);

@@ -110,13 +110,14 @@ impl AgentService for Agent {
         _: &TtrpcContext,
         req: api::CreateSandboxRequest,
     ) -> Reply<api::Empty> {
-        if req.shared_pid_namespace {
-            return Err(invalid(
-                "a shared PID namespace is not supported yet".into(),
-            ));
-        }
         self.sandbox
-            .create(&req.sandbox_id, &req.hostname, &req.dns, &req.shared_mounts)
+            .create(
+                &req.sandbox_id,
+                &req.hostname,
+                &req.dns,
+                &req.shared_mounts,
+                req.shared_pid_namespace,
+            )
             .map_err(|e| status(&e))?;
         Ok(api::Empty::new())
     }

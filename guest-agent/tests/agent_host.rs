@@ -697,3 +697,41 @@ async fn test_overlay_rootfs() {
         "rootfs: type \"ext4\" is not supported (bind or overlay)"
     );
 }
+
+/// With a shared PID namespace, the pod's containers see each other's
+/// processes (none of them is PID 1: the sandbox holds the namespace).
+#[tokio::test]
+async fn test_shared_pid_namespace() {
+    let agent: HostAgent = agent_or_skip!("sharedpid");
+    agent
+        .client
+        .create_sandbox(&vmpod_agent_api::SandboxConfig {
+            id: "pod".into(),
+            shared_pid_namespace: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let rootfs = agent.rootfs("root");
+    agent
+        .create("a", &spec(&["sleep", "1000"], "pod"), &rootfs)
+        .await
+        .unwrap();
+    agent.client.start_container("a").await.unwrap();
+    let (status, stdout, stderr) = agent
+        .run(
+            "b",
+            &spec(&["sh", "-c", "echo self=$$; ps -o pid,comm"], "pod"),
+            &rootfs,
+        )
+        .await;
+    assert_eq!(status, 0, "{stderr}");
+    assert!(!stdout.contains("self=1\n"), "{stdout}");
+    assert!(
+        stdout.contains("sleep"),
+        "b does not see a's process: {stdout}"
+    );
+    agent.client.remove_container("a", true).await.unwrap();
+    agent.client.remove_container("b", false).await.unwrap();
+    agent.client.destroy_sandbox().await.unwrap();
+}

@@ -373,6 +373,19 @@ pub fn run_init(plan: &InitPlan, fds: &ChildFds) -> ! {
     run_process(&plan.process, fds)
 }
 
+/// PID 1 of a sandbox's shared PID namespace: it waits for ever (signals
+/// without handlers do not reach a namespace's init), dies with the agent,
+/// and takes the namespace with it when the agent kills it.
+pub fn hold_pid_namespace() -> ! {
+    // SAFETY: prctl and pause take integers or nothing.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        loop {
+            libc::pause();
+        }
+    }
+}
+
 /// Joins the namespaces of `ns_fds` (an exec into a running container;
 /// the PID namespace was joined by the cloning thread), then runs the
 /// process.

@@ -210,6 +210,8 @@ pub struct Placement<'a> {
     pub state_dir: &'a Path,
     /// The sandbox's cgroup (container cgroups go below).
     pub sandbox_cgroup: &'a Path,
+    /// The sandbox's shared PID namespace, if it has one.
+    pub shared_pid: Option<&'a Path>,
 }
 
 fn json<T: serde::de::DeserializeOwned>(
@@ -385,7 +387,7 @@ impl Container {
         mount_rootfs(rootfs, &root)?;
         rollback.rootfs = Some(root.clone());
         tracing::debug!("container {id}: root file system mounted");
-        let plan = plan::plan_init(spec, &root)?;
+        let plan = plan::plan_init(spec, &root, placement.shared_pid)?;
         tracing::debug!("container {id}: planned");
         let cgroup = Cgroup::create(placement.sandbox_cgroup, id)?;
         rollback.cgroup = Some(cgroup.clone());

@@ -429,7 +429,13 @@ fn namespace_flag(kind: LinuxNamespaceType) -> Result<libc::c_int, PlanError> {
 /// # Errors
 ///
 /// [`PlanError`] naming the field at fault.
-pub fn plan_init(spec: &Spec, rootfs: &Path) -> Result<InitPlan, PlanError> {
+/// With `shared_pid`, a new PID namespace asked for is the sandbox's
+/// shared one instead.
+pub fn plan_init(
+    spec: &Spec,
+    rootfs: &Path,
+    shared_pid: Option<&Path>,
+) -> Result<InitPlan, PlanError> {
     let process = spec.process().as_ref().ok_or(PlanError::NoProcess)?;
     let process = plan_process(process)?;
     let linux = spec.linux().clone().unwrap_or_default();
@@ -458,6 +464,18 @@ pub fn plan_init(spec: &Spec, rootfs: &Path) -> Result<InitPlan, PlanError> {
                     join.push((fd, flag));
                 }
             }
+        }
+    }
+    if let Some(path) = shared_pid {
+        if clone_flags & libc::CLONE_NEWPID as u64 != 0 {
+            clone_flags &= !(libc::CLONE_NEWPID as u64);
+            let fd = std::fs::File::open(path)
+                .map(OwnedFd::from)
+                .map_err(|source| PlanError::NamespacePath {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            join_pid = Some(fd);
         }
     }
     let hostname = spec

@@ -68,6 +68,7 @@ pub struct Spawned {
 /// What the child runs after the clone.
 enum Role<'a> {
     Init(&'a InitPlan),
+    PidHolder,
     Exec {
         ns: &'a [(RawFd, libc::c_int)],
         process: &'a ProcessPlan,
@@ -96,16 +97,16 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 fn clone_into(
     role: &Role<'_>,
     extra_flags: u64,
-    cgroup: &File,
+    cgroup: Option<&File>,
     fds: &ChildFds,
     reaper: &Reaper,
 ) -> Result<(libc::pid_t, OwnedFd, ExitWatch), SpawnError> {
     let mut pidfd: libc::c_int = -1;
     let mut args = CloneArgs {
-        flags: extra_flags | libc::CLONE_PIDFD as u64 | CLONE_INTO_CGROUP,
+        flags: extra_flags | libc::CLONE_PIDFD as u64 | cgroup.map_or(0, |_| CLONE_INTO_CGROUP),
         pidfd: (&raw mut pidfd) as u64,
         exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup.as_raw_fd() as u64,
+        cgroup: cgroup.map_or(0, |dir| dir.as_raw_fd() as u64),
         ..CloneArgs::default()
     };
     let mut registry = reaper.lock();
@@ -123,6 +124,7 @@ fn clone_into(
         match role {
             Role::Init(plan) => child::run_init(plan, fds),
             Role::Exec { ns, process } => child::run_exec(ns, process, fds),
+            Role::PidHolder => child::hold_pid_namespace(),
         }
     }
     if pid < 0 {
@@ -242,7 +244,13 @@ pub fn spawn_init(
                 if let Some(fd) = join_pid {
                     set_pid_namespace(fd)?;
                 }
-                clone_into(&Role::Init(plan), plan.clone_flags, cgroup, &fds, reaper)
+                clone_into(
+                    &Role::Init(plan),
+                    plan.clone_flags,
+                    Some(cgroup),
+                    &fds,
+                    reaper,
+                )
             })
             .join()
             .unwrap_or(Err(SpawnError::Vanished))
@@ -321,7 +329,7 @@ pub fn spawn_exec(
                         process,
                     },
                     0,
-                    cgroup,
+                    Some(cgroup),
                     &fds,
                     reaper,
                 )
@@ -345,6 +353,36 @@ pub fn spawn_exec(
         )),
         Some(report) => Err(child_error(&report, None, Some(process))),
     }
+}
+
+/// Starts the process that holds a sandbox's shared PID namespace (its
+/// PID 1, which only waits); containers then join that namespace.
+///
+/// # Errors
+///
+/// [`SpawnError::Os`] when the clone fails.
+pub fn spawn_pid_holder(reaper: &Reaper) -> Result<(libc::pid_t, OwnedFd, ExitWatch), SpawnError> {
+    let fds = ChildFds {
+        report: -1,
+        start: -1,
+        stdio: [-1; 3],
+        console: -1,
+        trace: false,
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                clone_into(
+                    &Role::PidHolder,
+                    libc::CLONE_NEWPID as u64,
+                    None,
+                    &fds,
+                    reaper,
+                )
+            })
+            .join()
+            .unwrap_or(Err(SpawnError::Vanished))
+    })
 }
 
 /// Makes this thread's future children members of the PID namespace `fd`.
