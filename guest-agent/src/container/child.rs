@@ -54,6 +54,8 @@ pub enum Step {
     Capabilities,
     /// no_new_privs.
     NoNewPrivileges,
+    /// Installing the seccomp filters.
+    Seccomp,
     /// Changing to the working directory.
     Cwd,
     /// execve of the program.
@@ -63,7 +65,7 @@ pub enum Step {
 impl Step {
     /// The step a record names.
     pub fn from_u32(value: u32) -> Option<Step> {
-        const ALL: [Step; 22] = [
+        const ALL: [Step; 23] = [
             Step::Ready,
             Step::JoinNamespace,
             Step::RootPropagation,
@@ -84,6 +86,7 @@ impl Step {
             Step::User,
             Step::Capabilities,
             Step::NoNewPrivileges,
+            Step::Seccomp,
             Step::Cwd,
             Step::Exec,
         ];
@@ -430,6 +433,12 @@ fn run_process(process: &ProcessPlan, fds: &ChildFds) -> ! {
         if fds.console >= 0 {
             check(fds, libc::ioctl(0, libc::TIOCSCTTY, 0), Step::Stdio, 3);
         }
+        // Without no_new_privs, installing a filter needs CAP_SYS_ADMIN,
+        // which the process may be about to lose: install it now (the rest
+        // of the set-up must then be allowed by the profile, as with runc).
+        if !process.no_new_privileges {
+            install_seccomp(process, fds);
+        }
         for (i, (resource, limit)) in process.rlimits.iter().enumerate() {
             check(fds, libc::setrlimit(*resource, limit), Step::Rlimit, i);
         }
@@ -530,6 +539,9 @@ fn run_process(process: &ProcessPlan, fds: &ChildFds) -> ! {
                 libc::_exit(127);
             }
         }
+        if process.no_new_privileges {
+            install_seccomp(process, fds);
+        }
         // Nothing of the agent's but stdio crosses into the program; the
         // report pipe closes on a successful exec.
         libc::syscall(
@@ -606,6 +618,34 @@ fn open_terminal(process: &ProcessPlan, fds: &ChildFds) -> RawFd {
         }
         libc::close(master);
         slave
+    }
+}
+
+/// Installs the process's seccomp filters.
+fn install_seccomp(process: &ProcessPlan, fds: &ChildFds) {
+    #[repr(C)]
+    struct SockFprog {
+        len: libc::c_ushort,
+        filter: *const seccompiler::sock_filter,
+    }
+    for (i, program) in process.seccomp.iter().enumerate() {
+        let Ok(len) = libc::c_ushort::try_from(program.len()) else {
+            fail(fds, Step::Seccomp, i);
+        };
+        let fprog = SockFprog {
+            len,
+            filter: program.as_ptr(),
+        };
+        // SAFETY: fprog points to `len` instructions of a live program.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &raw const fprog,
+            )
+        };
+        check(fds, rc as libc::c_int, Step::Seccomp, i);
     }
 }
 

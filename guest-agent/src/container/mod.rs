@@ -9,6 +9,7 @@ mod child;
 pub mod mount_options;
 pub mod paths;
 pub mod plan;
+pub mod seccomp;
 pub mod spawn;
 
 use std::collections::HashMap;
@@ -495,7 +496,9 @@ impl Container {
             });
         }
         let process: OciProcess = json("OCI process", process_json)?;
-        let plan = plan::plan_process(&process)?;
+        let mut plan = plan::plan_process(&process)?;
+        // The container's seccomp profile holds for every process in it.
+        plan.seccomp = self.init_process.seccomp.clone();
         let (pipes, console, child_side) = child_stdio(plan.terminal)?;
         let pid = self.init.pid();
         let open = |name: &str| {

@@ -72,9 +72,9 @@ pub enum PlanError {
     /// An unknown capability name.
     #[error("unknown capability {0}")]
     Capability(String),
-    /// Seccomp profiles are not applied yet.
-    #[error("linux.seccomp is not supported yet")]
-    Seccomp,
+    /// The seccomp profile cannot be compiled.
+    #[error(transparent)]
+    Seccomp(#[from] super::seccomp::SeccompError),
     /// A mount with neither a type nor `bind`.
     #[error("mount on {0} has no type")]
     MountType(String),
@@ -175,6 +175,8 @@ pub struct ProcessPlan {
     pub terminal: bool,
     /// The terminal's (rows, columns).
     pub console_size: (u16, u16),
+    /// The container's seccomp filters, in installation order.
+    pub seccomp: Vec<Vec<seccompiler::sock_filter>>,
 }
 
 /// One mount in the new mount namespace.
@@ -376,6 +378,7 @@ pub fn plan_process(process: &Process) -> Result<ProcessPlan, PlanError> {
                 u16::try_from(size.width()).unwrap_or(u16::MAX),
             )
         }),
+        seccomp: Vec::new(),
     })
 }
 
@@ -437,10 +440,10 @@ pub fn plan_init(
     shared_pid: Option<&Path>,
 ) -> Result<InitPlan, PlanError> {
     let process = spec.process().as_ref().ok_or(PlanError::NoProcess)?;
-    let process = plan_process(process)?;
+    let mut process = plan_process(process)?;
     let linux = spec.linux().clone().unwrap_or_default();
-    if linux.seccomp().is_some() {
-        return Err(PlanError::Seccomp);
+    if let Some(profile) = linux.seccomp() {
+        process.seccomp = super::seccomp::compile(profile)?;
     }
     // The container always gets a mount namespace of its own: the agent's
     // mounts must not change under it.

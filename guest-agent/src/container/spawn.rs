@@ -489,6 +489,7 @@ fn child_error(
         Some(Step::User) => "setting the user and groups".to_owned(),
         Some(Step::Capabilities) => "setting capabilities".to_owned(),
         Some(Step::NoNewPrivileges) => "setting no_new_privs".to_owned(),
+        Some(Step::Seccomp) => "installing the seccomp filter".to_owned(),
         Some(Step::Ready) | None => "setting up the process".to_owned(),
     };
     SpawnError::Child {
