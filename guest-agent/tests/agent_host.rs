@@ -11,12 +11,28 @@ use common::{spec, HostAgent};
 use vmpod_agent_api::ProcessId;
 
 #[tokio::test]
-async fn test_health_and_version() {
-    let agent: HostAgent = agent_or_skip!("health");
+async fn test_health_version_and_clean_shutdown() {
+    let mut agent: HostAgent = agent_or_skip!("health");
     assert!(agent.client.check().await.unwrap());
     let version = agent.client.version().await.unwrap();
     assert_eq!(version.agent_version, env!("CARGO_PKG_VERSION"));
     assert_eq!(version.api_version, vmpod_agent_api::API_VERSION);
+    // SIGTERM removes every container and the socket, and exits 0.
+    agent.sandbox("pod").await;
+    let rootfs = agent.rootfs("root");
+    agent
+        .create("left", &spec(&["sleep", "1000"], "pod"), &rootfs)
+        .await
+        .unwrap();
+    agent.client.start_container("left").await.unwrap();
+    let cgroup = agent.cgroup_root.join("vmpod-pod");
+    assert!(cgroup.join("left").exists());
+    let status = agent
+        .terminate()
+        .expect("the agent did not stop on SIGTERM");
+    assert!(status.success(), "{status}");
+    assert!(!agent.socket().exists(), "socket left behind");
+    assert!(!cgroup.exists(), "sandbox cgroup left behind");
 }
 
 /// PID 1 inside, its own hostname, its own mounts, the spec's
@@ -33,6 +49,8 @@ async fn test_container_is_isolated_and_exits_with_its_status() {
                   echo nofile=$(ulimit -n); \
                   touch /rootfs-write 2>/dev/null && echo root=rw || echo root=ro; \
                   touch /tmp/x && echo tmp=rw; \
+                  echo keys=$(stat -c %t:%T /proc/keys) acpi=$(ls /proc/acpi | wc -l) acpi-fs=$(stat -f -c %T /proc/acpi); \
+                  (echo 1 > /proc/sys/kernel/ns_last_pid) 2>/dev/null && echo sys=rw || echo sys=ro; \
                   ls /dev; \
                   echo oops >&2; exit 3";
     let (status, stdout, stderr) = agent
@@ -46,6 +64,11 @@ async fn test_container_is_isolated_and_exits_with_its_status() {
     assert!(stdout.contains("nofile=1024"), "{stdout}");
     assert!(stdout.contains("root=ro"), "{stdout}");
     assert!(stdout.contains("tmp=rw"), "{stdout}");
+    // Masked and read-only paths.
+    // A masked file is /dev/null, a masked directory an empty tmpfs.
+    assert!(stdout.contains("keys=1:3 "), "/proc/keys is not /dev/null: {stdout}");
+    assert!(stdout.contains("acpi=0 acpi-fs=tmpfs"), "/proc/acpi is not masked: {stdout}");
+    assert!(stdout.contains("sys=ro"), "{stdout}");
     for device in [
         "null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "ptmx",
     ] {
@@ -163,10 +186,10 @@ async fn test_exec_signals_pause_and_stats() {
     );
 
     let process = serde_json::json!({
-        "args": ["sh", "-c", "echo pid=$$ host=$(hostname); ps -o pid,comm | grep -c sleep >/dev/null && echo sees-init; cat /proc/self/cgroup"],
+        "args": ["sh", "-c", "echo pid=$$ host=$(hostname) cwd=$(pwd) id=$(id -u):$(id -g):$(id -G); ps -o pid,comm | grep -c sleep >/dev/null && echo sees-init; cat /proc/self/cgroup"],
         "env": ["PATH=/bin"],
         "cwd": "/tmp",
-        "user": {"uid": 65534, "gid": 65534}
+        "user": {"uid": 65534, "gid": 65534, "additionalGids": [5, 65534]}
     });
     let exec = ProcessId::exec("svc", "e1");
     agent
@@ -180,6 +203,12 @@ async fn test_exec_signals_pause_and_stats() {
         0
     );
     assert!(out.contains("host=svc-host"), "{out}");
+    assert!(out.contains("cwd=/tmp"), "{out}");
+    assert!(out.contains("id=65534:65534:"), "{out}");
+    assert!(
+        out.contains(" 5 ") || out.contains(":5 ") || out.contains(" 5\n"),
+        "groups: {out}"
+    );
     assert!(!out.contains("pid=1 "), "{out}");
     assert!(out.contains("sees-init"), "{out}");
     assert!(
@@ -449,6 +478,22 @@ async fn test_bad_requests_are_refused_and_leave_nothing() {
             .await
             .contains("cannot exec")
     );
+    // An init killed before it was started: start refuses.
+    agent.create("gone", &ok_spec, &rootfs).await.unwrap();
+    c.signal_process(&ProcessId::init("gone"), libc::SIGKILL as u32, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.wait_process(&ProcessId::init("gone"))
+            .await
+            .unwrap()
+            .exit_status,
+        128 + libc::SIGKILL
+    );
+    assert!(refused(c.start_container("gone"))
+        .await
+        .contains("is Stopped; cannot start"));
+    c.remove_container("gone", false).await.unwrap();
     // A program that is not there: the start says so.
     agent
         .create("nx", &spec(&["/bin/nosuch"], "pod"), &rootfs)
@@ -774,4 +819,71 @@ async fn test_seccomp_profile() {
     let (status, stdout, _) = agent.run("sc2", &confined, &rootfs).await;
     assert_eq!(status, 0);
     assert!(stdout.contains("Permission denied"), "{stdout}");
+}
+
+/// Resources go to the container's cgroup v2 files; a resource whose
+/// controller this host's cgroup v2 lacks is refused by name (the applied
+/// values are then checked only in the pod VM test, and the test says so).
+#[tokio::test]
+async fn test_resources_or_clear_refusal() {
+    let agent: HostAgent = agent_or_skip!("resources");
+    agent.sandbox("pod").await;
+    let rootfs = agent.rootfs("root");
+    let controllers =
+        std::fs::read_to_string(agent.cgroup_root.join("vmpod-pod/cgroup.controllers"))
+            .unwrap_or_default();
+    for (resource, controller, file, expected) in [
+        (
+            serde_json::json!({"memory": {"limit": 33554432}}),
+            "memory",
+            "memory.max",
+            "33554432",
+        ),
+        (
+            serde_json::json!({"pids": {"limit": 20}}),
+            "pids",
+            "pids.max",
+            "20",
+        ),
+        (
+            serde_json::json!({"cpu": {"quota": 20000, "period": 100000}}),
+            "cpu",
+            "cpu.max",
+            "20000 100000",
+        ),
+        (
+            serde_json::json!({"cpu": {"cpus": "0"}}),
+            "cpuset",
+            "cpuset.cpus",
+            "0",
+        ),
+    ] {
+        let mut limited = spec(&["sleep", "1000"], "pod");
+        limited["linux"]["resources"] = resource;
+        let id = format!("r-{controller}");
+        let result = agent.create(&id, &limited, &rootfs).await;
+        if controllers.split_whitespace().any(|c| c == controller) {
+            result.unwrap();
+            let value =
+                std::fs::read_to_string(agent.cgroup_root.join("vmpod-pod").join(&id).join(file))
+                    .unwrap();
+            assert_eq!(value.trim(), expected);
+            agent.client.remove_container(&id, false).await.unwrap();
+        } else {
+            let message = result.unwrap_err().agent_message().unwrap().to_owned();
+            assert!(
+                message.contains(&format!("the {controller} cgroup controller")),
+                "{message}"
+            );
+            eprintln!("SKIP {file} value check: this host's cgroup v2 has no {controller} controller (refusal checked)");
+        }
+    }
+    // Nothing of the refused creates is left.
+    let left: Vec<_> = std::fs::read_dir(agent.cgroup_root.join("vmpod-pod"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().unwrap().is_dir())
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

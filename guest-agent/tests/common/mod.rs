@@ -127,6 +127,25 @@ impl HostAgent {
         }
     }
 
+    /// Sends SIGTERM and returns how the agent ended, within 10 s.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill takes plain integers.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The agent's socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+
     /// The agent's PID (unshare execs it).
     pub fn pid(&self) -> u32 {
         self.child.id()
