@@ -70,7 +70,7 @@ fn container_spec(args: &[&str]) -> serde_json::Value {
             "resources": {
                 "memory": {"limit": 67108864},
                 "pids": {"limit": 64},
-                "cpu": {"shares": 512, "quota": 50000, "period": 100000}
+                "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"}
             }
         }
     })
@@ -241,7 +241,7 @@ async fn test_agent_runs_containers_in_the_vm() {
     // spec's resources in the guest's cgroup v2 files, and the pod's DNS.
     let exec = ProcessId::exec("c1", "e2");
     let look = "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max /sys/fs/cgroup/cpu.max \
-                /sys/fs/cgroup/cpu.weight /etc/resolv.conf";
+                /sys/fs/cgroup/cpu.weight /sys/fs/cgroup/cpuset.cpus /etc/resolv.conf";
     client
         .exec_process(
             &exec,
@@ -252,7 +252,7 @@ async fn test_agent_runs_containers_in_the_vm() {
         .unwrap();
     assert_eq!(
         read_all(&client, &exec).await,
-        "67108864\n64\n50000 100000\n20\nnameserver 192.0.2.53\nsearch pod.test\n"
+        "67108864\n64\n50000 100000\n20\n0\nnameserver 192.0.2.53\nsearch pod.test\n"
     );
     assert_eq!(client.wait_process(&exec).await.unwrap().exit_status, 0);
     let exec_time = t1.elapsed();
