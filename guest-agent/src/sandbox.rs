@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use vmpod_agent_api::messages::Mount;
 
 use crate::container::cgroup::{Cgroup, CgroupError};
-use crate::container::{Container, ContainerError, Placement, Status};
+use crate::container::{unmount, Container, ContainerError, Placement, Status};
 use crate::reaper::{Exit, ExitWatch, Reaper};
 use crate::stdio::Streams;
 
@@ -556,11 +556,4 @@ fn mount_shared(mount: &Mount) -> Result<PathBuf, SandboxError> {
         )));
     }
     Ok(target.to_path_buf())
-}
-
-fn unmount(path: &Path) {
-    if let Ok(path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) {
-        // SAFETY: a NUL-terminated path.
-        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
-    }
 }

@@ -66,8 +66,14 @@ async fn test_container_is_isolated_and_exits_with_its_status() {
     assert!(stdout.contains("tmp=rw"), "{stdout}");
     // Masked and read-only paths.
     // A masked file is /dev/null, a masked directory an empty tmpfs.
-    assert!(stdout.contains("keys=1:3 "), "/proc/keys is not /dev/null: {stdout}");
-    assert!(stdout.contains("acpi=0 acpi-fs=tmpfs"), "/proc/acpi is not masked: {stdout}");
+    assert!(
+        stdout.contains("keys=1:3 "),
+        "/proc/keys is not /dev/null: {stdout}"
+    );
+    assert!(
+        stdout.contains("acpi=0 acpi-fs=tmpfs"),
+        "/proc/acpi is not masked: {stdout}"
+    );
     assert!(stdout.contains("sys=ro"), "{stdout}");
     for device in [
         "null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "ptmx",

@@ -248,7 +248,8 @@ impl Rollback {
     }
 }
 
-fn unmount(path: &Path) {
+/// Detaches the mount at `path` (lazily, so that nothing holds it up).
+pub(crate) fn unmount(path: &Path) {
     if let Ok(path) = CString::new(path.as_os_str().as_encoded_bytes()) {
         // SAFETY: a NUL-terminated path.
         unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };

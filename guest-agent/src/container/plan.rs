@@ -412,6 +412,16 @@ fn last_capability() -> u32 {
         .unwrap_or(40)
 }
 
+/// A namespace to join, by its path (`/proc/PID/ns/KIND`, a bind mount).
+fn open_namespace(path: &Path) -> Result<OwnedFd, PlanError> {
+    std::fs::File::open(path)
+        .map(OwnedFd::from)
+        .map_err(|source| PlanError::NamespacePath {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
 fn namespace_flag(kind: LinuxNamespaceType) -> Result<libc::c_int, PlanError> {
     Ok(match kind {
         LinuxNamespaceType::Mount => libc::CLONE_NEWNS,
@@ -455,12 +465,7 @@ pub fn plan_init(
         match namespace.path() {
             None => clone_flags |= flag as u64,
             Some(path) => {
-                let fd = std::fs::File::open(path)
-                    .map(OwnedFd::from)
-                    .map_err(|source| PlanError::NamespacePath {
-                        path: path.display().to_string(),
-                        source,
-                    })?;
+                let fd = open_namespace(path)?;
                 if flag == libc::CLONE_NEWPID {
                     join_pid = Some(fd);
                 } else if flag != libc::CLONE_NEWNS {
@@ -472,13 +477,7 @@ pub fn plan_init(
     if let Some(path) = shared_pid {
         if clone_flags & libc::CLONE_NEWPID as u64 != 0 {
             clone_flags &= !(libc::CLONE_NEWPID as u64);
-            let fd = std::fs::File::open(path)
-                .map(OwnedFd::from)
-                .map_err(|source| PlanError::NamespacePath {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-            join_pid = Some(fd);
+            join_pid = Some(open_namespace(path)?);
         }
     }
     let hostname = spec
