@@ -893,3 +893,36 @@ async fn test_resources_or_clear_refusal() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// The agent reaps what lands on it: a container whose init leaves
+/// background children behind leaves no zombie when it ends.
+#[tokio::test]
+async fn test_orphans_are_reaped() {
+    let agent: HostAgent = agent_or_skip!("orphans");
+    agent.sandbox("pod").await;
+    let rootfs = agent.rootfs("root");
+    let (status, _, stderr) = agent
+        .run(
+            "o",
+            &spec(&["sh", "-c", "sleep 30 & sleep 30 & exit 0"], "pod"),
+            &rootfs,
+        )
+        .await;
+    assert_eq!(status, 0, "{stderr}");
+    let zombies = || -> Vec<String> {
+        let parent = format!("PPid:\t{}", agent.pid());
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|entry| std::fs::read_to_string(entry.path().join("status")).ok())
+            .filter(|status| status.lines().any(|l| l == parent))
+            .filter(|status| status.lines().any(|l| l.starts_with("State:\tZ")))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !zombies().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(zombies(), Vec::<String>::new());
+    agent.client.remove_container("o", false).await.unwrap();
+}
