@@ -926,3 +926,39 @@ async fn test_orphans_are_reaped() {
     assert_eq!(zombies(), Vec::<String>::new());
     agent.client.remove_container("o", false).await.unwrap();
 }
+
+/// `linux.devices` are made with their type, numbers, mode and group;
+/// namespaced sysctls are written; others are refused.
+#[tokio::test]
+async fn test_devices_and_sysctls() {
+    let agent: HostAgent = agent_or_skip!("devices");
+    agent.sandbox("pod").await;
+    let rootfs = agent.rootfs("root");
+    let mut with_devices = spec(
+        &[
+            "sh",
+            "-c",
+            "stat -c '%t:%T %a %g' /dev/mynull; cat /proc/sys/kernel/shmmax",
+        ],
+        "pod",
+    );
+    with_devices["linux"]["devices"] = serde_json::json!([
+        {"path": "/dev/mynull", "type": "c", "major": 1, "minor": 3, "fileMode": 416, "uid": 0, "gid": 5}
+    ]);
+    with_devices["linux"]["sysctl"] = serde_json::json!({"kernel.shmmax": "12345678"});
+    let (status, stdout, stderr) = agent.run("d", &with_devices, &rootfs).await;
+    assert_eq!(status, 0, "{stderr}");
+    assert_eq!(stdout, "1:3 640 5\n12345678\n");
+    let mut host_wide = spec(&["true"], "pod");
+    host_wide["linux"]["sysctl"] = serde_json::json!({"kernel.panic": "1"});
+    assert_eq!(
+        refused(agent.create("s", &host_wide, &rootfs)).await,
+        "linux.sysctl: \"kernel.panic\" is not a namespaced sysctl"
+    );
+    let mut any = spec(&["true"], "pod");
+    any["linux"]["devices"] =
+        serde_json::json!([{"path": "/dev/x", "type": "a", "major": 1, "minor": 3}]);
+    assert!(refused(agent.create("a", &any, &rootfs))
+        .await
+        .contains("has type \"a\""));
+}

@@ -34,6 +34,8 @@ pub enum Step {
     Hostname,
     /// pivot_root into the root file system.
     PivotRoot,
+    /// Writing a sysctl.
+    Sysctl,
     /// Masking a path.
     MaskPath,
     /// Making a path read-only.
@@ -65,7 +67,7 @@ pub enum Step {
 impl Step {
     /// The step a record names.
     pub fn from_u32(value: u32) -> Option<Step> {
-        const ALL: [Step; 23] = [
+        const ALL: [Step; 24] = [
             Step::Ready,
             Step::JoinNamespace,
             Step::RootPropagation,
@@ -76,6 +78,7 @@ impl Step {
             Step::Device,
             Step::Hostname,
             Step::PivotRoot,
+            Step::Sysctl,
             Step::MaskPath,
             Step::ReadonlyPath,
             Step::ReadonlyRoot,
@@ -279,6 +282,21 @@ pub fn run_init(plan: &InitPlan, fds: &ChildFds) -> ! {
                 i,
             );
         }
+        for (i, node) in plan.device_nodes.iter().enumerate() {
+            libc::unlink(ptr(&node.target));
+            check(
+                fds,
+                libc::mknod(ptr(&node.target), node.mode, node.dev),
+                Step::Device,
+                100 + i,
+            );
+            check(
+                fds,
+                libc::chown(ptr(&node.target), node.uid, node.gid),
+                Step::Device,
+                100 + i,
+            );
+        }
         for (link, target) in &plan.dev_links {
             // An image that already has them keeps its own.
             libc::symlink(ptr(target), ptr(link));
@@ -307,6 +325,16 @@ pub fn run_init(plan: &InitPlan, fds: &ChildFds) -> ! {
             2,
         );
         check(fds, libc::chdir(ptr(c"/")), Step::PivotRoot, 3);
+        // Before /proc/sys may be made read-only.
+        for (i, (path, value)) in plan.sysctls.iter().enumerate() {
+            let fd = libc::open(ptr(path), libc::O_WRONLY | libc::O_CLOEXEC);
+            check(fds, fd, Step::Sysctl, i);
+            let len = value.to_bytes().len();
+            if libc::write(fd, value.as_ptr().cast(), len) != len as isize {
+                fail(fds, Step::Sysctl, i);
+            }
+            libc::close(fd);
+        }
         for (i, path) in plan.masked.iter().enumerate() {
             let mut stat: libc::stat = std::mem::zeroed();
             if libc::stat(ptr(path), &mut stat) == -1 {
@@ -377,15 +405,13 @@ pub fn run_init(plan: &InitPlan, fds: &ChildFds) -> ! {
 }
 
 /// PID 1 of a sandbox's shared PID namespace: it waits for ever (signals
-/// without handlers do not reach a namespace's init), dies with the agent,
-/// and takes the namespace with it when the agent kills it.
+/// without handlers do not reach a namespace's init) and takes the
+/// namespace with it when the agent kills it at DestroySandbox. (No
+/// parent-death signal: its parent is the short-lived cloning thread.)
 pub fn hold_pid_namespace() -> ! {
-    // SAFETY: prctl and pause take integers or nothing.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-        loop {
-            libc::pause();
-        }
+    loop {
+        // SAFETY: pause has no preconditions.
+        unsafe { libc::pause() };
     }
 }
 
@@ -683,4 +709,18 @@ fn set_capabilities(effective: u64, permitted: u64, inheritable: u64, fds: &Chil
     // SAFETY: header and data have the kernel's layout for version 3.
     let rc = unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) };
     check(fds, rc as libc::c_int, Step::Capabilities, 66);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_report_steps_round_trip() {
+        for value in 0..24 {
+            let step = Step::from_u32(value).unwrap();
+            assert_eq!(step as u32, value);
+        }
+        assert_eq!(Step::from_u32(24), None);
+    }
 }

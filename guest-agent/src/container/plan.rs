@@ -75,6 +75,12 @@ pub enum PlanError {
     /// The seccomp profile cannot be compiled.
     #[error(transparent)]
     Seccomp(#[from] super::seccomp::SeccompError),
+    /// A device entry the agent cannot make.
+    #[error("linux.devices: {0}")]
+    Device(String),
+    /// A sysctl that is not namespaced (it would change the whole guest).
+    #[error("linux.sysctl: {0:?} is not a namespaced sysctl")]
+    Sysctl(String),
     /// A mount with neither a type nor `bind`.
     #[error("mount on {0} has no type")]
     MountType(String),
@@ -212,6 +218,21 @@ pub struct DeviceStep {
     pub bind_source: CString,
 }
 
+/// A device node of `linux.devices`, made with mknod.
+#[derive(Debug)]
+pub struct DeviceNode {
+    /// Host path of the node under the root.
+    pub target: CString,
+    /// S_IFCHR/S_IFBLK/S_IFIFO and the permission bits.
+    pub mode: libc::mode_t,
+    /// makedev(major, minor).
+    pub dev: libc::dev_t,
+    /// Owner.
+    pub uid: libc::uid_t,
+    /// Group.
+    pub gid: libc::gid_t,
+}
+
 /// Everything a container's init process does between clone and exec.
 #[derive(Debug)]
 pub struct InitPlan {
@@ -231,6 +252,11 @@ pub struct InitPlan {
     pub mounts: Vec<MountStep>,
     /// Default devices.
     pub devices: Vec<DeviceStep>,
+    /// `linux.devices`.
+    pub device_nodes: Vec<DeviceNode>,
+    /// `linux.sysctl`: (path under /proc/sys, value), written after
+    /// pivot_root.
+    pub sysctls: Vec<(CString, CString)>,
     /// /dev symlinks: (link host path, target).
     pub dev_links: Vec<(CString, CString)>,
     /// `linux.maskedPaths`, container-absolute.
@@ -559,6 +585,18 @@ pub fn plan_init(
             })
         })
         .collect::<Result<_, PlanError>>()?;
+    let device_nodes = linux
+        .devices()
+        .iter()
+        .flatten()
+        .map(|device| device_node(device, rootfs, &mounted))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sysctls = linux
+        .sysctl()
+        .iter()
+        .flatten()
+        .map(|(key, value)| sysctl(key, value, clone_flags))
+        .collect::<Result<Vec<_>, _>>()?;
     let dev_links = DEFAULT_DEV_LINKS
         .iter()
         .map(|(link, target)| {
@@ -603,6 +641,8 @@ pub fn plan_init(
         root_propagation,
         mounts,
         devices,
+        device_nodes,
+        sysctls,
         dev_links,
         masked: container_paths("linux.maskedPaths", linux.masked_paths())?,
         readonly: container_paths("linux.readonlyPaths", linux.readonly_paths())?,
@@ -613,6 +653,75 @@ pub fn plan_init(
             .unwrap_or(false),
         process,
     })
+}
+
+fn device_node(
+    device: &oci_spec::runtime::LinuxDevice,
+    rootfs: &Path,
+    mounted: &[PathBuf],
+) -> Result<DeviceNode, PlanError> {
+    use oci_spec::runtime::LinuxDeviceType;
+    let path = device.path();
+    if !path.is_absolute() {
+        return Err(PlanError::NotAbsolute {
+            field: "linux.devices.path",
+            path: path.display().to_string(),
+        });
+    }
+    let kind = match device.typ() {
+        LinuxDeviceType::C | LinuxDeviceType::U => libc::S_IFCHR,
+        LinuxDeviceType::B => libc::S_IFBLK,
+        LinuxDeviceType::P => libc::S_IFIFO,
+        LinuxDeviceType::A => {
+            return Err(PlanError::Device(format!(
+                "{} has type \"a\", which only device cgroup rules take",
+                path.display()
+            )))
+        }
+    };
+    let number = |value: i64, what: &str| {
+        u32::try_from(value).map_err(|_| {
+            PlanError::Device(format!(
+                "{}: {what} {value} is out of range",
+                path.display()
+            ))
+        })
+    };
+    let dev = libc::makedev(
+        number(device.major(), "major")?,
+        number(device.minor(), "minor")?,
+    );
+    let target = resolve_in_root(rootfs, path, mounted)?;
+    Ok(DeviceNode {
+        target: path_cstring("linux.devices.path", &target)?,
+        mode: kind | (device.file_mode().unwrap_or(0o666) & 0o7777),
+        dev,
+        uid: device.uid().unwrap_or(0),
+        gid: device.gid().unwrap_or(0),
+    })
+}
+
+/// A sysctl as its /proc/sys path, if it belongs to a namespace the
+/// container has of its own (as runc checks).
+fn sysctl(key: &str, value: &str, clone_flags: u64) -> Result<(CString, CString), PlanError> {
+    let has = |flag: libc::c_int| clone_flags & flag as u64 != 0;
+    let ipc = key.starts_with("kernel.msg")
+        || key.starts_with("kernel.sem")
+        || key.starts_with("kernel.shm")
+        || key.starts_with("fs.mqueue.");
+    let uts = key == "kernel.hostname" || key == "kernel.domainname";
+    let net = key.starts_with("net.");
+    let allowed = (ipc && has(libc::CLONE_NEWIPC))
+        || (uts && has(libc::CLONE_NEWUTS))
+        || (net && has(libc::CLONE_NEWNET));
+    if !allowed || key.contains('/') || key.split('.').any(|part| part.is_empty() || part == "..") {
+        return Err(PlanError::Sysctl(key.to_owned()));
+    }
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    Ok((
+        cstring("linux.sysctl", path)?,
+        cstring("linux.sysctl", value)?,
+    ))
 }
 
 fn mount_step(

@@ -470,7 +470,17 @@ fn child_error(
         ),
         Some(Step::Device) => format!(
             "creating {}",
-            text(init.and_then(|p| p.devices.get(index)).map(|d| &d.target))
+            text(init.and_then(|p| match index.checked_sub(100) {
+                Some(node) => p.device_nodes.get(node).map(|d| &d.target),
+                None => p.devices.get(index).map(|d| &d.target),
+            }))
+        ),
+        Some(Step::Sysctl) => format!(
+            "writing {}",
+            text(
+                init.and_then(|p| p.sysctls.get(index))
+                    .map(|(path, _)| path)
+            )
         ),
         Some(Step::Cwd) => format!("changing to cwd {}", text(process.map(|p| &p.cwd))),
         Some(Step::Exec) => format!(
