@@ -17,7 +17,7 @@ use crate::container::ContainerError;
 use crate::listen::{ListenAddress, ListenError};
 use crate::network::{Network, NetworkError};
 use crate::sandbox::{Sandbox, SandboxError};
-use crate::stdio::{StdioError, MAX_READ};
+use crate::stdio::StdioError;
 
 /// How often GetOOMEvent looks at the containers' `memory.events`.
 const OOM_POLL: Duration = Duration::from_millis(100);
@@ -346,7 +346,7 @@ impl AgentService for Agent {
             .map_err(|e| status(&e))?;
         let mut reply = api::ReadStreamResponse::new();
         reply.data = streams
-            .read_stdout(read_len(req.len))
+            .read_stdout(req.len as usize)
             .await
             .map_err(stdio_status)?;
         Ok(reply)
@@ -363,7 +363,7 @@ impl AgentService for Agent {
             .map_err(|e| status(&e))?;
         let mut reply = api::ReadStreamResponse::new();
         reply.data = streams
-            .read_stderr(read_len(req.len))
+            .read_stderr(req.len as usize)
             .await
             .map_err(stdio_status)?;
         Ok(reply)
@@ -424,11 +424,6 @@ impl AgentService for Agent {
             .map_err(|e| network_status(&e))?;
         Ok(reply)
     }
-}
-
-/// A read size: the caller's, within 1 byte and [`MAX_READ`].
-fn read_len(asked: u32) -> usize {
-    (asked as usize).clamp(1, MAX_READ)
 }
 
 /// Failures to start serving.

@@ -215,12 +215,12 @@ fn receive_master(console: &OwnedFd) -> Result<Option<OwnedFd>, SpawnError> {
 }
 
 /// Starts a container's init process in its new namespaces, inside
-/// `cgroup`. It stops just before exec, until [`release`] is called.
+/// `cgroup`. It stops just before exec, until [`release`] is called. With a
+/// console socket the terminal's master comes back as well.
 ///
 /// # Errors
 ///
 /// [`SpawnError`]: the failed agent call or the child's failed step.
-/// With a console socket the terminal's master comes back as well.
 pub fn spawn_init(
     plan: &InitPlan,
     cgroup: &File,
@@ -238,23 +238,14 @@ pub fn spawn_init(
         trace: tracing::enabled!(tracing::Level::TRACE),
     };
     let join_pid = plan.join_pid.as_ref().map(AsRawFd::as_raw_fd);
-    let (pid, pidfd, exit) = std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                if let Some(fd) = join_pid {
-                    set_pid_namespace(fd)?;
-                }
-                clone_into(
-                    &Role::Init(plan),
-                    plan.clone_flags,
-                    Some(cgroup),
-                    &fds,
-                    reaper,
-                )
-            })
-            .join()
-            .unwrap_or(Err(SpawnError::Vanished))
-    })?;
+    let (pid, pidfd, exit) = clone_on_own_thread(
+        join_pid,
+        &Role::Init(plan),
+        plan.clone_flags,
+        Some(cgroup),
+        &fds,
+        reaper,
+    )?;
     drop(report_write);
     drop(start_read);
     drop(stdio);
@@ -319,24 +310,17 @@ pub fn spawn_exec(
         trace: tracing::enabled!(tracing::Level::TRACE),
     };
     let raw_ns: Vec<(RawFd, libc::c_int)> = ns.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect();
-    let (pid, pidfd, exit) = std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                set_pid_namespace(pid_ns.as_raw_fd())?;
-                clone_into(
-                    &Role::Exec {
-                        ns: &raw_ns,
-                        process,
-                    },
-                    0,
-                    Some(cgroup),
-                    &fds,
-                    reaper,
-                )
-            })
-            .join()
-            .unwrap_or(Err(SpawnError::Vanished))
-    })?;
+    let (pid, pidfd, exit) = clone_on_own_thread(
+        Some(pid_ns.as_raw_fd()),
+        &Role::Exec {
+            ns: &raw_ns,
+            process,
+        },
+        0,
+        Some(cgroup),
+        &fds,
+        reaper,
+    )?;
     drop(report_write);
     drop(stdio);
     let master = console.map(receive_master).transpose()?.flatten();
@@ -369,16 +353,34 @@ pub fn spawn_pid_holder(reaper: &Reaper) -> Result<(libc::pid_t, OwnedFd, ExitWa
         console: -1,
         trace: false,
     };
+    clone_on_own_thread(
+        None,
+        &Role::PidHolder,
+        libc::CLONE_NEWPID as u64,
+        None,
+        &fds,
+        reaper,
+    )
+}
+
+/// Clones on a thread of its own, which first joins the PID namespace
+/// `pid_ns` if one is given: setns(CLONE_NEWPID) only changes where the
+/// calling thread's children go, and that thread ends right after.
+fn clone_on_own_thread(
+    pid_ns: Option<RawFd>,
+    role: &Role<'_>,
+    flags: u64,
+    cgroup: Option<&File>,
+    fds: &ChildFds,
+    reaper: &Reaper,
+) -> Result<(libc::pid_t, OwnedFd, ExitWatch), SpawnError> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                clone_into(
-                    &Role::PidHolder,
-                    libc::CLONE_NEWPID as u64,
-                    None,
-                    &fds,
-                    reaper,
-                )
+                if let Some(fd) = pid_ns {
+                    set_pid_namespace(fd)?;
+                }
+                clone_into(role, flags, cgroup, fds, reaper)
             })
             .join()
             .unwrap_or(Err(SpawnError::Vanished))
