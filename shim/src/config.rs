@@ -1,0 +1,408 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The shim's configuration file (`/etc/vmpod/config.toml`, or the file named
+//! by `VMPOD_CONFIG`): what every pod VM is built from, and the limits pod
+//! annotations may size a VM within. Every key is checked when the shim
+//! starts, so a bad file fails the first request with one line naming the key.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the configuration is read from unless `VMPOD_CONFIG` names a file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/vmpod/config.toml";
+/// The environment variable naming another configuration file. containerd
+/// passes its environment on to shims, so it is set where containerd starts.
+pub const CONFIG_PATH_ENV: &str = "VMPOD_CONFIG";
+
+/// Pod annotation asking for a number of vCPUs (at most `max-vcpus`).
+pub const VCPUS_ANNOTATION: &str = "io.vmpod.vm.vcpus";
+/// Pod annotation asking for guest memory in MiB (at most `max-memory`).
+pub const MEMORY_ANNOTATION: &str = "io.vmpod.vm.memory";
+
+/// The CPU templates `vmpod-vm --cpu-template` knows.
+const CPU_TEMPLATES: [&str; 4] = ["auto", "host", "baseline", "emulated-supervisor"];
+/// The levels `log-level` may name (tracing's).
+const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+/// Less guest memory than this does not boot the agent.
+const MIN_MEMORY_MIB: u32 = 64;
+/// vmpod-vm's limit: the guest's RAM must fit below the 32-bit MMIO gap and above it
+/// in 64-bit space; keep requests sane.
+const MAX_MEMORY_MIB: u32 = 1 << 20;
+/// The guest kernel is built for at most this many CPUs.
+const MAX_VCPUS: u8 = 4;
+
+/// A configuration error: one line naming the file and the key or value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("config {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config {path} line {line}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Where (1-based).
+        line: usize,
+        /// What the parser said.
+        message: String,
+    },
+    /// A key holds a value that cannot work.
+    #[error("config {path}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The key.
+        key: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// The file's keys, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    kernel: PathBuf,
+    initrd: PathBuf,
+    vmm: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    vcpus: Option<u8>,
+    max_vcpus: Option<u8>,
+    memory: Option<u32>,
+    max_memory: Option<u32>,
+    cpu_template: Option<String>,
+    log_level: Option<String>,
+    agent_timeout: Option<u64>,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The guest kernel (vmlinux or bzImage).
+    pub kernel: PathBuf,
+    /// The agent initrd (vmpod-agent as `/init`).
+    pub initrd: PathBuf,
+    /// The `vmpod-vm` binary.
+    pub vmm: PathBuf,
+    /// Where pods keep their sockets, shared directories and logs.
+    pub state_dir: PathBuf,
+    /// vCPUs of a pod VM unless its annotations ask otherwise.
+    pub vcpus: u8,
+    /// The most vCPUs an annotation may ask for.
+    pub max_vcpus: u8,
+    /// Guest memory in MiB unless the pod's annotations ask otherwise.
+    pub memory_mib: u32,
+    /// The most memory (MiB) an annotation may ask for.
+    pub max_memory_mib: u32,
+    /// `vmpod-vm --cpu-template`.
+    pub cpu_template: String,
+    /// The shim's log level (tracing's names).
+    pub log_level: String,
+    /// How long a pod VM may take from launch until its agent serves.
+    pub agent_timeout: Duration,
+}
+
+/// The size of one pod VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmSize {
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Guest memory, MiB.
+    pub memory_mib: u32,
+}
+
+impl Config {
+    /// Reads the file `VMPOD_CONFIG` names, or [`DEFAULT_CONFIG_PATH`].
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn load_default() -> Result<Self, ConfigError> {
+        let path = std::env::var_os(CONFIG_PATH_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+        Self::load(&path)
+    }
+
+    /// Reads and checks the file at `path`. A missing `vmm` is `vmpod-vm` in
+    /// the shim's own directory.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and the first key at fault.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let beside_shim = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("vmpod-vm")))
+            .unwrap_or_else(|| PathBuf::from("vmpod-vm"));
+        Self::parse(&path.display().to_string(), &text, beside_shim)
+    }
+
+    /// Parses and checks `text`, which came from the file `path`.
+    fn parse(path: &str, text: &str, default_vmm: PathBuf) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: path.to_owned(),
+            line: err
+                .span()
+                .map(|span| text[..span.start].matches('\n').count() + 1)
+                .unwrap_or(1),
+            message: err.message().replace('\n', " "),
+        })?;
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        let file = |key: &'static str, value: &Path| {
+            if value.is_file() {
+                Ok(())
+            } else {
+                Err(invalid(key, format!("{} is not a file", value.display())))
+            }
+        };
+        file("kernel", &raw.kernel)?;
+        file("initrd", &raw.initrd)?;
+        let vmm = raw.vmm.unwrap_or(default_vmm);
+        file("vmm", &vmm)?;
+        let state_dir = raw.state_dir.unwrap_or_else(|| PathBuf::from("/run/vmpod"));
+        if !state_dir.is_absolute() {
+            return Err(invalid(
+                "state-dir",
+                format!("{} is not an absolute path", state_dir.display()),
+            ));
+        }
+
+        let max_vcpus = raw.max_vcpus.unwrap_or(MAX_VCPUS);
+        if !(1..=MAX_VCPUS).contains(&max_vcpus) {
+            return Err(invalid(
+                "max-vcpus",
+                format!("{max_vcpus} is not within 1..={MAX_VCPUS}"),
+            ));
+        }
+        let vcpus = raw.vcpus.unwrap_or(1);
+        if !(1..=max_vcpus).contains(&vcpus) {
+            return Err(invalid(
+                "vcpus",
+                format!("{vcpus} is not within 1..={max_vcpus} (max-vcpus)"),
+            ));
+        }
+        let max_memory_mib = raw.max_memory.unwrap_or(2048);
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&max_memory_mib) {
+            return Err(invalid(
+                "max-memory",
+                format!("{max_memory_mib} MiB is not within {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB}"),
+            ));
+        }
+        let memory_mib = raw.memory.unwrap_or(256);
+        if !(MIN_MEMORY_MIB..=max_memory_mib).contains(&memory_mib) {
+            return Err(invalid(
+                "memory",
+                format!(
+                    "{memory_mib} MiB is not within {MIN_MEMORY_MIB}..={max_memory_mib} (max-memory)"
+                ),
+            ));
+        }
+        let cpu_template = raw.cpu_template.unwrap_or_else(|| "auto".into());
+        if !CPU_TEMPLATES.contains(&cpu_template.as_str()) {
+            return Err(invalid(
+                "cpu-template",
+                format!(
+                    "{cpu_template:?} is not one of {}",
+                    CPU_TEMPLATES.join(", ")
+                ),
+            ));
+        }
+        let log_level = raw.log_level.unwrap_or_else(|| "info".into());
+        if !LOG_LEVELS.contains(&log_level.as_str()) {
+            return Err(invalid(
+                "log-level",
+                format!("{log_level:?} is not one of {}", LOG_LEVELS.join(", ")),
+            ));
+        }
+        let agent_timeout = raw.agent_timeout.unwrap_or(300);
+        if !(1..=3600).contains(&agent_timeout) {
+            return Err(invalid(
+                "agent-timeout",
+                format!("{agent_timeout} s is not within 1..=3600"),
+            ));
+        }
+        Ok(Config {
+            kernel: raw.kernel,
+            initrd: raw.initrd,
+            vmm,
+            state_dir,
+            vcpus,
+            max_vcpus,
+            memory_mib,
+            max_memory_mib,
+            cpu_template,
+            log_level,
+            agent_timeout: Duration::from_secs(agent_timeout),
+        })
+    }
+
+    /// The VM size for a pod whose first container carries `annotations`:
+    /// the defaults, or what [`VCPUS_ANNOTATION`] and [`MEMORY_ANNOTATION`]
+    /// ask for within the maxima.
+    ///
+    /// # Errors
+    /// A one-line message naming the annotation at fault.
+    pub fn vm_size(&self, annotations: &HashMap<String, String>) -> Result<VmSize, String> {
+        let mut size = VmSize {
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+        };
+        if let Some(value) = annotations.get(VCPUS_ANNOTATION) {
+            size.vcpus = value
+                .parse()
+                .ok()
+                .filter(|vcpus| (1..=self.max_vcpus).contains(vcpus))
+                .ok_or_else(|| {
+                    format!(
+                        "annotation {VCPUS_ANNOTATION}={value:?}: not a number within 1..={} (max-vcpus)",
+                        self.max_vcpus
+                    )
+                })?;
+        }
+        if let Some(value) = annotations.get(MEMORY_ANNOTATION) {
+            size.memory_mib = value
+                .parse()
+                .ok()
+                .filter(|mib| (MIN_MEMORY_MIB..=self.max_memory_mib).contains(mib))
+                .ok_or_else(|| {
+                    format!(
+                        "annotation {MEMORY_ANNOTATION}={value:?}: not a number of MiB within {MIN_MEMORY_MIB}..={} (max-memory)",
+                        self.max_memory_mib
+                    )
+                })?;
+        }
+        Ok(size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config whose file keys point at files that exist.
+    fn base() -> String {
+        let exe = std::env::current_exe().unwrap();
+        let exe = exe.display();
+        format!("kernel = \"{exe}\"\ninitrd = \"{exe}\"\nvmm = \"{exe}\"\n")
+    }
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse("test.toml", text, PathBuf::from("/nonexistent/vmpod-vm"))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_fill_what_is_left_out() {
+        let config = parse(&base()).unwrap();
+        assert_eq!(config.vcpus, 1);
+        assert_eq!(config.max_vcpus, 4);
+        assert_eq!(config.memory_mib, 256);
+        assert_eq!(config.max_memory_mib, 2048);
+        assert_eq!(config.cpu_template, "auto");
+        assert_eq!(config.log_level, "info");
+        assert_eq!(config.state_dir, PathBuf::from("/run/vmpod"));
+        assert_eq!(config.agent_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn every_bad_key_is_named_in_one_line() {
+        let cases: &[(&str, &str)] = &[
+            ("vcpus = 0", "vcpus: 0 is not within 1..=4"),
+            ("vcpus = 3\nmax-vcpus = 2", "vcpus: 3 is not within 1..=2"),
+            ("max-vcpus = 9", "max-vcpus: 9 is not within 1..=4"),
+            ("memory = 32", "memory: 32 MiB is not within 64..=2048"),
+            ("memory = 4096", "memory: 4096 MiB is not within 64..=2048"),
+            ("max-memory = 1", "max-memory: 1 MiB is not within"),
+            (
+                "cpu-template = \"fast\"",
+                "cpu-template: \"fast\" is not one of",
+            ),
+            ("log-level = \"loud\"", "log-level: \"loud\" is not one of"),
+            ("agent-timeout = 0", "agent-timeout: 0 s is not within"),
+            (
+                "state-dir = \"run\"",
+                "state-dir: run is not an absolute path",
+            ),
+            ("colour = 1", "line 4: unknown field `colour`"),
+            ("vcpus = \"two\"", "line 4: invalid type: string \"two\""),
+            ("vcpus = 300", "line 4:"),
+        ];
+        for (extra, expected) in cases {
+            let err = parse(&format!("{}{extra}\n", base())).unwrap_err();
+            assert!(err.contains(expected), "{extra:?}: {err}");
+            assert!(err.starts_with("config test.toml"), "{err}");
+            assert!(!err.contains('\n'), "{extra:?}: not one line: {err}");
+        }
+        let err = parse("initrd = \"/x\"\n").unwrap_err();
+        assert!(err.contains("missing field `kernel`"), "{err}");
+        let err = parse(&base().replace("kernel = \"", "kernel = \"/nonexistent")).unwrap_err();
+        assert!(err.contains("kernel: /nonexistent"), "{err}");
+        let no_vmm: String = base().lines().take(2).map(|l| format!("{l}\n")).collect();
+        let err = parse(&no_vmm).unwrap_err();
+        assert!(
+            err.contains("vmm: /nonexistent/vmpod-vm is not a file"),
+            "{err}"
+        );
+        let err = Config::load(Path::new("/nonexistent/config.toml")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("config /nonexistent/config.toml: No such file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn annotations_size_the_vm_within_the_maxima() {
+        let config = parse(&format!("{}max-vcpus = 2\nmax-memory = 512\n", base())).unwrap();
+        let annotations = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>()
+        };
+        assert_eq!(
+            config.vm_size(&annotations(&[])).unwrap(),
+            VmSize {
+                vcpus: 1,
+                memory_mib: 256
+            }
+        );
+        assert_eq!(
+            config
+                .vm_size(&annotations(&[
+                    (VCPUS_ANNOTATION, "2"),
+                    (MEMORY_ANNOTATION, "512")
+                ]))
+                .unwrap(),
+            VmSize {
+                vcpus: 2,
+                memory_mib: 512
+            }
+        );
+        for (key, value) in [
+            (VCPUS_ANNOTATION, "3"),
+            (VCPUS_ANNOTATION, "0"),
+            (VCPUS_ANNOTATION, "many"),
+            (MEMORY_ANNOTATION, "1024"),
+            (MEMORY_ANNOTATION, "16"),
+        ] {
+            let err = config.vm_size(&annotations(&[(key, value)])).unwrap_err();
+            assert!(err.starts_with(&format!("annotation {key}=")), "{err}");
+        }
+    }
+}

@@ -1,0 +1,282 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The shim v2 process protocol. `start` (one shim per pod: a pod's later
+//! containers are sent to the shim already serving it) and `delete` (clean up
+//! after a shim that died) go through `containerd-shim`, which also handles
+//! containerd ≥ 2.3's bootstrap handshake. Serving is done here, because the
+//! crate registers the Task service under its v3 name only and containerd
+//! 1.6/1.7 call the v2 name: the same handlers are registered under both.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use containerd_shim::api::DeleteResponse;
+use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::protos::shim_async::create_task;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Flags, StartOpts};
+use protobuf::MessageField;
+use ttrpc::asynchronous::transport::Listener;
+use ttrpc::asynchronous::Server;
+
+use crate::config::Config;
+use crate::pod::PodDir;
+use crate::process::timestamp;
+use crate::share::ContainerShare;
+use crate::spec;
+use crate::task::{TaskService, POD_DIR_FILE};
+
+/// The runtime's name in containerd.
+pub const RUNTIME_ID: &str = "io.containerd.vmpod.v2";
+/// The Task service names: containerd 2.x's and containerd 1.6/1.7's.
+const TASK_SERVICE_V3: &str = "containerd.task.v3.Task";
+const TASK_SERVICE_V2: &str = "containerd.task.v2.Task";
+/// containerd's status for a task whose shim died (128 + SIGKILL).
+const KILLED_STATUS: u32 = 137;
+
+/// The shim as `containerd-shim` drives it.
+pub struct VmpodShim {
+    namespace: String,
+    id: String,
+    exit: Arc<ExitSignal>,
+}
+
+impl std::fmt::Debug for VmpodShim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmpodShim")
+            .field("namespace", &self.namespace)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Shim for VmpodShim {
+    type T = TaskService;
+
+    async fn new(_runtime_id: &str, args: &Flags, _config: &mut containerd_shim::Config) -> Self {
+        VmpodShim {
+            namespace: args.namespace.clone(),
+            id: args.id.clone(),
+            exit: Arc::new(ExitSignal::default()),
+        }
+    }
+
+    /// Starts the serving shim of the container's pod, or finds the one that
+    /// serves it already (the socket address is derived from the pod's id).
+    async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        let spec = spec::load(Path::new("."))
+            .map_err(|err| containerd_shim::Error::InvalidArgument(err.to_string()))?;
+        let pod_id = spec::pod_id(&spec, &opts.id);
+        let address = spawn(opts, &pod_id, Vec::new()).await?;
+        std::fs::write("address", &address).map_err(|err| {
+            containerd_shim::Error::Other(format!("write the bundle's address file: {err}"))
+        })?;
+        Ok(address)
+    }
+
+    /// Cleans up after a shim that is gone: the container's mounts and, with
+    /// the pod's last container, its VM and directory.
+    async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        let bundle = std::env::current_dir()
+            .map_err(|err| containerd_shim::Error::Other(format!("bundle directory: {err}")))?;
+        clean_up_after_shim(&bundle, &self.id)
+            .map_err(|err| containerd_shim::Error::Other(format!("delete {}: {err}", self.id)))?;
+        Ok(DeleteResponse {
+            exit_status: KILLED_STATUS,
+            exited_at: MessageField::some(timestamp(std::time::SystemTime::now())),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        let config = Config::load_default().map_err(|err| err.to_string());
+        if let Err(err) = &config {
+            tracing::error!("{err}");
+        }
+        TaskService::new(&self.namespace, config, publisher, self.exit.clone())
+    }
+}
+
+/// What a `delete` after a dead shim removes: the container's part of the
+/// share; and when the container is the pod's own or the pod's last, the VM
+/// process and the pod's directory.
+///
+/// # Errors
+/// A mount or directory that could not be removed.
+pub fn clean_up_after_shim(bundle: &Path, container_id: &str) -> std::io::Result<()> {
+    let marker = bundle.join(POD_DIR_FILE);
+    let Ok(pod_root) = std::fs::read_to_string(&marker) else {
+        // The create never got as far as the pod: nothing on the host.
+        return Ok(());
+    };
+    let pod = PodDir {
+        root: PathBuf::from(pod_root),
+    };
+    ContainerShare::new(&pod.shared(), container_id)
+        .remove()
+        .map_err(std::io::Error::other)?;
+    let own = pod
+        .root
+        .file_name()
+        .is_some_and(|name| name == container_id);
+    let last = std::fs::read_dir(pod.shared()).map_or(true, |mut entries| entries.next().is_none());
+    if own || last {
+        kill_vmm(&pod);
+        pod.remove()?;
+    }
+    std::fs::remove_file(&marker).or_else(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => Ok(()),
+        _ => Err(err),
+    })
+}
+
+/// Kills the pod's `vmpod-vm` if it still runs: the pid file names it, and
+/// its command line must name the pod's vsock socket (the pid may be reused).
+fn kill_vmm(pod: &PodDir) {
+    let Some(pid) = std::fs::read_to_string(pod.vmm_pid_file())
+        .ok()
+        .and_then(|pid| pid.trim().parse::<i32>().ok())
+        .filter(|pid| *pid > 0)
+    else {
+        return;
+    };
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        let vsock = pod.vsock();
+        let vsock = vsock.as_os_str().as_encoded_bytes();
+        cmdline.windows(vsock.len()).any(|window| window == vsock)
+    });
+    if !ours {
+        return;
+    }
+    // SAFETY: kill(2) on a pid checked just above to be the pod's VMM.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    for _ in 0..100 {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Gone, or a zombie its (dead) parent's reaper will collect.
+        if state.is_empty() || state.split(' ').nth(2) == Some("Z") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Serves the Task API on the socket containerd named (`-socket`) until the
+/// last task is deleted and containerd sends Shutdown, or a signal arrives.
+///
+/// # Errors
+/// The flags, the socket or containerd's event service.
+pub async fn serve(args: &[OsString]) -> anyhow::Result<()> {
+    let flags = containerd_shim::parse(args)?;
+    // Out of containerd's process group: the pod outlives a containerd restart.
+    // SAFETY: setsid has no memory effects; failing (already a leader) is fine.
+    unsafe { libc::setsid() };
+    let mut shim =
+        VmpodShim::new(RUNTIME_ID, &flags, &mut containerd_shim::Config::default()).await;
+    set_up_logging(flags.debug);
+
+    let socket = PathBuf::from(flags.socket.trim_start_matches("unix://"));
+    let Some(listener) = bind(&socket)? else {
+        // Another shim of this pod serves there: containerd gets its address.
+        std::fs::write("address", &flags.socket)?;
+        return Ok(());
+    };
+    let ttrpc_address = std::env::var("TTRPC_ADDRESS")
+        .map_err(|_| anyhow::anyhow!("TTRPC_ADDRESS is not set (containerd sets it)"))?;
+    let publisher = RemotePublisher::new(&ttrpc_address).await?;
+    let service = Arc::new(shim.create_task_service(publisher).await);
+    let mut services = create_task(service.clone());
+    if let Some(task) = create_task(service.clone()).remove(TASK_SERVICE_V3) {
+        services.insert(TASK_SERVICE_V2.to_owned(), task);
+    }
+    let mut server = Server::new()
+        .add_listener(Listener::try_from(listener)?)
+        .register_service(services);
+    server.start().await?;
+    // The parent `start` reads our stdout until it closes: we serve.
+    // SAFETY: dup2 on the process's own standard descriptors.
+    unsafe { libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) };
+    tracing::info!(socket = %socket.display(), "serving");
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    tokio::select! {
+        _ = shim.wait() => {}
+        _ = terminate.recv() => tracing::info!("SIGTERM"),
+        _ = interrupt.recv() => tracing::info!("SIGINT"),
+    }
+    service.shut_down_pod().await;
+    let _ = server.shutdown().await;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+/// Binds the shim socket; `None` when a live shim already listens there.
+fn bind(socket: &Path) -> anyhow::Result<Option<std::os::unix::net::UnixListener>> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::os::unix::net::UnixListener::bind(socket) {
+        Ok(listener) => Ok(Some(listener)),
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                return Ok(None);
+            }
+            std::fs::remove_file(socket)?;
+            Ok(Some(std::os::unix::net::UnixListener::bind(socket)?))
+        }
+        Err(err) => Err(anyhow::anyhow!("bind {}: {err}", socket.display())),
+    }
+}
+
+/// Logs to the `log` FIFO containerd reads in the bundle directory (or to
+/// stderr without one), at the configured level or debug with `-debug`.
+fn set_up_logging(debug: bool) {
+    let level = if debug {
+        "debug".to_owned()
+    } else {
+        Config::load_default().map_or_else(|_| "info".to_owned(), |config| config.log_level)
+    };
+    let fifo = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("log")
+        .ok();
+    if let Some(fifo) = &fifo {
+        // Blocking from now on: a slow reader delays a line rather than losing it.
+        // SAFETY: fcntl on a descriptor this function owns.
+        unsafe { libc::fcntl(fifo.as_raw_fd(), libc::F_SETFL, 0) };
+    }
+    let writer = LogWriter(Arc::new(Mutex::new(fifo)));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .try_init();
+}
+
+/// The log FIFO, or stderr.
+#[derive(Debug, Clone)]
+struct LogWriter(Arc<Mutex<Option<std::fs::File>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.lock().as_deref_mut() {
+            Ok(Some(fifo)) => fifo.write(buf),
+            _ => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,442 @@
+// SPDX-License-Identifier: Apache-2.0
+//! A pod's VM: its directory on the host, the `vmpod-vm` process, and the
+//! connection to the agent inside it. Launching rolls back everything it made
+//! when a step fails; the VM dies with the shim (parent-death signal), and the
+//! directory is what `delete` finds to clean up after a killed shim.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::process::Command;
+use tokio::sync::{oneshot, watch};
+use vmpod_agent_api::messages::Mount;
+use vmpod_agent_api::{AgentClient, SandboxConfig, AGENT_VSOCK_PORT, API_VERSION};
+
+use crate::config::{Config, VmSize};
+
+/// The guest's vsock CID.
+const GUEST_CID: u32 = 3;
+/// The host vsock port the agent sends its log lines to.
+const AGENT_LOG_PORT: u32 = 1025;
+/// The virtio-fs tag of the pod's shared directory.
+const SHARE_TAG: &str = "vmpod";
+/// Where the agent mounts the shared directory in the guest.
+pub const GUEST_SHARE: &str = "/run/vmpod/shared";
+/// Between two attempts to reach a booting agent.
+const CONNECT_RETRY: Duration = Duration::from_millis(250);
+/// How much of a log file's end an error message quotes.
+const LOG_TAIL: usize = 300;
+
+/// Failures of a pod's VM.
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    /// A host file or directory of the pod could not be made or removed.
+    #[error("pod {pod}: {what} {path}: {source}")]
+    Host {
+        /// The pod.
+        pod: String,
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The pod's directory is there already: another pod of that id, or leftovers
+    /// of one a killed shim left for `delete`.
+    #[error("pod {pod}: {path} already exists")]
+    Exists {
+        /// The pod.
+        pod: String,
+        /// The directory.
+        path: String,
+    },
+    /// `vmpod-vm` ended before its agent served.
+    #[error("pod {pod}: vmpod-vm exited ({status}) before the agent served: {log}")]
+    VmExited {
+        /// The pod.
+        pod: String,
+        /// How it ended.
+        status: String,
+        /// The end of its log or of the guest console.
+        log: String,
+    },
+    /// The agent did not serve within the configured time.
+    #[error("pod {pod}: the agent did not serve within {seconds} s (agent-timeout): {log}")]
+    Timeout {
+        /// The pod.
+        pod: String,
+        /// The limit.
+        seconds: u64,
+        /// The end of the guest console.
+        log: String,
+    },
+    /// The agent answered, but not as this shim needs.
+    #[error("pod {pod}: {source}")]
+    Agent {
+        /// The pod.
+        pod: String,
+        /// What went wrong.
+        #[source]
+        source: vmpod_agent_api::ClientError,
+    },
+    /// The agent speaks another API version.
+    #[error("pod {pod}: the agent speaks API version {agent}, this shim {shim}")]
+    Version {
+        /// The pod.
+        pod: String,
+        /// The agent's.
+        agent: u32,
+        /// Ours.
+        shim: u32,
+    },
+}
+
+/// The host side of one pod: `<state-dir>/<namespace>/<pod id>/`.
+#[derive(Debug, Clone)]
+pub struct PodDir {
+    /// The directory.
+    pub root: PathBuf,
+}
+
+impl PodDir {
+    /// The directory of pod `pod_id` in `namespace`.
+    pub fn new(state_dir: &Path, namespace: &str, pod_id: &str) -> Self {
+        PodDir {
+            root: state_dir.join(namespace).join(pod_id),
+        }
+    }
+
+    /// The VMM's hybrid-vsock socket.
+    pub fn vsock(&self) -> PathBuf {
+        self.root.join("vsock.sock")
+    }
+
+    /// Where the agent's log connections arrive (`<vsock>_<port>`).
+    fn log_socket(&self) -> PathBuf {
+        self.root.join(format!("vsock.sock_{AGENT_LOG_PORT}"))
+    }
+
+    /// The host directory shared with the guest over virtio-fs.
+    pub fn shared(&self) -> PathBuf {
+        self.root.join("shared")
+    }
+
+    /// The guest's serial console.
+    pub fn console(&self) -> PathBuf {
+        self.root.join("console.log")
+    }
+
+    /// vmpod-vm's own output.
+    fn vmm_log(&self) -> PathBuf {
+        self.root.join("vmm.log")
+    }
+
+    /// The VMM's pid, for `delete` after the shim is gone.
+    pub fn vmm_pid_file(&self) -> PathBuf {
+        self.root.join("vmm.pid")
+    }
+
+    /// Unmounts everything below the pod's directory and removes it.
+    ///
+    /// # Errors
+    /// The first mount or file that cannot be removed.
+    pub fn remove(&self) -> std::io::Result<()> {
+        crate::share::unmount_below(&self.root)?;
+        match std::fs::remove_dir_all(&self.root) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+            _ => {}
+        }
+        // The namespace directory goes with its last pod.
+        if let Some(parent) = self.root.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+        Ok(())
+    }
+}
+
+/// A running pod VM with its agent connected and the sandbox created.
+#[derive(Debug)]
+pub struct Pod {
+    /// The pod's id (its first container's).
+    pub id: String,
+    /// Its host directory.
+    pub dir: PodDir,
+    /// The agent.
+    pub agent: AgentClient,
+    /// The `vmpod-vm` process: what containerd is told is the task's pid.
+    pub vmm_pid: u32,
+    /// Set once `vmpod-vm` has ended: how.
+    pub vm_exit: watch::Receiver<Option<String>>,
+    kill: Option<oneshot::Sender<()>>,
+}
+
+impl Pod {
+    /// Starts the pod VM of `id`, waits for its agent and creates the sandbox.
+    /// On failure nothing of it is left: no process, socket or directory.
+    ///
+    /// # Errors
+    /// [`PodError`] naming the step.
+    pub async fn launch(
+        config: &Config,
+        namespace: &str,
+        id: &str,
+        size: VmSize,
+    ) -> Result<Pod, PodError> {
+        let dir = PodDir::new(&config.state_dir, namespace, id);
+        if dir.root.exists() {
+            return Err(PodError::Exists {
+                pod: id.to_owned(),
+                path: dir.root.display().to_string(),
+            });
+        }
+        let host = |what: &'static str, path: &Path| {
+            let pod = id.to_owned();
+            let path = path.display().to_string();
+            move |source| PodError::Host {
+                pod,
+                what,
+                path,
+                source,
+            }
+        };
+        std::fs::create_dir_all(dir.shared()).map_err(host("create", &dir.shared()))?;
+        match Self::start(config, id, &dir, size).await {
+            Ok(Started {
+                agent,
+                vmm_pid,
+                vm_exit,
+                kill,
+            }) => Ok(Pod {
+                id: id.to_owned(),
+                dir,
+                agent,
+                vmm_pid,
+                vm_exit,
+                kill: Some(kill),
+            }),
+            Err(err) => {
+                let _ = dir.remove();
+                Err(err)
+            }
+        }
+    }
+
+    /// The steps of [`Pod::launch`] after the directory exists. Stops the VM
+    /// itself when a later step fails.
+    async fn start(
+        config: &Config,
+        id: &str,
+        dir: &PodDir,
+        size: VmSize,
+    ) -> Result<Started, PodError> {
+        let host = |what: &'static str, path: &Path| {
+            let pod = id.to_owned();
+            let path = path.display().to_string();
+            move |source| PodError::Host {
+                pod,
+                what,
+                path,
+                source,
+            }
+        };
+        let log_listener =
+            UnixListener::bind(dir.log_socket()).map_err(host("listen on", &dir.log_socket()))?;
+        tokio::spawn(forward_agent_logs(log_listener, id.to_owned()));
+
+        let vmm_log =
+            std::fs::File::create(dir.vmm_log()).map_err(host("create", &dir.vmm_log()))?;
+        let vmm_log_err = vmm_log.try_clone().map_err(host("open", &dir.vmm_log()))?;
+        let mut command = Command::new(&config.vmm);
+        command
+            .arg("--kernel")
+            .arg(&config.kernel)
+            .arg("--initrd")
+            .arg(&config.initrd)
+            .args(["--vcpus", &size.vcpus.to_string()])
+            .args(["--memory", &size.memory_mib.to_string()])
+            .args(["--cpu-template", &config.cpu_template])
+            .arg("--cmdline")
+            .arg(format!(
+                "console=ttyS0 quiet reboot=k panic=1 vmpod.log_port={AGENT_LOG_PORT}"
+            ))
+            .arg("--serial")
+            .arg(format!("file:{}", dir.console().display()))
+            .arg("--vsock")
+            .arg(format!("cid={GUEST_CID},socket={}", dir.vsock().display()))
+            .arg("--fs")
+            .arg(format!("tag={SHARE_TAG},dir={}", dir.shared().display()))
+            .stdin(Stdio::null())
+            .stdout(vmm_log)
+            .stderr(vmm_log_err)
+            .kill_on_drop(true);
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no
+        // memory of the parent; it makes the VM die with the shim.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(host("start", &config.vmm))?;
+        let vmm_pid = child.id().unwrap_or_default();
+        std::fs::write(dir.vmm_pid_file(), vmm_pid.to_string())
+            .map_err(host("write", &dir.vmm_pid_file()))?;
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let (kill_tx, kill_rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let status = tokio::select! {
+                status = child.wait() => status,
+                _ = kill_rx => {
+                    let _ = child.start_kill();
+                    child.wait().await
+                }
+            };
+            let status = match status {
+                Ok(status) => status.to_string(),
+                Err(err) => format!("cannot wait: {err}"),
+            };
+            let _ = exit_tx.send(Some(status));
+        });
+
+        match connect(config, id, dir, exit_rx.clone()).await {
+            Ok(agent) => Ok(Started {
+                agent,
+                vmm_pid,
+                vm_exit: exit_rx,
+                kill: kill_tx,
+            }),
+            Err(err) => {
+                let _ = kill_tx.send(());
+                let mut exit = exit_rx;
+                let _ = exit.wait_for(Option::is_some).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Stops the VM and removes the pod's directory (and whatever is still
+    /// mounted below it). The sandbox is destroyed first when the agent still
+    /// answers, so that containers end before their VM.
+    ///
+    /// # Errors
+    /// The directory could not be removed.
+    pub async fn shut_down(mut self) -> std::io::Result<()> {
+        if self.vm_exit.borrow().is_none() {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), self.agent.destroy_sandbox()).await;
+        }
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+        let _ = self.vm_exit.wait_for(Option::is_some).await;
+        self.dir.remove()
+    }
+}
+
+/// What [`Pod::start`] hands to [`Pod::launch`].
+struct Started {
+    agent: AgentClient,
+    vmm_pid: u32,
+    vm_exit: watch::Receiver<Option<String>>,
+    kill: oneshot::Sender<()>,
+}
+
+/// Connects to the agent of a booting VM (bounded by `agent-timeout`), checks
+/// its version and creates the sandbox.
+async fn connect(
+    config: &Config,
+    id: &str,
+    dir: &PodDir,
+    vm_exit: watch::Receiver<Option<String>>,
+) -> Result<AgentClient, PodError> {
+    let started = Instant::now();
+    let agent = loop {
+        if let Some(status) = vm_exit.borrow().clone() {
+            return Err(PodError::VmExited {
+                pod: id.to_owned(),
+                status,
+                log: tail(&dir.vmm_log())
+                    .or_else(|| tail(&dir.console()))
+                    .unwrap_or_default(),
+            });
+        }
+        if let Ok(agent) = AgentClient::connect_hybrid_vsock(&dir.vsock(), AGENT_VSOCK_PORT).await {
+            if matches!(agent.check().await, Ok(true)) {
+                break agent;
+            }
+        }
+        if started.elapsed() > config.agent_timeout {
+            return Err(PodError::Timeout {
+                pod: id.to_owned(),
+                seconds: config.agent_timeout.as_secs(),
+                log: tail(&dir.console()).unwrap_or_default(),
+            });
+        }
+        tokio::time::sleep(CONNECT_RETRY).await;
+    };
+    tracing::info!(
+        pod = id,
+        seconds = started.elapsed().as_secs_f64(),
+        "agent serving"
+    );
+    let agent_error = |source| PodError::Agent {
+        pod: id.to_owned(),
+        source,
+    };
+    let version = agent.version().await.map_err(agent_error)?;
+    if version.api_version != API_VERSION {
+        return Err(PodError::Version {
+            pod: id.to_owned(),
+            agent: version.api_version,
+            shim: API_VERSION,
+        });
+    }
+    let mut share = Mount::new();
+    share.source = SHARE_TAG.into();
+    share.destination = GUEST_SHARE.into();
+    share.fstype = "virtiofs".into();
+    agent
+        .create_sandbox(&SandboxConfig {
+            id: id.to_owned(),
+            hostname: String::new(),
+            dns: Vec::new(),
+            shared_mounts: vec![share],
+            shared_pid_namespace: false,
+        })
+        .await
+        .map_err(agent_error)?;
+    Ok(agent)
+}
+
+/// The end of a log file on one line, for error messages.
+fn tail(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let text = text.trim_end();
+    if text.is_empty() {
+        return None;
+    }
+    let start = text.len().saturating_sub(LOG_TAIL);
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    Some(text[start..].replace('\n', " | "))
+}
+
+/// Copies the agent's log lines into the shim's log.
+async fn forward_agent_logs(listener: UnixListener, pod: String) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let pod = pod.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(pod, "agent: {line}");
+            }
+        });
+    }
+}
