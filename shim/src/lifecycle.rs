@@ -19,8 +19,10 @@ use containerd_shim::api::DeleteResponse;
 use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
 use containerd_shim::protos::shim_async::create_task;
 use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::bootstrap::BootstrapParams;
 use containerd_shim::{Flags, StartOpts};
-use protobuf::MessageField;
+use protobuf::well_known_types::any::Any;
+use protobuf::{Message, MessageField};
 use ttrpc::asynchronous::transport::Listener;
 use ttrpc::asynchronous::Server;
 
@@ -67,17 +69,8 @@ impl Shim for VmpodShim {
         }
     }
 
-    /// Starts the serving shim of the container's pod, or finds the one that
-    /// serves it already (the socket address is derived from the pod's id).
     async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        let spec = spec::load(Path::new("."))
-            .map_err(|err| containerd_shim::Error::InvalidArgument(err.to_string()))?;
-        let pod_id = spec::pod_id(&spec, &opts.id);
-        let address = spawn(opts, &pod_id, Vec::new()).await?;
-        std::fs::write("address", &address).map_err(|err| {
-            containerd_shim::Error::Other(format!("write the bundle's address file: {err}"))
-        })?;
-        Ok(address)
+        start(opts).await
     }
 
     /// Cleans up after a shim that is gone: the container's mounts and, with
@@ -105,6 +98,56 @@ impl Shim for VmpodShim {
         }
         TaskService::new(&self.namespace, config, publisher, self.exit.clone())
     }
+}
+
+/// Starts the serving shim of the container's pod, or finds the one that
+/// serves it already (the socket address is derived from the pod's id), and
+/// returns its address. The working directory is the container's bundle.
+///
+/// # Errors
+/// The bundle's spec cannot be read, or the server cannot be started.
+pub async fn start(opts: StartOpts) -> containerd_shim::Result<String> {
+    let spec = spec::load(Path::new("."))
+        .map_err(|err| containerd_shim::Error::InvalidArgument(err.to_string()))?;
+    let pod_id = spec::pod_id(&spec, &opts.id);
+    let address = spawn(opts, &pod_id, Vec::new()).await?;
+    std::fs::write("address", &address).map_err(|err| {
+        containerd_shim::Error::Other(format!("write the bundle's address file: {err}"))
+    })?;
+    Ok(address)
+}
+
+/// `start` as containerd before 2.3 calls it: flags and environment, the
+/// runtime options (if any) on stdin, and the bare socket address as the
+/// answer — which every such containerd takes for a Task API v2 shim.
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_legacy(flags: &Flags, options: &[u8]) -> containerd_shim::Result<String> {
+    let extensions = Any::parse_from_bytes(options)
+        .ok()
+        .filter(|any| !any.type_url.is_empty())
+        .into_iter()
+        .collect();
+    start(StartOpts {
+        id: flags.id.clone(),
+        publish_binary: flags.publish_binary.clone(),
+        address: flags.address.clone(),
+        ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
+        namespace: flags.namespace.clone(),
+        debug: flags.debug,
+        extensions,
+        ..Default::default()
+    })
+    .await
+}
+
+/// Whether `input` (what containerd wrote to `start`'s stdin) is containerd
+/// ≥ 2.3's bootstrap message for this shim rather than legacy runtime options.
+pub fn is_bootstrap(input: &[u8], flags: &Flags) -> bool {
+    BootstrapParams::parse_from_bytes(input).is_ok_and(|params| {
+        params.instance_id == flags.id && params.namespace == flags.namespace
+    })
 }
 
 /// What a `delete` after a dead shim removes: the container's part of the

@@ -69,20 +69,20 @@ impl ContainerShare {
     }
 
     /// Mounts containerd's `mounts` (in order, each on the last) at the
-    /// container's rootfs in the share. With no mounts, `bundle_rootfs` (a
-    /// directory containerd prepared) is bound there instead.
+    /// container's rootfs in the share. With no mounts, the directory
+    /// `prepared_root` is bound there instead.
     ///
     /// # Errors
     /// [`ShareError`]; what was mounted is unmounted again.
     pub async fn mount_rootfs(
         &self,
         mounts: &[ContainerdMount],
-        bundle_rootfs: &Path,
+        prepared_root: &Path,
     ) -> Result<(), ShareError> {
         let target = self.host.join("rootfs");
         create_dir(&target)?;
         let result = if mounts.is_empty() {
-            bind(bundle_rootfs, &target)
+            bind(prepared_root, &target)
         } else {
             let mut result = Ok(());
             for mount in mounts {

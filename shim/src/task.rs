@@ -115,16 +115,15 @@ fn status(code: Code, message: impl ToString) -> ttrpc::Error {
 }
 
 /// An agent failure as containerd should see it: the agent's own status
-/// code when it refused, UNAVAILABLE when it could not be reached.
+/// code and message when it refused, UNAVAILABLE when it could not be reached.
 fn agent_status(err: ClientError) -> ttrpc::Error {
-    let code = match &err {
+    match &err {
         ClientError::Rpc {
-            source: ttrpc::Error::RpcStatus(status),
-            ..
-        } => status.code(),
-        _ => Code::UNAVAILABLE,
-    };
-    status(code, err)
+            method,
+            source: ttrpc::Error::RpcStatus(refusal),
+        } => status(refusal.code(), format!("agent {method}: {}", refusal.message())),
+        _ => status(Code::UNAVAILABLE, err),
+    }
 }
 
 /// Checks a container or exec id: it names directories in the share and in the guest.
@@ -323,8 +322,14 @@ impl TaskService {
                 format!("write {}: {err}", bundle.join(POD_DIR_FILE).display()),
             )
         })?;
+        // Without mounts from containerd, the spec's root is a prepared
+        // directory (relative to the bundle, or absolute as with `ctr run --rootfs`).
+        let root = spec
+            .root()
+            .as_ref()
+            .map_or_else(|| bundle.join("rootfs"), |root| bundle.join(root.path()));
         share
-            .mount_rootfs(&req.rootfs, &bundle.join("rootfs"))
+            .mount_rootfs(&req.rootfs, &root)
             .await
             .map_err(|err| status(Code::INTERNAL, err))?;
         let guest_spec =
@@ -546,9 +551,11 @@ impl containerd_shim::Task for TaskService {
             }
             (process.id.clone(), process.exec_spec.clone())
         };
+        // Started first, watched after: the agent keeps output and exit
+        // status until they are read, and a failed start leaves nothing to watch.
         match exec_spec {
             Some(spec) => handle.agent.exec_process(&process_id, spec).await,
-            None => Ok(()),
+            None => handle.agent.start_container(&req.id).await,
         }
         .map_err(agent_status)?;
         {
@@ -561,11 +568,6 @@ impl containerd_shim::Task for TaskService {
             self.monitor(&handle, &req.id, process)?;
         }
         if req.exec_id.is_empty() {
-            handle
-                .agent
-                .start_container(&req.id)
-                .await
-                .map_err(agent_status)?;
             let event = TaskStart {
                 container_id: req.id.clone(),
                 pid: handle.vmm_pid,
