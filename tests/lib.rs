@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Helpers shared by vmpod's cross-component tests: finding the built
-//! artifacts, and running a command with a deadline.
+//! artifacts, running a command with a deadline, and a real containerd
+//! ([`containerd`]).
+
+pub mod containerd;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -105,13 +108,35 @@ pub struct Outcome {
 /// # Panics
 /// If the command cannot be spawned.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Outcome {
+    run_with_input(cmd, None, timeout)
+}
+
+/// Like [`run_with_timeout`], with `input` (if any) as the command's
+/// standard input, which is closed after it.
+///
+/// # Panics
+/// If the command cannot be spawned.
+pub fn run_with_input(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Outcome {
     let start = Instant::now();
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    if let (Some(mut pipe), Some(input)) = (child.stdin.take(), input) {
+        let input = input.to_vec();
+        // Not joined: a command that never reads its input must not block
+        // us; the write fails once the command is gone.
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = pipe.write_all(&input);
+        });
+    }
     let readers = [
         child
             .stdout

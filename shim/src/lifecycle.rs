@@ -17,9 +17,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use containerd_shim::api::DeleteResponse;
 use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::bootstrap::BootstrapParams;
 use containerd_shim::protos::shim_async::create_task;
 use containerd_shim::publisher::RemotePublisher;
-use containerd_shim::bootstrap::BootstrapParams;
 use containerd_shim::{Flags, StartOpts};
 use protobuf::well_known_types::any::Any;
 use protobuf::{Message, MessageField};
@@ -145,9 +145,8 @@ pub async fn start_legacy(flags: &Flags, options: &[u8]) -> containerd_shim::Res
 /// Whether `input` (what containerd wrote to `start`'s stdin) is containerd
 /// ≥ 2.3's bootstrap message for this shim rather than legacy runtime options.
 pub fn is_bootstrap(input: &[u8], flags: &Flags) -> bool {
-    BootstrapParams::parse_from_bytes(input).is_ok_and(|params| {
-        params.instance_id == flags.id && params.namespace == flags.namespace
-    })
+    BootstrapParams::parse_from_bytes(input)
+        .is_ok_and(|params| params.instance_id == flags.id && params.namespace == flags.namespace)
 }
 
 /// What a `delete` after a dead shim removes: the container's part of the

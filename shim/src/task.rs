@@ -121,7 +121,10 @@ fn agent_status(err: ClientError) -> ttrpc::Error {
         ClientError::Rpc {
             method,
             source: ttrpc::Error::RpcStatus(refusal),
-        } => status(refusal.code(), format!("agent {method}: {}", refusal.message())),
+        } => status(
+            refusal.code(),
+            format!("agent {method}: {}", refusal.message()),
+        ),
         _ => status(Code::UNAVAILABLE, err),
     }
 }
