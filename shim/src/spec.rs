@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::share::{ContainerShare, ShareError};
 
@@ -61,8 +61,10 @@ pub fn pod_id(spec: &Spec, container_id: &str) -> String {
 
 /// The spec as the agent gets it: OCI hooks dropped (they name host
 /// binaries; the VM boundary is the isolation), namespaces given by host
-/// paths dropped (the container then shares the pod VM's), and bind-mount
-/// sources shared into the guest.
+/// paths dropped (the container then shares the pod VM's), the network
+/// namespace dropped (a pod's containers share its network, which is the
+/// VM's: its interfaces are the pod's), and bind-mount sources shared into
+/// the guest.
 ///
 /// # Errors
 /// [`SpecError`]; bind mounts already made are left for the share's removal.
@@ -73,12 +75,12 @@ pub fn for_guest(mut spec: Spec, share: &ContainerShare) -> Result<Vec<u8>, Spec
     }
     if let Some(mut linux) = spec.linux().clone() {
         if let Some(namespaces) = linux.namespaces().clone() {
-            let (kept, dropped): (Vec<_>, Vec<_>) = namespaces
-                .into_iter()
-                .partition(|namespace| namespace.path().is_none());
+            let (kept, dropped): (Vec<_>, Vec<_>) = namespaces.into_iter().partition(|namespace| {
+                namespace.path().is_none() && namespace.typ() != LinuxNamespaceType::Network
+            });
             for namespace in dropped {
-                tracing::info!(
-                    "sharing the pod VM's {:?} namespace instead of host namespace {:?}",
+                tracing::debug!(
+                    "sharing the pod VM's {:?} namespace instead of {:?}",
                     namespace.typ(),
                     namespace.path()
                 );
@@ -130,7 +132,8 @@ mod tests {
                 "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
                 "linux": {"namespaces": [
                     {"type": "pid"},
-                    {"type": "network", "path": "/proc/1/ns/net"}
+                    {"type": "ipc", "path": "/proc/1/ns/ipc"},
+                    {"type": "network"}
                 ]}
             })),
             &share,
