@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# `ctr run --rm` of /bin/true under the real containerd: vmpod's shim (a pod
+# VM per run) against containerd's runc shim in the same run, plus the
+# shim's and vmpod-vm's resident memory for one pod. Run as root.
+# VMPOD_BENCH_VMPOD_RUNS (default 3) and VMPOD_BENCH_RUNC_RUNS (10) set the runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+setup=$(scripts/setup.sh)
+eval "$setup"
+export VMPOD_KERNEL_DIR VMPOD_TEST_INITRD VMPOD_TEST_INIT VMPOD_AGENT_INITRD
+cargo build --release -p containerd-shim-vmpod-v2 -p vmm
+exec cargo bench -p vmpod-integration-tests --bench ctr_run

@@ -1,0 +1,204 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `ctr run --rm` of `/bin/true` through the real containerd: vmpod's shim
+//! (a pod VM per run) side by side with containerd's default runc shim, in
+//! the same run and on the same image. Prints medians, the ratio, the share
+//! of a vmpod run spent booting the guest until its agent served, and the
+//! resident memory of the shim and of `vmpod-vm` (without guest RAM) for one
+//! running pod. Figures, not a test: run it through `bench/ctr-run.sh`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use vmpod_integration_tests::containerd::{Containerd, ContainerdOptions, RUNTIME, SHIM_BINARY};
+use vmpod_integration_tests::{vmpod_vm_binary, GuestArtifacts};
+
+/// Runs per runtime (vmpod's cost about a minute each on emulating hosts).
+fn runs(variable: &str, default: usize) -> usize {
+    std::env::var(variable)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        (values[middle - 1] + values[middle]) / 2.0
+    } else {
+        values[middle]
+    }
+}
+
+/// `VmRSS` of `pid`, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resident KiB of `pid` outside its guest RAM mapping (the anonymous
+/// mapping of exactly `guest_kib`).
+fn rss_without_guest_kib(pid: u32, guest_kib: u64) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut total = 0;
+    let mut guest = 0;
+    let mut size = 0;
+    let mut anonymous = false;
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields
+            .first()
+            .is_some_and(|first| first.contains('-') && !first.ends_with(':'))
+        {
+            anonymous = fields.len() == 5;
+        } else if fields.first() == Some(&"Size:") {
+            size = fields[1].parse().unwrap_or(0);
+        } else if fields.first() == Some(&"Rss:") {
+            let rss: u64 = fields[1].parse().unwrap_or(0);
+            total += rss;
+            if anonymous && size == guest_kib {
+                guest += rss;
+            }
+        }
+    }
+    total - guest
+}
+
+/// The seconds the shim logged from launch until the agent of `pod` served.
+fn boot_seconds(log: &Path, pod: &str) -> Option<f64> {
+    let log = std::fs::read_to_string(log).ok()?;
+    log.lines()
+        .filter(|line| line.contains("agent serving") && line.contains(&format!("pod=\"{pod}\"")))
+        .find_map(|line| {
+            line.split("seconds=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+}
+
+fn main() {
+    let guest = GuestArtifacts::from_env().expect("guest artifacts (run bench/ctr-run.sh)");
+    let initrd = PathBuf::from(std::env::var("VMPOD_AGENT_INITRD").expect("VMPOD_AGENT_INITRD"));
+    let vmm = vmpod_vm_binary().expect("vmpod-vm built in release");
+    let shim = vmm.with_file_name(SHIM_BINARY);
+    assert!(shim.is_file(), "{} is not built", shim.display());
+
+    let work = std::env::temp_dir().join(format!("vmpod-bench-ctr-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let memory_mib = 256;
+    let config = work.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "kernel = \"{}\"\ninitrd = \"{}\"\nstate-dir = \"{}\"\nmemory = {memory_mib}\nagent-timeout = 600\n",
+            guest.vmlinux.display(),
+            initrd.display(),
+            work.join("pods").display()
+        ),
+    )
+    .unwrap();
+    let mut containerd = Containerd::start(ContainerdOptions {
+        shim: Some(shim),
+        env: vec![("VMPOD_CONFIG".into(), config.display().to_string())],
+        quiet: true,
+    })
+    .expect("containerd");
+    let image = containerd.import_busybox().expect("busybox image");
+
+    let timed = |containerd: &Containerd, runtime: &str, id: &str| {
+        let started = Instant::now();
+        let out = containerd.ctr(&["run", "--rm", "--runtime", runtime, &image, id, "true"]);
+        assert!(
+            out.status.success(),
+            "{id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        started.elapsed().as_secs_f64()
+    };
+    let runc_runs = runs("VMPOD_BENCH_RUNC_RUNS", 10);
+    let vmpod_runs = runs("VMPOD_BENCH_VMPOD_RUNS", 3);
+    let mut runc: Vec<f64> = (0..runc_runs)
+        .map(|i| {
+            timed(
+                &containerd,
+                "io.containerd.runc.v2",
+                &format!("bench-runc-{i}"),
+            )
+        })
+        .collect();
+    let mut vmpod = Vec::new();
+    let mut boots = Vec::new();
+    for i in 0..vmpod_runs {
+        let id = format!("bench-vmpod-{i}");
+        vmpod.push(timed(&containerd, RUNTIME, &id));
+        boots.extend(boot_seconds(&containerd.log_path(), &id));
+    }
+
+    // One pod kept running, for its shim's and VMM's memory.
+    let out = containerd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        &image,
+        "bench-rss",
+        "sleep",
+        "600",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let shim_pid = *containerd.shim_pids().first().expect("the pod's shim");
+    let vmm_pid = vmpod_integration_tests::containerd::processes_named("vmpod-vm")
+        .into_iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                String::from_utf8_lossy(&cmdline).contains(&work.display().to_string())
+            })
+        })
+        .expect("the pod's vmpod-vm");
+    let shim_kib = rss_kib(shim_pid);
+    let vmm_kib = rss_without_guest_kib(vmm_pid, memory_mib * 1024);
+    let _ = containerd.ctr(&["task", "kill", "-s", "SIGKILL", "bench-rss"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = containerd.ctr(&["task", "rm", "bench-rss"]);
+    let _ = containerd.ctr(&["container", "rm", "bench-rss"]);
+    containerd.stop().expect("stop containerd");
+    let _ = std::fs::remove_dir_all(&work);
+
+    let runc_median = median(&mut runc);
+    let vmpod_median = median(&mut vmpod);
+    let boot_median = if boots.is_empty() {
+        f64::NAN
+    } else {
+        median(&mut boots)
+    };
+    println!("ctr run --rm <busybox> true, same containerd 1.6, same image, one run:");
+    println!("| runtime | runs | median s | ratio to runc |");
+    println!("| --- | --- | --- | --- |");
+    println!("| io.containerd.runc.v2 | {runc_runs} | {runc_median:.3} | 1.00 |");
+    println!(
+        "| io.containerd.vmpod.v2 | {vmpod_runs} | {vmpod_median:.3} | {:.1} |",
+        vmpod_median / runc_median
+    );
+    println!(
+        "vmpod: guest boot until the agent served: median {boot_median:.1} s = {:.0} % of a run",
+        100.0 * boot_median / vmpod_median
+    );
+    println!(
+        "one running pod: shim RSS {:.1} MiB + vmpod-vm RSS without its {memory_mib} MiB guest RAM {:.1} MiB = {:.1} MiB (target <= 10 MiB)",
+        shim_kib as f64 / 1024.0,
+        vmm_kib as f64 / 1024.0,
+        (shim_kib + vmm_kib) as f64 / 1024.0
+    );
+}

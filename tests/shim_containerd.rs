@@ -1,0 +1,573 @@
+// SPDX-License-Identifier: Apache-2.0
+//! containerd-shim-vmpod-v2 under the real containerd (Debian's 1.6), driven
+//! with `ctr`: every container runs in a pod VM booted by vmpod-vm with the
+//! agent as its PID 1. A pod boot costs about a minute on emulating hosts,
+//! so the checks share few pods: one for the task API (output, exit codes,
+//! stdin, a terminal, exec, signals, pause/resume, metrics, a second container
+//! joining the pod, a failed create rolling back, delete), and two for the
+//! failures (the shim killed, the VM killed). Bad input is checked without a
+//! boot: it fails before any VM starts.
+// An integration test crate is a test module as a whole.
+#![allow(clippy::tests_outside_test_module)]
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vmpod_integration_tests::containerd::{
+    containerd_or_skip, count_mounts_below, processes_named, unix_sockets_below, Containerd,
+    ContainerdOptions, NAMESPACE, RUNTIME, SHIM_BINARY,
+};
+use vmpod_integration_tests::{guest_or_skip, vmpod_vm_binary};
+
+/// CRI's annotations that put a container into an existing pod.
+const JOIN: [&str; 2] = ["--annotation", "io.kubernetes.cri.container-type=container"];
+
+/// How long a state change in the guest may take (the guest's system calls
+/// are emulated here: ~0.4 ms each).
+const GUEST_DEADLINE: Duration = Duration::from_secs(120);
+
+/// containerd with the vmpod shim, a busybox image and the shim's config.
+struct Fixture {
+    containerd: Containerd,
+    image: String,
+    /// The shim's `state-dir`: pod directories.
+    pods: PathBuf,
+    work: PathBuf,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // containerd's log carries the shims' logs (and the agents').
+            eprintln!("containerd's log (tail):\n{}", self.containerd.log_tail(80));
+        }
+        let _ = self.containerd.stop();
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+/// The shim binary of this build (next to `vmpod-vm`).
+fn shim_binary() -> PathBuf {
+    let vm = vmpod_vm_binary().expect("vmpod-vm is built (cargo build --workspace)");
+    let shim = vm.with_file_name(SHIM_BINARY);
+    assert!(shim.is_file(), "{} is not built", shim.display());
+    shim
+}
+
+/// The agent initrd, or `None` after saying why the test skips.
+fn agent_initrd(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("VMPOD_AGENT_INITRD").map(PathBuf::from) {
+        Some(path) if path.is_file() => Some(path),
+        other => {
+            assert!(
+                std::env::var_os("VMPOD_REQUIRE_GUEST").is_none(),
+                "VMPOD_AGENT_INITRD {other:?} is not a built initrd"
+            );
+            eprintln!("skipped {test}: no agent initrd (run ./test.sh)");
+            None
+        }
+    }
+}
+
+/// Starts containerd for `test` with a shim config made of `extra` on top of
+/// the guest artifacts; `None` when the test must skip (printed).
+fn fixture(test: &str, extra: &str) -> Option<Fixture> {
+    let guest = guest_or_skip(test)?;
+    let initrd = agent_initrd(test)?;
+    if !containerd_or_skip(test, &["script"]) {
+        return None;
+    }
+    let work = std::env::temp_dir().join(format!("vmpod-shim-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let pods = work.join("pods");
+    let config = work.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "kernel = \"{}\"\ninitrd = \"{}\"\nstate-dir = \"{}\"\nagent-timeout = 600\n{extra}",
+            guest.vmlinux.display(),
+            initrd.display(),
+            pods.display()
+        ),
+    )
+    .unwrap();
+    let containerd = Containerd::start(ContainerdOptions {
+        shim: Some(shim_binary()),
+        env: vec![("VMPOD_CONFIG".into(), config.display().to_string())],
+        quiet: false,
+    })
+    .expect("containerd");
+    let image = containerd.import_busybox().expect("busybox image");
+    Some(Fixture {
+        containerd,
+        image,
+        pods,
+        work,
+    })
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+impl Fixture {
+    fn ctr(&self, args: &[&str]) -> Output {
+        self.containerd.ctr(args)
+    }
+
+    /// `ctr run` with the vmpod runtime; `before_image` are flags.
+    fn run(&self, before_image: &[&str], id: &str, command: &[&str]) -> Output {
+        let mut args = vec!["run", "--runtime", RUNTIME];
+        args.extend_from_slice(before_image);
+        args.push(&self.image);
+        args.push(id);
+        args.extend_from_slice(command);
+        self.ctr(&args)
+    }
+
+    /// Asserts `ctr` succeeded, with its output and containerd's log otherwise.
+    fn ok(&self, what: &str, out: &Output) {
+        assert!(
+            out.status.success(),
+            "{what}: {:?}\nstdout {:?}\nstderr {:?}\n{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr),
+            self.containerd.log_tail(40)
+        );
+    }
+
+    /// The status column of `ctr task ls` for `id` (None: no such task).
+    fn task_status(&self, id: &str) -> Option<String> {
+        let out = self.ctr(&["task", "ls"]);
+        text(&out.stdout).lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.first() == Some(&id)).then(|| fields.last().unwrap_or(&"").to_string())
+        })
+    }
+
+    fn wait_status(&self, id: &str, wanted: Option<&str>) {
+        let deadline = Instant::now() + GUEST_DEADLINE;
+        while self.task_status(id).as_deref() != wanted {
+            assert!(
+                Instant::now() < deadline,
+                "task {id}: status {:?}, want {wanted:?}",
+                self.task_status(id)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `vmpod-vm` processes of this fixture's pods.
+    fn vmm_pids(&self) -> Vec<u32> {
+        let pods = self.pods.display().to_string();
+        processes_named("vmpod-vm")
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|cmdline| text(&cmdline).contains(&pods))
+            })
+            .collect()
+    }
+
+    /// Nothing of any pod is left: no VM, no shim, no mount, no socket, no
+    /// pod directory.
+    fn assert_nothing_left(&self, when: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let vmms = self.vmm_pids();
+            let shims = self.containerd.shim_pids();
+            let mounts = count_mounts_below(&self.pods) + count_mounts_below(self.containerd.dir());
+            let sockets = unix_sockets_below(&self.pods);
+            let pod_dirs: Vec<_> = std::fs::read_dir(self.pods.join(NAMESPACE))
+                .map(|dir| dir.flatten().map(|entry| entry.path()).collect())
+                .unwrap_or_default();
+            if vmms.is_empty()
+                && shims.is_empty()
+                && mounts == 0
+                && sockets.is_empty()
+                && pod_dirs.is_empty()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{when}: left behind: VMs {vmms:?}, shims {shims:?}, {mounts} mounts, \
+                 sockets {sockets:?}, pod dirs {pod_dirs:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// `ctr events`, collected in the background.
+struct Events {
+    child: std::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Events {
+    fn watch(fixture: &Fixture) -> Events {
+        let mut child = Command::new("ctr")
+            .arg("--address")
+            .arg(fixture.containerd.address())
+            .args(["--namespace", NAMESPACE, "events"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ctr events");
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Events { child, lines }
+    }
+
+    /// Waits for an event line containing every one of `parts`.
+    fn expect(&self, parts: &[&str]) {
+        let deadline = Instant::now() + GUEST_DEADLINE;
+        loop {
+            if self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|line| parts.iter().all(|part| line.contains(part)))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no event with {parts:?} in:\n{}",
+                self.lines.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("events:\n{}", self.lines.lock().unwrap().join("\n"));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn test_pod_runs_the_task_api_through_ctr() {
+    let test = "test_pod_runs_the_task_api_through_ctr";
+    let Some(f) = fixture(test, "") else {
+        return;
+    };
+    let events = Events::watch(&f);
+    let join = [
+        &JOIN[..],
+        &["--annotation", "io.kubernetes.cri.sandbox-id=vp-pod"],
+    ]
+    .concat();
+
+    // The pod: its first container boots the VM.
+    let booted = Instant::now();
+    let out = f.run(&["-d"], "vp-pod", &["sleep", "3600"]);
+    f.ok("ctr run -d vp-pod", &out);
+    let boot = booted.elapsed();
+    assert_eq!(f.vmm_pids().len(), 1, "one VM for the pod");
+    assert_eq!(f.task_status("vp-pod").as_deref(), Some("RUNNING"));
+
+    // A second container joins the pod (same shim, same VM): output, error
+    // output and exit status come back through ctr.
+    let started = Instant::now();
+    let out = f.run(
+        &["--rm", join[0], join[1], join[2], join[3]],
+        "vp-c2",
+        &["sh", "-c", "echo out; echo err >&2; exit 3"],
+    );
+    let joined_run = started.elapsed();
+    assert_eq!(out.status.code(), Some(3), "stderr {:?}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n");
+    assert_eq!(
+        f.vmm_pids().len(),
+        1,
+        "the joined container used the pod's VM"
+    );
+    assert_eq!(f.containerd.shim_pids().len(), 1, "one shim for the pod");
+
+    // Exec: exit status, stdin to its end, a terminal with its size.
+    let out = f.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e-exit",
+        "vp-pod",
+        "sh",
+        "-c",
+        "echo exec; exit 4",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "stderr {:?}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "exec\n");
+    let input = b"line one\nline two\n";
+    let cat = f.containerd.ctr_with_input(
+        &["task", "exec", "--exec-id", "e-cat", "vp-pod", "cat"],
+        input,
+        GUEST_DEADLINE,
+    );
+    assert_eq!(cat.status, Some(0), "{cat:?}");
+    assert_eq!(cat.stdout.as_bytes(), input);
+    let tty = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "stty rows 30 cols 100; ctr --address {} --namespace {NAMESPACE} task exec -t --exec-id e-tty vp-pod sh -c 'tty; stty size'",
+            f.containerd.address().display()
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let tty_out = text(&tty.stdout);
+    assert!(tty_out.contains("/dev/pts/"), "{tty_out:?}");
+    // ctr passes its terminal's size on (ResizePty).
+    assert!(tty_out.contains("30 100"), "{tty_out:?}");
+
+    // Signals: SIGTERM reaches the container's process, which exits 42.
+    let out = f.run(
+        &["-d", join[0], join[1], join[2], join[3]],
+        "vp-term",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; echo ready > /tmp/ready; while true; do sleep 1; done",
+        ],
+    );
+    f.ok("ctr run -d vp-term", &out);
+    let deadline = Instant::now() + GUEST_DEADLINE;
+    while !f
+        .ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e-ready",
+            "vp-term",
+            "cat",
+            "/tmp/ready",
+        ])
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "vp-term never got ready");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    f.ok(
+        "kill -s SIGTERM",
+        &f.ctr(&["task", "kill", "-s", "SIGTERM", "vp-term"]),
+    );
+    f.wait_status("vp-term", Some("STOPPED"));
+    events.expect(&["/tasks/exit", "\"id\":\"vp-term\"", "\"exit_status\":42"]);
+    f.ok("task rm vp-term", &f.ctr(&["task", "rm", "vp-term"]));
+    f.ok(
+        "container rm vp-term",
+        &f.ctr(&["container", "rm", "vp-term"]),
+    );
+
+    // Pause, resume, processes, metrics.
+    f.ok("pause", &f.ctr(&["task", "pause", "vp-pod"]));
+    assert_eq!(f.task_status("vp-pod").as_deref(), Some("PAUSED"));
+    f.ok("resume", &f.ctr(&["task", "resume", "vp-pod"]));
+    assert_eq!(f.task_status("vp-pod").as_deref(), Some("RUNNING"));
+    let ps = f.ctr(&["task", "ps", "vp-pod"]);
+    f.ok("task ps", &ps);
+    assert!(
+        text(&ps.stdout).lines().count() >= 2,
+        "{:?}",
+        text(&ps.stdout)
+    );
+    let metrics = f.ctr(&["task", "metrics", "vp-pod"]);
+    f.ok("task metrics", &metrics);
+    let metrics = text(&metrics.stdout);
+    for figure in ["pids.current", "memory.usage", "cpu.usage_usec"] {
+        assert!(metrics.contains(figure), "{figure} missing: {metrics}");
+    }
+
+    // A create that fails half-way (a bind source the host lacks) rolls back
+    // and leaves the pod as it was.
+    let mounts_before = count_mounts_below(&f.pods);
+    let out = f.run(
+        &[
+            "--rm",
+            join[0],
+            join[1],
+            join[2],
+            join[3],
+            "--mount",
+            "type=bind,src=/nonexistent/vmpod-src,dst=/data,options=rbind",
+        ],
+        "vp-bad",
+        &["true"],
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("mount source /nonexistent/vmpod-src does not exist on the host"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert_eq!(count_mounts_below(&f.pods), mounts_before);
+    assert!(!f.pods.join(NAMESPACE).join("vp-pod/shared/vp-bad").exists());
+    let _ = f.ctr(&["container", "rm", "vp-bad"]);
+    assert_eq!(f.task_status("vp-pod").as_deref(), Some("RUNNING"));
+
+    // Delete: the last container takes the VM, the shim and every mount,
+    // socket and directory of the pod with it.
+    f.ok("kill", &f.ctr(&["task", "kill", "-s", "SIGKILL", "vp-pod"]));
+    f.wait_status("vp-pod", Some("STOPPED"));
+    f.ok("task rm", &f.ctr(&["task", "rm", "vp-pod"]));
+    f.ok("container rm", &f.ctr(&["container", "rm", "vp-pod"]));
+    f.assert_nothing_left("after the pod's last delete");
+
+    for topic in [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/paused",
+        "/tasks/resumed",
+        "/tasks/delete",
+    ] {
+        events.expect(&[topic]);
+    }
+    events.expect(&["/tasks/exit", "\"id\":\"vp-pod\"", "\"exit_status\":137"]);
+    eprintln!(
+        "shim under containerd: pod boot (ctr run -d) {:.1} s, joined ctr run --rm {:.1} s; terminal said {:?}",
+        boot.as_secs_f64(),
+        joined_run.as_secs_f64(),
+        tty_out.trim()
+    );
+}
+
+#[test]
+fn test_failures_lose_nothing() {
+    let test = "test_failures_lose_nothing";
+    let Some(f) = fixture(test, "") else {
+        return;
+    };
+    let events = Events::watch(&f);
+
+    // The shim is killed: containerd's cleanup (the shim's `delete`) ends
+    // the VM and removes the pod's mounts, sockets and directory.
+    f.ok(
+        "ctr run -d vf-shim",
+        &f.run(&["-d"], "vf-shim", &["sleep", "3600"]),
+    );
+    let shims = f.containerd.shim_pids();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    assert_eq!(f.vmm_pids().len(), 1);
+    // SAFETY: kill(2) on the shim's pid, found just above.
+    unsafe { libc::kill(shims[0] as i32, libc::SIGKILL) };
+    events.expect(&["/tasks/exit", "\"container_id\":\"vf-shim\""]);
+    let _ = f.ctr(&["task", "rm", "vf-shim"]);
+    f.ok(
+        "container rm vf-shim",
+        &f.ctr(&["container", "rm", "vf-shim"]),
+    );
+    f.assert_nothing_left("after the shim was killed");
+
+    // The VM dies: every task of the pod (init and exec) exits non-zero with
+    // a TaskExit event.
+    f.ok(
+        "ctr run -d vf-vm",
+        &f.run(&["-d"], "vf-vm", &["sleep", "3600"]),
+    );
+    f.ok(
+        "exec --detach",
+        &f.ctr(&[
+            "task",
+            "exec",
+            "--detach",
+            "--exec-id",
+            "e-long",
+            "vf-vm",
+            "sleep",
+            "3600",
+        ]),
+    );
+    let vmms = f.vmm_pids();
+    assert_eq!(vmms.len(), 1);
+    // SAFETY: kill(2) on the pod's VMM, found just above.
+    unsafe { libc::kill(vmms[0] as i32, libc::SIGKILL) };
+    f.wait_status("vf-vm", Some("STOPPED"));
+    events.expect(&["/tasks/exit", "\"id\":\"vf-vm\"", "\"exit_status\":255"]);
+    events.expect(&["/tasks/exit", "\"id\":\"e-long\"", "\"exit_status\":255"]);
+    f.ok("task rm vf-vm", &f.ctr(&["task", "rm", "vf-vm"]));
+    f.ok("container rm vf-vm", &f.ctr(&["container", "rm", "vf-vm"]));
+    f.assert_nothing_left("after the VM was killed");
+}
+
+#[test]
+fn test_bad_input_fails_in_one_line_before_any_vm() {
+    let test = "test_bad_input_fails_in_one_line_before_any_vm";
+    let Some(f) = fixture(test, "max-vcpus = 2\n") else {
+        return;
+    };
+    let cases: [(&[&str], &str, &str); 3] = [
+        (
+            &["--annotation", "io.vmpod.vm.vcpus=3"],
+            "vb-vcpus",
+            "annotation io.vmpod.vm.vcpus=\"3\": not a number within 1..=2 (max-vcpus)",
+        ),
+        (
+            &["--annotation", "io.vmpod.vm.memory=lots"],
+            "vb-memory",
+            "annotation io.vmpod.vm.memory=\"lots\": not a number of MiB",
+        ),
+        (
+            &[
+                JOIN[0],
+                JOIN[1],
+                "--annotation",
+                "io.kubernetes.cri.sandbox-id=vb-nopod",
+            ],
+            "vb-join",
+            "names pod \"vb-nopod\", which does not run",
+        ),
+    ];
+    for (flags, id, message) in cases {
+        let out = f.run(&[&["--rm"], flags].concat(), id, &["true"]);
+        assert!(!out.status.success(), "{id} ran");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(message), "{id}: {stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{id}: one line: {stderr}"
+        );
+        let _ = f.ctr(&["container", "rm", id]);
+        f.assert_nothing_left(id);
+    }
+
+    // A bad configuration file fails the first create, naming the key.
+    let bad = fixture(&format!("{test}-config"), "memory = 1\n").expect("prerequisites checked");
+    let out = bad.run(&["--rm"], "vb-config", &["true"]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(": memory: 1 MiB is not within 64..=2048"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    let _ = bad.ctr(&["container", "rm", "vb-config"]);
+    bad.assert_nothing_left("after a bad config");
+}
