@@ -24,7 +24,7 @@ pub enum CpuTemplate {
     /// A conservative, migration-friendly set: no AVX-512, TSX, MPX, SGX, PKU, WAITPKG or
     /// AMX, and none of their XSAVE state components.
     Baseline,
-    /// `Baseline` without XSAVE, AVX, POPCNT, FSGSBASE, SMEP, SMAP and PKU, for hosts whose emulator
+    /// `Baseline` without XSAVE, AVX, POPCNT, SMEP, SMAP and PKU, for hosts whose emulator
     /// for the guest's supervisor mode lacks those instructions. It also adds kernel
     /// command-line switches (see [`CpuTemplate::kernel_cmdline_switches`]).
     EmulatedSupervisor,
@@ -117,8 +117,6 @@ const AVX: FeatureBit = FeatureBit::leaf1(Ecx, 28);
 const SGX: FeatureBit = FeatureBit::leaf7(0, Ebx, 2);
 /// Leaf 0x7.0 EBX bit 4: HLE (TSX hardware lock elision).
 const HLE: FeatureBit = FeatureBit::leaf7(0, Ebx, 4);
-/// Leaf 0x7.0 EBX bit 0: FSGSBASE (RDFSBASE/WRFSBASE; Linux switches TLS bases with them).
-const FSGSBASE: FeatureBit = FeatureBit::leaf7(0, Ebx, 0);
 /// Leaf 0x7.0 EBX bit 7: SMEP.
 const SMEP: FeatureBit = FeatureBit::leaf7(0, Ebx, 7);
 /// Leaf 0x7.0 EBX bit 11: RTM (TSX restricted transactional memory).
@@ -272,22 +270,15 @@ const BASELINE_ZEROED_LEAVES: [u32; 3] = [LEAF_SGX, LEAF_AMX_TILE, LEAF_AMX_TMUL
 
 /// Feature bits `EmulatedSupervisor` clears on top of `Baseline`: the instructions the
 /// supervisor-mode emulator lacks (XSAVE family, POPCNT, CMPXCHG16B, CLAC/STAC of SMAP) and what
-/// depends on them (AVX needs XSAVE), plus SMEP and PKU, and FSGSBASE: with it the guest
-/// kernel saves and restores user TLS bases by RDFSBASE/WRFSBASE, and on such hosts a
-/// task switched while blocked in the kernel came back with a bad FS base (busybox `cat`
-/// from a pipe and processes at their memory limit died of general protection faults
-/// on their first TLS access; with `nofsgsbase` they run).
-const EMULATED_SUPERVISOR_CLEARED: [FeatureBit; 9] =
-    [XSAVE, OSXSAVE, AVX, POPCNT, CX16, SMEP, SMAP, PKU, FSGSBASE];
+/// depends on them (AVX needs XSAVE), plus SMEP and PKU.
+const EMULATED_SUPERVISOR_CLEARED: [FeatureBit; 8] =
+    [XSAVE, OSXSAVE, AVX, POPCNT, CX16, SMEP, SMAP, PKU];
 
 /// Kernel command-line switches for `EmulatedSupervisor`: on hosts whose guest supervisor
 /// mode is emulated the guest's CPUID answers come from the hardware, not from the VMM's
 /// table, so the guest kernel must be told to keep off these features itself.
-const EMULATED_SUPERVISOR_CMDLINE: [&str; 3] = [
-    "noxsave",
-    "nofsgsbase",
-    "clearcpuid=smap,smep,pku,xsave,popcnt,cx16",
-];
+const EMULATED_SUPERVISOR_CMDLINE: [&str; 2] =
+    ["noxsave", "clearcpuid=smap,smep,pku,xsave,popcnt,cx16"];
 
 impl CpuTemplate {
     /// Resolves `Auto`: `EmulatedSupervisor` if `supervisor_emulated` (what the start-up
@@ -528,8 +519,8 @@ mod tests {
         let ones = u32::MAX;
         // Leaf 1 ECX: CX16 13, POPCNT 23, XSAVE 26, OSXSAVE 27, AVX 28.
         let leaf1_ecx = (1 << 13) | (1 << 23) | (1 << 26) | (1 << 27) | (1 << 28);
-        // Leaf 7 EBX adds FSGSBASE 0, SMEP 7 and SMAP 20; ECX PKU 3 is already in Baseline.
-        let leaf7_ebx = BASELINE_7_EBX | 1 | (1 << 7) | (1 << 20);
+        // Leaf 7 EBX adds SMEP 7 and SMAP 20; ECX PKU 3 is already in Baseline.
+        let leaf7_ebx = BASELINE_7_EBX | (1 << 7) | (1 << 20);
         assert_only_changed(
             &before,
             &after,
@@ -587,11 +578,7 @@ mod tests {
     fn test_kernel_cmdline_switches() {
         assert_eq!(
             CpuTemplate::EmulatedSupervisor.kernel_cmdline_switches(),
-            [
-                "noxsave",
-                "nofsgsbase",
-                "clearcpuid=smap,smep,pku,xsave,popcnt,cx16"
-            ]
+            ["noxsave", "clearcpuid=smap,smep,pku,xsave,popcnt,cx16"]
         );
         for template in [CpuTemplate::Auto, CpuTemplate::Host, CpuTemplate::Baseline] {
             assert!(template.kernel_cmdline_switches().is_empty());
