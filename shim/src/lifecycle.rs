@@ -6,6 +6,7 @@
 //! crate registers the Task service under its v3 name only and containerd
 //! 1.6/1.7 call the v2 name: the same handlers are registered under both.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -236,13 +237,9 @@ pub async fn serve(args: &[OsString]) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("TTRPC_ADDRESS is not set (containerd sets it)"))?;
     let publisher = RemotePublisher::new(&ttrpc_address).await?;
     let service = Arc::new(shim.create_task_service(publisher).await);
-    let mut services = create_task(service.clone());
-    if let Some(task) = create_task(service.clone()).remove(TASK_SERVICE_V3) {
-        services.insert(TASK_SERVICE_V2.to_owned(), task);
-    }
     let mut server = Server::new()
         .add_listener(Listener::try_from(listener)?)
-        .register_service(services);
+        .register_service(task_services(service.clone()));
     server.start().await?;
     // The parent `start` reads our stdout until it closes: we serve.
     // SAFETY: dup2 on the process's own standard descriptors.
@@ -260,6 +257,16 @@ pub async fn serve(args: &[OsString]) -> anyhow::Result<()> {
     let _ = server.shutdown().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// The Task service under both names: `containerd-shim` generates it for
+/// v3 only, and the v2 messages are the same.
+fn task_services(service: Arc<TaskService>) -> HashMap<String, ttrpc::asynchronous::Service> {
+    let mut services = create_task(service.clone());
+    if let Some(task) = create_task(service).remove(TASK_SERVICE_V3) {
+        services.insert(TASK_SERVICE_V2.to_owned(), task);
+    }
+    services
 }
 
 /// Binds the shim socket; `None` when a live shim already listens there.
@@ -320,5 +327,47 @@ impl Write for LogWriter {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_task_api_is_served_under_both_names() {
+        // The publisher dials containerd's ttrpc socket at once: a listener
+        // stands in for it.
+        let socket = std::env::temp_dir().join(format!("vmpod-shim-events-{}", std::process::id()));
+        let _ = std::fs::remove_file(&socket);
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let publisher = RemotePublisher::new(format!("unix://{}", socket.display()))
+            .await
+            .unwrap();
+        let service = Arc::new(TaskService::new(
+            "default",
+            Err("no config".into()),
+            publisher,
+            Arc::new(ExitSignal::default()),
+        ));
+        let services = task_services(service);
+        let mut names: Vec<_> = services.keys().cloned().collect();
+        names.sort();
+        assert_eq!(names, [TASK_SERVICE_V2, TASK_SERVICE_V3]);
+        let methods = |name: &str| {
+            let mut methods: Vec<_> = services[name].methods.keys().cloned().collect();
+            methods.sort();
+            methods
+        };
+        assert_eq!(methods(TASK_SERVICE_V2), methods(TASK_SERVICE_V3));
+        for method in [
+            "Create", "Start", "Wait", "Delete", "Exec", "Stats", "Shutdown",
+        ] {
+            assert!(
+                methods(TASK_SERVICE_V2).iter().any(|m| m == method),
+                "{method}"
+            );
+        }
+        let _ = std::fs::remove_file(&socket);
     }
 }

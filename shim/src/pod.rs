@@ -259,9 +259,11 @@ impl Pod {
             .args(["--vcpus", &size.vcpus.to_string()])
             .args(["--memory", &size.memory_mib.to_string()])
             .args(["--cpu-template", &config.cpu_template])
+            // The console keeps the kernel's messages (not `quiet`): a guest
+            // process's fatal trap shows there (README, "Known host faults").
             .arg("--cmdline")
             .arg(format!(
-                "console=ttyS0 quiet reboot=k panic=1 vmpod.log_port={AGENT_LOG_PORT}"
+                "console=ttyS0 reboot=k panic=1 vmpod.log_port={AGENT_LOG_PORT}"
             ))
             .arg("--serial")
             .arg(format!("file:{}", dir.console().display()))
