@@ -261,7 +261,7 @@ pub async fn serve(args: &[OsString]) -> anyhow::Result<()> {
 
 /// The Task service under both names: `containerd-shim` generates it for
 /// v3 only, and the v2 messages are the same.
-fn task_services(service: Arc<TaskService>) -> HashMap<String, ttrpc::asynchronous::Service> {
+pub fn task_services(service: Arc<TaskService>) -> HashMap<String, ttrpc::asynchronous::Service> {
     let mut services = create_task(service.clone());
     if let Some(task) = create_task(service).remove(TASK_SERVICE_V3) {
         services.insert(TASK_SERVICE_V2.to_owned(), task);

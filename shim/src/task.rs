@@ -178,6 +178,16 @@ impl TaskService {
             .ok_or_else(|| status(Code::FAILED_PRECONDITION, "the pod VM is not running"))
     }
 
+    /// The pod's VM for a request naming container `id`: NOT_FOUND for a
+    /// container this shim does not have (what containerd expects of a task
+    /// that is gone), whether or not the VM runs.
+    fn handle_for(&self, id: &str) -> Result<PodHandle, ttrpc::Error> {
+        if !self.containers().contains_key(id) {
+            return Err(not_found(id));
+        }
+        self.handle()
+    }
+
     async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
         publish(&self.publisher, &self.namespace, topic, event).await;
     }
@@ -541,7 +551,7 @@ impl containerd_shim::Task for TaskService {
     }
 
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
-        let handle = self.handle()?;
+        let handle = self.handle_for(&req.id)?;
         let (process_id, exec_spec) = {
             let containers = self.containers();
             let container = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
@@ -619,7 +629,7 @@ impl containerd_shim::Task for TaskService {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
-        let handle = self.handle()?;
+        let handle = self.handle_for(&req.id)?;
         let process_id = {
             let containers = self.containers();
             let container = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
@@ -796,7 +806,7 @@ impl containerd_shim::Task for TaskService {
     }
 
     async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> ttrpc::Result<Empty> {
-        let handle = self.handle()?;
+        let handle = self.handle_for(&req.id)?;
         let process_id = {
             let containers = self.containers();
             let container = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
@@ -820,10 +830,7 @@ impl containerd_shim::Task for TaskService {
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
-        let handle = self.handle()?;
-        if !self.containers().contains_key(&req.id) {
-            return Err(not_found(&req.id));
-        }
+        let handle = self.handle_for(&req.id)?;
         let pids = handle
             .agent
             .list_processes(&req.id)
@@ -842,10 +849,7 @@ impl containerd_shim::Task for TaskService {
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<Empty> {
-        let handle = self.handle()?;
-        if !self.containers().contains_key(&req.id) {
-            return Err(not_found(&req.id));
-        }
+        let handle = self.handle_for(&req.id)?;
         handle
             .agent
             .pause_container(&req.id)
@@ -864,10 +868,7 @@ impl containerd_shim::Task for TaskService {
     }
 
     async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> ttrpc::Result<Empty> {
-        let handle = self.handle()?;
-        if !self.containers().contains_key(&req.id) {
-            return Err(not_found(&req.id));
-        }
+        let handle = self.handle_for(&req.id)?;
         handle
             .agent
             .resume_container(&req.id)
@@ -886,10 +887,7 @@ impl containerd_shim::Task for TaskService {
     }
 
     async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
-        let handle = self.handle()?;
-        if !self.containers().contains_key(&req.id) {
-            return Err(not_found(&req.id));
-        }
+        let handle = self.handle_for(&req.id)?;
         let resources = req
             .resources
             .as_ref()
@@ -910,10 +908,7 @@ impl containerd_shim::Task for TaskService {
     }
 
     async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
-        let handle = self.handle()?;
-        if !self.containers().contains_key(&req.id) {
-            return Err(not_found(&req.id));
-        }
+        let handle = self.handle_for(&req.id)?;
         let stats = handle
             .agent
             .stats_container(&req.id)
