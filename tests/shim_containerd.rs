@@ -460,12 +460,13 @@ fn test_pod_runs_the_task_api_through_ctr() {
         ],
     );
     let deadline = Instant::now() + GUEST_DEADLINE;
+    let mut poll = 0;
     while !f
         .ctr(&[
             "task",
             "exec",
             "--exec-id",
-            "e-ready",
+            &format!("e-ready-{poll}"),
             "vp-term",
             "cat",
             "/tmp/ready",
@@ -473,6 +474,7 @@ fn test_pod_runs_the_task_api_through_ctr() {
         .status
         .success()
     {
+        poll += 1;
         assert!(Instant::now() < deadline, "vp-term never got ready");
         std::thread::sleep(Duration::from_millis(500));
     }

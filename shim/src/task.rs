@@ -46,8 +46,10 @@ use crate::spec;
 pub const POD_DIR_FILE: &str = "vmpod-pod";
 /// The type URL containerd decodes cgroup v2 metrics by.
 const METRICS_V2_TYPE_URL: &str = "io.containerd.cgroups.v2.Metrics";
-/// Longest container or exec id accepted (they name files and cgroups).
+/// Longest container id accepted (as the agent: ids name files and cgroups).
 const MAX_ID_LEN: usize = 128;
+/// Longest exec id accepted: the agent's id for it adds `.` and a number.
+const MAX_EXEC_ID_LEN: usize = 100;
 
 /// One container of the pod.
 #[derive(Debug)]
@@ -100,6 +102,8 @@ pub struct TaskService {
     handle: Mutex<Option<PodHandle>>,
     containers: Arc<Mutex<HashMap<String, Container>>>,
     exit_signal: Arc<ExitSignal>,
+    /// Numbers the agent ids of execs.
+    exec_sequence: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for TaskService {
@@ -129,12 +133,12 @@ fn agent_status(err: ClientError) -> ttrpc::Error {
     }
 }
 
-/// Checks a container or exec id: it names directories in the share and in the guest.
-fn check_id(what: &str, id: &str) -> Result<(), ttrpc::Error> {
+/// Checks a container or exec id of at most `max` bytes, as the agent will:
+/// ids name directories in the share and in the guest.
+fn check_id(what: &str, id: &str, max: usize) -> Result<(), ttrpc::Error> {
     let valid = !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id != "."
-        && id != ".."
+        && id.len() <= max
+        && !id.starts_with('.')
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
@@ -143,7 +147,7 @@ fn check_id(what: &str, id: &str) -> Result<(), ttrpc::Error> {
     } else {
         Err(status(
             Code::INVALID_ARGUMENT,
-            format!("{what} {id:?}: want 1 to {MAX_ID_LEN} of [A-Za-z0-9_.-]"),
+            format!("{what} {id:?}: want 1 to {max} of [A-Za-z0-9_.-], not starting with '.'"),
         ))
     }
 }
@@ -165,7 +169,13 @@ impl TaskService {
             handle: Mutex::new(None),
             containers: Arc::new(Mutex::new(HashMap::new())),
             exit_signal,
+            exec_sequence: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    fn next_exec(&self) -> u64 {
+        self.exec_sequence
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     fn containers(&self) -> MutexGuard<'_, HashMap<String, Container>> {
@@ -243,14 +253,19 @@ impl TaskService {
             tracing::warn!("the pod VM ended: {}", why.unwrap_or_default());
             let mut exits = Vec::new();
             for (container_id, container) in lock(&containers).iter() {
-                let processes = std::iter::once(&container.init).chain(container.execs.values());
-                for process in processes {
+                let processes = std::iter::once(("", &container.init)).chain(
+                    container
+                        .execs
+                        .iter()
+                        .map(|(exec_id, process)| (exec_id.as_str(), process)),
+                );
+                for (exec_id, process) in processes {
                     if process.exit().is_none()
                         && process.status(false) == containerd_shim::api::Status::CREATED
                     {
                         let exit = Exit::now(LOST_STATUS);
                         process.set_exit(exit.clone());
-                        exits.push(task_exit(container_id, &process.id.exec_id, vmm_pid, &exit));
+                        exits.push(task_exit(container_id, exec_id, vmm_pid, &exit));
                     }
                 }
             }
@@ -362,6 +377,7 @@ impl TaskService {
         &self,
         handle: &PodHandle,
         container_id: &str,
+        exec_id: &str,
         process: &Process,
     ) -> Result<(), ttrpc::Error> {
         let copies = Copies::start(&handle.agent, &process.id, &process.stdio)
@@ -374,6 +390,7 @@ impl TaskService {
         let publisher = self.publisher.clone();
         let namespace = self.namespace.clone();
         let container_id = container_id.to_owned();
+        let exec_id = exec_id.to_owned();
         let vmm_pid = handle.vmm_pid;
         tokio::spawn(async move {
             let exit = tokio::select! {
@@ -403,7 +420,7 @@ impl TaskService {
                 }
             });
             if exited {
-                let event = task_exit(&container_id, &id.exec_id, vmm_pid, &exit);
+                let event = task_exit(&container_id, &exec_id, vmm_pid, &exit);
                 publish(
                     &publisher,
                     &namespace,
@@ -479,7 +496,7 @@ impl containerd_shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: CreateTaskRequest,
     ) -> ttrpc::Result<CreateTaskResponse> {
-        check_id("container", &req.id)?;
+        check_id("container", &req.id, MAX_ID_LEN)?;
         if self.containers().contains_key(&req.id) {
             return Err(status(
                 Code::ALREADY_EXISTS,
@@ -578,7 +595,7 @@ impl containerd_shim::Task for TaskService {
                 .ok_or_else(|| not_found(&req.id))?;
             let process = container.process_mut(&req.exec_id)?;
             process.set_started();
-            self.monitor(&handle, &req.id, process)?;
+            self.monitor(&handle, &req.id, &req.exec_id, process)?;
         }
         if req.exec_id.is_empty() {
             let event = TaskStart {
@@ -754,7 +771,7 @@ impl containerd_shim::Task for TaskService {
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
-        check_id("exec", &req.exec_id)?;
+        check_id("exec", &req.exec_id, MAX_EXEC_ID_LEN)?;
         let spec = req
             .spec
             .as_ref()
@@ -792,7 +809,14 @@ impl containerd_shim::Task for TaskService {
             };
             container.execs.insert(
                 req.exec_id.clone(),
-                Process::new(ProcessId::exec(&req.id, &req.exec_id), stdio, Some(spec)),
+                // The agent keeps a process until its container goes, and
+                // containerd may reuse an exec id once it deleted the exec:
+                // each exec gets an agent id of its own.
+                Process::new(
+                    ProcessId::exec(&req.id, &format!("{}.{}", req.exec_id, self.next_exec())),
+                    stdio,
+                    Some(spec),
+                ),
             );
         }
         let event = TaskExecAdded {
@@ -987,20 +1011,18 @@ mod tests {
     #[test]
     fn ids_that_could_name_other_paths_are_refused() {
         for good in ["c1", "a.b-c_d", &"x".repeat(MAX_ID_LEN)] {
-            assert!(check_id("container", good).is_ok(), "{good}");
+            assert!(check_id("container", good, MAX_ID_LEN).is_ok(), "{good}");
         }
-        for bad in [
-            "",
-            ".",
-            "..",
-            "a/b",
-            "a b",
-            "ä",
-            &"x".repeat(MAX_ID_LEN + 1),
-        ] {
-            let err = check_id("container", bad).unwrap_err();
+        let too_long = "x".repeat(MAX_ID_LEN + 1);
+        for bad in ["", ".", "..", ".hidden", "a/b", "a b", "ä", &too_long] {
+            let err = check_id("container", bad, MAX_ID_LEN).unwrap_err();
             assert!(err.to_string().contains("want 1 to 128"), "{bad}: {err}");
         }
+        // An exec's agent id (`<id>.<number>`) stays within the agent's limit.
+        let longest = format!("{}.{}", "x".repeat(MAX_EXEC_ID_LEN), u64::MAX);
+        assert!(longest.len() <= MAX_ID_LEN);
+        let too_long = "x".repeat(MAX_EXEC_ID_LEN + 1);
+        assert!(check_id("exec", &too_long, MAX_EXEC_ID_LEN).is_err());
     }
 
     #[test]

@@ -234,7 +234,7 @@ async fn bad_creates_name_the_problem_and_leave_nothing() {
     assert_eq!(code, Code::INVALID_ARGUMENT);
     assert_eq!(
         message,
-        "container \"a/b\": want 1 to 128 of [A-Za-z0-9_.-]"
+        "container \"a/b\": want 1 to 128 of [A-Za-z0-9_.-], not starting with '.'"
     );
 
     // No config.json in the bundle.
