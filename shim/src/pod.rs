@@ -197,16 +197,7 @@ impl Pod {
                 path: dir.root.display().to_string(),
             });
         }
-        let host = |what: &'static str, path: &Path| {
-            let pod = id.to_owned();
-            let path = path.display().to_string();
-            move |source| PodError::Host {
-                pod,
-                what,
-                path,
-                source,
-            }
-        };
+        let host = |what: &'static str, path: &Path| host_error(id, what, path);
         std::fs::create_dir_all(dir.shared()).map_err(host("create", &dir.shared()))?;
         match Self::start(config, id, &dir, size).await {
             Ok(Started {
@@ -237,16 +228,7 @@ impl Pod {
         dir: &PodDir,
         size: VmSize,
     ) -> Result<Started, PodError> {
-        let host = |what: &'static str, path: &Path| {
-            let pod = id.to_owned();
-            let path = path.display().to_string();
-            move |source| PodError::Host {
-                pod,
-                what,
-                path,
-                source,
-            }
-        };
+        let host = |what: &'static str, path: &Path| host_error(id, what, path);
         let log_listener =
             UnixListener::bind(dir.log_socket()).map_err(host("listen on", &dir.log_socket()))?;
         tokio::spawn(forward_agent_logs(log_listener, id.to_owned()));
@@ -342,6 +324,22 @@ impl Pod {
         }
         let _ = self.vm_exit.wait_for(Option::is_some).await;
         self.dir.remove()
+    }
+}
+
+/// A [`PodError::Host`] for `what` on `path`, from the io::Error it gets.
+fn host_error(
+    pod: &str,
+    what: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> PodError {
+    let pod = pod.to_owned();
+    let path = path.display().to_string();
+    move |source| PodError::Host {
+        pod,
+        what,
+        path,
+        source,
     }
 }
 

@@ -188,6 +188,38 @@ impl TaskService {
             .ok_or_else(|| status(Code::FAILED_PRECONDITION, "the pod VM is not running"))
     }
 
+    /// Pause (`paused`) or Resume: the agent freezes or thaws the container,
+    /// and TaskPaused or TaskResumed follows.
+    async fn set_paused(&self, id: &str, paused: bool) -> ttrpc::Result<Empty> {
+        let handle = self.handle_for(id)?;
+        if paused {
+            handle.agent.pause_container(id).await
+        } else {
+            handle.agent.resume_container(id).await
+        }
+        .map_err(agent_status)?;
+        if let Some(container) = self.containers().get_mut(id) {
+            container.paused = paused;
+        }
+        let container_id = id.to_owned();
+        if paused {
+            let event = TaskPaused {
+                container_id,
+                ..Default::default()
+            };
+            self.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(event))
+                .await;
+        } else {
+            let event = TaskResumed {
+                container_id,
+                ..Default::default()
+            };
+            self.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(event))
+                .await;
+        }
+        Ok(Empty::new())
+    }
+
     /// The pod's VM for a request naming container `id`: NOT_FOUND for a
     /// container this shim does not have (what containerd expects of a task
     /// that is gone), whether or not the VM runs.
@@ -873,41 +905,11 @@ impl containerd_shim::Task for TaskService {
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<Empty> {
-        let handle = self.handle_for(&req.id)?;
-        handle
-            .agent
-            .pause_container(&req.id)
-            .await
-            .map_err(agent_status)?;
-        if let Some(container) = self.containers().get_mut(&req.id) {
-            container.paused = true;
-        }
-        let event = TaskPaused {
-            container_id: req.id.clone(),
-            ..Default::default()
-        };
-        self.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(event))
-            .await;
-        Ok(Empty::new())
+        self.set_paused(&req.id, true).await
     }
 
     async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> ttrpc::Result<Empty> {
-        let handle = self.handle_for(&req.id)?;
-        handle
-            .agent
-            .resume_container(&req.id)
-            .await
-            .map_err(agent_status)?;
-        if let Some(container) = self.containers().get_mut(&req.id) {
-            container.paused = false;
-        }
-        let event = TaskResumed {
-            container_id: req.id.clone(),
-            ..Default::default()
-        };
-        self.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(event))
-            .await;
-        Ok(Empty::new())
+        self.set_paused(&req.id, false).await
     }
 
     async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
