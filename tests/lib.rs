@@ -4,6 +4,7 @@
 //! ([`containerd`]).
 
 pub mod containerd;
+pub mod netns;
 
 use std::io::Read;
 use std::path::PathBuf;

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod io;
 pub mod lifecycle;
+pub mod network;
 pub mod pod;
 pub mod process;
 pub mod share;

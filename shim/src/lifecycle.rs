@@ -28,7 +28,8 @@ use ttrpc::asynchronous::transport::Listener;
 use ttrpc::asynchronous::Server;
 
 use crate::config::Config;
-use crate::pod::PodDir;
+use crate::network::PodNetwork;
+use crate::pod::{tear_down_network, PodDir};
 use crate::process::timestamp;
 use crate::share::ContainerShare;
 use crate::spec;
@@ -80,6 +81,7 @@ impl Shim for VmpodShim {
         let bundle = std::env::current_dir()
             .map_err(|err| containerd_shim::Error::Other(format!("bundle directory: {err}")))?;
         clean_up_after_shim(&bundle, &self.id)
+            .await
             .map_err(|err| containerd_shim::Error::Other(format!("delete {}: {err}", self.id)))?;
         Ok(DeleteResponse {
             exit_status: KILLED_STATUS,
@@ -156,7 +158,7 @@ pub fn is_bootstrap(input: &[u8], flags: &Flags) -> bool {
 ///
 /// # Errors
 /// A mount or directory that could not be removed.
-pub fn clean_up_after_shim(bundle: &Path, container_id: &str) -> std::io::Result<()> {
+pub async fn clean_up_after_shim(bundle: &Path, container_id: &str) -> std::io::Result<()> {
     let marker = bundle.join(POD_DIR_FILE);
     let Ok(pod_root) = std::fs::read_to_string(&marker) else {
         // The create never got as far as the pod: nothing on the host.
@@ -175,6 +177,15 @@ pub fn clean_up_after_shim(bundle: &Path, container_id: &str) -> std::io::Result
     let last = std::fs::read_dir(pod.shared()).map_or(true, |mut entries| entries.next().is_none());
     if own || last {
         kill_vmm(&pod);
+        if let Ok(record) = std::fs::read(pod.network_record()) {
+            match serde_json::from_slice::<PodNetwork>(&record) {
+                Ok(network) => tear_down_network(container_id, Some(&network)).await,
+                Err(err) => tracing::warn!(
+                    "{}: not a network record: {err}",
+                    pod.network_record().display()
+                ),
+            }
+        }
         pod.remove()?;
     }
     std::fs::remove_file(&marker).or_else(|err| match err.kind() {

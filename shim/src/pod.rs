@@ -16,6 +16,7 @@ use vmpod_agent_api::messages::Mount;
 use vmpod_agent_api::{AgentClient, SandboxConfig, AGENT_VSOCK_PORT, API_VERSION};
 
 use crate::config::{Config, VmSize};
+use crate::network::{NetworkError, PodNetwork};
 
 /// The guest's vsock CID.
 const GUEST_CID: u32 = 3;
@@ -87,6 +88,24 @@ pub enum PodError {
         #[source]
         source: vmpod_agent_api::ClientError,
     },
+    /// The pod's network could not be set up, or the guest refused it.
+    #[error("pod {pod}: {source}")]
+    Network {
+        /// The pod.
+        pod: String,
+        /// What went wrong.
+        #[source]
+        source: NetworkError,
+    },
+    /// The guest refused its share of the pod's network.
+    #[error("pod {pod}: configuring the guest's network: {source}")]
+    GuestNetwork {
+        /// The pod.
+        pod: String,
+        /// The agent's answer.
+        #[source]
+        source: vmpod_agent_api::ClientError,
+    },
     /// The agent speaks another API version.
     #[error("pod {pod}: the agent speaks API version {agent}, this shim {shim}")]
     Version {
@@ -139,6 +158,12 @@ impl PodDir {
         self.root.join("vmm.log")
     }
 
+    /// The pod's network as set up (JSON), for `delete` after the shim is
+    /// gone.
+    pub fn network_record(&self) -> PathBuf {
+        self.root.join("network.json")
+    }
+
     /// The VMM's pid, for `delete` after the shim is gone.
     pub fn vmm_pid_file(&self) -> PathBuf {
         self.root.join("vmm.pid")
@@ -175,12 +200,16 @@ pub struct Pod {
     pub vmm_pid: u32,
     /// Set once `vmpod-vm` has ended: how.
     pub vm_exit: watch::Receiver<Option<String>>,
+    /// The taps and redirects of the pod's network namespace, if it has one.
+    network: Option<PodNetwork>,
     kill: Option<oneshot::Sender<()>>,
 }
 
 impl Pod {
-    /// Starts the pod VM of `id`, waits for its agent and creates the sandbox.
-    /// On failure nothing of it is left: no process, socket or directory.
+    /// Starts the pod VM of `id` with the network of the namespace at
+    /// `netns` (none: loopback only), waits for its agent, creates the
+    /// sandbox and configures the guest's network. On failure nothing of it
+    /// is left: no process, socket, directory, tap or tc filter.
     ///
     /// # Errors
     /// [`PodError`] naming the step.
@@ -189,6 +218,7 @@ impl Pod {
         namespace: &str,
         id: &str,
         size: VmSize,
+        netns: Option<&Path>,
     ) -> Result<Pod, PodError> {
         let dir = PodDir::new(&config.state_dir, namespace, id);
         if dir.root.exists() {
@@ -199,7 +229,14 @@ impl Pod {
         }
         let host = |what: &'static str, path: &Path| host_error(id, what, path);
         std::fs::create_dir_all(dir.shared()).map_err(host("create", &dir.shared()))?;
-        match Self::start(config, id, &dir, size).await {
+        let network = match Self::set_up_network(id, &dir, netns).await {
+            Ok(network) => network,
+            Err(err) => {
+                let _ = dir.remove();
+                return Err(err);
+            }
+        };
+        match Self::start(config, id, &dir, size, network.as_ref()).await {
             Ok(Started {
                 agent,
                 vmm_pid,
@@ -211,13 +248,50 @@ impl Pod {
                 agent,
                 vmm_pid,
                 vm_exit,
+                network,
                 kill: Some(kill),
             }),
             Err(err) => {
+                tear_down_network(id, network.as_ref()).await;
                 let _ = dir.remove();
                 Err(err)
             }
         }
+    }
+
+    /// The taps and redirects of the namespace at `netns`, recorded in the
+    /// pod's directory; none without a namespace.
+    async fn set_up_network(
+        id: &str,
+        dir: &PodDir,
+        netns: Option<&Path>,
+    ) -> Result<Option<PodNetwork>, PodError> {
+        let Some(netns) = netns else {
+            tracing::info!(
+                pod = id,
+                "the spec names no network namespace: the pod has loopback only"
+            );
+            return Ok(None);
+        };
+        let network = PodNetwork::set_up(netns)
+            .await
+            .map_err(|source| PodError::Network {
+                pod: id.to_owned(),
+                source,
+            })?;
+        tracing::info!(
+            pod = id,
+            netns = %netns.display(),
+            interfaces = network.endpoints.len(),
+            routes = network.routes.len(),
+            "pod network set up"
+        );
+        let record = serde_json::to_vec(&network).unwrap_or_default();
+        if let Err(err) = std::fs::write(dir.network_record(), record) {
+            tear_down_network(id, Some(&network)).await;
+            return Err(host_error(id, "write", &dir.network_record())(err));
+        }
+        Ok(Some(network))
     }
 
     /// The steps of [`Pod::launch`] after the directory exists. Stops the VM
@@ -227,6 +301,7 @@ impl Pod {
         id: &str,
         dir: &PodDir,
         size: VmSize,
+        network: Option<&PodNetwork>,
     ) -> Result<Started, PodError> {
         let host = |what: &'static str, path: &Path| host_error(id, what, path);
         let log_listener =
@@ -256,7 +331,11 @@ impl Pod {
             .arg("--vsock")
             .arg(format!("cid={GUEST_CID},socket={}", dir.vsock().display()))
             .arg("--fs")
-            .arg(format!("tag={SHARE_TAG},dir={}", dir.shared().display()))
+            .arg(format!("tag={SHARE_TAG},dir={}", dir.shared().display()));
+        for net in network.map(PodNetwork::vmm_args).unwrap_or_default() {
+            command.arg("--net").arg(net);
+        }
+        command
             .stdin(Stdio::null())
             .stdout(vmm_log)
             .stderr(vmm_log_err)
@@ -292,7 +371,13 @@ impl Pod {
             let _ = exit_tx.send(Some(status));
         });
 
-        match connect(config, id, dir, exit_rx.clone()).await {
+        let ready = match connect(config, id, dir, exit_rx.clone()).await {
+            Ok(agent) => configure_guest_network(id, &agent, network)
+                .await
+                .map(|()| agent),
+            Err(err) => Err(err),
+        };
+        match ready {
             Ok(agent) => Ok(Started {
                 agent,
                 vmm_pid,
@@ -323,8 +408,43 @@ impl Pod {
             let _ = kill.send(());
         }
         let _ = self.vm_exit.wait_for(Option::is_some).await;
+        tear_down_network(&self.id, self.network.as_ref()).await;
         self.dir.remove()
     }
+}
+
+/// Removes the pod network's taps and redirects, logging what fails (the
+/// pod's other teardown goes on).
+pub async fn tear_down_network(id: &str, network: Option<&PodNetwork>) {
+    if let Some(network) = network {
+        if let Err(err) = network.tear_down().await {
+            tracing::warn!(pod = id, "tearing down the network: {err}");
+        }
+    }
+}
+
+/// Gives the guest's interfaces the addresses and MTU of the namespace's,
+/// then its routes.
+async fn configure_guest_network(
+    id: &str,
+    agent: &AgentClient,
+    network: Option<&PodNetwork>,
+) -> Result<(), PodError> {
+    let Some(network) = network else {
+        return Ok(());
+    };
+    let refused = |source| PodError::GuestNetwork {
+        pod: id.to_owned(),
+        source,
+    };
+    for interface in network.guest_interfaces() {
+        agent.update_interface(interface).await.map_err(refused)?;
+    }
+    agent
+        .update_routes(network.guest_routes())
+        .await
+        .map_err(refused)?;
+    Ok(())
 }
 
 /// A [`PodError::Host`] for `what` on `path`, from the io::Error it gets.

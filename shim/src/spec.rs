@@ -3,7 +3,7 @@
 //! for the guest: host paths mean nothing inside the VM. And which pod a
 //! container belongs to, from its CRI annotations.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
@@ -59,6 +59,21 @@ pub fn pod_id(spec: &Spec, container_id: &str) -> String {
     }
 }
 
+/// The pod's network namespace: the path of the spec's `network`
+/// namespace (e.g. `/var/run/netns/NAME`, made by the CNI). A `network`
+/// entry without a path (a fresh namespace) or none at all: the pod gets
+/// no network but loopback.
+pub fn network_namespace(spec: &Spec) -> Option<PathBuf> {
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|namespace| namespace.typ() == LinuxNamespaceType::Network)?
+        .path()
+        .clone()
+}
+
 /// The spec as the agent gets it: OCI hooks dropped (they name host
 /// binaries; the VM boundary is the isolation), namespaces given by host
 /// paths dropped (the container then shares the pod VM's), the network
@@ -99,6 +114,29 @@ mod tests {
 
     fn spec(json: serde_json::Value) -> Spec {
         serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn network_namespace_is_the_network_entry_with_a_path() {
+        let with = |namespaces: serde_json::Value| {
+            network_namespace(&spec(serde_json::json!({
+                "ociVersion": "1.0.2",
+                "linux": {"namespaces": namespaces}
+            })))
+        };
+        assert_eq!(
+            with(serde_json::json!([
+                {"type": "pid"},
+                {"type": "network", "path": "/var/run/netns/pod"}
+            ])),
+            Some(PathBuf::from("/var/run/netns/pod"))
+        );
+        assert_eq!(with(serde_json::json!([{"type": "network"}])), None);
+        assert_eq!(with(serde_json::json!([{"type": "pid"}])), None);
+        assert_eq!(
+            network_namespace(&spec(serde_json::json!({"ociVersion": "1.0.2"}))),
+            None
+        );
     }
 
     #[test]

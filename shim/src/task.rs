@@ -320,6 +320,7 @@ impl TaskService {
         pod_id: &str,
         container_id: &str,
         annotations: &HashMap<String, String>,
+        netns: Option<&Path>,
     ) -> Result<(PodHandle, PathBuf, bool), ttrpc::Error> {
         let config = self
             .config
@@ -347,7 +348,7 @@ impl TaskService {
         let size = config
             .vm_size(annotations)
             .map_err(|err| status(Code::INVALID_ARGUMENT, err))?;
-        let launched = Pod::launch(config, &self.namespace, pod_id, size)
+        let launched = Pod::launch(config, &self.namespace, pod_id, size, netns)
             .await
             .map_err(|err| status(Code::UNAVAILABLE, err))?;
         let handle = PodHandle {
@@ -545,7 +546,10 @@ impl containerd_shim::Task for TaskService {
             .map_err(|err| status(Code::INVALID_ARGUMENT, err))?;
         let pod_id = spec::pod_id(&spec, &req.id);
         let annotations = spec.annotations().clone().unwrap_or_default();
-        let (handle, shared, launched) = self.pod_for(&pod_id, &req.id, &annotations).await?;
+        let netns = spec::network_namespace(&spec);
+        let (handle, shared, launched) = self
+            .pod_for(&pod_id, &req.id, &annotations, netns.as_deref())
+            .await?;
         let pod_dir = shared.parent().map(Path::to_path_buf).unwrap_or_default();
         let share = ContainerShare::new(&shared, &req.id);
         if let Err(err) = self

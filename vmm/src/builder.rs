@@ -413,7 +413,7 @@ pub fn create_virtio_devices(config: &VmConfig) -> Result<Vec<VirtioPair>, Build
         devices.push((block.clone(), block));
     }
     for net in &wanted.nets {
-        let device = Arc::new(Mutex::new(Net::with_tap(&net.tap, net.create, net.mac)?));
+        let device = Arc::new(Mutex::new(Net::with_tap(net)?));
         devices.push((device.clone(), device));
     }
     if let Some(vsock) = &wanted.vsock {

@@ -17,6 +17,9 @@ pub const MAX_FS_TAG_LEN: usize = 36;
 /// Longest Unix socket path (`sun_path` less the NUL); vsock adds `_<port>`
 /// for guest-initiated connections, which must fit too.
 pub const MAX_VSOCK_SOCKET_LEN: usize = 107 - "_4294967295".len();
+/// The MTU range a virtio-net device offers: IPv4's minimum up to what
+/// one frame buffer holds.
+pub const NET_MTU_RANGE: std::ops::RangeInclusive<u16> = 68..=65535;
 /// Lowest guest CID: 0-2 are reserved (hypervisor, local, host).
 pub const MIN_GUEST_CID: u32 = 3;
 
@@ -63,6 +66,14 @@ pub enum DeviceConfigError {
     /// A tap name Linux would refuse.
     #[error("Invalid tap name '{0}': 1 to {MAX_TAP_NAME_LEN} bytes, no '/' or whitespace")]
     TapName(String),
+    /// An MTU outside [`NET_MTU_RANGE`] or not a number.
+    #[error("Invalid MTU '{0}': a number from 68 to 65535")]
+    Mtu(String),
+    /// A network namespace path that is not absolute.
+    #[error(
+        "Invalid network namespace '{0}': expected an absolute path such as /var/run/netns/NAME"
+    )]
+    Netns(PathBuf),
     /// A guest CID that is reserved or not a number.
     #[error("Invalid vsock CID '{0}': a number from {MIN_GUEST_CID} to 4294967294")]
     Cid(String),
@@ -202,6 +213,12 @@ pub struct NetConfig {
     /// Create the tap if it does not exist (it then goes away with the VM).
     #[serde(default)]
     pub create: bool,
+    /// The network namespace holding the tap (a pod's, as the CNI made it);
+    /// the VMM's own if absent.
+    pub netns: Option<PathBuf>,
+    /// The MTU offered to the guest (`VIRTIO_NET_F_MTU`); the guest's
+    /// default (1500) if absent.
+    pub mtu: Option<u16>,
 }
 
 impl NetConfig {
@@ -210,11 +227,16 @@ impl NetConfig {
             && self.tap.len() <= MAX_TAP_NAME_LEN
             && !self.tap.contains('/')
             && !self.tap.chars().any(char::is_whitespace);
-        if valid {
-            Ok(self)
-        } else {
-            Err(DeviceConfigError::TapName(self.tap))
+        if !valid {
+            return Err(DeviceConfigError::TapName(self.tap));
         }
+        if let Some(mtu) = self.mtu.filter(|mtu| !NET_MTU_RANGE.contains(mtu)) {
+            return Err(DeviceConfigError::Mtu(mtu.to_string()));
+        }
+        if let Some(netns) = self.netns.as_ref().filter(|path| !path.is_absolute()) {
+            return Err(DeviceConfigError::Netns(netns.clone()));
+        }
+        Ok(self)
     }
 }
 
@@ -225,10 +247,19 @@ impl FromStr for NetConfig {
         let options = parse_options(
             "net",
             s,
-            &["tap", "mac"],
+            &["tap", "mac", "netns", "mtu"],
             &["create"],
-            "tap=NAME[,mac=MAC][,create]",
+            "tap=NAME[,mac=MAC][,create][,netns=PATH][,mtu=N]",
         )?;
+        let mtu = options
+            .get("mtu")
+            .copied()
+            .flatten()
+            .map(|mtu| {
+                mtu.parse()
+                    .map_err(|_| DeviceConfigError::Mtu(mtu.to_string()))
+            })
+            .transpose()?;
         NetConfig {
             tap: required("net", &options, "tap")?.to_string(),
             mac: options
@@ -238,6 +269,8 @@ impl FromStr for NetConfig {
                 .map(str::parse)
                 .transpose()?,
             create: options.contains_key("create"),
+            netns: options.get("netns").copied().flatten().map(PathBuf::from),
+            mtu,
         }
         .check()
     }
@@ -443,6 +476,18 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("unicast"), "{err}");
         assert!("mac=02:00:00:00:00:01".parse::<NetConfig>().is_err());
+        let net: NetConfig = "tap=t,netns=/var/run/netns/pod,mtu=1400".parse().unwrap();
+        assert_eq!(net.netns, Some(PathBuf::from("/var/run/netns/pod")));
+        assert_eq!(net.mtu, Some(1400));
+        for (bad, message) in [
+            ("tap=t,mtu=67", "Invalid MTU '67'"),
+            ("tap=t,mtu=65536", "Invalid MTU '65536'"),
+            ("tap=t,mtu=big", "Invalid MTU 'big'"),
+            ("tap=t,netns=pod", "Invalid network namespace 'pod'"),
+        ] {
+            let err = bad.parse::<NetConfig>().unwrap_err().to_string();
+            assert!(err.starts_with(message), "{bad}: {err}");
+        }
     }
 
     #[test]

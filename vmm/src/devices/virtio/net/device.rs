@@ -16,13 +16,15 @@
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, RawFd};
 
-use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::tap::{Tap, TapError};
 use super::{MAX_FRAME_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN};
-use crate::config::MacAddr;
+use crate::config::{MacAddr, NetConfig};
 use crate::devices::virtio::device::{
     read_config_space, ActivateError, QueueSet, VirtioDevice, VirtioInterrupt,
 };
@@ -85,6 +87,8 @@ pub struct NetCounters {
 pub struct Net {
     backend: Box<dyn NetBackend>,
     mac: MacAddr,
+    /// Offered with `VIRTIO_NET_F_MTU` when set.
+    mtu: Option<u16>,
     queue_events: [EventFd; 2],
     active: Option<QueueSet>,
     /// A frame read from the back end and not yet delivered (its length).
@@ -95,14 +99,20 @@ pub struct Net {
 }
 
 impl Net {
-    /// A device on the tap `name` (created if missing and `create`),
-    /// with `mac` or a random locally administered address.
+    /// A device on the tap `config` names (in its network namespace, and
+    /// created if missing and asked to), with its MAC or a random locally
+    /// administered one, and its MTU.
     ///
     /// # Errors
     /// [`NetError`] naming the tap.
-    pub fn with_tap(name: &str, create: bool, mac: Option<MacAddr>) -> Result<Self, NetError> {
-        let tap = Tap::open(name, create)?;
-        Self::with_backend(Box::new(tap), mac)
+    pub fn with_tap(config: &NetConfig) -> Result<Self, NetError> {
+        let tap = match &config.netns {
+            Some(netns) => Tap::open_in(netns, &config.tap, config.create)?,
+            None => Tap::open(&config.tap, config.create)?,
+        };
+        let mut net = Self::with_backend(Box::new(tap), config.mac)?;
+        net.mtu = config.mtu;
+        Ok(net)
     }
 
     /// A device on any back end.
@@ -117,6 +127,7 @@ impl Net {
         Ok(Net {
             backend,
             mac: mac.unwrap_or_else(random_mac),
+            mtu: None,
             queue_events: [event()?, event()?],
             active: None,
             rx_pending: None,
@@ -325,14 +336,22 @@ impl VirtioDevice for Net {
     }
 
     fn avail_features(&self) -> u64 {
-        feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_NET_F_MAC) | feature(VIRTIO_NET_F_STATUS)
+        let mtu = if self.mtu.is_some() {
+            feature(VIRTIO_NET_F_MTU)
+        } else {
+            0
+        };
+        feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_NET_F_MAC) | feature(VIRTIO_NET_F_STATUS) | mtu
     }
 
-    /// `struct virtio_net_config`: mac, status.
+    /// `struct virtio_net_config`: mac, status, max_virtqueue_pairs (one),
+    /// mtu.
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let mut config = [0u8; 8];
+        let mut config = [0u8; 12];
         config[..6].copy_from_slice(&self.mac.0);
         config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        config[8..10].copy_from_slice(&1u16.to_le_bytes());
+        config[10..12].copy_from_slice(&self.mtu.unwrap_or(1500).to_le_bytes());
         read_config_space(&config, offset, data);
     }
 
@@ -470,9 +489,21 @@ mod tests {
         let mut config = [0u8; 8];
         net.read_config(0, &mut config);
         assert_eq!(config, [2, 0, 0, 0, 0, 9, 1, 0]);
-        let mut tail = [0xffu8; 4];
+        let mut tail = [0xffu8; 8];
         net.read_config(6, &mut tail);
-        assert_eq!(tail, [1, 0, 0, 0]);
+        // status, one queue pair, the default MTU (not offered), past the end.
+        assert_eq!(tail, [1, 0, 1, 0, 0xdc, 0x05, 0, 0]);
+        assert_eq!(net.avail_features() & feature(VIRTIO_NET_F_MTU), 0);
+    }
+
+    #[test]
+    fn test_mtu_is_offered_when_set() {
+        let (mut net, _host) = device();
+        net.mtu = Some(1400);
+        assert_ne!(net.avail_features() & feature(VIRTIO_NET_F_MTU), 0);
+        let mut mtu = [0u8; 2];
+        net.read_config(10, &mut mtu);
+        assert_eq!(u16::from_le_bytes(mtu), 1400);
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub enum TapError {
     /// TUNSETIFF failed: not a tap, busy, or no permission.
     #[error("Cannot attach to the tap {0}")]
     Attach(String, #[source] std::io::Error),
+    /// The network namespace cannot be opened or entered.
+    #[error("Cannot enter the network namespace {0} for the tap {1}")]
+    Netns(std::path::PathBuf, String, #[source] std::io::Error),
     /// TUNSETVNETHDRSZ failed.
     #[error("Cannot set the virtio-net header size of the tap {0}")]
     HeaderSize(String, #[source] std::io::Error),
@@ -47,7 +50,9 @@ impl Tap {
     /// [`TapError`] naming the tap.
     pub fn open(name: &str, create: bool) -> Result<Self, TapError> {
         let mut ifr = ifreq(name).ok_or_else(|| TapError::Name(name.to_string()))?;
-        let existed = Path::new("/sys/class/net").join(name).exists();
+        // Asked of the calling thread's network namespace (sysfs would show
+        // the one it was mounted in).
+        let existed = interface_exists(name);
         if !existed && !create {
             return Err(TapError::Missing(name.to_string()));
         }
@@ -77,6 +82,34 @@ impl Tap {
             file,
             name: name.to_string(),
             created: !existed,
+        })
+    }
+
+    /// Opens the tap `name` in the network namespace at `netns` (a pod's),
+    /// from a thread that enters it: the tap stays in that namespace, the
+    /// VMM's own threads stay in theirs.
+    ///
+    /// # Errors
+    /// [`TapError`] naming the tap, or [`TapError::Netns`].
+    pub fn open_in(netns: &Path, name: &str, create: bool) -> Result<Self, TapError> {
+        let netns_error = |e| TapError::Netns(netns.to_path_buf(), name.to_string(), e);
+        let namespace = File::open(netns).map_err(netns_error)?;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: setns on a descriptor we own; it moves only
+                    // this short-lived thread.
+                    if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        return Err(netns_error(std::io::Error::last_os_error()));
+                    }
+                    Tap::open(name, create)
+                })
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(netns_error(std::io::Error::other(
+                        "the namespace thread panicked",
+                    )))
+                })
         })
     }
 
@@ -111,6 +144,15 @@ impl AsRawFd for Tap {
     fn as_raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }
+}
+
+/// Whether the calling thread's network namespace has an interface `name`.
+fn interface_exists(name: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: if_nametoindex reads the NUL-terminated name we own.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
 
 /// An `ifreq` naming `name`, if it is a valid interface name.
@@ -177,5 +219,14 @@ mod tests {
         assert!(sysfs.exists());
         drop(tap);
         assert!(!sysfs.exists(), "created tap left behind");
+    }
+
+    #[test]
+    fn test_missing_netns_is_an_error() {
+        let err = Tap::open_in(Path::new("/nonexistent/netns"), "t0", true).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Cannot enter the network namespace /nonexistent/netns for the tap t0"
+        );
     }
 }

@@ -1,0 +1,530 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Pod networking in Kata's "tcfilter" model. Each interface the CNI put in
+//! the pod's network namespace gets a tap beside it, joined to it both ways
+//! by tc ingress + mirred redirect (no bridge, no host-side address); the VM
+//! gets one virtio-net device per tap with the interface's MAC and MTU, and
+//! the agent gives the guest's interface the addresses and routes the
+//! namespace had, so the workload sees what it would see under runc. The
+//! CNI's interface is left as it was found, but for the ingress qdisc that
+//! teardown removes.
+
+mod netns;
+mod tap;
+mod tc;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType,
+};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use serde::{Deserialize, Serialize};
+use vmpod_agent_api::messages::{IPAddress, Interface, Route};
+
+/// The main routing table, the one the CNI fills.
+const MAIN_TABLE: u8 = 254;
+/// Taps are named `tap<N>_vmpod`; an interface so named is never a pod's.
+const TAP_SUFFIX: &str = "_vmpod";
+
+/// Errors setting up or tearing down a pod's network, each naming the
+/// namespace and what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// The namespace file cannot be opened or entered.
+    #[error("network namespace {path}: {source}")]
+    Namespace {
+        /// The namespace's path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A netlink request was refused.
+    #[error("network namespace {netns}: {what}: {source}")]
+    Netlink {
+        /// The namespace's path.
+        netns: PathBuf,
+        /// The step.
+        what: String,
+        /// The kernel's answer.
+        source: rtnetlink::Error,
+    },
+    /// A tap cannot be created.
+    #[error("network namespace {netns}: cannot create the tap {tap}: {source}")]
+    Tap {
+        /// The namespace's path.
+        netns: PathBuf,
+        /// The tap's name.
+        tap: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An interface disappeared while it was being set up.
+    #[error("network namespace {netns}: the interface {interface} vanished")]
+    Vanished {
+        /// The namespace's path.
+        netns: PathBuf,
+        /// The interface.
+        interface: String,
+    },
+}
+
+/// One interface of the pod's namespace and the tap that carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The CNI's interface (e.g. `eth0`); the guest's gets its name.
+    pub interface: String,
+    /// The tap beside it.
+    pub tap: String,
+    /// The interface's MAC, which the guest's interface takes.
+    pub mac: String,
+    /// The interface's MTU.
+    pub mtu: u32,
+    /// Its addresses (no IPv6 link-local ones: those belong to the link).
+    pub addresses: Vec<(IpAddr, u8)>,
+    /// Whether the interface's ingress redirect (qdisc and filter) is ours
+    /// to remove; an ingress qdisc it already had is left alone.
+    pub redirected: bool,
+}
+
+/// A route of the namespace's main table, as the guest gets it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    /// `default` or `ADDRESS/PREFIX`.
+    pub destination: String,
+    /// The gateway, if any.
+    pub gateway: Option<IpAddr>,
+    /// The endpoint's interface it leaves by.
+    pub device: String,
+    /// The preferred source address, if any.
+    pub source: Option<IpAddr>,
+}
+
+/// A pod's network as set up: what the VM and the agent are given, and
+/// what teardown removes. Kept as JSON in the pod's directory so that a
+/// `delete` after a killed shim can tear it down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodNetwork {
+    /// The namespace's path.
+    pub netns: PathBuf,
+    /// One per interface.
+    pub endpoints: Vec<Endpoint>,
+    /// The routes through the endpoints.
+    pub routes: Vec<RouteSpec>,
+}
+
+/// An interface as netlink lists it.
+struct LinkInfo {
+    index: u32,
+    name: String,
+    mac: Option<[u8; 6]>,
+    mtu: u32,
+    loopback: bool,
+}
+
+fn link_info(link: &LinkMessage) -> LinkInfo {
+    let mut info = LinkInfo {
+        index: link.header.index,
+        name: String::new(),
+        mac: None,
+        mtu: 1500,
+        loopback: link.header.flags.contains(LinkFlags::Loopback),
+    };
+    for attribute in &link.attributes {
+        match attribute {
+            LinkAttribute::IfName(name) => info.name.clone_from(name),
+            LinkAttribute::Address(bytes) => info.mac = <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+            LinkAttribute::Mtu(mtu) => info.mtu = *mtu,
+            _ => {}
+        }
+    }
+    info
+}
+
+fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn is_link_local_v6(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(ip) if ip.segments()[0] & 0xffc0 == 0xfe80)
+}
+
+fn route_ip(address: &RouteAddress) -> Option<IpAddr> {
+    match address {
+        RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+        RouteAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    }
+}
+
+/// The route as the guest gets it, if it is one the CNI set through one of
+/// `links` (not one the kernel made for an address, nor a local or
+/// multicast one).
+fn route_spec(route: &RouteMessage, links: &[(u32, String)]) -> Option<RouteSpec> {
+    let header = &route.header;
+    if header.table != MAIN_TABLE
+        || header.protocol == RouteProtocol::Kernel
+        || header.kind != RouteType::Unicast
+    {
+        return None;
+    }
+    let mut destination = None;
+    let mut gateway = None;
+    let mut source = None;
+    let mut device = None;
+    for attribute in &route.attributes {
+        match attribute {
+            RouteAttribute::Destination(address) => destination = route_ip(address),
+            RouteAttribute::Gateway(address) => gateway = route_ip(address),
+            RouteAttribute::PrefSource(address) => source = route_ip(address),
+            RouteAttribute::Oif(index) => {
+                device = links
+                    .iter()
+                    .find(|(link, _)| link == index)
+                    .map(|(_, name)| name.clone());
+            }
+            _ => {}
+        }
+    }
+    let destination = match destination {
+        Some(ip) if is_link_local_v6(&ip) => return None,
+        Some(ip) => format!("{ip}/{}", header.destination_prefix_length),
+        None => "default".to_owned(),
+    };
+    Some(RouteSpec {
+        destination,
+        gateway,
+        device: device?,
+        source,
+    })
+}
+
+impl PodNetwork {
+    /// Sets up the network of the namespace at `netns`: a tap and a two-way
+    /// redirect per interface. On failure nothing of it is left.
+    ///
+    /// # Errors
+    /// [`NetworkError`] naming the namespace and the step.
+    pub async fn set_up(netns: &Path) -> Result<PodNetwork, NetworkError> {
+        let namespace = netns::open(netns).map_err(|source| NetworkError::Namespace {
+            path: netns.to_path_buf(),
+            source,
+        })?;
+        let handle = netns::netlink(&namespace).map_err(|source| NetworkError::Namespace {
+            path: netns.to_path_buf(),
+            source,
+        })?;
+        let mut network = PodNetwork {
+            netns: netns.to_path_buf(),
+            endpoints: Vec::new(),
+            routes: Vec::new(),
+        };
+        let built = network.build(&namespace, &handle).await;
+        if let Err(err) = built {
+            network.remove(&handle).await;
+            return Err(err);
+        }
+        Ok(network)
+    }
+
+    fn netlink_error(
+        &self,
+        what: impl Into<String>,
+    ) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
+        let netns = self.netns.clone();
+        let what = what.into();
+        move |source| NetworkError::Netlink {
+            netns,
+            what,
+            source,
+        }
+    }
+
+    async fn links(&self, handle: &Handle) -> Result<Vec<LinkInfo>, NetworkError> {
+        handle
+            .link()
+            .get()
+            .execute()
+            .map_ok(|link| link_info(&link))
+            .try_collect()
+            .await
+            .map_err(self.netlink_error("listing interfaces"))
+    }
+
+    /// Finds the interfaces, makes their taps and joins them; each endpoint
+    /// is recorded as soon as anything of it exists, for [`Self::remove`].
+    async fn build(
+        &mut self,
+        namespace: &std::fs::File,
+        handle: &Handle,
+    ) -> Result<(), NetworkError> {
+        let interfaces: Vec<LinkInfo> = self
+            .links(handle)
+            .await?
+            .into_iter()
+            .filter(|link| !link.loopback && !link.name.ends_with(TAP_SUFFIX))
+            .collect();
+        let mut routed = Vec::new();
+        for (n, interface) in interfaces.iter().enumerate() {
+            let Some(mac) = interface.mac else {
+                tracing::info!(
+                    "{}: {} has no Ethernet address; not carried into the VM",
+                    self.netns.display(),
+                    interface.name
+                );
+                continue;
+            };
+            let addresses = self.addresses(handle, interface).await?;
+            let tap = format!("tap{n}{TAP_SUFFIX}");
+            tap::create(namespace, &tap).map_err(|source| NetworkError::Tap {
+                netns: self.netns.clone(),
+                tap: tap.clone(),
+                source,
+            })?;
+            self.endpoints.push(Endpoint {
+                interface: interface.name.clone(),
+                tap: tap.clone(),
+                mac: format_mac(mac),
+                mtu: interface.mtu,
+                addresses,
+                redirected: false,
+            });
+            let tap_index = self.index_of(handle, &tap).await?;
+            handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(tap_index)
+                        .mtu(interface.mtu)
+                        .up()
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(self.netlink_error(format!("bringing {tap} up")))?;
+            tc::redirect(handle, interface.index, tap_index)
+                .await
+                .map_err(self.netlink_error(format!(
+                    "redirecting {} to {tap} (an ingress qdisc already on {} is refused)",
+                    interface.name, interface.name
+                )))?;
+            if let Some(endpoint) = self.endpoints.last_mut() {
+                endpoint.redirected = true;
+            }
+            tc::redirect(handle, tap_index, interface.index)
+                .await
+                .map_err(self.netlink_error(format!("redirecting {tap} to {}", interface.name)))?;
+            // The interface may have gone while its tap was made.
+            self.index_of(handle, &interface.name).await?;
+            routed.push((interface.index, interface.name.clone()));
+        }
+        self.routes = self.routes(handle, &routed).await?;
+        Ok(())
+    }
+
+    async fn addresses(
+        &self,
+        handle: &Handle,
+        interface: &LinkInfo,
+    ) -> Result<Vec<(IpAddr, u8)>, NetworkError> {
+        let messages: Vec<_> = handle
+            .address()
+            .get()
+            .set_link_index_filter(interface.index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.netlink_error(format!("listing the addresses of {}", interface.name)))?;
+        let mut addresses = Vec::new();
+        for message in messages {
+            // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the
+            // peer's on point-to-point links.
+            let local = message.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let address = local.or_else(|| {
+                message.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })
+            });
+            if let Some(ip) = address.filter(|ip| !is_link_local_v6(ip)) {
+                addresses.push((ip, message.header.prefix_len));
+            }
+        }
+        Ok(addresses)
+    }
+
+    async fn routes(
+        &self,
+        handle: &Handle,
+        links: &[(u32, String)],
+    ) -> Result<Vec<RouteSpec>, NetworkError> {
+        let mut routes = Vec::new();
+        for request in [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ] {
+            let messages: Vec<_> = handle
+                .route()
+                .get(request)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(self.netlink_error("listing routes"))?;
+            routes.extend(messages.iter().filter_map(|route| route_spec(route, links)));
+        }
+        Ok(routes)
+    }
+
+    async fn index_of(&self, handle: &Handle, name: &str) -> Result<u32, NetworkError> {
+        let links = self.links(handle).await?;
+        links
+            .iter()
+            .find(|link| link.name == name)
+            .map(|link| link.index)
+            .ok_or_else(|| NetworkError::Vanished {
+                netns: self.netns.clone(),
+                interface: name.to_owned(),
+            })
+    }
+
+    /// The `--net` values for `vmpod-vm`, one per endpoint.
+    pub fn vmm_args(&self) -> Vec<String> {
+        self.endpoints
+            .iter()
+            .map(|endpoint| {
+                format!(
+                    "tap={},netns={},mac={},mtu={}",
+                    endpoint.tap,
+                    self.netns.display(),
+                    endpoint.mac,
+                    endpoint.mtu
+                )
+            })
+            .collect()
+    }
+
+    /// What the agent's UpdateInterface is given, one per endpoint.
+    pub fn guest_interfaces(&self) -> Vec<Interface> {
+        self.endpoints
+            .iter()
+            .map(|endpoint| {
+                let mut interface = Interface::new();
+                interface.name.clone_from(&endpoint.interface);
+                interface.hw_addr.clone_from(&endpoint.mac);
+                interface.mtu = endpoint.mtu;
+                interface.addresses = endpoint
+                    .addresses
+                    .iter()
+                    .map(|(ip, prefix)| {
+                        let mut address = IPAddress::new();
+                        address.address = ip.to_string();
+                        address.prefix_len = u32::from(*prefix);
+                        address
+                    })
+                    .collect();
+                interface
+            })
+            .collect()
+    }
+
+    /// What the agent's UpdateRoutes is given.
+    pub fn guest_routes(&self) -> Vec<Route> {
+        self.routes
+            .iter()
+            .map(|spec| {
+                let mut route = Route::new();
+                route.destination.clone_from(&spec.destination);
+                route.gateway = spec.gateway.map(|ip| ip.to_string()).unwrap_or_default();
+                route.device.clone_from(&spec.device);
+                route.source = spec.source.map(|ip| ip.to_string()).unwrap_or_default();
+                route
+            })
+            .collect()
+    }
+
+    /// Removes the taps (and their filters) and the ingress qdiscs added to
+    /// the CNI's interfaces. What is already gone is not an error; the
+    /// namespace itself being gone leaves nothing to remove.
+    ///
+    /// # Errors
+    /// [`NetworkError::Namespace`] when the namespace exists but cannot be
+    /// entered.
+    pub async fn tear_down(&self) -> Result<(), NetworkError> {
+        let namespace = match netns::open(&self.netns) {
+            Ok(namespace) => namespace,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(NetworkError::Namespace {
+                    path: self.netns.clone(),
+                    source,
+                })
+            }
+        };
+        let handle = netns::netlink(&namespace).map_err(|source| NetworkError::Namespace {
+            path: self.netns.clone(),
+            source,
+        })?;
+        self.remove(&handle).await;
+        Ok(())
+    }
+
+    async fn remove(&self, handle: &Handle) {
+        let Ok(links) = self.links(handle).await else {
+            tracing::warn!(
+                "{}: cannot list interfaces to tear down",
+                self.netns.display()
+            );
+            return;
+        };
+        let index = |name: &str| {
+            links
+                .iter()
+                .find(|link| link.name == name)
+                .map(|link| link.index)
+        };
+        for endpoint in &self.endpoints {
+            if let Some(tap) = index(&endpoint.tap) {
+                if let Err(err) = handle.link().del(tap).execute().await {
+                    tracing::warn!("{}: deleting {}: {err}", self.netns.display(), endpoint.tap);
+                }
+            }
+            match index(&endpoint.interface) {
+                Some(interface) if endpoint.redirected => {
+                    if let Err(err) = tc::remove_redirect(handle, interface).await {
+                        tracing::warn!(
+                            "{}: removing the redirect of {}: {err}",
+                            self.netns.display(),
+                            endpoint.interface
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_are_formatted_as_the_agent_parses_them() {
+        assert_eq!(format_mac([2, 0, 0xab, 0, 0, 1]), "02:00:ab:00:00:01");
+    }
+
+    #[test]
+    fn link_local_v6_is_recognised() {
+        assert!(is_link_local_v6(&"fe80::1".parse().unwrap()));
+        assert!(!is_link_local_v6(&"2001:db8::1".parse().unwrap()));
+        assert!(!is_link_local_v6(&"192.0.2.1".parse().unwrap()));
+    }
+}

@@ -1,0 +1,166 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Network namespaces for the pod-network tests, made with iproute2 the way
+//! a CNI plugin leaves them: a pod namespace holding one end of a veth pair
+//! (addresses, MTU, routes), and a peer namespace holding the other end.
+//! Traffic stays inside the two; both are deleted on drop.
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The pod's side: 192.0.2.0/24 is TEST-NET-1, 2001:db8::/32 the IPv6
+/// documentation prefix, 198.51.100.0/24 (TEST-NET-2) a routed network.
+pub const POD_IPV4: &str = "192.0.2.2";
+/// The peer's IPv4 address, the pod's gateway.
+pub const PEER_IPV4: &str = "192.0.2.1";
+/// The pod's IPv6 address.
+pub const POD_IPV6: &str = "2001:db8::2";
+/// The peer's IPv6 address, the pod's IPv6 gateway.
+pub const PEER_IPV6: &str = "2001:db8::1";
+/// A network routed through the peer.
+pub const ROUTED_NET: &str = "198.51.100.0/24";
+/// The veth's MTU (not the default, so that it shows it was carried).
+pub const MTU: u32 = 1400;
+/// The pod's interface, as a CNI names it.
+pub const POD_INTERFACE: &str = "eth0";
+
+/// Runs `ip` with `args`, returning its stdout; panics with its stderr.
+pub fn ip(args: &[&str]) -> String {
+    run("ip", args)
+}
+
+/// Runs `tc` with `args`, returning its stdout; panics with its stderr.
+pub fn tc(args: &[&str]) -> String {
+    run("tc", args)
+}
+
+fn run(tool: &str, args: &[&str]) -> String {
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("{tool}: {err}"));
+    assert!(
+        out.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A named network namespace (`/var/run/netns/NAME`).
+#[derive(Debug)]
+pub struct Netns {
+    /// Its name.
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates `name` (removing a leftover of that name first), lo up.
+    pub fn create(name: &str) -> Netns {
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        ip(&["netns", "add", name]);
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+        Netns {
+            name: name.to_owned(),
+        }
+    }
+
+    /// Its path, as an OCI spec names it.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.name)
+    }
+
+    /// `ip -n NAME args...`.
+    pub fn ip(&self, args: &[&str]) -> String {
+        ip(&[&["-n", &self.name], args].concat())
+    }
+
+    /// `tc -n NAME args...`.
+    pub fn tc(&self, args: &[&str]) -> String {
+        tc(&[&["-n", &self.name], args].concat())
+    }
+
+    /// Runs `work` on a thread inside this namespace (sockets it makes
+    /// belong to it).
+    pub fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        let file = std::fs::File::open(self.path()).expect("netns file");
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: setns on a descriptor we own; it moves only this thread.
+                    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                    work()
+                })
+                .join()
+                .expect("netns thread")
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A pod namespace and its peer, joined by a veth pair, as a CNI plugin
+/// would leave them.
+#[derive(Debug)]
+pub struct PodNetns {
+    /// The pod's namespace: `eth0` with the pod's addresses and routes.
+    pub pod: Netns,
+    /// The peer's: `peer0`, the gateway.
+    pub peer: Netns,
+}
+
+impl PodNetns {
+    /// Creates both namespaces with `tag` in their names.
+    pub fn create(tag: &str) -> PodNetns {
+        let pod = Netns::create(&format!("vmpod-{tag}-pod"));
+        let peer = Netns::create(&format!("vmpod-{tag}-peer"));
+        let mtu = MTU.to_string();
+        ip(&[
+            "-n",
+            &pod.name,
+            "link",
+            "add",
+            POD_INTERFACE,
+            "mtu",
+            &mtu,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "peer0",
+            "mtu",
+            &mtu,
+            "netns",
+            &peer.name,
+        ]);
+        for (ns, dev, v4, v6) in [
+            (&pod, POD_INTERFACE, POD_IPV4, POD_IPV6),
+            (&peer, "peer0", PEER_IPV4, PEER_IPV6),
+        ] {
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
+            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
+            ns.ip(&["link", "set", dev, "up"]);
+        }
+        pod.ip(&["route", "add", "default", "via", PEER_IPV4]);
+        pod.ip(&["route", "add", ROUTED_NET, "via", PEER_IPV4]);
+        pod.ip(&["-6", "route", "add", "default", "via", PEER_IPV6]);
+        PodNetns { pod, peer }
+    }
+
+    /// The pod interface's MAC address.
+    pub fn pod_mac(&self) -> String {
+        let link = self.pod.ip(&["-o", "link", "show", POD_INTERFACE]);
+        link.split_whitespace()
+            .skip_while(|word| *word != "link/ether")
+            .nth(1)
+            .expect("a MAC in ip link's output")
+            .to_owned()
+    }
+}
