@@ -20,6 +20,9 @@ use vmpod_integration_tests::containerd::{
     containerd_or_skip, count_mounts_below, processes_named, unix_sockets_below, Containerd,
     ContainerdOptions, NAMESPACE, RUNTIME, SHIM_BINARY,
 };
+use vmpod_integration_tests::netns::{
+    PodNetns, MTU, PEER_IPV4, PEER_IPV6, POD_INTERFACE, POD_IPV4, POD_IPV6, ROUTED_NET,
+};
 use vmpod_integration_tests::{guest_or_skip, vmpod_vm_binary};
 
 /// CRI's annotations that put a container into an existing pod.
@@ -642,7 +645,7 @@ fn test_bad_input_fails_in_one_line_before_any_vm() {
     let Some(f) = fixture(test, "max-vcpus = 2\n") else {
         return;
     };
-    let cases: [(&[&str], &str, &str); 3] = [
+    let cases: [(&[&str], &str, &str); 4] = [
         (
             &["--annotation", "io.vmpod.vm.vcpus=3"],
             "vb-vcpus",
@@ -662,6 +665,11 @@ fn test_bad_input_fails_in_one_line_before_any_vm() {
             ],
             "vb-join",
             "names pod \"vb-nopod\", which does not run",
+        ),
+        (
+            &["--with-ns", "network:/nonexistent/netns"],
+            "vb-netns",
+            "network namespace /nonexistent/netns: No such file or directory",
         ),
     ];
     for (flags, id, message) in cases {
@@ -690,4 +698,202 @@ fn test_bad_input_fails_in_one_line_before_any_vm() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
     let _ = bad.ctr(&["container", "rm", "vb-config"]);
     bad.assert_nothing_left("after a bad config");
+}
+
+/// A TCP server in `ns` on `address`: accepts one connection within
+/// [`GUEST_DEADLINE`], reads a line and answers `reply`; returns the line.
+fn serve_once(
+    ns: &vmpod_integration_tests::netns::Netns,
+    address: (&'static str, u16),
+    reply: &'static str,
+) -> std::thread::JoinHandle<String> {
+    let listener = ns.run(|| std::net::TcpListener::bind(address).expect("bind in the peer"));
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + GUEST_DEADLINE;
+        let (stream, _) = loop {
+            match listener.accept() {
+                Ok(accepted) => break accepted,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() > deadline {
+                        return String::from("(no connection)");
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(err) => return format!("(accept: {err})"),
+            }
+        };
+        stream.set_nonblocking(false).unwrap();
+        stream.set_read_timeout(Some(GUEST_DEADLINE)).unwrap();
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(&stream).read_line(&mut line);
+        let _ = std::io::Write::write_all(&mut &stream, reply.as_bytes());
+        line
+    })
+}
+
+#[test]
+fn test_pod_network_reaches_the_guest() {
+    let test = "test_pod_network_reaches_the_guest";
+    let Some(f) = fixture(test, "") else {
+        return;
+    };
+    if !containerd_or_skip(test, &["ip", "tc"]) {
+        return;
+    }
+    let net = PodNetns::create(&format!("c{}", std::process::id()));
+    // Global addresses and the link (its IPv6 link-local address may still
+    // be tentative now).
+    let veth = || {
+        net.pod.ip(&[
+            "-o",
+            "addr",
+            "show",
+            "dev",
+            POD_INTERFACE,
+            "scope",
+            "global",
+        ]) + &net.pod.ip(&["-o", "link", "show", "dev", POD_INTERFACE])
+    };
+    let veth_before = veth();
+    let etc = f.work.join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    let resolv = "nameserver 192.0.2.53\nsearch pod.test\n";
+    let hosts = "127.0.0.1 localhost\n192.0.2.2 vn-pod\n";
+    std::fs::write(etc.join("resolv.conf"), resolv).unwrap();
+    std::fs::write(etc.join("hosts"), hosts).unwrap();
+    let with_ns = format!("network:{}", net.pod.path().display());
+    let mount = |file: &str| {
+        format!(
+            "type=bind,src={},dst=/etc/{file},options=rbind:ro",
+            etc.join(file).display()
+        )
+    };
+    let (resolv_mount, hosts_mount) = (mount("resolv.conf"), mount("hosts"));
+    f.start_detached(
+        "vn-pod",
+        &[
+            "--with-ns",
+            &with_ns,
+            "--mount",
+            &resolv_mount,
+            "--mount",
+            &hosts_mount,
+        ],
+        "vn-pod",
+        &["sleep", "3600"],
+    );
+    let links = net.pod.ip(&["-o", "link", "show"]);
+    assert!(links.contains("tap0_vmpod"), "{links}");
+
+    let exec = |name: &str, command: &[&str]| {
+        let out = f.retry_host_fault(
+            "vn-pod",
+            name,
+            |attempt| {
+                let exec_id = format!("{name}-{attempt}");
+                f.ctr(&[&["task", "exec", "--exec-id", &exec_id, "vn-pod"], command].concat())
+            },
+            |out| out.status.code(),
+        );
+        f.ok(name, &out);
+        text(&out.stdout)
+    };
+    // The guest's interface is the veth's: name, MAC, MTU, addresses.
+    let addr = exec("addr", &["ip", "addr", "show", POD_INTERFACE]);
+    for wanted in [
+        format!("mtu {MTU}"),
+        format!("link/ether {}", net.pod_mac()),
+        format!("inet {POD_IPV4}/24"),
+        format!("inet6 {POD_IPV6}/64"),
+    ] {
+        assert!(addr.contains(&wanted), "no {wanted:?} in:\n{addr}");
+    }
+    let routes = exec("route", &["ip", "route"]);
+    for wanted in [
+        format!("default via {PEER_IPV4} dev {POD_INTERFACE}"),
+        format!("{ROUTED_NET} via {PEER_IPV4} dev {POD_INTERFACE}"),
+    ] {
+        assert!(routes.contains(&wanted), "no {wanted:?} in:\n{routes}");
+    }
+    let routes6 = exec("route6", &["ip", "-6", "route"]);
+    assert!(
+        routes6.contains(&format!("default via {PEER_IPV6} dev {POD_INTERFACE}")),
+        "{routes6}"
+    );
+    assert_eq!(exec("resolv", &["cat", "/etc/resolv.conf"]), resolv);
+    assert_eq!(exec("hosts", &["cat", "/etc/hosts"]), hosts);
+
+    // The container reaches a server in the peer namespace.
+    let server = serve_once(&net.peer, (PEER_IPV4, 7000), "pong from the peer\n");
+    let reply = exec(
+        "connect",
+        &["sh", "-c", "echo ping from the pod | nc 192.0.2.1 7000"],
+    );
+    assert_eq!(server.join().unwrap(), "ping from the pod\n");
+    assert_eq!(reply, "pong from the peer\n");
+
+    // The peer reaches a server in the container.
+    for attempt in 0..=HOST_FAULT_RETRIES {
+        let before = f.host_faults("vn-pod");
+        f.ok(
+            "exec --detach listen",
+            &f.ctr(&[
+                "task",
+                "exec",
+                "--detach",
+                "--exec-id",
+                &format!("listen-{attempt}"),
+                "vn-pod",
+                "sh",
+                "-c",
+                "echo pong from the pod | nc -l -p 8080",
+            ]),
+        );
+        let answer = net.peer.run(|| {
+            let deadline = Instant::now() + GUEST_DEADLINE;
+            loop {
+                let connected = std::net::TcpStream::connect_timeout(
+                    &(POD_IPV4.parse::<std::net::IpAddr>().unwrap(), 8080).into(),
+                    Duration::from_secs(5),
+                );
+                if let Ok(stream) = connected {
+                    stream.set_read_timeout(Some(GUEST_DEADLINE)).unwrap();
+                    let mut line = String::new();
+                    let _ = std::io::BufReader::new(&stream).read_line(&mut line);
+                    return Some(line);
+                }
+                if Instant::now() > deadline || f.host_faults("vn-pod") > before {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        match answer {
+            Some(line) => {
+                assert_eq!(line, "pong from the pod\n");
+                break;
+            }
+            None => assert!(
+                kvm_pvm_host() && f.host_faults("vn-pod") > before && attempt < HOST_FAULT_RETRIES,
+                "the peer could not reach the container's server"
+            ),
+        }
+        eprintln!("listen-{attempt}: the host's GP fault; again");
+    }
+
+    // Delete: no tap or tc filter is left, the veth is as the CNI made it.
+    f.ok(
+        "task kill",
+        &f.ctr(&["task", "kill", "-s", "KILL", "vn-pod"]),
+    );
+    f.wait_status("vn-pod", Some("STOPPED"));
+    f.ok("task rm", &f.ctr(&["task", "rm", "vn-pod"]));
+    f.ok("container rm", &f.ctr(&["container", "rm", "vn-pod"]));
+    f.assert_nothing_left("after the networked pod");
+    let links = net.pod.ip(&["-o", "link", "show"]);
+    assert!(!links.contains("tap0_vmpod"), "tap left behind: {links}");
+    let qdiscs = net.pod.tc(&["qdisc", "show", "dev", POD_INTERFACE]);
+    assert!(!qdiscs.contains("ingress"), "{qdiscs}");
+    assert_eq!(veth(), veth_before);
 }

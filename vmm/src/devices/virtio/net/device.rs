@@ -93,6 +93,8 @@ pub struct Net {
     active: Option<QueueSet>,
     /// A frame read from the back end and not yet delivered (its length).
     rx_pending: Option<usize>,
+    /// Whether the event loop watches the back end (see the event handler).
+    pub(super) tap_watched: bool,
     rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
     counters: NetCounters,
@@ -131,6 +133,7 @@ impl Net {
             queue_events: [event()?, event()?],
             active: None,
             rx_pending: None,
+            tap_watched: false,
             rx_buf: vec![0; MAX_FRAME_LEN],
             tx_buf: Vec::with_capacity(MAX_FRAME_LEN),
             counters: NetCounters::default(),

@@ -21,17 +21,19 @@ impl Net {
         Events::with_data_raw(self.backend_fd(), TAP_EVENT, EventSet::IN)
     }
 
-    /// Watches the tap if a frame can be delivered, stops if not.
-    fn update_tap_watch(&mut self, ops: &mut EventOps, watching: bool) {
-        match (watching, self.rx_blocked()) {
+    /// Watches the tap if a frame can be delivered, stops if not. What is
+    /// watched is recorded, not inferred: a frame can start waiting outside
+    /// an event (at activation).
+    fn update_tap_watch(&mut self, ops: &mut EventOps) {
+        match (self.tap_watched, self.rx_blocked()) {
             (true, true) => {
                 let _ = ops.remove(self.tap_events());
+                self.tap_watched = false;
             }
-            (false, false) => {
-                if let Err(err) = ops.add(self.tap_events()) {
-                    tracing::error!("virtio-net: cannot watch the tap: {err}");
-                }
-            }
+            (false, false) => match ops.add(self.tap_events()) {
+                Ok(()) => self.tap_watched = true,
+                Err(err) => tracing::error!("virtio-net: cannot watch the tap: {err}"),
+            },
             _ => {}
         }
     }
@@ -46,13 +48,10 @@ impl MutEventSubscriber for Net {
                 }
             }
         }
-        if let Err(err) = ops.add(self.tap_events()) {
-            tracing::error!("virtio-net: cannot watch the tap: {err}");
-        }
+        self.update_tap_watch(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let watching_before = !self.rx_blocked();
         match events.data() {
             RX_EVENT => {
                 if let Some(event) = self.queue_events().get(RX_QUEUE) {
@@ -69,6 +68,6 @@ impl MutEventSubscriber for Net {
             TAP_EVENT => self.process_rx(),
             other => tracing::warn!("virtio-net: unexpected event {other}"),
         }
-        self.update_tap_watch(ops, watching_before);
+        self.update_tap_watch(ops);
     }
 }
