@@ -1,0 +1,313 @@
+// SPDX-License-Identifier: Apache-2.0
+//! TCP throughput and round-trip time between a container and a peer
+//! network namespace, through the real containerd: a vmpod pod (its
+//! namespace's veth carried into the VM by tap + tc redirect) side by side
+//! with a runc container in the same kind of namespace, in the same run.
+//! Prints MiB/s both ways, ICMP round trips, the ratios, and vmpod-vm's CPU
+//! per MiB moved (its device thread, and the whole process with the guest's
+//! vCPU). Figures, not a test: run it through `bench/pod-net.sh`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use vmpod_integration_tests::containerd::{
+    processes_named, Containerd, ContainerdOptions, RUNTIME, SHIM_BINARY,
+};
+use vmpod_integration_tests::netns::{PodNetns, PEER_IPV4, POD_IPV4};
+use vmpod_integration_tests::{vmpod_vm_binary, GuestArtifacts};
+
+const TO_PEER_PORT: u16 = 7001;
+const FROM_PEER_PORT: u16 = 7002;
+/// How long one transfer may take at most.
+const DEADLINE: Duration = Duration::from_secs(900);
+
+fn mib(variable: &str, default: u64) -> u64 {
+    std::env::var(variable)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Clock ticks of CPU (user + system) of `pid`'s threads, all of them or
+/// those named `only`.
+fn cpu_ticks(pid: u32, only: Option<&str>) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+            if only.is_some_and(|only| only != name) {
+                return None;
+            }
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
+/// One runtime's container in its own pod namespace.
+struct Subject<'a> {
+    containerd: &'a Containerd,
+    runtime: &'a str,
+    id: String,
+    net: PodNetns,
+}
+
+/// What was measured for one runtime.
+struct Figures {
+    to_peer_mib_s: f64,
+    from_peer_mib_s: f64,
+    rtt_ms: f64,
+    /// vmpod-vm's CPU seconds per MiB moved: device thread, whole process.
+    vmm_cpu_per_mib: Option<(f64, f64)>,
+}
+
+impl Subject<'_> {
+    fn ctr(&self, args: &[&str]) -> std::process::Output {
+        self.containerd.ctr(args)
+    }
+
+    fn exec(&self, name: &str, detach: bool, script: &str) {
+        let mut args = vec!["task", "exec"];
+        if detach {
+            args.push("--detach");
+        }
+        args.extend(["--exec-id", name, &self.id, "sh", "-c", script]);
+        let out = self.ctr(&args);
+        assert!(
+            out.status.success(),
+            "{} exec {name}: {:?} {}",
+            self.runtime,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The container sends `mib` MiB to a server in the peer namespace;
+    /// MiB/s from the first byte to the last.
+    fn send_to_peer(&self, mib: u64) -> f64 {
+        let listener = self
+            .net
+            .peer
+            .run(|| TcpListener::bind((PEER_IPV4, TO_PEER_PORT)).unwrap());
+        let expected = mib << 20;
+        let receiver = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream.set_read_timeout(Some(DEADLINE)).unwrap();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut got = 0u64;
+            let mut first = None;
+            while got < expected {
+                let n = stream.read(&mut buf).unwrap();
+                assert!(n > 0, "the sender stopped after {got} bytes");
+                first.get_or_insert_with(Instant::now);
+                got += n as u64;
+            }
+            first.map_or(0.0, |first| first.elapsed().as_secs_f64())
+        });
+        self.exec(
+            &format!("send-{mib}"),
+            false,
+            &format!(
+                "dd if=/dev/zero bs=65536 count={} 2>/dev/null | nc {PEER_IPV4} {TO_PEER_PORT}",
+                mib * 16
+            ),
+        );
+        let seconds = receiver.join().unwrap();
+        mib as f64 / seconds
+    }
+
+    /// A server in the container receives `mib` MiB from the peer
+    /// namespace; MiB/s from the first write until it closed.
+    fn receive_from_peer(&self, mib: u64) -> f64 {
+        self.exec(
+            &format!("receive-{mib}"),
+            true,
+            &format!("nc -l -p {FROM_PEER_PORT} > /dev/null"),
+        );
+        self.net.peer.run(|| {
+            let deadline = Instant::now() + DEADLINE;
+            let mut stream = loop {
+                match TcpStream::connect((POD_IPV4, FROM_PEER_PORT)) {
+                    Ok(stream) => break stream,
+                    Err(err) => {
+                        assert!(Instant::now() < deadline, "connect: {err}");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            };
+            stream.set_read_timeout(Some(DEADLINE)).unwrap();
+            let block = vec![0u8; 1 << 16];
+            let started = Instant::now();
+            for _ in 0..mib * 16 {
+                stream.write_all(&block).unwrap();
+            }
+            stream.shutdown(std::net::Shutdown::Write).unwrap();
+            // The server's end closes once it has read everything.
+            let mut rest = [0u8; 16];
+            let _ = stream.read(&mut rest);
+            mib as f64 / started.elapsed().as_secs_f64()
+        })
+    }
+
+    /// Median ICMP round trip from the peer namespace to the container's
+    /// address, ms (busybox ping's average of `count`).
+    fn rtt_ms(&self, count: u32) -> f64 {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.net.peer.name,
+                "busybox",
+                "ping",
+                "-q",
+                "-c",
+            ])
+            .arg(count.to_string())
+            .arg(POD_IPV4)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        // "round-trip min/avg/max = 0.050/0.071/0.120 ms"
+        text.lines()
+            .find_map(|line| line.split(" = ").nth(1))
+            .and_then(|values| values.split('/').nth(1)?.parse().ok())
+            .unwrap_or_else(|| panic!("ping: {text}"))
+    }
+
+    fn measure(&self, mib: u64, vmm: Option<u32>) -> Figures {
+        let before = vmm.map(|pid| (cpu_ticks(pid, Some("vmpod-devices")), cpu_ticks(pid, None)));
+        let to_peer_mib_s = self.send_to_peer(mib);
+        let from_peer_mib_s = self.receive_from_peer(mib);
+        let vmm_cpu_per_mib = vmm.zip(before).map(|(pid, (devices, all))| {
+            let moved = (2 * mib) as f64;
+            (
+                (cpu_ticks(pid, Some("vmpod-devices")) - devices) as f64
+                    / ticks_per_second()
+                    / moved,
+                (cpu_ticks(pid, None) - all) as f64 / ticks_per_second() / moved,
+            )
+        });
+        Figures {
+            to_peer_mib_s,
+            from_peer_mib_s,
+            rtt_ms: self.rtt_ms(20),
+            vmm_cpu_per_mib,
+        }
+    }
+}
+
+fn main() {
+    let guest = GuestArtifacts::from_env().expect("guest artifacts (run bench/pod-net.sh)");
+    let initrd = PathBuf::from(std::env::var("VMPOD_AGENT_INITRD").expect("VMPOD_AGENT_INITRD"));
+    let vmm = vmpod_vm_binary().expect("vmpod-vm built in release");
+    let shim = vmm.with_file_name(SHIM_BINARY);
+    assert!(shim.is_file(), "{} is not built", shim.display());
+    let vmpod_mib = mib("VMPOD_BENCH_NET_VMPOD_MIB", 4);
+    let runc_mib = mib("VMPOD_BENCH_NET_RUNC_MIB", 256);
+
+    let work = std::env::temp_dir().join(format!("vmpod-bench-net-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let config = work.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "kernel = \"{}\"\ninitrd = \"{}\"\nstate-dir = \"{}\"\nagent-timeout = 600\n",
+            guest.vmlinux.display(),
+            initrd.display(),
+            work.join("pods").display()
+        ),
+    )
+    .unwrap();
+    let mut containerd = Containerd::start(ContainerdOptions {
+        shim: Some(shim),
+        env: vec![("VMPOD_CONFIG".into(), config.display().to_string())],
+        quiet: true,
+    })
+    .expect("containerd");
+    let image = containerd.import_busybox().expect("busybox image");
+
+    let mut results = Vec::new();
+    for (runtime, tag, mib) in [
+        ("io.containerd.runc.v2", "br", runc_mib),
+        (RUNTIME, "bv", vmpod_mib),
+    ] {
+        let subject = Subject {
+            containerd: &containerd,
+            runtime,
+            id: format!("bench-net-{tag}"),
+            net: PodNetns::create(&format!("{tag}{}", std::process::id())),
+        };
+        let with_ns = format!("network:{}", subject.net.pod.path().display());
+        let out = subject.ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            runtime,
+            "--with-ns",
+            &with_ns,
+            &image,
+            &subject.id,
+            "sleep",
+            "3600",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let vmm_pid = (runtime == RUNTIME).then(|| {
+            processes_named("vmpod-vm")
+                .into_iter()
+                .find(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                        String::from_utf8_lossy(&cmdline).contains(&work.display().to_string())
+                    })
+                })
+                .expect("the pod's vmpod-vm")
+        });
+        let figures = subject.measure(mib, vmm_pid);
+        let _ = subject.ctr(&["task", "kill", "-s", "SIGKILL", &subject.id]);
+        std::thread::sleep(Duration::from_secs(3));
+        let _ = subject.ctr(&["task", "rm", "-f", &subject.id]);
+        let _ = subject.ctr(&["container", "rm", &subject.id]);
+        results.push((runtime, mib, figures));
+    }
+    containerd.stop().expect("stop containerd");
+    let _ = std::fs::remove_dir_all(&work);
+
+    let runc = &results[0].2;
+    println!("TCP between a busybox container and a peer namespace over a veth, same containerd 1.6, one run:");
+    println!("| runtime | MiB moved each way | container -> peer MiB/s | peer -> container MiB/s | ICMP RTT ms (avg of 20) |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (runtime, mib, figures) in &results {
+        println!(
+            "| {runtime} | {mib} | {:.1} | {:.1} | {:.3} |",
+            figures.to_peer_mib_s, figures.from_peer_mib_s, figures.rtt_ms
+        );
+    }
+    let vmpod = &results[1].2;
+    println!(
+        "vmpod / runc: throughput to the peer {:.4}, from the peer {:.4}; RTT {:.1}",
+        vmpod.to_peer_mib_s / runc.to_peer_mib_s,
+        vmpod.from_peer_mib_s / runc.from_peer_mib_s,
+        vmpod.rtt_ms / runc.rtt_ms
+    );
+    if let Some((devices, all)) = vmpod.vmm_cpu_per_mib {
+        println!(
+            "vmpod-vm CPU per MiB moved: device thread {:.1} ms, whole process (with the guest's vCPU) {:.0} ms",
+            devices * 1000.0,
+            all * 1000.0
+        );
+    }
+}
