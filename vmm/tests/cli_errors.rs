@@ -289,8 +289,13 @@ fn test_missing_or_unusable_dev_kvm() {
 #[test]
 fn test_bad_device_flags() {
     let k = ["--kernel", "/k"];
-    let cases: [(&[&str], &[&str]); 8] = [
+    let cases: [(&[&str], &[&str]); 10] = [
         (&["--disk", "path=a,size=1"], &["--disk", "'size'"]),
+        (&["--net", "tap=t,mtu=9"], &["Invalid MTU '9'"]),
+        (
+            &["--net", "tap=t,netns=pod"],
+            &["Invalid network namespace 'pod'"],
+        ),
         (&["--disk", "readonly"], &["'path=' is required"]),
         (&["--net", "tap=a/b"], &["Invalid tap name 'a/b'"]),
         (
@@ -372,6 +377,16 @@ fn test_missing_tap() {
         &["--kernel", path_str(&kernel), "--net", "tap=vmpodnotap9"],
         2,
         &["The tap vmpodnotap9 does not exist", "',create'"],
+    );
+    assert_fails(
+        &[
+            "--kernel",
+            path_str(&kernel),
+            "--net",
+            "tap=vmpodnotap9,netns=/nonexistent/netns",
+        ],
+        2,
+        &["Cannot enter the network namespace /nonexistent/netns for the tap vmpodnotap9"],
     );
 }
 
