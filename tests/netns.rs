@@ -19,6 +19,11 @@ pub const POD_IPV6: &str = "2001:db8::2";
 pub const PEER_IPV6: &str = "2001:db8::1";
 /// A network routed through the peer.
 pub const ROUTED_NET: &str = "198.51.100.0/24";
+/// A network routed through a gateway outside the pod's prefixes, on the
+/// link (`onlink`, as Calico routes): TEST-NET-3 via a benchmarking address.
+pub const ONLINK_NET: &str = "203.0.113.0/24";
+/// The on-link gateway of [`ONLINK_NET`].
+pub const ONLINK_GATEWAY: &str = "198.18.0.1";
 /// The veth's MTU (not the default, so that it shows it was carried).
 pub const MTU: u32 = 1400;
 /// The pod's interface, as a CNI names it.
@@ -150,6 +155,16 @@ impl PodNetns {
         }
         pod.ip(&["route", "add", "default", "via", PEER_IPV4]);
         pod.ip(&["route", "add", ROUTED_NET, "via", PEER_IPV4]);
+        pod.ip(&[
+            "route",
+            "add",
+            ONLINK_NET,
+            "via",
+            ONLINK_GATEWAY,
+            "dev",
+            POD_INTERFACE,
+            "onlink",
+        ]);
         pod.ip(&["-6", "route", "add", "default", "via", PEER_IPV6]);
         PodNetns { pod, peer }
     }

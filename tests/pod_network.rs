@@ -17,7 +17,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use vmpod_integration_tests::netns::{
-    PodNetns, MTU, PEER_IPV4, PEER_IPV6, POD_INTERFACE, POD_IPV4, POD_IPV6, ROUTED_NET,
+    PodNetns, MTU, ONLINK_GATEWAY, ONLINK_NET, PEER_IPV4, PEER_IPV6, POD_INTERFACE, POD_IPV4,
+    POD_IPV6, ROUTED_NET,
 };
 use vmpod_shim::network::{PodNetwork, RouteSpec};
 
@@ -113,15 +114,22 @@ async fn test_set_up_joins_the_veth_to_a_tap_and_tear_down_restores_it() {
         gateway: Some(gateway.parse().unwrap()),
         device: POD_INTERFACE.to_owned(),
         source: None,
+        onlink: false,
+    };
+    let onlink = RouteSpec {
+        onlink: true,
+        ..route(ONLINK_NET, ONLINK_GATEWAY)
     };
     assert_eq!(
         network.routes,
         vec![
             route("default", PEER_IPV4),
             route(ROUTED_NET, PEER_IPV4),
+            onlink,
             route("default", PEER_IPV6),
         ]
     );
+    assert!(network.guest_routes()[2].onlink);
     assert_eq!(
         network.vmm_args(),
         vec![format!(

@@ -21,7 +21,8 @@ use vmpod_integration_tests::containerd::{
     ContainerdOptions, NAMESPACE, RUNTIME, SHIM_BINARY,
 };
 use vmpod_integration_tests::netns::{
-    PodNetns, MTU, PEER_IPV4, PEER_IPV6, POD_INTERFACE, POD_IPV4, POD_IPV6, ROUTED_NET,
+    PodNetns, MTU, ONLINK_GATEWAY, ONLINK_NET, PEER_IPV4, PEER_IPV6, POD_INTERFACE, POD_IPV4,
+    POD_IPV6, ROUTED_NET,
 };
 use vmpod_integration_tests::{guest_or_skip, vmpod_vm_binary};
 
@@ -810,11 +811,23 @@ fn test_pod_network_reaches_the_guest() {
         assert!(addr.contains(&wanted), "no {wanted:?} in:\n{addr}");
     }
     let routes = exec("route", &["ip", "route"]);
-    for wanted in [
-        format!("default via {PEER_IPV4} dev {POD_INTERFACE}"),
-        format!("{ROUTED_NET} via {PEER_IPV4} dev {POD_INTERFACE}"),
+    for (wanted, flag) in [
+        (format!("default via {PEER_IPV4} dev {POD_INTERFACE}"), ""),
+        (
+            format!("{ROUTED_NET} via {PEER_IPV4} dev {POD_INTERFACE}"),
+            "",
+        ),
+        (
+            format!("{ONLINK_NET} via {ONLINK_GATEWAY} dev {POD_INTERFACE}"),
+            "onlink",
+        ),
     ] {
-        assert!(routes.contains(&wanted), "no {wanted:?} in:\n{routes}");
+        assert!(
+            routes
+                .lines()
+                .any(|line| line.starts_with(&wanted) && line.contains(flag)),
+            "no {wanted:?} {flag} in:\n{routes}"
+        );
     }
     let routes6 = exec("route6", &["ip", "-6", "route"]);
     assert!(

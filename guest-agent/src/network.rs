@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;
-use rtnetlink::packet_route::route::RouteMessage;
+use rtnetlink::packet_route::route::{RouteFlags, RouteMessage};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use tokio::sync::Mutex;
 use vmpod_agent_api::messages::{IPAddress, Interface, Route};
@@ -370,6 +370,10 @@ impl Network {
             }
             builder.build()
         };
+        let mut message = message;
+        if route.onlink {
+            message.header.flags |= RouteFlags::Onlink;
+        }
         Ok(message)
     }
 }

@@ -633,11 +633,32 @@ async fn test_interfaces_and_routes() {
         routes.contains("198.51.100.0/24 via 192.0.2.254 dev eth7"),
         "{routes}"
     );
+    // A gateway outside every prefix: refused unless on the link (onlink,
+    // as Calico routes).
+    let mut onlink = route("203.0.113.0/24", "198.18.0.1", "eth7");
+    let message = refused(c.update_routes(vec![onlink.clone()])).await;
+    assert!(
+        message.starts_with("adding route to 203.0.113.0/24: "),
+        "{message}"
+    );
+    onlink.onlink = true;
+    c.update_routes(vec![onlink]).await.unwrap();
+    let routes = agent.ip(&["route", "show"]);
+    assert!(
+        routes.lines().any(
+            |line| line.starts_with("203.0.113.0/24 via 198.18.0.1 dev eth7")
+                && line.ends_with(" onlink ")
+        ),
+        "{routes}"
+    );
     c.update_routes(vec![route("198.51.100.0/24", "192.0.2.254", "eth7")])
         .await
         .unwrap();
     let routes = agent.ip(&["route", "show"]);
-    assert!(!routes.contains("default"), "{routes}");
+    assert!(
+        !routes.contains("default") && !routes.contains("onlink"),
+        "{routes}"
+    );
 
     // Refused, with the routes left as they were.
     let message = refused(c.update_routes(vec![

@@ -19,7 +19,7 @@ use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteType,
 };
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
@@ -101,6 +101,9 @@ pub struct RouteSpec {
     pub device: String,
     /// The preferred source address, if any.
     pub source: Option<IpAddr>,
+    /// The gateway is on the link whatever the addresses' prefixes say.
+    #[serde(default)]
+    pub onlink: bool,
 }
 
 /// A pod's network as set up: what the VM and the agent are given, and
@@ -202,6 +205,7 @@ fn route_spec(route: &RouteMessage, links: &[(u32, String)]) -> Option<RouteSpec
         gateway,
         device: device?,
         source,
+        onlink: header.flags.contains(RouteFlags::Onlink),
     })
 }
 
@@ -445,6 +449,7 @@ impl PodNetwork {
                 route.gateway = spec.gateway.map(|ip| ip.to_string()).unwrap_or_default();
                 route.device.clone_from(&spec.device);
                 route.source = spec.source.map(|ip| ip.to_string()).unwrap_or_default();
+                route.onlink = spec.onlink;
                 route
             })
             .collect()
