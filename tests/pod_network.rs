@@ -260,3 +260,23 @@ async fn test_bad_namespaces_fail_in_one_line_and_leave_nothing() {
     let filters = ns.pod.tc(&["qdisc", "show", "dev", POD_INTERFACE]);
     assert!(!filters.contains("ingress"), "{filters}");
 }
+
+#[tokio::test]
+async fn test_tear_down_after_the_veth_vanished() {
+    if !root_or_skip("test_tear_down_after_the_veth_vanished") {
+        return;
+    }
+    let ns = PodNetns::create(&format!("v{}", std::process::id()));
+    let network = PodNetwork::set_up(&ns.pod.path()).await.unwrap();
+    // The CNI deletes the pod's veth (both ends) while the pod runs.
+    ns.pod.ip(&["link", "del", POD_INTERFACE]);
+    network.tear_down().await.unwrap();
+    let links = ns.pod.ip(&["-o", "link", "show"]);
+    assert!(!links.contains(TAP), "tap left behind: {links}");
+    // And once the namespace itself is gone there is nothing to do.
+    let gone = PodNetwork {
+        netns: "/var/run/netns/vmpod-no-such-namespace".into(),
+        ..network
+    };
+    gone.tear_down().await.unwrap();
+}
