@@ -268,7 +268,9 @@ impl Containerd {
         }
     }
 
-    fn ctr_command(&self, args: &[&str]) -> Command {
+    /// `ctr --address SOCK --namespace vmpod-test ARGS`, not yet run: for
+    /// a caller that wants it on its own terminal.
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ctr");
         cmd.arg("--address")
             .arg(&self.address)

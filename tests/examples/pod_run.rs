@@ -1,0 +1,93 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `./run.sh`, vmpod's main job: a command in a busybox container in its own
+//! pod VM, through the real containerd with the vmpod runtime, on this
+//! terminal. It starts a private containerd (its own root, state and
+//! socket, as the tests do), imports a busybox image built from Debian's
+//! `busybox-static`, and runs `ctr run --rm --runtime io.containerd.vmpod.v2`
+//! with the arguments as the command (an interactive `sh` on a terminal by
+//! default, `uname -a` otherwise). The pod's console and logs are kept in
+//! the printed directory until the run ends.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use vmpod_integration_tests::containerd::{Containerd, ContainerdOptions, RUNTIME, SHIM_BINARY};
+use vmpod_integration_tests::{vmpod_vm_binary, GuestArtifacts};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("pod_run: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> Result<ExitCode, String> {
+    let guest = GuestArtifacts::from_env()?;
+    let initrd = std::env::var_os("VMPOD_AGENT_INITRD")
+        .map(PathBuf::from)
+        .ok_or("VMPOD_AGENT_INITRD is not set (run ./run.sh)")?;
+    let shim = vmpod_vm_binary()?.with_file_name(SHIM_BINARY);
+    if !shim.is_file() {
+        return Err(format!("{} is not built", shim.display()));
+    }
+    let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let mut command: Vec<String> = std::env::args().skip(1).collect();
+    if command.is_empty() {
+        command = if terminal {
+            vec!["sh".into()]
+        } else {
+            vec!["uname".into(), "-a".into()]
+        };
+    }
+
+    let work = std::env::temp_dir().join(format!("vmpod-run-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let config = work.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "kernel = \"{}\"\ninitrd = \"{}\"\nstate-dir = \"{}\"\nagent-timeout = 600\n",
+            guest.vmlinux.display(),
+            initrd.display(),
+            work.join("pods").display()
+        ),
+    )
+    .map_err(|e| format!("{}: {e}", config.display()))?;
+    let mut containerd = Containerd::start(ContainerdOptions {
+        shim: Some(shim),
+        env: vec![("VMPOD_CONFIG".into(), config.display().to_string())],
+        quiet: true,
+    })?;
+    let image = containerd.import_busybox()?;
+    eprintln!(
+        "pod_run: booting a pod VM for {command:?} (about a minute where guest CPL0 is emulated); \
+         its console: {}/pods/vmpod-test/vmpod-run/console.log",
+        work.display()
+    );
+    let mut args = vec!["run", "--rm", "--runtime", RUNTIME];
+    if terminal {
+        args.push("-t");
+    }
+    args.extend([image.as_str(), "vmpod-run"]);
+    args.extend(command.iter().map(String::as_str));
+    let status = containerd
+        .ctr_command(&args)
+        .status()
+        .map_err(|e| format!("ctr: {e}"))?;
+    if status.code() == Some(139) && std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        eprintln!(
+            "pod_run: the command died of a general protection fault; on this kvm_pvm host that \
+             is a known host fault (README, \"Known host faults\"): run it again"
+        );
+    }
+    containerd.stop()?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(status
+        .code()
+        .and_then(|code| u8::try_from(code).ok())
+        .map_or(ExitCode::FAILURE, ExitCode::from))
+}
