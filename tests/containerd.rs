@@ -91,6 +91,41 @@ pub struct Containerd {
 }
 
 impl Containerd {
+    /// containerd with this build's vmpod shim, configured for a run under
+    /// `work`: the guest kernel and agent initrd that `./test.sh` builds
+    /// (named by the environment), pods in `work/pods`, a generous
+    /// `agent-timeout`, then the TOML lines `extra`.
+    ///
+    /// # Errors
+    /// A message naming what is missing or failed.
+    pub fn with_vmpod_shim(work: &Path, extra: &str, quiet: bool) -> Result<Containerd, String> {
+        let guest = crate::GuestArtifacts::from_env()?;
+        let initrd = std::env::var_os("VMPOD_AGENT_INITRD")
+            .map(PathBuf::from)
+            .ok_or("VMPOD_AGENT_INITRD is not set (./test.sh builds the agent initrd)")?;
+        let shim = crate::vmpod_vm_binary()?.with_file_name(SHIM_BINARY);
+        if !shim.is_file() {
+            return Err(format!("{} is not built", shim.display()));
+        }
+        fs::create_dir_all(work).map_err(|e| format!("mkdir {}: {e}", work.display()))?;
+        let config = work.join("config.toml");
+        write_file(
+            &config,
+            format!(
+                "kernel = \"{}\"\ninitrd = \"{}\"\nstate-dir = \"{}\"\nagent-timeout = 600\n{extra}",
+                guest.vmlinux.display(),
+                initrd.display(),
+                work.join("pods").display()
+            )
+            .as_bytes(),
+        )?;
+        Containerd::start(ContainerdOptions {
+            shim: Some(shim),
+            env: vec![("VMPOD_CONFIG".into(), config.display().to_string())],
+            quiet,
+        })
+    }
+
     /// Starts containerd in a fresh temporary directory and waits until it
     /// answers.
     ///

@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 
 use vmpod_integration_tests::containerd::{
     containerd_or_skip, count_mounts_below, processes_named, unix_sockets_below, Containerd,
-    ContainerdOptions, NAMESPACE, RUNTIME, SHIM_BINARY,
+    NAMESPACE, RUNTIME,
 };
+use vmpod_integration_tests::guest_or_skip;
 use vmpod_integration_tests::netns::{
     PodNetns, MTU, ONLINK_GATEWAY, ONLINK_NET, PEER_IPV4, PEER_IPV6, POD_INTERFACE, POD_IPV4,
     POD_IPV6, ROUTED_NET,
 };
-use vmpod_integration_tests::{guest_or_skip, vmpod_vm_binary};
 
 /// CRI's annotations that put a container into an existing pod.
 const JOIN: [&str; 2] = ["--annotation", "io.kubernetes.cri.container-type=container"];
@@ -71,25 +71,17 @@ impl Drop for Fixture {
     }
 }
 
-/// The shim binary of this build (next to `vmpod-vm`).
-fn shim_binary() -> PathBuf {
-    let vm = vmpod_vm_binary().expect("vmpod-vm is built (cargo build --workspace)");
-    let shim = vm.with_file_name(SHIM_BINARY);
-    assert!(shim.is_file(), "{} is not built", shim.display());
-    shim
-}
-
-/// The agent initrd, or `None` after saying why the test skips.
-fn agent_initrd(test: &str) -> Option<PathBuf> {
+/// Whether the agent initrd is built; if not, says why the test skips.
+fn agent_initrd_or_skip(test: &str) -> bool {
     match std::env::var_os("VMPOD_AGENT_INITRD").map(PathBuf::from) {
-        Some(path) if path.is_file() => Some(path),
+        Some(path) if path.is_file() => true,
         other => {
             assert!(
                 std::env::var_os("VMPOD_REQUIRE_GUEST").is_none(),
                 "VMPOD_AGENT_INITRD {other:?} is not a built initrd"
             );
             eprintln!("skipped {test}: no agent initrd (run ./test.sh)");
-            None
+            false
         }
     }
 }
@@ -97,32 +89,14 @@ fn agent_initrd(test: &str) -> Option<PathBuf> {
 /// Starts containerd for `test` with a shim config made of `extra` on top of
 /// the guest artifacts; `None` when the test must skip (printed).
 fn fixture(test: &str, extra: &str) -> Option<Fixture> {
-    let guest = guest_or_skip(test)?;
-    let initrd = agent_initrd(test)?;
-    if !containerd_or_skip(test, &["script"]) {
+    guest_or_skip(test)?;
+    if !agent_initrd_or_skip(test) || !containerd_or_skip(test, &["script"]) {
         return None;
     }
     let work = std::env::temp_dir().join(format!("vmpod-shim-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
     let pods = work.join("pods");
-    let config = work.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "kernel = \"{}\"\ninitrd = \"{}\"\nstate-dir = \"{}\"\nagent-timeout = 600\n{extra}",
-            guest.vmlinux.display(),
-            initrd.display(),
-            pods.display()
-        ),
-    )
-    .unwrap();
-    let containerd = Containerd::start(ContainerdOptions {
-        shim: Some(shim_binary()),
-        env: vec![("VMPOD_CONFIG".into(), config.display().to_string())],
-        quiet: false,
-    })
-    .expect("containerd");
+    let containerd = Containerd::with_vmpod_shim(&work, extra, false).expect("containerd");
     let image = containerd.import_busybox().expect("busybox image");
     Some(Fixture {
         containerd,

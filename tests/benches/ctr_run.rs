@@ -6,11 +6,10 @@
 //! resident memory of the shim and of `vmpod-vm` (without guest RAM) for one
 //! running pod. Figures, not a test: run it through `bench/ctr-run.sh`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use vmpod_integration_tests::containerd::{Containerd, ContainerdOptions, RUNTIME, SHIM_BINARY};
-use vmpod_integration_tests::{vmpod_vm_binary, GuestArtifacts};
+use vmpod_integration_tests::containerd::{Containerd, RUNTIME};
 
 /// Runs per runtime (vmpod's cost about a minute each on emulating hosts).
 fn runs(variable: &str, default: usize) -> usize {
@@ -84,32 +83,11 @@ fn boot_seconds(log: &Path, pod: &str) -> Option<f64> {
 }
 
 fn main() {
-    let guest = GuestArtifacts::from_env().expect("guest artifacts (run bench/ctr-run.sh)");
-    let initrd = PathBuf::from(std::env::var("VMPOD_AGENT_INITRD").expect("VMPOD_AGENT_INITRD"));
-    let vmm = vmpod_vm_binary().expect("vmpod-vm built in release");
-    let shim = vmm.with_file_name(SHIM_BINARY);
-    assert!(shim.is_file(), "{} is not built", shim.display());
-
     let work = std::env::temp_dir().join(format!("vmpod-bench-ctr-{}", std::process::id()));
-    std::fs::create_dir_all(&work).unwrap();
     let memory_mib = 256;
-    let config = work.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "kernel = \"{}\"\ninitrd = \"{}\"\nstate-dir = \"{}\"\nmemory = {memory_mib}\nagent-timeout = 600\n",
-            guest.vmlinux.display(),
-            initrd.display(),
-            work.join("pods").display()
-        ),
-    )
-    .unwrap();
-    let mut containerd = Containerd::start(ContainerdOptions {
-        shim: Some(shim),
-        env: vec![("VMPOD_CONFIG".into(), config.display().to_string())],
-        quiet: true,
-    })
-    .expect("containerd");
+    let mut containerd =
+        Containerd::with_vmpod_shim(&work, &format!("memory = {memory_mib}\n"), true)
+            .expect("containerd (run bench/ctr-run.sh)");
     let image = containerd.import_busybox().expect("busybox image");
 
     // A run's seconds, or None when its guest process died of the kvm_pvm

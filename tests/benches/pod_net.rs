@@ -9,14 +9,10 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use vmpod_integration_tests::containerd::{
-    processes_named, Containerd, ContainerdOptions, RUNTIME, SHIM_BINARY,
-};
+use vmpod_integration_tests::containerd::{processes_named, Containerd, RUNTIME};
 use vmpod_integration_tests::netns::{PodNetns, PEER_IPV4, POD_IPV4};
-use vmpod_integration_tests::{vmpod_vm_binary, GuestArtifacts};
 
 const TO_PEER_PORT: u16 = 7001;
 const FROM_PEER_PORT: u16 = 7002;
@@ -208,33 +204,11 @@ impl Subject<'_> {
 }
 
 fn main() {
-    let guest = GuestArtifacts::from_env().expect("guest artifacts (run bench/pod-net.sh)");
-    let initrd = PathBuf::from(std::env::var("VMPOD_AGENT_INITRD").expect("VMPOD_AGENT_INITRD"));
-    let vmm = vmpod_vm_binary().expect("vmpod-vm built in release");
-    let shim = vmm.with_file_name(SHIM_BINARY);
-    assert!(shim.is_file(), "{} is not built", shim.display());
     let vmpod_mib = mib("VMPOD_BENCH_NET_VMPOD_MIB", 4);
     let runc_mib = mib("VMPOD_BENCH_NET_RUNC_MIB", 256);
 
     let work = std::env::temp_dir().join(format!("vmpod-bench-net-{}", std::process::id()));
-    std::fs::create_dir_all(&work).unwrap();
-    let config = work.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "kernel = \"{}\"\ninitrd = \"{}\"\nstate-dir = \"{}\"\nagent-timeout = 600\n",
-            guest.vmlinux.display(),
-            initrd.display(),
-            work.join("pods").display()
-        ),
-    )
-    .unwrap();
-    let mut containerd = Containerd::start(ContainerdOptions {
-        shim: Some(shim),
-        env: vec![("VMPOD_CONFIG".into(), config.display().to_string())],
-        quiet: true,
-    })
-    .expect("containerd");
+    let mut containerd = Containerd::with_vmpod_shim(&work, "", true).expect("containerd");
     let image = containerd.import_busybox().expect("busybox image");
 
     let mut results = Vec::new();

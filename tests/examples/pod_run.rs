@@ -9,11 +9,9 @@
 //! the printed directory until the run ends.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use vmpod_integration_tests::containerd::{Containerd, ContainerdOptions, RUNTIME, SHIM_BINARY};
-use vmpod_integration_tests::{vmpod_vm_binary, GuestArtifacts};
+use vmpod_integration_tests::containerd::{Containerd, RUNTIME};
 
 fn main() -> ExitCode {
     match run() {
@@ -26,14 +24,6 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<ExitCode, String> {
-    let guest = GuestArtifacts::from_env()?;
-    let initrd = std::env::var_os("VMPOD_AGENT_INITRD")
-        .map(PathBuf::from)
-        .ok_or("VMPOD_AGENT_INITRD is not set (run ./run.sh)")?;
-    let shim = vmpod_vm_binary()?.with_file_name(SHIM_BINARY);
-    if !shim.is_file() {
-        return Err(format!("{} is not built", shim.display()));
-    }
     let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let mut command: Vec<String> = std::env::args().skip(1).collect();
     if command.is_empty() {
@@ -45,23 +35,7 @@ fn run() -> Result<ExitCode, String> {
     }
 
     let work = std::env::temp_dir().join(format!("vmpod-run-{}", std::process::id()));
-    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-    let config = work.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "kernel = \"{}\"\ninitrd = \"{}\"\nstate-dir = \"{}\"\nagent-timeout = 600\n",
-            guest.vmlinux.display(),
-            initrd.display(),
-            work.join("pods").display()
-        ),
-    )
-    .map_err(|e| format!("{}: {e}", config.display()))?;
-    let mut containerd = Containerd::start(ContainerdOptions {
-        shim: Some(shim),
-        env: vec![("VMPOD_CONFIG".into(), config.display().to_string())],
-        quiet: true,
-    })?;
+    let mut containerd = Containerd::with_vmpod_shim(&work, "", true)?;
     let image = containerd.import_busybox()?;
     eprintln!(
         "pod_run: booting a pod VM for {command:?} (about a minute where guest CPL0 is emulated); \
