@@ -391,6 +391,31 @@ fn test_pod_runs_the_task_api_through_ctr() {
     );
     assert_eq!(out.status.code(), Some(4), "stderr {:?}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "exec\n");
+    // No network namespace path in the spec: loopback only.
+    let links = f.retry_host_fault(
+        "vp-pod",
+        "exec e-links",
+        |attempt| {
+            let exec_id = format!("e-links-{attempt}");
+            f.ctr(&[
+                "task",
+                "exec",
+                "--exec-id",
+                &exec_id,
+                "vp-pod",
+                "ip",
+                "-o",
+                "link",
+            ])
+        },
+        |out| out.status.code(),
+    );
+    f.ok("exec e-links", &links);
+    let names: Vec<String> = text(&links.stdout)
+        .lines()
+        .filter_map(|line| Some(line.split(": ").nth(1)?.to_owned()))
+        .collect();
+    assert_eq!(names, ["lo"], "{}", text(&links.stdout));
     let input = b"line one\nline two\n";
     let cat = f.retry_host_fault(
         "vp-pod",
