@@ -4,7 +4,7 @@
 # namespace: a vmpod pod (veth carried into the VM by tap + tc redirect)
 # against a runc container in the same kind of namespace, same containerd,
 # same run; and vmpod-vm's CPU per MiB moved. Run as root.
-# VMPOD_BENCH_NET_VMPOD_MIB (default 4) and VMPOD_BENCH_NET_RUNC_MIB (256)
+# VMPOD_BENCH_NET_VMPOD_MIB (default 2) and VMPOD_BENCH_NET_RUNC_MIB (256)
 # set the MiB sent each way.
 set -euo pipefail
 cd "$(dirname "$0")/.."

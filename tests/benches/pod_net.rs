@@ -50,6 +50,14 @@ fn cpu_ticks(pid: u32, only: Option<&str>) -> u64 {
         .sum()
 }
 
+/// `value` with three significant digits (the figures span six orders of
+/// magnitude here).
+fn significant(value: f64) -> String {
+    format!("{value:.3e}")
+        .parse::<f64>()
+        .map_or_else(|_| value.to_string(), |rounded| rounded.to_string())
+}
+
 fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
@@ -283,7 +291,7 @@ impl Subject<'_> {
 }
 
 fn main() {
-    let vmpod_mib = mib("VMPOD_BENCH_NET_VMPOD_MIB", 4);
+    let vmpod_mib = mib("VMPOD_BENCH_NET_VMPOD_MIB", 2);
     let runc_mib = mib("VMPOD_BENCH_NET_RUNC_MIB", 256);
 
     let work = std::env::temp_dir().join(format!("vmpod-bench-net-{}", std::process::id()));
@@ -329,15 +337,17 @@ fn main() {
     println!("| --- | --- | --- | --- | --- |");
     for (runtime, mib, figures) in &results {
         println!(
-            "| {runtime} | {mib} | {:.1} | {:.1} | {:.3} |",
-            figures.to_peer_mib_s, figures.from_peer_mib_s, figures.rtt_ms
+            "| {runtime} | {mib} | {} | {} | {:.3} |",
+            significant(figures.to_peer_mib_s),
+            significant(figures.from_peer_mib_s),
+            figures.rtt_ms
         );
     }
     let vmpod = &results[1].2;
     println!(
-        "vmpod / runc: throughput to the peer {:.4}, from the peer {:.4}; RTT {:.1}",
-        vmpod.to_peer_mib_s / runc.to_peer_mib_s,
-        vmpod.from_peer_mib_s / runc.from_peer_mib_s,
+        "vmpod / runc: throughput to the peer {}, from the peer {}; RTT {:.1}",
+        significant(vmpod.to_peer_mib_s / runc.to_peer_mib_s),
+        significant(vmpod.from_peer_mib_s / runc.from_peer_mib_s),
         vmpod.rtt_ms / runc.rtt_ms
     );
     if let Some((devices, all)) = vmpod.vmm_cpu_per_mib {
