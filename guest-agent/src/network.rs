@@ -215,6 +215,27 @@ impl Network {
             .ok_or_else(|| NetworkError::NoInterface(interface.hw_addr.clone()))?;
         let set = |message| self.handle.link().set(message).execute();
         if !interface.name.is_empty() {
+            // Another interface may hold the name (the guest's probe order
+            // need not be the pod's): it steps aside to a name of its own
+            // index, and gets its pod name by its own update.
+            let holder = self
+                .link_index(|a| matches!(a, LinkAttribute::IfName(name) if *name == interface.name))
+                .await?
+                .filter(|holder| *holder != index);
+            if let Some(holder) = holder {
+                let aside = format!("vmpodif{holder}");
+                set(LinkUnspec::new_with_index(holder).down().build())
+                    .await
+                    .map_err(netlink(format!("taking {} down", interface.name)))?;
+                set(LinkUnspec::new_with_index(holder)
+                    .name(aside.clone())
+                    .build())
+                .await
+                .map_err(netlink(format!(
+                    "renaming {} to {aside} to free its name",
+                    interface.name
+                )))?;
+            }
             set(LinkUnspec::new_with_index(index).down().build())
                 .await
                 .map_err(netlink("taking the interface down"))?;

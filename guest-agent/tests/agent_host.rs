@@ -693,6 +693,27 @@ async fn test_interfaces_and_routes() {
         let message = refused(c.update_routes(vec![bad])).await;
         assert!(message.contains(expected), "{message}");
     }
+    // Names swapped against the probe order: eth8 (MAC ..08) is to become
+    // eth9 while eth9 (MAC ..09) is to become eth8; each update frees the
+    // name it takes.
+    for (name, mac, peer) in [
+        ("eth8", "02:00:00:00:00:08", "p8"),
+        ("eth9", "02:00:00:00:00:09", "p9"),
+    ] {
+        agent.ip(&[
+            "link", "add", name, "address", mac, "type", "veth", "peer", "name", peer,
+        ]);
+    }
+    for (name, mac) in [("eth9", "02:00:00:00:00:08"), ("eth8", "02:00:00:00:00:09")] {
+        let mut swapped = vmpod_agent_api::messages::Interface::new();
+        swapped.hw_addr = mac.into();
+        swapped.name = name.into();
+        c.update_interface(swapped).await.unwrap();
+    }
+    for (name, mac) in [("eth9", "02:00:00:00:00:08"), ("eth8", "02:00:00:00:00:09")] {
+        let link = agent.ip(&["link", "show", name]);
+        assert!(link.contains(mac) && link.contains(",UP"), "{name}: {link}");
+    }
     let mut unknown = interface.clone();
     unknown.hw_addr = "02:00:00:00:00:99".into();
     assert_eq!(
