@@ -44,6 +44,9 @@ use crate::spec;
 /// The file in a container's bundle naming its pod's directory, for `delete`
 /// after the shim is gone.
 pub const POD_DIR_FILE: &str = "vmpod-pod";
+/// How long a Delete whose agent call failed waits to learn that the VM
+/// ended (then the failure is the VM's death, not the agent's refusal).
+const VM_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// The type URL containerd decodes cgroup v2 metrics by.
 const METRICS_V2_TYPE_URL: &str = "io.containerd.cgroups.v2.Metrics";
 /// Longest container id accepted (as the agent: ids name files and cgroups).
@@ -765,11 +768,19 @@ impl containerd_shim::Task for TaskService {
         };
         if let Ok(handle) = self.handle() {
             if handle.vm_exit.borrow().is_none() {
-                handle
-                    .agent
-                    .remove_container(&req.id, true)
-                    .await
-                    .map_err(agent_status)?;
+                if let Err(err) = handle.agent.remove_container(&req.id, true).await {
+                    // The VM may have died since the check (its agent's
+                    // channel closes before its process is reaped): then
+                    // there is nothing left in it to remove.
+                    let mut vm_exit = handle.vm_exit.clone();
+                    let ended =
+                        tokio::time::timeout(VM_EXIT_GRACE, vm_exit.wait_for(Option::is_some))
+                            .await
+                            .is_ok_and(|waited| waited.is_ok());
+                    if !ended {
+                        return Err(agent_status(err));
+                    }
+                }
             }
         }
         share.remove().map_err(|err| status(Code::INTERNAL, err))?;
