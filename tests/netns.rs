@@ -169,6 +169,20 @@ impl PodNetns {
         PodNetns { pod, peer }
     }
 
+    /// The pod interface's global addresses (`ip -o addr`): not its IPv6
+    /// link-local one, which may still be tentative.
+    pub fn pod_global_addresses(&self) -> String {
+        self.pod.ip(&[
+            "-o",
+            "addr",
+            "show",
+            "dev",
+            POD_INTERFACE,
+            "scope",
+            "global",
+        ])
+    }
+
     /// The pod interface's MAC address.
     pub fn pod_mac(&self) -> String {
         let link = self.pod.ip(&["-o", "link", "show", POD_INTERFACE]);

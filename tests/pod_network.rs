@@ -44,16 +44,7 @@ fn root_or_skip(test: &str) -> bool {
 /// The veth as a teardown must leave it: addresses, MTU, routes, qdiscs.
 fn veth_state(ns: &PodNetns) -> String {
     [
-        // Not the IPv6 link-local address: it may still be tentative.
-        ns.pod.ip(&[
-            "-o",
-            "addr",
-            "show",
-            "dev",
-            POD_INTERFACE,
-            "scope",
-            "global",
-        ]),
+        ns.pod_global_addresses(),
         ns.pod.ip(&["-o", "link", "show", "dev", POD_INTERFACE]),
         ns.pod.ip(&["route", "show"]),
         ns.pod.ip(&["-6", "route", "show"]),

@@ -744,17 +744,8 @@ fn test_pod_network_reaches_the_guest() {
     let net = PodNetns::create(&format!("c{}", std::process::id()));
     // Global addresses and the link (its IPv6 link-local address may still
     // be tentative now).
-    let veth = || {
-        net.pod.ip(&[
-            "-o",
-            "addr",
-            "show",
-            "dev",
-            POD_INTERFACE,
-            "scope",
-            "global",
-        ]) + &net.pod.ip(&["-o", "link", "show", "dev", POD_INTERFACE])
-    };
+    let veth =
+        || net.pod_global_addresses() + &net.pod.ip(&["-o", "link", "show", "dev", POD_INTERFACE]);
     let veth_before = veth();
     let etc = f.work.join("etc");
     std::fs::create_dir_all(&etc).unwrap();
