@@ -24,10 +24,27 @@ pub const ROUTED_NET: &str = "198.51.100.0/24";
 pub const ONLINK_NET: &str = "203.0.113.0/24";
 /// The on-link gateway of [`ONLINK_NET`].
 pub const ONLINK_GATEWAY: &str = "198.18.0.1";
+/// A gateway no address's prefix covers, reached through a route without
+/// a gateway (`scope link`), as Calico's 169.254.1.1 is.
+pub const LINK_GATEWAY: &str = "198.18.5.1";
+/// A network routed through [`LINK_GATEWAY`].
+pub const LINK_ROUTED_NET: &str = "198.18.6.0/24";
 /// The veth's MTU (not the default, so that it shows it was carried).
 pub const MTU: u32 = 1400;
 /// The pod's interface, as a CNI names it.
 pub const POD_INTERFACE: &str = "eth0";
+/// A second interface of the pod, as Multus adds one.
+pub const SECOND_INTERFACE: &str = "net1";
+/// Its peer end's name, in the peer namespace.
+pub const SECOND_PEER_INTERFACE: &str = "peer1";
+/// The second interface's address (198.18.0.0/15 is for benchmarking).
+pub const SECOND_POD_IPV4: &str = "198.18.1.2";
+/// The second peer's address, the gateway of the second default route.
+pub const SECOND_PEER_IPV4: &str = "198.18.1.1";
+/// The second interface's MTU.
+pub const SECOND_MTU: u32 = 1300;
+/// The metric of the second default route.
+pub const SECOND_METRIC: u32 = 200;
 
 /// Runs `ip` with `args`, returning its stdout; panics with its stderr.
 pub fn ip(args: &[&str]) -> String {
@@ -165,8 +182,59 @@ impl PodNetns {
             POD_INTERFACE,
             "onlink",
         ]);
+        let link_gateway = format!("{LINK_GATEWAY}/32");
+        pod.ip(&[
+            "route",
+            "add",
+            &link_gateway,
+            "dev",
+            POD_INTERFACE,
+            "scope",
+            "link",
+        ]);
+        pod.ip(&["route", "add", LINK_ROUTED_NET, "via", LINK_GATEWAY]);
         pod.ip(&["-6", "route", "add", "default", "via", PEER_IPV6]);
         PodNetns { pod, peer }
+    }
+
+    /// Adds [`SECOND_INTERFACE`], a second veth to the peer namespace, with
+    /// its own MTU and address and a default route of a higher metric.
+    pub fn add_second_interface(&self) {
+        let mtu = SECOND_MTU.to_string();
+        self.pod.ip(&[
+            "link",
+            "add",
+            SECOND_INTERFACE,
+            "mtu",
+            &mtu,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            SECOND_PEER_INTERFACE,
+            "mtu",
+            &mtu,
+            "netns",
+            &self.peer.name,
+        ]);
+        for (ns, dev, v4) in [
+            (&self.pod, SECOND_INTERFACE, SECOND_POD_IPV4),
+            (&self.peer, SECOND_PEER_INTERFACE, SECOND_PEER_IPV4),
+        ] {
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
+            ns.ip(&["link", "set", dev, "up"]);
+        }
+        self.pod.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            SECOND_PEER_IPV4,
+            "dev",
+            SECOND_INTERFACE,
+            "metric",
+            &SECOND_METRIC.to_string(),
+        ]);
     }
 
     /// The pod interface's global addresses (`ip -o addr`): not its IPv6
@@ -185,7 +253,12 @@ impl PodNetns {
 
     /// The pod interface's MAC address.
     pub fn pod_mac(&self) -> String {
-        let link = self.pod.ip(&["-o", "link", "show", POD_INTERFACE]);
+        self.mac_of(POD_INTERFACE)
+    }
+
+    /// The MAC address of the pod namespace's `interface`.
+    pub fn mac_of(&self, interface: &str) -> String {
+        let link = self.pod.ip(&["-o", "link", "show", interface]);
         link.split_whitespace()
             .skip_while(|word| *word != "link/ether")
             .nth(1)

@@ -17,12 +17,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use vmpod_integration_tests::netns::{
-    PodNetns, MTU, ONLINK_GATEWAY, ONLINK_NET, PEER_IPV4, PEER_IPV6, POD_INTERFACE, POD_IPV4,
-    POD_IPV6, ROUTED_NET,
+    PodNetns, LINK_GATEWAY, LINK_ROUTED_NET, MTU, ONLINK_GATEWAY, ONLINK_NET, PEER_IPV4, PEER_IPV6,
+    POD_INTERFACE, POD_IPV4, POD_IPV6, ROUTED_NET, SECOND_INTERFACE, SECOND_METRIC, SECOND_MTU,
+    SECOND_PEER_IPV4, SECOND_POD_IPV4,
 };
 use vmpod_shim::network::{PodNetwork, RouteSpec};
 
 const TAP: &str = "tap0_vmpod";
+const SECOND_TAP: &str = "tap1_vmpod";
 
 fn root_or_skip(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -41,14 +43,15 @@ fn root_or_skip(test: &str) -> bool {
     false
 }
 
-/// The veth as a teardown must leave it: addresses, MTU, routes, qdiscs.
+/// The veths as a teardown must leave them: addresses, MTU, routes, qdiscs.
 fn veth_state(ns: &PodNetns) -> String {
     [
-        ns.pod_global_addresses(),
-        ns.pod.ip(&["-o", "link", "show", "dev", POD_INTERFACE]),
+        // Not IPv6 link-local addresses, which may still be tentative.
+        ns.pod.ip(&["-o", "addr", "show", "scope", "global"]),
+        ns.pod.ip(&["-o", "link", "show"]),
         ns.pod.ip(&["route", "show"]),
         ns.pod.ip(&["-6", "route", "show"]),
-        ns.pod.tc(&["qdisc", "show", "dev", POD_INTERFACE]),
+        ns.pod.tc(&["qdisc", "show"]),
     ]
     .join("")
 }
@@ -87,10 +90,11 @@ async fn test_set_up_joins_the_veth_to_a_tap_and_tear_down_restores_it() {
         return;
     }
     let ns = PodNetns::create(&format!("h{}", std::process::id()));
+    ns.add_second_interface();
     let before = veth_state(&ns);
 
     let network = PodNetwork::set_up(&ns.pod.path()).await.unwrap();
-    assert_eq!(network.endpoints.len(), 1, "{network:?}");
+    assert_eq!(network.endpoints.len(), 2, "{network:?}");
     let endpoint = &network.endpoints[0];
     assert_eq!(endpoint.interface, POD_INTERFACE);
     assert_eq!(endpoint.tap, TAP);
@@ -99,42 +103,74 @@ async fn test_set_up_joins_the_veth_to_a_tap_and_tear_down_restores_it() {
     let v4: IpAddr = POD_IPV4.parse().unwrap();
     let v6: IpAddr = POD_IPV6.parse().unwrap();
     assert_eq!(endpoint.addresses, vec![(v4, 24), (v6, 64)]);
-    // The CNI's routes; not the ones the kernel made for the addresses.
-    let route = |destination: &str, gateway: &str| RouteSpec {
+    let second = &network.endpoints[1];
+    assert_eq!(second.interface, SECOND_INTERFACE);
+    assert_eq!(second.tap, SECOND_TAP);
+    assert_eq!(second.mac, ns.mac_of(SECOND_INTERFACE));
+    assert_eq!(second.mtu, SECOND_MTU);
+    assert_eq!(
+        second.addresses,
+        vec![(SECOND_POD_IPV4.parse().unwrap(), 24)]
+    );
+    // The CNI's routes, in the kernel's order; not the ones it made for the
+    // addresses.
+    let route = |destination: &str, gateway: Option<&str>| RouteSpec {
         destination: destination.to_owned(),
-        gateway: Some(gateway.parse().unwrap()),
+        gateway: gateway.map(|ip| ip.parse().unwrap()),
         device: POD_INTERFACE.to_owned(),
         source: None,
         onlink: false,
+        metric: 0,
     };
-    let onlink = RouteSpec {
-        onlink: true,
-        ..route(ONLINK_NET, ONLINK_GATEWAY)
-    };
+    let link_gateway = format!("{LINK_GATEWAY}/32");
     assert_eq!(
         network.routes,
         vec![
-            route("default", PEER_IPV4),
-            route(ROUTED_NET, PEER_IPV4),
-            onlink,
-            route("default", PEER_IPV6),
+            route("default", Some(PEER_IPV4)),
+            RouteSpec {
+                device: SECOND_INTERFACE.to_owned(),
+                metric: SECOND_METRIC,
+                ..route("default", Some(SECOND_PEER_IPV4))
+            },
+            route(&link_gateway, None),
+            route(LINK_ROUTED_NET, Some(LINK_GATEWAY)),
+            route(ROUTED_NET, Some(PEER_IPV4)),
+            RouteSpec {
+                onlink: true,
+                ..route(ONLINK_NET, Some(ONLINK_GATEWAY))
+            },
+            // IPv6 routes always have a metric, 1024 unless given.
+            RouteSpec {
+                metric: 1024,
+                ..route("default", Some(PEER_IPV6))
+            },
         ]
     );
-    assert!(network.guest_routes()[2].onlink);
+    assert!(network.guest_routes()[5].onlink);
+    assert_eq!(network.guest_routes()[1].metric, SECOND_METRIC);
     assert_eq!(
         network.vmm_args(),
-        vec![format!(
-            "tap={TAP},netns={},mac={},mtu={MTU}",
-            ns.pod.path().display(),
-            ns.pod_mac()
-        )]
+        vec![
+            format!(
+                "tap={TAP},netns={},mac={},mtu={MTU}",
+                ns.pod.path().display(),
+                ns.pod_mac()
+            ),
+            format!(
+                "tap={SECOND_TAP},netns={},mac={},mtu={SECOND_MTU}",
+                ns.pod.path().display(),
+                ns.mac_of(SECOND_INTERFACE)
+            )
+        ]
     );
     let interfaces = network.guest_interfaces();
     assert_eq!(interfaces[0].name, POD_INTERFACE);
     assert_eq!(interfaces[0].hw_addr, ns.pod_mac());
     assert_eq!(interfaces[0].mtu, MTU);
     assert_eq!(interfaces[0].addresses[1].address, POD_IPV6);
-    assert_eq!(network.guest_routes()[1].destination, ROUTED_NET);
+    assert_eq!(interfaces[1].name, SECOND_INTERFACE);
+    assert_eq!(interfaces[1].addresses[0].address, SECOND_POD_IPV4);
+    assert_eq!(network.guest_routes()[4].destination, ROUTED_NET);
 
     let tap = ns.pod.ip(&["-o", "link", "show", "dev", TAP]);
     assert!(
@@ -185,11 +221,16 @@ async fn test_set_up_joins_the_veth_to_a_tap_and_tear_down_restores_it() {
     drop(tap_file);
 
     network.tear_down().await.unwrap();
+    let links = ns.pod.ip(&["-o", "link", "show"]);
     assert!(
-        !ns.pod.ip(&["-o", "link", "show"]).contains(TAP),
-        "tap left behind"
+        !links.contains(TAP) && !links.contains(SECOND_TAP),
+        "tap left behind: {links}"
     );
-    assert_eq!(veth_state(&ns), before, "the veth is not as it was found");
+    assert_eq!(
+        veth_state(&ns),
+        before,
+        "the veths are not as they were found"
+    );
 }
 
 #[tokio::test]
@@ -250,6 +291,72 @@ async fn test_bad_namespaces_fail_in_one_line_and_leave_nothing() {
     );
     let filters = ns.pod.tc(&["qdisc", "show", "dev", POD_INTERFACE]);
     assert!(!filters.contains("ingress"), "{filters}");
+    ns.pod.ip(&["link", "del", TAP]);
+
+    // Routes the guest's plain routing cannot hold are refused, naming the
+    // route, rather than dropped; the taps go again.
+    let before = veth_state(&ns);
+    let bad_routes: [(&[&str], &str); 3] = [
+        (
+            &[
+                "route",
+                "add",
+                "198.51.100.128/25",
+                "nexthop",
+                "via",
+                PEER_IPV4,
+                "nexthop",
+                "via",
+                "192.0.2.3",
+            ],
+            "the route to 198.51.100.128/25 has several next hops",
+        ),
+        (
+            &[
+                "route",
+                "add",
+                "198.51.100.64/26",
+                "via",
+                "inet6",
+                PEER_IPV6,
+                "dev",
+                POD_INTERFACE,
+            ],
+            "the route to 198.51.100.64/26 has a next hop of the other family",
+        ),
+        (
+            &[
+                "-6",
+                "route",
+                "add",
+                "2001:db8:5::/64",
+                "from",
+                "2001:db8:6::/64",
+                "via",
+                PEER_IPV6,
+            ],
+            "the route to 2001:db8:5::/64 has a source prefix",
+        ),
+    ];
+    for (add, expected) in bad_routes {
+        ns.pod.ip(add);
+        let err = PodNetwork::set_up(&ns.pod.path())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(expected)
+                && err.ends_with(", which the VM cannot be given")
+                && !err.contains('\n'),
+            "{err}"
+        );
+        let del: Vec<&str> = add
+            .iter()
+            .map(|arg| if *arg == "add" { "del" } else { arg })
+            .collect();
+        ns.pod.ip(&del);
+        assert_eq!(veth_state(&ns), before, "after {add:?}");
+    }
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;
-use rtnetlink::packet_route::route::{RouteFlags, RouteMessage};
+use rtnetlink::packet_route::route::{RouteAttribute, RouteFlags, RouteMessage, RouteScope};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use tokio::sync::Mutex;
 use vmpod_agent_api::messages::{IPAddress, Interface, Route};
@@ -291,15 +291,18 @@ impl Network {
         Ok(interface.clone())
     }
 
-    /// Replaces the routes of the last call with `routes`. If one is
-    /// refused, the routes are put back as they were.
+    /// Replaces the routes of the last call with `routes`. Routes without a
+    /// gateway go first, since a gateway may be reachable only through one
+    /// of them. If one is refused, the routes are put back as they were.
     ///
     /// # Errors
     ///
     /// [`NetworkError`] naming the route at fault.
     pub async fn update_routes(&self, routes: &[Route]) -> Result<Vec<Route>, NetworkError> {
+        let mut ordered: Vec<&Route> = routes.iter().collect();
+        ordered.sort_by_key(|route| !route.gateway.is_empty());
         let mut messages = Vec::new();
-        for route in routes {
+        for route in &ordered {
             messages.push(self.route_message(route).await?);
         }
         let mut current = self.routes.lock().await;
@@ -316,7 +319,7 @@ impl Network {
                     let _ = self.handle.route().add(old.clone()).execute().await;
                 }
                 return Err(NetworkError::Netlink {
-                    what: format!("adding route to {}", display_destination(&routes[i])),
+                    what: format!("adding route to {}", display_destination(ordered[i])),
                     source,
                 });
             }
@@ -394,6 +397,15 @@ impl Network {
         let mut message = message;
         if route.onlink {
             message.header.flags |= RouteFlags::Onlink;
+        }
+        if gateway.is_none() {
+            // As `ip route` makes it: a gateway behind it is then reachable.
+            message.header.scope = RouteScope::Link;
+        }
+        if route.metric != 0 {
+            message
+                .attributes
+                .push(RouteAttribute::Priority(route.metric));
         }
         Ok(message)
     }

@@ -651,12 +651,32 @@ async fn test_interfaces_and_routes() {
         ),
         "{routes}"
     );
+    // A gateway reachable only through a route without one (Calico's
+    // `169.254.1.1 dev eth0 scope link` layout), given after the route
+    // that needs it; and a metric.
+    let mut behind = route("198.18.6.0/24", "198.18.5.1", "eth7");
+    behind.metric = 300;
+    c.update_routes(vec![behind, route("198.18.5.1/32", "", "eth7")])
+        .await
+        .unwrap();
+    let routes = agent.ip(&["route", "show"]);
+    assert!(
+        routes.contains("198.18.5.1 dev eth7 proto static scope link"),
+        "{routes}"
+    );
+    assert!(
+        routes.lines().any(
+            |line| line.starts_with("198.18.6.0/24 via 198.18.5.1 dev eth7")
+                && line.contains(" metric 300")
+        ),
+        "{routes}"
+    );
     c.update_routes(vec![route("198.51.100.0/24", "192.0.2.254", "eth7")])
         .await
         .unwrap();
     let routes = agent.ip(&["route", "show"]);
     assert!(
-        !routes.contains("default") && !routes.contains("onlink"),
+        !routes.contains("default") && !routes.contains("onlink") && !routes.contains("198.18"),
         "{routes}"
     );
 

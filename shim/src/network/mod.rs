@@ -62,6 +62,18 @@ pub enum NetworkError {
         /// Why.
         source: std::io::Error,
     },
+    /// A route of the namespace cannot be given to the guest as it is.
+    #[error(
+        "network namespace {netns}: the route to {destination} {why}, which the VM cannot be given"
+    )]
+    Route {
+        /// The namespace's path.
+        netns: PathBuf,
+        /// The route's destination.
+        destination: String,
+        /// What it has that cannot be carried.
+        why: &'static str,
+    },
     /// An interface disappeared while it was being set up.
     #[error("network namespace {netns}: the interface {interface} vanished")]
     Vanished {
@@ -104,6 +116,10 @@ pub struct RouteSpec {
     /// The gateway is on the link whatever the addresses' prefixes say.
     #[serde(default)]
     pub onlink: bool,
+    /// The route's metric (0: none given), which orders the default routes
+    /// of several interfaces.
+    #[serde(default)]
+    pub metric: u32,
 }
 
 /// A pod's network as set up: what the VM and the agent are given, and
@@ -168,45 +184,64 @@ fn route_ip(address: &RouteAddress) -> Option<IpAddr> {
 
 /// The route as the guest gets it, if it is one the CNI set through one of
 /// `links` (not one the kernel made for an address, nor a local or
-/// multicast one).
-fn route_spec(route: &RouteMessage, links: &[(u32, String)]) -> Option<RouteSpec> {
+/// multicast one). A route of a kind the guest's plain routing cannot hold
+/// (several next hops, a next hop of the other family or a nexthop object,
+/// a source prefix) is an error: given without it, the workload would see
+/// other routes than under runc.
+fn route_spec(
+    route: &RouteMessage,
+    links: &[(u32, String)],
+) -> Result<Option<RouteSpec>, (String, &'static str)> {
     let header = &route.header;
     if header.table != MAIN_TABLE
         || header.protocol == RouteProtocol::Kernel
         || header.kind != RouteType::Unicast
     {
-        return None;
+        return Ok(None);
     }
     let mut destination = None;
     let mut gateway = None;
     let mut source = None;
     let mut device = None;
+    let mut metric = 0;
+    let mut uncarried = None;
     for attribute in &route.attributes {
         match attribute {
             RouteAttribute::Destination(address) => destination = route_ip(address),
             RouteAttribute::Gateway(address) => gateway = route_ip(address),
             RouteAttribute::PrefSource(address) => source = route_ip(address),
+            RouteAttribute::Priority(priority) => metric = *priority,
             RouteAttribute::Oif(index) => {
                 device = links
                     .iter()
                     .find(|(link, _)| link == index)
                     .map(|(_, name)| name.clone());
             }
+            RouteAttribute::MultiPath(_) => uncarried = Some("has several next hops"),
+            RouteAttribute::Via(_) => uncarried = Some("has a next hop of the other family"),
+            RouteAttribute::NhId(_) => uncarried = Some("uses a nexthop object"),
             _ => {}
         }
     }
+    if header.source_prefix_length != 0 {
+        uncarried = Some("has a source prefix");
+    }
     let destination = match destination {
-        Some(ip) if is_link_local_v6(&ip) => return None,
+        Some(ip) if is_link_local_v6(&ip) => return Ok(None),
         Some(ip) => format!("{ip}/{}", header.destination_prefix_length),
         None => "default".to_owned(),
     };
-    Some(RouteSpec {
+    if let Some(why) = uncarried {
+        return Err((destination, why));
+    }
+    Ok(device.map(|device| RouteSpec {
         destination,
         gateway,
-        device: device?,
+        device,
         source,
         onlink: header.flags.contains(RouteFlags::Onlink),
-    })
+        metric,
+    }))
 }
 
 impl PodNetwork {
@@ -284,51 +319,99 @@ impl PodNetwork {
                 );
                 continue;
             };
-            let addresses = self.addresses(handle, interface).await?;
             let tap = format!("tap{n}{TAP_SUFFIX}");
-            tap::create(namespace, &tap).map_err(|source| NetworkError::Tap {
-                netns: self.netns.clone(),
-                tap: tap.clone(),
-                source,
-            })?;
-            self.endpoints.push(Endpoint {
-                interface: interface.name.clone(),
-                tap: tap.clone(),
-                mac: format_mac(mac),
-                mtu: interface.mtu,
-                addresses,
-                redirected: false,
-            });
-            let tap_index = self.index_of(handle, &tap).await?;
-            handle
-                .link()
-                .set(
-                    LinkUnspec::new_with_index(tap_index)
-                        .mtu(interface.mtu)
-                        .up()
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(self.netlink_error(format!("bringing {tap} up")))?;
-            tc::redirect(handle, interface.index, tap_index)
-                .await
-                .map_err(self.netlink_error(format!(
-                    "redirecting {} to {tap} (an ingress qdisc already on {} is refused)",
-                    interface.name, interface.name
-                )))?;
-            if let Some(endpoint) = self.endpoints.last_mut() {
-                endpoint.redirected = true;
-            }
-            tc::redirect(handle, tap_index, interface.index)
-                .await
-                .map_err(self.netlink_error(format!("redirecting {tap} to {}", interface.name)))?;
-            // The interface may have gone while its tap was made.
-            self.index_of(handle, &interface.name).await?;
+            self.carry(namespace, handle, interface, mac, tap).await?;
             routed.push((interface.index, interface.name.clone()));
         }
         self.routes = self.routes(handle, &routed).await?;
         Ok(())
+    }
+
+    /// Makes `interface`'s tap and joins the two; when that fails because
+    /// the interface has gone, says so.
+    async fn carry(
+        &mut self,
+        namespace: &std::fs::File,
+        handle: &Handle,
+        interface: &LinkInfo,
+        mac: [u8; 6],
+        tap: String,
+    ) -> Result<(), NetworkError> {
+        match self.join(namespace, handle, interface, mac, tap).await {
+            Err(err) => match self.still_there(handle, interface).await {
+                Ok(false) => Err(self.vanished(interface)),
+                _ => Err(err),
+            },
+            Ok(()) if self.still_there(handle, interface).await? => Ok(()),
+            Ok(()) => Err(self.vanished(interface)),
+        }
+    }
+
+    async fn join(
+        &mut self,
+        namespace: &std::fs::File,
+        handle: &Handle,
+        interface: &LinkInfo,
+        mac: [u8; 6],
+        tap: String,
+    ) -> Result<(), NetworkError> {
+        let addresses = self.addresses(handle, interface).await?;
+        tap::create(namespace, &tap).map_err(|source| NetworkError::Tap {
+            netns: self.netns.clone(),
+            tap: tap.clone(),
+            source,
+        })?;
+        self.endpoints.push(Endpoint {
+            interface: interface.name.clone(),
+            tap: tap.clone(),
+            mac: format_mac(mac),
+            mtu: interface.mtu,
+            addresses,
+            redirected: false,
+        });
+        let tap_index = self.index_of(handle, &tap).await?;
+        handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(tap_index)
+                    .mtu(interface.mtu)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(self.netlink_error(format!("bringing {tap} up")))?;
+        tc::redirect(handle, interface.index, tap_index)
+            .await
+            .map_err(self.netlink_error(format!(
+                "redirecting {} to {tap} (an ingress qdisc already on {} is refused)",
+                interface.name, interface.name
+            )))?;
+        if let Some(endpoint) = self.endpoints.last_mut() {
+            endpoint.redirected = true;
+        }
+        tc::redirect(handle, tap_index, interface.index)
+            .await
+            .map_err(self.netlink_error(format!("redirecting {tap} to {}", interface.name)))
+    }
+
+    /// Whether `interface` is still in the namespace under its index and name.
+    async fn still_there(
+        &self,
+        handle: &Handle,
+        interface: &LinkInfo,
+    ) -> Result<bool, NetworkError> {
+        let links = self.links(handle).await?;
+        Ok(links
+            .iter()
+            .any(|link| link.index == interface.index && link.name == interface.name))
+    }
+
+    fn vanished(&self, interface: &LinkInfo) -> NetworkError {
+        NetworkError::Vanished {
+            netns: self.netns.clone(),
+            interface: interface.name.clone(),
+        }
     }
 
     async fn addresses(
@@ -382,7 +465,18 @@ impl PodNetwork {
                 .try_collect()
                 .await
                 .map_err(self.netlink_error("listing routes"))?;
-            routes.extend(messages.iter().filter_map(|route| route_spec(route, links)));
+            for message in &messages {
+                match route_spec(message, links) {
+                    Ok(route) => routes.extend(route),
+                    Err((destination, why)) => {
+                        return Err(NetworkError::Route {
+                            netns: self.netns.clone(),
+                            destination,
+                            why,
+                        })
+                    }
+                }
+            }
         }
         Ok(routes)
     }
@@ -450,6 +544,7 @@ impl PodNetwork {
                 route.device.clone_from(&spec.device);
                 route.source = spec.source.map(|ip| ip.to_string()).unwrap_or_default();
                 route.onlink = spec.onlink;
+                route.metric = spec.metric;
                 route
             })
             .collect()
@@ -524,6 +619,67 @@ mod tests {
     #[test]
     fn macs_are_formatted_as_the_agent_parses_them() {
         assert_eq!(format_mac([2, 0, 0xab, 0, 0, 1]), "02:00:ab:00:00:01");
+    }
+
+    /// `ip ARGS`, for the namespace the test makes.
+    fn ip(args: &[&str]) {
+        let out = std::process::Command::new("ip").args(args).output();
+        let out = out.unwrap_or_else(|err| panic!("ip: {err}"));
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    }
+
+    #[tokio::test]
+    async fn an_interface_that_vanishes_while_carried_is_named_and_nothing_is_left() {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root || std::process::Command::new("ip").arg("-V").output().is_err() {
+            assert!(
+                std::env::var_os("VMPOD_REQUIRE_AGENT").is_none(),
+                "needs root and ip (./test.sh installs it)"
+            );
+            eprintln!("skipped: needs root and ip");
+            return;
+        }
+        let name = format!("vmpod-vanish-{}", std::process::id());
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .output();
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "-n", &name, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+        ]);
+        let path = PathBuf::from("/var/run/netns").join(&name);
+        let namespace = netns::open(&path).unwrap();
+        let handle = netns::netlink(&namespace).unwrap();
+        let mut network = PodNetwork {
+            netns: path.clone(),
+            endpoints: Vec::new(),
+            routes: Vec::new(),
+        };
+        let links = network.links(&handle).await.unwrap();
+        let eth0 = links.into_iter().find(|link| link.name == "eth0").unwrap();
+        // The CNI deletes it between the listing and its tap.
+        ip(&["-n", &name, "link", "del", "eth0"]);
+        let mac = eth0.mac.unwrap();
+        let err = network
+            .carry(&namespace, &handle, &eth0, mac, "tap0_vmpod".into())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "network namespace {}: the interface eth0 vanished",
+                path.display()
+            )
+        );
+        network.remove(&handle).await;
+        let links = std::process::Command::new("ip")
+            .args(["-n", &name, "-o", "link", "show"])
+            .output()
+            .unwrap();
+        let links = String::from_utf8_lossy(&links.stdout).into_owned();
+        ip(&["netns", "del", &name]);
+        assert!(!links.contains("tap0_vmpod"), "tap left behind: {links}");
     }
 
     #[test]
