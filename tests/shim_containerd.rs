@@ -22,8 +22,9 @@ use vmpod_integration_tests::containerd::{
 };
 use vmpod_integration_tests::guest_or_skip;
 use vmpod_integration_tests::netns::{
-    PodNetns, MTU, ONLINK_GATEWAY, ONLINK_NET, PEER_IPV4, PEER_IPV6, POD_INTERFACE, POD_IPV4,
-    POD_IPV6, ROUTED_NET,
+    PodNetns, LINK_GATEWAY, LINK_ROUTED_NET, MTU, ONLINK_GATEWAY, ONLINK_NET, PEER_IPV4, PEER_IPV6,
+    POD_INTERFACE, POD_IPV4, POD_IPV6, ROUTED_NET, SECOND_INTERFACE, SECOND_METRIC, SECOND_MTU,
+    SECOND_PEER_IPV4, SECOND_POD_IPV4,
 };
 
 /// CRI's annotations that put a container into an existing pod.
@@ -742,10 +743,18 @@ fn test_pod_network_reaches_the_guest() {
         return;
     }
     let net = PodNetns::create(&format!("c{}", std::process::id()));
-    // Global addresses and the link (its IPv6 link-local address may still
-    // be tentative now).
-    let veth =
-        || net.pod_global_addresses() + &net.pod.ip(&["-o", "link", "show", "dev", POD_INTERFACE]);
+    net.add_second_interface();
+    // Global addresses (an IPv6 link-local one may still be tentative now),
+    // links, routes and qdiscs.
+    let veth = || {
+        [
+            net.pod.ip(&["-o", "addr", "show", "scope", "global"]),
+            net.pod.ip(&["-o", "link", "show"]),
+            net.pod.ip(&["route", "show"]),
+            net.pod.tc(&["qdisc", "show"]),
+        ]
+        .concat()
+    };
     let veth_before = veth();
     let etc = f.work.join("etc");
     std::fs::create_dir_all(&etc).unwrap();
@@ -775,7 +784,10 @@ fn test_pod_network_reaches_the_guest() {
         &["sleep", "3600"],
     );
     let links = net.pod.ip(&["-o", "link", "show"]);
-    assert!(links.contains("tap0_vmpod"), "{links}");
+    assert!(
+        links.contains("tap0_vmpod") && links.contains("tap1_vmpod"),
+        "{links}"
+    );
 
     let exec = |name: &str, command: &[&str]| {
         let out = f.retry_host_fault(
@@ -800,9 +812,27 @@ fn test_pod_network_reaches_the_guest() {
     ] {
         assert!(addr.contains(&wanted), "no {wanted:?} in:\n{addr}");
     }
+    // The second interface: its own MAC, MTU and address.
+    let addr = exec("addr1", &["ip", "addr", "show", SECOND_INTERFACE]);
+    for wanted in [
+        format!("mtu {SECOND_MTU}"),
+        format!("link/ether {}", net.mac_of(SECOND_INTERFACE)),
+        format!("inet {SECOND_POD_IPV4}/24"),
+    ] {
+        assert!(addr.contains(&wanted), "no {wanted:?} in:\n{addr}");
+    }
     let routes = exec("route", &["ip", "route"]);
     for (wanted, flag) in [
         (format!("default via {PEER_IPV4} dev {POD_INTERFACE}"), ""),
+        (
+            format!("default via {SECOND_PEER_IPV4} dev {SECOND_INTERFACE}"),
+            &*format!("metric {SECOND_METRIC}"),
+        ),
+        (format!("{LINK_GATEWAY} dev {POD_INTERFACE}"), "scope link"),
+        (
+            format!("{LINK_ROUTED_NET} via {LINK_GATEWAY} dev {POD_INTERFACE}"),
+            "",
+        ),
         (
             format!("{ROUTED_NET} via {PEER_IPV4} dev {POD_INTERFACE}"),
             "",
@@ -835,6 +865,18 @@ fn test_pod_network_reaches_the_guest() {
     );
     assert_eq!(server.join().unwrap(), "ping from the pod\n");
     assert_eq!(reply, "pong from the peer\n");
+    // And through the second interface.
+    let server = serve_once(&net.peer, (SECOND_PEER_IPV4, 7001), "pong on net1\n");
+    let reply = exec(
+        "connect1",
+        &[
+            "sh",
+            "-c",
+            &format!("echo ping on net1 | nc {SECOND_PEER_IPV4} 7001"),
+        ],
+    );
+    assert_eq!(server.join().unwrap(), "ping on net1\n");
+    assert_eq!(reply, "pong on net1\n");
 
     // The peer reaches a server in the container.
     for attempt in 0..=HOST_FAULT_RETRIES {
@@ -895,8 +937,36 @@ fn test_pod_network_reaches_the_guest() {
     f.ok("container rm", &f.ctr(&["container", "rm", "vn-pod"]));
     f.assert_nothing_left("after the networked pod");
     let links = net.pod.ip(&["-o", "link", "show"]);
-    assert!(!links.contains("tap0_vmpod"), "tap left behind: {links}");
-    let qdiscs = net.pod.tc(&["qdisc", "show", "dev", POD_INTERFACE]);
+    assert!(!links.contains("_vmpod"), "tap left behind: {links}");
+    let qdiscs = net.pod.tc(&["qdisc", "show"]);
     assert!(!qdiscs.contains("ingress"), "{qdiscs}");
     assert_eq!(veth(), veth_before);
+
+    // A route the guest refuses (its preferred source is an address on the
+    // namespace's lo, which is not carried): the task fails in one line
+    // naming the route, and no VM, tap or filter is left.
+    net.pod.ip(&["addr", "add", "198.18.9.9/32", "dev", "lo"]);
+    net.pod.ip(&[
+        "route",
+        "add",
+        "198.18.10.0/24",
+        "via",
+        PEER_IPV4,
+        "src",
+        "198.18.9.9",
+    ]);
+    let veth_before = veth();
+    let out = f.run(&["--rm", "--with-ns", &with_ns], "vn-refused", &["true"]);
+    assert!(!out.status.success(), "vn-refused ran");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("configuring the guest's network: ")
+            && stderr.contains("adding route to 198.18.10.0/24: "),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    eprintln!("vn-refused: {}", stderr.trim_end());
+    let _ = f.ctr(&["container", "rm", "vn-refused"]);
+    f.assert_nothing_left("after the refused route");
+    assert_eq!(veth(), veth_before, "the namespace is not as it was found");
 }
