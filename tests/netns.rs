@@ -4,7 +4,6 @@
 //! (addresses, MTU, routes), and a peer namespace holding the other end.
 //! Traffic stays inside the two; both are deleted on drop.
 
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -106,17 +105,7 @@ impl Netns {
     /// belong to it).
     pub fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
         let file = std::fs::File::open(self.path()).expect("netns file");
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    // SAFETY: setns on a descriptor we own; it moves only this thread.
-                    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                    work()
-                })
-                .join()
-                .expect("netns thread")
-        })
+        vmpod_shim::network::netns::run_in(&file, work).expect("setns")
     }
 }
 
@@ -126,6 +115,28 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .output();
     }
+}
+
+/// Joins `pod`'s `interface` to `peer`'s `peer_interface` by a veth pair
+/// of `mtu`.
+fn add_veth(pod: &Netns, interface: &str, peer: &Netns, peer_interface: &str, mtu: u32) {
+    let mtu = mtu.to_string();
+    pod.ip(&[
+        "link",
+        "add",
+        interface,
+        "mtu",
+        &mtu,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        peer_interface,
+        "mtu",
+        &mtu,
+        "netns",
+        &peer.name,
+    ]);
 }
 
 /// A pod namespace and its peer, joined by a veth pair, as a CNI plugin
@@ -143,25 +154,7 @@ impl PodNetns {
     pub fn create(tag: &str) -> PodNetns {
         let pod = Netns::create(&format!("vmpod-{tag}-pod"));
         let peer = Netns::create(&format!("vmpod-{tag}-peer"));
-        let mtu = MTU.to_string();
-        ip(&[
-            "-n",
-            &pod.name,
-            "link",
-            "add",
-            POD_INTERFACE,
-            "mtu",
-            &mtu,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "peer0",
-            "mtu",
-            &mtu,
-            "netns",
-            &peer.name,
-        ]);
+        add_veth(&pod, POD_INTERFACE, &peer, "peer0", MTU);
         for (ns, dev, v4, v6) in [
             (&pod, POD_INTERFACE, POD_IPV4, POD_IPV6),
             (&peer, "peer0", PEER_IPV4, PEER_IPV6),
@@ -200,23 +193,13 @@ impl PodNetns {
     /// Adds [`SECOND_INTERFACE`], a second veth to the peer namespace, with
     /// its own MTU and address and a default route of a higher metric.
     pub fn add_second_interface(&self) {
-        let mtu = SECOND_MTU.to_string();
-        self.pod.ip(&[
-            "link",
-            "add",
+        add_veth(
+            &self.pod,
             SECOND_INTERFACE,
-            "mtu",
-            &mtu,
-            "type",
-            "veth",
-            "peer",
-            "name",
+            &self.peer,
             SECOND_PEER_INTERFACE,
-            "mtu",
-            &mtu,
-            "netns",
-            &self.peer.name,
-        ]);
+            SECOND_MTU,
+        );
         for (ns, dev, v4) in [
             (&self.pod, SECOND_INTERFACE, SECOND_POD_IPV4),
             (&self.peer, SECOND_PEER_INTERFACE, SECOND_PEER_IPV4),

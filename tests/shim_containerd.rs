@@ -417,6 +417,12 @@ fn test_pod_runs_the_task_api_through_ctr() {
         .filter_map(|line| Some(line.split(": ").nth(1)?.to_owned()))
         .collect();
     assert_eq!(names, ["lo"], "{}", text(&links.stdout));
+    let log = std::fs::read_to_string(f.containerd.log_path()).unwrap_or_default();
+    assert!(
+        log.contains("the spec names no network namespace: the pod has loopback only"),
+        "the shim's log does not say the pod has no network:\n{}",
+        f.containerd.log_tail(40)
+    );
     let input = b"line one\nline two\n";
     let cat = f.retry_host_fault(
         "vp-pod",

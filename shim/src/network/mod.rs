@@ -8,7 +8,7 @@
 //! CNI's interface is left as it was found, but for the ingress qdisc that
 //! teardown removes.
 
-mod netns;
+pub mod netns;
 mod tap;
 mod tc;
 
@@ -337,13 +337,11 @@ impl PodNetwork {
         mac: [u8; 6],
         tap: String,
     ) -> Result<(), NetworkError> {
-        match self.join(namespace, handle, interface, mac, tap).await {
-            Err(err) => match self.still_there(handle, interface).await {
-                Ok(false) => Err(self.vanished(interface)),
-                _ => Err(err),
-            },
-            Ok(()) if self.still_there(handle, interface).await? => Ok(()),
-            Ok(()) => Err(self.vanished(interface)),
+        let joined = self.join(namespace, handle, interface, mac, tap).await;
+        match (joined, self.still_there(handle, interface).await) {
+            (_, Ok(false)) => Err(self.vanished(interface)),
+            (Err(err), _) | (Ok(()), Err(err)) => Err(err),
+            (Ok(()), Ok(true)) => Ok(()),
         }
     }
 
