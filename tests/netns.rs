@@ -28,6 +28,11 @@ pub const ONLINK_GATEWAY: &str = "198.18.0.1";
 pub const LINK_GATEWAY: &str = "198.18.5.1";
 /// A network routed through [`LINK_GATEWAY`].
 pub const LINK_ROUTED_NET: &str = "198.18.6.0/24";
+/// A permanent neighbour entry of the pod's interface, as the AWS VPC CNI
+/// gives the pod its gateway's MAC.
+pub const NEIGHBOUR_IPV4: &str = "192.0.2.77";
+/// The MAC of [`NEIGHBOUR_IPV4`].
+pub const NEIGHBOUR_MAC: &str = "02:00:00:00:00:77";
 /// The veth's MTU (not the default, so that it shows it was carried).
 pub const MTU: u32 = 1400;
 /// The pod's interface, as a CNI names it.
@@ -187,6 +192,17 @@ impl PodNetns {
         ]);
         pod.ip(&["route", "add", LINK_ROUTED_NET, "via", LINK_GATEWAY]);
         pod.ip(&["-6", "route", "add", "default", "via", PEER_IPV6]);
+        pod.ip(&[
+            "neigh",
+            "add",
+            NEIGHBOUR_IPV4,
+            "lladdr",
+            NEIGHBOUR_MAC,
+            "dev",
+            POD_INTERFACE,
+            "nud",
+            "permanent",
+        ]);
         PodNetns { pod, peer }
     }
 

@@ -17,9 +17,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use vmpod_integration_tests::netns::{
-    PodNetns, LINK_GATEWAY, LINK_ROUTED_NET, MTU, ONLINK_GATEWAY, ONLINK_NET, PEER_IPV4, PEER_IPV6,
-    POD_INTERFACE, POD_IPV4, POD_IPV6, ROUTED_NET, SECOND_INTERFACE, SECOND_METRIC, SECOND_MTU,
-    SECOND_PEER_IPV4, SECOND_POD_IPV4,
+    PodNetns, LINK_GATEWAY, LINK_ROUTED_NET, MTU, NEIGHBOUR_IPV4, NEIGHBOUR_MAC, ONLINK_GATEWAY,
+    ONLINK_NET, PEER_IPV4, PEER_IPV6, POD_INTERFACE, POD_IPV4, POD_IPV6, ROUTED_NET,
+    SECOND_INTERFACE, SECOND_METRIC, SECOND_MTU, SECOND_PEER_IPV4, SECOND_POD_IPV4,
 };
 use vmpod_shim::network::{PodNetwork, RouteSpec};
 
@@ -91,6 +91,18 @@ async fn test_set_up_joins_the_veth_to_a_tap_and_tear_down_restores_it() {
     }
     let ns = PodNetns::create(&format!("h{}", std::process::id()));
     ns.add_second_interface();
+    // A neighbour entry the kernel learns, which is not the CNI's to carry.
+    ns.pod.run(|| {
+        let socket = UdpSocket::bind((POD_IPV4, 0)).unwrap();
+        let _ = socket.send_to(b"to the peer", (PEER_IPV4, 9));
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ns.pod.ip(&["neigh", "show", PEER_IPV4]).contains("lladdr") {
+        assert!(Instant::now() < deadline, "the peer's MAC was not learnt");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The peer learnt the pod's MAC from it; it must ask again below.
+    ns.peer.ip(&["neigh", "flush", "dev", "peer0"]);
     let before = veth_state(&ns);
 
     let network = PodNetwork::set_up(&ns.pod.path()).await.unwrap();
@@ -103,7 +115,23 @@ async fn test_set_up_joins_the_veth_to_a_tap_and_tear_down_restores_it() {
     let v4: IpAddr = POD_IPV4.parse().unwrap();
     let v6: IpAddr = POD_IPV6.parse().unwrap();
     assert_eq!(endpoint.addresses, vec![(v4, 24), (v6, 64)]);
+    // The permanent neighbour entry, not the ones the kernel learnt.
+    assert_eq!(
+        endpoint.neighbours,
+        vec![(NEIGHBOUR_IPV4.parse().unwrap(), NEIGHBOUR_MAC.to_owned())]
+    );
+    let neighbours = network.guest_neighbours();
+    assert_eq!(neighbours.len(), 1, "{neighbours:?}");
+    assert_eq!(
+        (
+            &*neighbours[0].address,
+            &*neighbours[0].device,
+            &*neighbours[0].hw_addr
+        ),
+        (NEIGHBOUR_IPV4, POD_INTERFACE, NEIGHBOUR_MAC)
+    );
     let second = &network.endpoints[1];
+    assert_eq!(second.neighbours, vec![]);
     assert_eq!(second.interface, SECOND_INTERFACE);
     assert_eq!(second.tap, SECOND_TAP);
     assert_eq!(second.mac, ns.mac_of(SECOND_INTERFACE));

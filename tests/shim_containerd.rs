@@ -22,9 +22,9 @@ use vmpod_integration_tests::containerd::{
 };
 use vmpod_integration_tests::guest_or_skip;
 use vmpod_integration_tests::netns::{
-    PodNetns, LINK_GATEWAY, LINK_ROUTED_NET, MTU, ONLINK_GATEWAY, ONLINK_NET, PEER_IPV4, PEER_IPV6,
-    POD_INTERFACE, POD_IPV4, POD_IPV6, ROUTED_NET, SECOND_INTERFACE, SECOND_METRIC, SECOND_MTU,
-    SECOND_PEER_IPV4, SECOND_POD_IPV4,
+    PodNetns, LINK_GATEWAY, LINK_ROUTED_NET, MTU, NEIGHBOUR_IPV4, NEIGHBOUR_MAC, ONLINK_GATEWAY,
+    ONLINK_NET, PEER_IPV4, PEER_IPV6, POD_INTERFACE, POD_IPV4, POD_IPV6, ROUTED_NET,
+    SECOND_INTERFACE, SECOND_METRIC, SECOND_MTU, SECOND_PEER_IPV4, SECOND_POD_IPV4,
 };
 
 /// CRI's annotations that put a container into an existing pod.
@@ -855,6 +855,15 @@ fn test_pod_network_reaches_the_guest() {
             "no {wanted:?} {flag} in:\n{routes}"
         );
     }
+    let neighbours = exec("neigh", &["ip", "neigh"]);
+    assert!(
+        neighbours
+            .lines()
+            .any(|line| line.starts_with(NEIGHBOUR_IPV4)
+                && line.contains(&format!("dev {POD_INTERFACE} lladdr {NEIGHBOUR_MAC}"))
+                && line.contains("PERMANENT")),
+        "no permanent {NEIGHBOUR_IPV4} in:\n{neighbours}"
+    );
     let routes6 = exec("route6", &["ip", "-6", "route"]);
     assert!(
         routes6.contains(&format!("default via {PEER_IPV6} dev {POD_INTERFACE}")),
@@ -966,8 +975,9 @@ fn test_pod_network_reaches_the_guest() {
     assert!(!out.status.success(), "vn-refused ran");
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("configuring the guest's network: ")
-            && stderr.contains("adding route to 198.18.10.0/24: "),
+        stderr.contains(
+            "configuring the guest's network: agent UpdateRoutes: adding route to 198.18.10.0/24: "
+        ) && !stderr.contains("Status {"),
         "{stderr}"
     );
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");

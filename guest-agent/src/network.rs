@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Pod networking inside the guest, over rtnetlink: an interface found by
 //! its MAC gets its name, MTU and addresses and comes up; the routes the
-//! shim gives replace the ones it gave before. Every value is checked
-//! before anything changes.
+//! shim gives replace the ones it gave before; the permanent neighbour
+//! entries it gives are added. Every value is checked before anything
+//! changes.
 
 use std::net::IpAddr;
 
@@ -12,7 +13,7 @@ use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::{RouteAttribute, RouteFlags, RouteMessage, RouteScope};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use tokio::sync::Mutex;
-use vmpod_agent_api::messages::{IPAddress, Interface, Route};
+use vmpod_agent_api::messages::{IPAddress, Interface, Neighbour, Route};
 
 /// Longest interface name (IFNAMSIZ - 1).
 const MAX_NAME: usize = 15;
@@ -119,7 +120,7 @@ fn parse_optional_ip(field: &str, text: &str) -> Result<Option<IpAddr>, NetworkE
     }
     text.parse()
         .map(Some)
-        .map_err(|_| invalid(format!("route {field} {text:?} is not an IP address")))
+        .map_err(|_| invalid(format!("{field} {text:?} is not an IP address")))
 }
 
 /// The guest's network configuration, through one rtnetlink socket.
@@ -328,10 +329,44 @@ impl Network {
         Ok(routes.to_vec())
     }
 
+    /// Adds `neighbours` as permanent entries, each replacing an entry of
+    /// the same address on its device: a CNI that gives the pod its
+    /// gateway's MAC (as the AWS VPC CNI does) has nothing answer ARP for it.
+    ///
+    /// # Errors
+    ///
+    /// [`NetworkError`] naming the neighbour at fault.
+    pub async fn add_neighbours(&self, neighbours: &[Neighbour]) -> Result<(), NetworkError> {
+        let mut entries = Vec::new();
+        for neighbour in neighbours {
+            let ip = parse_optional_ip("neighbour address", &neighbour.address)?
+                .ok_or_else(|| invalid("a neighbour has no address".into()))?;
+            let mac = parse_mac(&neighbour.hw_addr)?;
+            let index = self
+                .link_index(
+                    |a| matches!(a, LinkAttribute::IfName(name) if *name == neighbour.device),
+                )
+                .await?
+                .ok_or_else(|| NetworkError::NoDevice(neighbour.device.clone()))?;
+            entries.push((index, ip, mac, &neighbour.device));
+        }
+        for (index, ip, mac, device) in entries {
+            self.handle
+                .neighbours()
+                .add(index, ip)
+                .link_layer_address(&mac)
+                .replace()
+                .execute()
+                .await
+                .map_err(netlink(format!("adding neighbour {ip} on {device}")))?;
+        }
+        Ok(())
+    }
+
     async fn route_message(&self, route: &Route) -> Result<RouteMessage, NetworkError> {
         let destination = parse_destination(&route.destination)?;
-        let gateway = parse_optional_ip("gateway", &route.gateway)?;
-        let source = parse_optional_ip("source", &route.source)?;
+        let gateway = parse_optional_ip("route gateway", &route.gateway)?;
+        let source = parse_optional_ip("route source", &route.source)?;
         let device = if route.device.is_empty() {
             None
         } else {

@@ -424,6 +424,18 @@ impl AgentService for Agent {
             .map_err(|e| network_status(&e))?;
         Ok(reply)
     }
+
+    async fn add_neighbours(
+        &self,
+        _: &TtrpcContext,
+        req: api::AddNeighboursRequest,
+    ) -> Reply<api::Empty> {
+        self.network
+            .add_neighbours(&req.neighbours)
+            .await
+            .map_err(|e| network_status(&e))?;
+        Ok(api::Empty::new())
+    }
 }
 
 /// Failures to start serving.

@@ -753,6 +753,54 @@ async fn test_interfaces_and_routes() {
     // None of the refused requests changed the interface.
     let addresses = agent.ip(&["addr", "show", "dev", "eth7"]);
     assert!(addresses.contains("inet 192.0.2.11/24"), "{addresses}");
+
+    // Permanent neighbours, IPv4 and IPv6; given again, each replaces its
+    // entry.
+    let neighbour = |ip: &str, device: &str, mac: &str| {
+        let mut neighbour = vmpod_agent_api::messages::Neighbour::new();
+        neighbour.address = ip.into();
+        neighbour.device = device.into();
+        neighbour.hw_addr = mac.into();
+        neighbour
+    };
+    let neighbours = vec![
+        neighbour("192.0.2.77", "eth7", "02:00:00:00:00:77"),
+        neighbour("2001:db8::77", "eth7", "02:00:00:00:00:78"),
+    ];
+    c.add_neighbours(neighbours.clone()).await.unwrap();
+    c.add_neighbours(neighbours).await.unwrap();
+    let table = agent.ip(&["neigh", "show", "dev", "eth7"]);
+    for wanted in [
+        "192.0.2.77 lladdr 02:00:00:00:00:77 PERMANENT",
+        "2001:db8::77 lladdr 02:00:00:00:00:78 PERMANENT",
+    ] {
+        assert!(table.contains(wanted), "no {wanted:?} in:\n{table}");
+    }
+    for (bad, expected) in [
+        (
+            neighbour("192.0.2.300", "eth7", "02:00:00:00:00:77"),
+            "neighbour address \"192.0.2.300\" is not an IP address",
+        ),
+        (
+            neighbour("", "eth7", "02:00:00:00:00:77"),
+            "a neighbour has no address",
+        ),
+        (
+            neighbour("192.0.2.78", "eth7", "02:00:00:00:77"),
+            "is not a MAC address",
+        ),
+        (
+            neighbour("192.0.2.78", "nosuchdev", "02:00:00:00:00:77"),
+            "no interface is named nosuchdev",
+        ),
+    ] {
+        // Checked before any is added: the good one first is not added.
+        let good = neighbour("192.0.2.79", "eth7", "02:00:00:00:00:79");
+        let message = refused(c.add_neighbours(vec![good, bad])).await;
+        assert!(message.contains(expected), "{message}");
+    }
+    let table = agent.ip(&["neigh", "show", "dev", "eth7"]);
+    assert!(!table.contains("192.0.2.79"), "{table}");
 }
 
 /// A root file system from an overlay: writes land in the upper layer,

@@ -424,7 +424,7 @@ pub async fn tear_down_network(id: &str, network: Option<&PodNetwork>) {
 }
 
 /// Gives the guest's interfaces the addresses and MTU of the namespace's,
-/// then its routes.
+/// then its permanent neighbour entries, then its routes.
 async fn configure_guest_network(
     id: &str,
     agent: &AgentClient,
@@ -439,6 +439,10 @@ async fn configure_guest_network(
     };
     for interface in network.guest_interfaces() {
         agent.update_interface(interface).await.map_err(refused)?;
+    }
+    let neighbours = network.guest_neighbours();
+    if !neighbours.is_empty() {
+        agent.add_neighbours(neighbours).await.map_err(refused)?;
     }
     agent
         .update_routes(network.guest_routes())

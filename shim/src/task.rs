@@ -36,7 +36,8 @@ use vmpod_agent_api::{AgentClient, ClientError, ProcessId};
 
 use crate::config::Config;
 use crate::io::{Copies, StdioPaths};
-use crate::pod::Pod;
+use crate::network::NetworkError;
+use crate::pod::{Pod, PodError};
 use crate::process::{Exit, Process, LOST_STATUS};
 use crate::share::ContainerShare;
 use crate::spec;
@@ -134,6 +135,38 @@ fn agent_status(err: ClientError) -> ttrpc::Error {
         ),
         _ => status(Code::UNAVAILABLE, err),
     }
+}
+
+/// A failed pod launch as containerd should see it: bad input (the spec's
+/// namespace, its routes, the guest's refusal of them) by its own code, so
+/// that a caller does not retry what cannot succeed; the rest UNAVAILABLE.
+fn launch_status(err: PodError) -> ttrpc::Error {
+    let code = match &err {
+        PodError::Exists { .. } => Code::ALREADY_EXISTS,
+        PodError::Network {
+            source: NetworkError::Namespace { source, .. },
+            ..
+        } if source.kind() == std::io::ErrorKind::NotFound => Code::NOT_FOUND,
+        PodError::Network {
+            source: NetworkError::Namespace { .. } | NetworkError::Route { .. },
+            ..
+        } => Code::INVALID_ARGUMENT,
+        PodError::Network {
+            source: NetworkError::Vanished { .. },
+            ..
+        }
+        | PodError::Version { .. } => Code::FAILED_PRECONDITION,
+        PodError::GuestNetwork {
+            source:
+                ClientError::Rpc {
+                    source: ttrpc::Error::RpcStatus(refusal),
+                    ..
+                },
+            ..
+        } => refusal.code(),
+        _ => Code::UNAVAILABLE,
+    };
+    status(code, err)
 }
 
 /// Checks a container or exec id of at most `max` bytes, as the agent will:
@@ -353,7 +386,7 @@ impl TaskService {
             .map_err(|err| status(Code::INVALID_ARGUMENT, err))?;
         let launched = Pod::launch(config, &self.namespace, pod_id, size, netns)
             .await
-            .map_err(|err| status(Code::UNAVAILABLE, err))?;
+            .map_err(launch_status)?;
         let handle = PodHandle {
             agent: launched.agent.clone(),
             vmm_pid: launched.vmm_pid,
@@ -1066,5 +1099,54 @@ mod tests {
             ttrpc::Error::RpcStatus(status) => assert_eq!(status.code(), Code::UNAVAILABLE),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn launch_failures_say_whether_a_retry_can_help() {
+        let code = |err: PodError| match launch_status(err) {
+            ttrpc::Error::RpcStatus(status) => (status.code(), status.message().to_owned()),
+            other => panic!("{other:?}"),
+        };
+        let pod = || "p".to_owned();
+        let missing = PodError::Network {
+            pod: pod(),
+            source: NetworkError::Namespace {
+                path: "/nonexistent".into(),
+                source: std::io::ErrorKind::NotFound.into(),
+            },
+        };
+        assert_eq!(code(missing).0, Code::NOT_FOUND);
+        let route = PodError::Network {
+            pod: pod(),
+            source: NetworkError::Route {
+                netns: "/var/run/netns/n".into(),
+                destination: "default".into(),
+                why: "has several next hops",
+            },
+        };
+        assert_eq!(code(route).0, Code::INVALID_ARGUMENT);
+        let refused = PodError::GuestNetwork {
+            pod: pod(),
+            source: ClientError::Rpc {
+                method: "UpdateRoutes",
+                source: ttrpc::Error::RpcStatus(ttrpc::get_status(
+                    Code::FAILED_PRECONDITION,
+                    "adding route to default: Invalid argument",
+                )),
+            },
+        };
+        let (refused_code, message) = code(refused);
+        assert_eq!(refused_code, Code::FAILED_PRECONDITION);
+        assert_eq!(
+            message,
+            "pod p: configuring the guest's network: agent UpdateRoutes: \
+             adding route to default: Invalid argument"
+        );
+        let timeout = PodError::Timeout {
+            pod: pod(),
+            seconds: 1,
+            log: String::new(),
+        };
+        assert_eq!(code(timeout).0, Code::UNAVAILABLE);
     }
 }

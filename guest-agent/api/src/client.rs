@@ -13,11 +13,12 @@ use ttrpc::asynchronous::Client;
 use ttrpc::context::{self, Context};
 
 use crate::messages::{
-    CheckRequest, ContainerRequest, CreateContainerRequest, CreateSandboxRequest,
-    DestroySandboxRequest, ExecProcessRequest, GetOOMEventRequest, Interface, Mount, OOMEvent,
-    ProcessRequest, ReadStreamRequest, RemoveContainerRequest, Route, Routes, SignalProcessRequest,
-    StatsContainerResponse, TtyWinResizeRequest, UpdateContainerRequest, UpdateInterfaceRequest,
-    UpdateRoutesRequest, VersionRequest, VersionResponse, WaitProcessResponse, WriteStreamRequest,
+    AddNeighboursRequest, CheckRequest, ContainerRequest, CreateContainerRequest,
+    CreateSandboxRequest, DestroySandboxRequest, ExecProcessRequest, GetOOMEventRequest, Interface,
+    Mount, Neighbour, OOMEvent, ProcessRequest, ReadStreamRequest, RemoveContainerRequest, Route,
+    Routes, SignalProcessRequest, StatsContainerResponse, TtyWinResizeRequest,
+    UpdateContainerRequest, UpdateInterfaceRequest, UpdateRoutesRequest, VersionRequest,
+    VersionResponse, WaitProcessResponse, WriteStreamRequest,
 };
 use crate::service::AgentServiceClient;
 
@@ -47,13 +48,22 @@ pub enum ClientError {
         reason: String,
     },
     /// The agent answered with an error, or the connection failed.
-    #[error("agent {method}: {source}")]
+    #[error("agent {method}: {}", rpc_text(.source))]
     Rpc {
         /// The request.
         method: &'static str,
         /// The ttrpc status or transport error.
         source: ttrpc::Error,
     },
+}
+
+/// The agent's own message for a refusal (not the status's debug form),
+/// else the transport's error.
+fn rpc_text(error: &ttrpc::Error) -> String {
+    match error {
+        ttrpc::Error::RpcStatus(status) => status.message().to_owned(),
+        other => other.to_string(),
+    }
 }
 
 impl ClientError {
@@ -581,6 +591,21 @@ impl AgentClient {
             .await
             .map_err(rpc("UpdateRoutes"))?;
         Ok(reply.routes)
+    }
+
+    /// Adds permanent neighbour entries to the guest's interfaces.
+    ///
+    /// # Errors
+    ///
+    /// As [`AgentClient::check`].
+    pub async fn add_neighbours(&self, neighbours: Vec<Neighbour>) -> Result<(), ClientError> {
+        let mut req = AddNeighboursRequest::new();
+        req.neighbours = neighbours;
+        self.inner
+            .add_neighbours(bounded(), &req)
+            .await
+            .map_err(rpc("AddNeighbours"))?;
+        Ok(())
     }
 }
 

@@ -29,7 +29,7 @@ pub mod service {
 pub use client::{AgentClient, ClientError, ProcessId, SandboxConfig};
 
 /// Bumped on incompatible changes to `protos/agent.proto`.
-pub const API_VERSION: u32 = 1;
+pub const API_VERSION: u32 = 2;
 
 /// The vsock port the agent listens on unless its command line says
 /// otherwise.

@@ -3,10 +3,10 @@
 //! the pod's network namespace gets a tap beside it, joined to it both ways
 //! by tc ingress + mirred redirect (no bridge, no host-side address); the VM
 //! gets one virtio-net device per tap with the interface's MAC and MTU, and
-//! the agent gives the guest's interface the addresses and routes the
-//! namespace had, so the workload sees what it would see under runc. The
-//! CNI's interface is left as it was found, but for the ingress qdisc that
-//! teardown removes.
+//! the agent gives the guest's interface the addresses, routes and
+//! permanent neighbour entries the namespace had, so the workload sees what
+//! it would see under runc. The CNI's interface is left as it was found, but
+//! for the ingress qdisc that teardown removes.
 
 pub mod netns;
 mod tap;
@@ -18,12 +18,13 @@ use std::path::{Path, PathBuf};
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteType,
 };
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
-use vmpod_agent_api::messages::{IPAddress, Interface, Route};
+use vmpod_agent_api::messages::{IPAddress, Interface, Neighbour, Route};
 
 /// The main routing table, the one the CNI fills.
 const MAIN_TABLE: u8 = 254;
@@ -97,6 +98,10 @@ pub struct Endpoint {
     pub mtu: u32,
     /// Its addresses (no IPv6 link-local ones: those belong to the link).
     pub addresses: Vec<(IpAddr, u8)>,
+    /// Its permanent neighbour entries (address, MAC), which the CNI set
+    /// because nothing answers ARP or NDP for them.
+    #[serde(default)]
+    pub neighbours: Vec<(IpAddr, String)>,
     /// Whether the interface's ingress redirect (qdisc and filter) is ours
     /// to remove; an ingress qdisc it already had is left alone.
     pub redirected: bool,
@@ -354,6 +359,7 @@ impl PodNetwork {
         tap: String,
     ) -> Result<(), NetworkError> {
         let addresses = self.addresses(handle, interface).await?;
+        let neighbours = self.permanent_neighbours(handle, interface).await?;
         tap::create(namespace, &tap).map_err(|source| NetworkError::Tap {
             netns: self.netns.clone(),
             tap: tap.clone(),
@@ -365,6 +371,7 @@ impl PodNetwork {
             mac: format_mac(mac),
             mtu: interface.mtu,
             addresses,
+            neighbours,
             redirected: false,
         });
         let tap_index = self.index_of(handle, &tap).await?;
@@ -444,6 +451,48 @@ impl PodNetwork {
             }
         }
         Ok(addresses)
+    }
+
+    async fn permanent_neighbours(
+        &self,
+        handle: &Handle,
+        interface: &LinkInfo,
+    ) -> Result<Vec<(IpAddr, String)>, NetworkError> {
+        let messages: Vec<_> = handle
+            .neighbours()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.netlink_error(format!("listing the neighbours of {}", interface.name)))?;
+        let mut neighbours = Vec::new();
+        for message in messages {
+            if message.header.ifindex != interface.index
+                || message.header.state != NeighbourState::Permanent
+            {
+                continue;
+            }
+            let mut ip = None;
+            let mut mac = None;
+            for attribute in &message.attributes {
+                match attribute {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                        ip = Some(IpAddr::V4(*v4));
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                        ip = Some(IpAddr::V6(*v6));
+                    }
+                    NeighbourAttribute::LinkLayerAddress(bytes) => {
+                        mac = <[u8; 6]>::try_from(bytes.as_slice()).ok();
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(ip), Some(mac)) = (ip, mac) {
+                neighbours.push((ip, format_mac(mac)));
+            }
+        }
+        Ok(neighbours)
     }
 
     async fn routes(
@@ -527,6 +576,22 @@ impl PodNetwork {
                     })
                     .collect();
                 interface
+            })
+            .collect()
+    }
+
+    /// What the agent's AddNeighbours is given: every endpoint's.
+    pub fn guest_neighbours(&self) -> Vec<Neighbour> {
+        self.endpoints
+            .iter()
+            .flat_map(|endpoint| {
+                endpoint.neighbours.iter().map(|(ip, mac)| {
+                    let mut neighbour = Neighbour::new();
+                    neighbour.address = ip.to_string();
+                    neighbour.device.clone_from(&endpoint.interface);
+                    neighbour.hw_addr.clone_from(mac);
+                    neighbour
+                })
             })
             .collect()
     }
