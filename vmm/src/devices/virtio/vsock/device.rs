@@ -550,29 +550,42 @@ impl Vsock {
         let mut completed = false;
         if let Some(queue) = active.queues.get_mut(RX) {
             loop {
-                let packet = match self.control.front() {
-                    Some(header) => Some((*header, Vec::new(), None)),
-                    None => self.next_data_packet(),
+                let next = match self.control.front() {
+                    Some(header) => Some((*header, None)),
+                    None => self
+                        .next_data_header()
+                        .map(|(fd, header)| (header, Some(fd))),
                 };
-                let Some((mut header, payload, fd)) = packet else {
+                let Some((header, fd)) = next else {
                     break;
                 };
                 let Some(chain) = queue.pop_descriptor_chain(&mem) else {
                     break;
                 };
                 let head = chain.head_index();
-                header.len = payload.len() as u32;
-                let used = write_packet(&mem, chain, &header, &payload);
-                if fd.is_none() {
-                    self.control.pop_front();
-                }
-                if let (Some(fd), Some(_)) = (fd, used) {
-                    if let Some(conn) = self.conns.get_mut(&fd) {
-                        conn.tx_cnt = conn.tx_cnt.wrapping_add(header.len);
-                        conn.to_guest.clear();
+                // As much of the held data as the credit and this chain
+                // allow; the rest goes in the next packets.
+                let payload = fd
+                    .and_then(|fd| self.conns.get(&fd))
+                    .map_or(&[][..], |conn| {
+                        let credit = conn.peer_credit() as usize;
+                        &conn.to_guest[..conn.to_guest.len().min(credit)]
+                    });
+                let written = write_packet(&mem, chain, header, payload);
+                match fd {
+                    None => {
+                        self.control.pop_front();
+                    }
+                    Some(fd) => {
+                        if let (Some(conn), Some((_, sent))) = (self.conns.get_mut(&fd), written) {
+                            conn.to_guest.drain(..sent);
+                            conn.tx_cnt = conn.tx_cnt.wrapping_add(sent as u32);
+                            conn.fwd_cnt_sent = header.fwd_cnt;
+                        }
                     }
                 }
-                if queue.add_used(&mem, head, used.unwrap_or(0)).is_err() {
+                let used = written.map_or(0, |(used, _)| used);
+                if queue.add_used(&mem, head, used).is_err() {
                     break;
                 }
                 completed = true;
@@ -584,18 +597,12 @@ impl Vsock {
         self.active = Some(active);
     }
 
-    /// The next data packet: a connection's held host data, within credit.
-    fn next_data_packet(&mut self) -> Option<(Header, Vec<u8>, Option<RawFd>)> {
-        let (&fd, conn) = self
-            .conns
-            .iter_mut()
-            .find(|(_, c)| c.state == State::Established && !c.to_guest.is_empty())?;
-        let len = conn.to_guest.len().min(conn.peer_credit() as usize);
-        if len == 0 {
-            return None;
-        }
-        conn.to_guest.truncate(len);
-        conn.fwd_cnt_sent = conn.fwd_cnt;
+    /// The header of the next data packet (its length still 0): for a
+    /// connection holding host data that the guest has credit for.
+    fn next_data_header(&self) -> Option<(RawFd, Header)> {
+        let (&fd, conn) = self.conns.iter().find(|(_, c)| {
+            c.state == State::Established && !c.to_guest.is_empty() && c.peer_credit() > 0
+        })?;
         let header = Header {
             src_cid: HOST_CID,
             dst_cid: self.cid,
@@ -608,7 +615,7 @@ impl Vsock {
             buf_alloc: CONN_BUF_ALLOC,
             fwd_cnt: conn.fwd_cnt,
         };
-        Some((header, conn.to_guest.clone(), Some(fd)))
+        Some((fd, header))
     }
 
     /// Streams whose watch must change: `(fd, currently, wanted)`, where a
@@ -672,21 +679,22 @@ where
     Some((header, payload))
 }
 
-/// Writes a packet into an rx chain; returns its length, or `None` if the
-/// chain is malformed or too small.
+/// Writes a packet of `header` and as much of `payload` as the rx chain
+/// holds (a Linux guest posts 4 KiB buffers; a packet may carry up to
+/// 64 KiB). Returns the bytes written and the payload bytes among them, or
+/// `None` if the chain is malformed or holds no payload byte (nor, for a
+/// control packet, the header).
 fn write_packet<M>(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<M>,
-    header: &Header,
+    mut header: Header,
     payload: &[u8],
-) -> Option<u32>
+) -> Option<(u32, usize)>
 where
     M: std::ops::Deref + Clone,
     M::Target: GuestMemory,
 {
-    let head = header.to_bytes();
-    let mut data = head.iter().chain(payload).copied();
-    let total = head.len() + payload.len();
+    let wanted = Header::LEN + payload.len();
     let mut buffers: Vec<(GuestAddress, usize)> = Vec::new();
     let mut room = 0usize;
     for desc in chain {
@@ -695,18 +703,25 @@ where
         }
         buffers.push((desc.addr(), desc.len() as usize));
         room = room.saturating_add(desc.len() as usize);
-        if room >= total {
+        if room >= wanted {
             break;
         }
     }
-    if room < total {
+    let sent = room.checked_sub(Header::LEN)?.min(payload.len());
+    if sent == 0 && !payload.is_empty() {
         return None;
     }
+    header.len = u32::try_from(sent).ok()?;
+    let head = header.to_bytes();
+    let mut data = head.iter().chain(&payload[..sent]).copied();
     for (addr, len) in buffers {
         let chunk: Vec<u8> = data.by_ref().take(len).collect();
+        if chunk.is_empty() {
+            break;
+        }
         mem.write_slice(&chunk, addr).ok()?;
     }
-    u32::try_from(total).ok()
+    Some((u32::try_from(Header::LEN + sent).ok()?, sent))
 }
 
 impl Drop for Vsock {
@@ -1013,6 +1028,32 @@ mod tests {
         );
         assert_eq!(read_some(&mut stream, 14), b"from the guest");
         assert_eq!(h.device.lock().unwrap().counters().connected, 1);
+    }
+
+    #[test]
+    fn test_host_data_larger_than_a_guest_buffer_is_split() {
+        let mut h = Harness::new("split", MAX_CONNECTIONS);
+        let mut stream = h.host_connect(b"CONNECT 1234\n");
+        let host_port = h.received()[0].0.src_port;
+        h.send(h.guest_header(op::RESPONSE, 1234, host_port, 0), &[]);
+        read_some(&mut stream, format!("OK {host_port}\n").len());
+        // More than one 4 KiB rx buffer holds, as a large request is.
+        let sent: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        stream.write_all(&sent).unwrap();
+        let mut got = Vec::new();
+        let mut packets = 0;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got.len() < sent.len() && Instant::now() < deadline {
+            for (header, payload) in h.received() {
+                assert_eq!(header.op, op::RW);
+                assert_eq!(header.len as usize, payload.len());
+                assert!(Header::LEN + payload.len() <= 0x1000, "{}", payload.len());
+                got.extend_from_slice(&payload);
+                packets += 1;
+            }
+        }
+        assert_eq!(packets, 3);
+        assert!(got == sent, "the data arrived changed");
     }
 
     #[test]
