@@ -370,6 +370,22 @@ fn test_pod_runs_the_task_api_through_ctr() {
         "the joined container used the pod's VM"
     );
     assert_eq!(f.containerd.shim_pids().len(), 1, "one shim for the pod");
+    // A privileged one: its spec lists every host device, a CreateContainer
+    // request larger than one of the guest's 4 KiB vsock buffers.
+    let out = f.retry_host_fault(
+        "vp-pod",
+        "ctr run --rm --privileged vp-priv",
+        |attempt| {
+            f.run(
+                &["--rm", "--privileged", join[0], join[1], join[2], join[3]],
+                &format!("vp-priv-{attempt}"),
+                &["sh", "-c", "test -c /dev/net/tun && echo privileged"],
+            )
+        },
+        |out| out.status.code(),
+    );
+    f.ok("ctr run --privileged", &out);
+    assert_eq!(text(&out.stdout), "privileged\n");
 
     // Exec: exit status, stdin to its end, a terminal with its size.
     let out = f.retry_host_fault(

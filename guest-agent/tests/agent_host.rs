@@ -1037,8 +1037,9 @@ async fn test_orphans_are_reaped() {
     agent.client.remove_container("o", false).await.unwrap();
 }
 
-/// `linux.devices` are made with their type, numbers, mode and group;
-/// namespaced sysctls are written; others are refused.
+/// `linux.devices` are made with their type, numbers, mode and group, in
+/// directories made for them; namespaced sysctls are written; others are
+/// refused.
 #[tokio::test]
 async fn test_devices_and_sysctls() {
     let agent: HostAgent = agent_or_skip!("devices");
@@ -1048,17 +1049,22 @@ async fn test_devices_and_sysctls() {
         &[
             "sh",
             "-c",
-            "stat -c '%t:%T %a %g' /dev/mynull; cat /proc/sys/kernel/shmmax",
+            "stat -c '%t:%T %a %g' /dev/mynull /dev/net/tun /dev/null; \
+             cat /proc/sys/kernel/shmmax",
         ],
         "pod",
     );
+    // A node in a directory /dev lacks, and one of the default devices,
+    // which the spec's replaces (as `ctr run --privileged` lists them).
     with_devices["linux"]["devices"] = serde_json::json!([
-        {"path": "/dev/mynull", "type": "c", "major": 1, "minor": 3, "fileMode": 416, "uid": 0, "gid": 5}
+        {"path": "/dev/mynull", "type": "c", "major": 1, "minor": 3, "fileMode": 416, "uid": 0, "gid": 5},
+        {"path": "/dev/net/tun", "type": "c", "major": 10, "minor": 200, "fileMode": 438},
+        {"path": "/dev/null", "type": "c", "major": 1, "minor": 3, "fileMode": 384}
     ]);
     with_devices["linux"]["sysctl"] = serde_json::json!({"kernel.shmmax": "12345678"});
     let (status, stdout, stderr) = agent.run("d", &with_devices, &rootfs).await;
     assert_eq!(status, 0, "{stderr}");
-    assert_eq!(stdout, "1:3 640 5\n12345678\n");
+    assert_eq!(stdout, "1:3 640 5\na:c8 666 0\n1:3 600 0\n12345678\n");
     let mut host_wide = spec(&["true"], "pod");
     host_wide["linux"]["sysctl"] = serde_json::json!({"kernel.panic": "1"});
     assert_eq!(

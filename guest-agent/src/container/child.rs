@@ -283,6 +283,11 @@ pub fn run_init(plan: &InitPlan, fds: &ChildFds) -> ! {
             );
         }
         for (i, node) in plan.device_nodes.iter().enumerate() {
+            for dir in &node.make_dirs {
+                if libc::mkdir(ptr(dir), 0o755) == -1 && errno() != libc::EEXIST {
+                    fail(fds, Step::Device, 100 + i);
+                }
+            }
             libc::unlink(ptr(&node.target));
             check(
                 fds,
@@ -293,6 +298,13 @@ pub fn run_init(plan: &InitPlan, fds: &ChildFds) -> ! {
             check(
                 fds,
                 libc::chown(ptr(&node.target), node.uid, node.gid),
+                Step::Device,
+                100 + i,
+            );
+            // The mode as given, not as the umask left it (as runc makes it).
+            check(
+                fds,
+                libc::chmod(ptr(&node.target), node.mode & 0o7777),
                 Step::Device,
                 100 + i,
             );

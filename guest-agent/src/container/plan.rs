@@ -223,6 +223,9 @@ pub struct DeviceStep {
 pub struct DeviceNode {
     /// Host path of the node under the root.
     pub target: CString,
+    /// Directories the child makes first, in order (on a file system it
+    /// mounts, such as the /dev tmpfs).
+    pub make_dirs: Vec<CString>,
     /// S_IFCHR/S_IFBLK/S_IFIFO and the permission bits.
     pub mode: libc::mode_t,
     /// makedev(major, minor).
@@ -541,29 +544,13 @@ pub fn plan_init(
         let source = mount.source().clone().unwrap_or_default();
         let target = resolve_in_root(rootfs, destination, &mounted)?;
         let source_is_file = bind && std::fs::metadata(&source).is_ok_and(|m| !m.is_dir());
-        // Below a file system this plan mounts first, the mount point can
-        // only be made by the child, once that file system is there.
-        let on_earlier_mount = mounted
-            .iter()
-            .filter(|earlier| target.starts_with(earlier) && target != **earlier)
-            .max_by_key(|earlier| earlier.as_os_str().len());
-        let (make_dirs, make_file) = match on_earlier_mount {
-            Some(earlier) => {
-                let below: Vec<_> = target
-                    .strip_prefix(earlier)
-                    .unwrap_or(&target)
-                    .components()
-                    .collect();
-                let mut dirs = Vec::new();
-                let mut dir = earlier.clone();
-                for (i, part) in below.iter().enumerate() {
-                    dir.push(part);
-                    if i + 1 < below.len() || !source_is_file {
-                        dirs.push(path_cstring("mounts.destination", &dir)?);
-                    }
-                }
-                (dirs, source_is_file)
-            }
+        let (make_dirs, make_file) = match dirs_below_earlier_mount(
+            "mounts.destination",
+            &target,
+            &mounted,
+            source_is_file,
+        )? {
+            Some(dirs) => (dirs, source_is_file),
             None => {
                 create_mount_point(&target, source_is_file)?;
                 (Vec::new(), false)
@@ -575,6 +562,14 @@ pub fn plan_init(
         mounted.push(target);
     }
 
+    let device_nodes = linux
+        .devices()
+        .iter()
+        .flatten()
+        .map(|device| device_node(device, rootfs, &mounted))
+        .collect::<Result<Vec<_>, _>>()?;
+    // A default device the spec lists (as `--privileged` lists the host's)
+    // is the spec's node, as in runc.
     let dev = resolve_in_root(rootfs, Path::new("/dev"), &mounted)?;
     let devices = DEFAULT_DEVICES
         .iter()
@@ -584,13 +579,12 @@ pub fn plan_init(
                 bind_source: cstring("/dev", format!("/dev/{name}"))?,
             })
         })
+        .filter(|step: &Result<DeviceStep, PlanError>| {
+            step.as_ref().map_or(true, |step| {
+                device_nodes.iter().all(|node| node.target != step.target)
+            })
+        })
         .collect::<Result<_, PlanError>>()?;
-    let device_nodes = linux
-        .devices()
-        .iter()
-        .flatten()
-        .map(|device| device_node(device, rootfs, &mounted))
-        .collect::<Result<Vec<_>, _>>()?;
     let sysctls = linux
         .sysctl()
         .iter()
@@ -692,8 +686,22 @@ fn device_node(
         number(device.minor(), "minor")?,
     );
     let target = resolve_in_root(rootfs, path, mounted)?;
+    // Its directories (/dev/net of /dev/net/tun), as runc makes them.
+    let make_dirs = match dirs_below_earlier_mount("linux.devices.path", &target, mounted, true)? {
+        Some(dirs) => dirs,
+        None => {
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(|source| PlanError::MountPoint {
+                    path: parent.display().to_string(),
+                    source,
+                })?;
+            }
+            Vec::new()
+        }
+    };
     Ok(DeviceNode {
         target: path_cstring("linux.devices.path", &target)?,
+        make_dirs,
         mode: kind | (device.file_mode().unwrap_or(0o666) & 0o7777),
         dev,
         uid: device.uid().unwrap_or(0),
@@ -753,6 +761,39 @@ fn mount_step(
 
 /// Creates a mount point (a directory, or an empty file for a file bind
 /// mount) in the image, if it is missing.
+/// Below a file system this plan mounts first (the latest that holds
+/// `target`), a path can only be made by the child, once that file system
+/// is there: the directories it makes down to `target` (not `target`
+/// itself when it is to be a file). None when no such mount holds it.
+fn dirs_below_earlier_mount(
+    field: &'static str,
+    target: &Path,
+    mounted: &[PathBuf],
+    target_is_file: bool,
+) -> Result<Option<Vec<CString>>, PlanError> {
+    let Some(earlier) = mounted
+        .iter()
+        .filter(|earlier| target.starts_with(earlier) && target != **earlier)
+        .max_by_key(|earlier| earlier.as_os_str().len())
+    else {
+        return Ok(None);
+    };
+    let below: Vec<_> = target
+        .strip_prefix(earlier)
+        .unwrap_or(target)
+        .components()
+        .collect();
+    let mut dirs = Vec::new();
+    let mut dir = earlier.clone();
+    for (i, part) in below.iter().enumerate() {
+        dir.push(part);
+        if i + 1 < below.len() || !target_is_file {
+            dirs.push(path_cstring(field, &dir)?);
+        }
+    }
+    Ok(Some(dirs))
+}
+
 fn create_mount_point(target: &Path, file: bool) -> Result<(), PlanError> {
     let error = |source| PlanError::MountPoint {
         path: target.display().to_string(),
