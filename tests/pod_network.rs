@@ -103,6 +103,11 @@ async fn test_set_up_joins_the_veth_to_a_tap_and_tear_down_restores_it() {
     }
     // The peer learnt the pod's MAC from it; it must ask again below.
     ns.peer.ip(&["neigh", "flush", "dev", "peer0"]);
+    // Routes the guest does not get: named, not carried.
+    ns.pod
+        .ip(&["route", "add", "blackhole", "198.51.100.200/32"]);
+    ns.pod
+        .ip(&["route", "add", ROUTED_NET, "via", PEER_IPV4, "table", "100"]);
     let before = veth_state(&ns);
 
     let network = PodNetwork::set_up(&ns.pod.path()).await.unwrap();
@@ -129,6 +134,15 @@ async fn test_set_up_joins_the_veth_to_a_tap_and_tear_down_restores_it() {
             &*neighbours[0].hw_addr
         ),
         (NEIGHBOUR_IPV4, POD_INTERFACE, NEIGHBOUR_MAC)
+    );
+    let mut uncarried = network.uncarried_routes.clone();
+    uncarried.sort();
+    assert_eq!(
+        uncarried,
+        [
+            format!("{ROUTED_NET} (table 100)"),
+            "198.51.100.200/32 (blackhole)".to_owned()
+        ]
     );
     let second = &network.endpoints[1];
     assert_eq!(second.neighbours, vec![]);

@@ -286,6 +286,14 @@ impl Pod {
             routes = network.routes.len(),
             "pod network set up"
         );
+        if !network.uncarried_routes.is_empty() {
+            tracing::warn!(
+                pod = id,
+                netns = %netns.display(),
+                "routes the guest does not get: {}",
+                network.uncarried_routes.join(", ")
+            );
+        }
         let record = serde_json::to_vec(&network).unwrap_or_default();
         if let Err(err) = std::fs::write(dir.network_record(), record) {
             tear_down_network(id, Some(&network)).await;

@@ -28,6 +28,8 @@ use vmpod_agent_api::messages::{IPAddress, Interface, Neighbour, Route};
 
 /// The main routing table, the one the CNI fills.
 const MAIN_TABLE: u8 = 254;
+/// The local table: the kernel's own routes for local addresses.
+const LOCAL_TABLE: u32 = 255;
 /// Taps are named `tap<N>_vmpod`; an interface so named is never a pod's.
 const TAP_SUFFIX: &str = "_vmpod";
 
@@ -138,6 +140,11 @@ pub struct PodNetwork {
     pub endpoints: Vec<Endpoint>,
     /// The routes through the endpoints.
     pub routes: Vec<RouteSpec>,
+    /// Routes the CNI set that the guest does not get, as `DESTINATION
+    /// (why)`: in another table (policy routing, which the guest's kernel
+    /// lacks), or blackhole, unreachable, prohibit or throw. Logged.
+    #[serde(default)]
+    pub uncarried_routes: Vec<String>,
 }
 
 /// An interface as netlink lists it.
@@ -193,6 +200,55 @@ fn route_ip(address: &RouteAddress) -> Option<IpAddr> {
 /// (several next hops, a next hop of the other family or a nexthop object,
 /// a source prefix) is an error: given without it, the workload would see
 /// other routes than under runc.
+/// `default` or `ADDRESS/PREFIX`; `None` for an IPv6 link-local prefix,
+/// which belongs to the link.
+fn destination_of(route: &RouteMessage) -> Option<String> {
+    let destination = route
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RouteAttribute::Destination(address) => route_ip(address),
+            _ => None,
+        });
+    match destination {
+        Some(ip) if is_link_local_v6(&ip) => None,
+        Some(ip) => Some(format!("{ip}/{}", route.header.destination_prefix_length)),
+        None => Some("default".to_owned()),
+    }
+}
+
+/// What keeps a route the CNI set (not the kernel) from the guest, as
+/// `DESTINATION (why)`, if it is one [`route_spec`] passes over.
+fn uncarried(route: &RouteMessage) -> Option<String> {
+    let header = &route.header;
+    if header.protocol == RouteProtocol::Kernel {
+        return None;
+    }
+    let table = route
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RouteAttribute::Table(table) => Some(*table),
+            _ => None,
+        })
+        .unwrap_or(u32::from(header.table));
+    let why = if table == u32::from(MAIN_TABLE) {
+        match header.kind {
+            RouteType::BlackHole => "blackhole",
+            RouteType::Unreachable => "unreachable",
+            RouteType::Prohibit => "prohibit",
+            RouteType::Throw => "throw",
+            _ => return None,
+        }
+        .to_owned()
+    } else if table == LOCAL_TABLE {
+        return None;
+    } else {
+        format!("table {table}")
+    };
+    Some(format!("{} ({why})", destination_of(route)?))
+}
+
 fn route_spec(
     route: &RouteMessage,
     links: &[(u32, String)],
@@ -204,7 +260,6 @@ fn route_spec(
     {
         return Ok(None);
     }
-    let mut destination = None;
     let mut gateway = None;
     let mut source = None;
     let mut device = None;
@@ -212,7 +267,6 @@ fn route_spec(
     let mut uncarried = None;
     for attribute in &route.attributes {
         match attribute {
-            RouteAttribute::Destination(address) => destination = route_ip(address),
             RouteAttribute::Gateway(address) => gateway = route_ip(address),
             RouteAttribute::PrefSource(address) => source = route_ip(address),
             RouteAttribute::Priority(priority) => metric = *priority,
@@ -231,10 +285,8 @@ fn route_spec(
     if header.source_prefix_length != 0 {
         uncarried = Some("has a source prefix");
     }
-    let destination = match destination {
-        Some(ip) if is_link_local_v6(&ip) => return Ok(None),
-        Some(ip) => format!("{ip}/{}", header.destination_prefix_length),
-        None => "default".to_owned(),
+    let Some(destination) = destination_of(route) else {
+        return Ok(None);
     };
     if let Some(why) = uncarried {
         return Err((destination, why));
@@ -268,6 +320,7 @@ impl PodNetwork {
             netns: netns.to_path_buf(),
             endpoints: Vec::new(),
             routes: Vec::new(),
+            uncarried_routes: Vec::new(),
         };
         let built = network.build(&namespace, &handle).await;
         if let Err(err) = built {
@@ -328,8 +381,7 @@ impl PodNetwork {
             self.carry(namespace, handle, interface, mac, tap).await?;
             routed.push((interface.index, interface.name.clone()));
         }
-        self.routes = self.routes(handle, &routed).await?;
-        Ok(())
+        self.read_routes(handle, &routed).await
     }
 
     /// Makes `interface`'s tap and joins the two; when that fails because
@@ -495,12 +547,15 @@ impl PodNetwork {
         Ok(neighbours)
     }
 
-    async fn routes(
-        &self,
+    /// The namespace's routes: those the guest gets through `links`, and
+    /// those it does not.
+    async fn read_routes(
+        &mut self,
         handle: &Handle,
         links: &[(u32, String)],
-    ) -> Result<Vec<RouteSpec>, NetworkError> {
+    ) -> Result<(), NetworkError> {
         let mut routes = Vec::new();
+        let mut uncarried_routes = Vec::new();
         for request in [
             RouteMessageBuilder::<Ipv4Addr>::new().build(),
             RouteMessageBuilder::<Ipv6Addr>::new().build(),
@@ -513,6 +568,7 @@ impl PodNetwork {
                 .await
                 .map_err(self.netlink_error("listing routes"))?;
             for message in &messages {
+                uncarried_routes.extend(uncarried(message));
                 match route_spec(message, links) {
                     Ok(route) => routes.extend(route),
                     Err((destination, why)) => {
@@ -525,7 +581,9 @@ impl PodNetwork {
                 }
             }
         }
-        Ok(routes)
+        self.routes = routes;
+        self.uncarried_routes = uncarried_routes;
+        Ok(())
     }
 
     async fn index_of(&self, handle: &Handle, name: &str) -> Result<u32, NetworkError> {
@@ -718,6 +776,7 @@ mod tests {
             netns: path.clone(),
             endpoints: Vec::new(),
             routes: Vec::new(),
+            uncarried_routes: Vec::new(),
         };
         let links = network.links(&handle).await.unwrap();
         let eth0 = links.into_iter().find(|link| link.name == "eth0").unwrap();
