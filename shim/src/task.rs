@@ -125,16 +125,7 @@ fn status(code: Code, message: impl ToString) -> ttrpc::Error {
 /// An agent failure as containerd should see it: the agent's own status
 /// code and message when it refused, UNAVAILABLE when it could not be reached.
 fn agent_status(err: ClientError) -> ttrpc::Error {
-    match &err {
-        ClientError::Rpc {
-            method,
-            source: ttrpc::Error::RpcStatus(refusal),
-        } => status(
-            refusal.code(),
-            format!("agent {method}: {}", refusal.message()),
-        ),
-        _ => status(Code::UNAVAILABLE, err),
-    }
+    status(err.agent_code().unwrap_or(Code::UNAVAILABLE), err)
 }
 
 /// A failed pod launch as containerd should see it: bad input (the spec's
@@ -156,14 +147,7 @@ fn launch_status(err: PodError) -> ttrpc::Error {
             ..
         }
         | PodError::Version { .. } => Code::FAILED_PRECONDITION,
-        PodError::GuestNetwork {
-            source:
-                ClientError::Rpc {
-                    source: ttrpc::Error::RpcStatus(refusal),
-                    ..
-                },
-            ..
-        } => refusal.code(),
+        PodError::GuestNetwork { source, .. } => source.agent_code().unwrap_or(Code::UNAVAILABLE),
         _ => Code::UNAVAILABLE,
     };
     status(code, err)

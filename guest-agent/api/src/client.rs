@@ -67,16 +67,28 @@ fn rpc_text(error: &ttrpc::Error) -> String {
 }
 
 impl ClientError {
-    /// The agent's own message for a request it refused (its gRPC status
-    /// message), if that is what happened.
-    pub fn agent_message(&self) -> Option<&str> {
+    /// The agent's status for a request it refused, if that is what
+    /// happened.
+    fn refusal(&self) -> Option<&ttrpc::proto::Status> {
         match self {
             ClientError::Rpc {
                 source: ttrpc::Error::RpcStatus(status),
                 ..
-            } => Some(status.message()),
+            } => Some(status),
             _ => None,
         }
+    }
+
+    /// The agent's own message for a request it refused (its gRPC status
+    /// message), if that is what happened.
+    pub fn agent_message(&self) -> Option<&str> {
+        self.refusal().map(ttrpc::proto::Status::message)
+    }
+
+    /// The agent's own status code for a request it refused, if that is
+    /// what happened.
+    pub fn agent_code(&self) -> Option<ttrpc::Code> {
+        self.refusal().map(ttrpc::proto::Status::code)
     }
 }
 

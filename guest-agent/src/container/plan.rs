@@ -759,8 +759,6 @@ fn mount_step(
     })
 }
 
-/// Creates a mount point (a directory, or an empty file for a file bind
-/// mount) in the image, if it is missing.
 /// Below a file system this plan mounts first (the latest that holds
 /// `target`), a path can only be made by the child, once that file system
 /// is there: the directories it makes down to `target` (not `target`
@@ -794,6 +792,8 @@ fn dirs_below_earlier_mount(
     Ok(Some(dirs))
 }
 
+/// Creates a mount point (a directory, or an empty file for a file bind
+/// mount) in the image, if it is missing.
 fn create_mount_point(target: &Path, file: bool) -> Result<(), PlanError> {
     let error = |source| PlanError::MountPoint {
         path: target.display().to_string(),

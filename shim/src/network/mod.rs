@@ -194,12 +194,6 @@ fn route_ip(address: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-/// The route as the guest gets it, if it is one the CNI set through one of
-/// `links` (not one the kernel made for an address, nor a local or
-/// multicast one). A route of a kind the guest's plain routing cannot hold
-/// (several next hops, a next hop of the other family or a nexthop object,
-/// a source prefix) is an error: given without it, the workload would see
-/// other routes than under runc.
 /// `default` or `ADDRESS/PREFIX`; `None` for an IPv6 link-local prefix,
 /// which belongs to the link.
 fn destination_of(route: &RouteMessage) -> Option<String> {
@@ -249,6 +243,12 @@ fn uncarried(route: &RouteMessage) -> Option<String> {
     Some(format!("{} ({why})", destination_of(route)?))
 }
 
+/// The route as the guest gets it, if it is one the CNI set through one of
+/// `links` (not one the kernel made for an address, nor a local or
+/// multicast one). A route of a kind the guest's plain routing cannot hold
+/// (several next hops, a next hop of the other family or a nexthop object,
+/// a source prefix) is an error: given without it, the workload would see
+/// other routes than under runc.
 fn route_spec(
     route: &RouteMessage,
     links: &[(u32, String)],
@@ -394,62 +394,54 @@ impl PodNetwork {
         mac: [u8; 6],
         tap: String,
     ) -> Result<(), NetworkError> {
-        let joined = self.join(namespace, handle, interface, mac, tap).await;
+        let joined = async {
+            let addresses = self.addresses(handle, interface).await?;
+            let neighbours = self.permanent_neighbours(handle, interface).await?;
+            tap::create(namespace, &tap).map_err(|source| NetworkError::Tap {
+                netns: self.netns.clone(),
+                tap: tap.clone(),
+                source,
+            })?;
+            self.endpoints.push(Endpoint {
+                interface: interface.name.clone(),
+                tap: tap.clone(),
+                mac: format_mac(mac),
+                mtu: interface.mtu,
+                addresses,
+                neighbours,
+                redirected: false,
+            });
+            let tap_index = self.index_of(handle, &tap).await?;
+            handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(tap_index)
+                        .mtu(interface.mtu)
+                        .up()
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(self.netlink_error(format!("bringing {tap} up")))?;
+            tc::redirect(handle, interface.index, tap_index)
+                .await
+                .map_err(self.netlink_error(format!(
+                    "redirecting {} to {tap} (an ingress qdisc already on {} is refused)",
+                    interface.name, interface.name
+                )))?;
+            if let Some(endpoint) = self.endpoints.last_mut() {
+                endpoint.redirected = true;
+            }
+            tc::redirect(handle, tap_index, interface.index)
+                .await
+                .map_err(self.netlink_error(format!("redirecting {tap} to {}", interface.name)))
+        }
+        .await;
         match (joined, self.still_there(handle, interface).await) {
             (_, Ok(false)) => Err(self.vanished(interface)),
             (Err(err), _) | (Ok(()), Err(err)) => Err(err),
             (Ok(()), Ok(true)) => Ok(()),
         }
-    }
-
-    async fn join(
-        &mut self,
-        namespace: &std::fs::File,
-        handle: &Handle,
-        interface: &LinkInfo,
-        mac: [u8; 6],
-        tap: String,
-    ) -> Result<(), NetworkError> {
-        let addresses = self.addresses(handle, interface).await?;
-        let neighbours = self.permanent_neighbours(handle, interface).await?;
-        tap::create(namespace, &tap).map_err(|source| NetworkError::Tap {
-            netns: self.netns.clone(),
-            tap: tap.clone(),
-            source,
-        })?;
-        self.endpoints.push(Endpoint {
-            interface: interface.name.clone(),
-            tap: tap.clone(),
-            mac: format_mac(mac),
-            mtu: interface.mtu,
-            addresses,
-            neighbours,
-            redirected: false,
-        });
-        let tap_index = self.index_of(handle, &tap).await?;
-        handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(tap_index)
-                    .mtu(interface.mtu)
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(self.netlink_error(format!("bringing {tap} up")))?;
-        tc::redirect(handle, interface.index, tap_index)
-            .await
-            .map_err(self.netlink_error(format!(
-                "redirecting {} to {tap} (an ingress qdisc already on {} is refused)",
-                interface.name, interface.name
-            )))?;
-        if let Some(endpoint) = self.endpoints.last_mut() {
-            endpoint.redirected = true;
-        }
-        tc::redirect(handle, tap_index, interface.index)
-            .await
-            .map_err(self.netlink_error(format!("redirecting {tap} to {}", interface.name)))
     }
 
     /// Whether `interface` is still in the namespace under its index and name.

@@ -577,14 +577,16 @@ impl Vsock {
                         self.control.pop_front();
                     }
                     Some(fd) => {
-                        if let (Some(conn), Some((_, sent))) = (self.conns.get_mut(&fd), written) {
+                        if let (Some(conn), Some(sent)) = (self.conns.get_mut(&fd), written) {
                             conn.to_guest.drain(..sent);
                             conn.tx_cnt = conn.tx_cnt.wrapping_add(sent as u32);
                             conn.fwd_cnt_sent = header.fwd_cnt;
                         }
                     }
                 }
-                let used = written.map_or(0, |(used, _)| used);
+                let used = written
+                    .and_then(|sent| u32::try_from(Header::LEN + sent).ok())
+                    .unwrap_or(0);
                 if queue.add_used(&mem, head, used).is_err() {
                     break;
                 }
@@ -681,15 +683,15 @@ where
 
 /// Writes a packet of `header` and as much of `payload` as the rx chain
 /// holds (a Linux guest posts 4 KiB buffers; a packet may carry up to
-/// 64 KiB). Returns the bytes written and the payload bytes among them, or
-/// `None` if the chain is malformed or holds no payload byte (nor, for a
-/// control packet, the header).
+/// 64 KiB). Returns the payload bytes written after the header, or `None`
+/// if the chain is malformed or holds no payload byte (nor, for a control
+/// packet, the header).
 fn write_packet<M>(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<M>,
     mut header: Header,
     payload: &[u8],
-) -> Option<(u32, usize)>
+) -> Option<usize>
 where
     M: std::ops::Deref + Clone,
     M::Target: GuestMemory,
@@ -721,7 +723,7 @@ where
         }
         mem.write_slice(&chunk, addr).ok()?;
     }
-    Some((u32::try_from(Header::LEN + sent).ok()?, sent))
+    Some(sent)
 }
 
 impl Drop for Vsock {
