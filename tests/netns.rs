@@ -236,18 +236,18 @@ impl PodNetns {
         ]);
     }
 
-    /// The pod interface's global addresses (`ip -o addr`): not its IPv6
-    /// link-local one, which may still be tentative.
-    pub fn pod_global_addresses(&self) -> String {
-        self.pod.ip(&[
-            "-o",
-            "addr",
-            "show",
-            "dev",
-            POD_INTERFACE,
-            "scope",
-            "global",
-        ])
+    /// The pod namespace as a teardown must leave it: global addresses
+    /// (not IPv6 link-local ones, which may still be tentative), links,
+    /// IPv4 and IPv6 routes, qdiscs.
+    pub fn pod_state(&self) -> String {
+        [
+            self.pod.ip(&["-o", "addr", "show", "scope", "global"]),
+            self.pod.ip(&["-o", "link", "show"]),
+            self.pod.ip(&["route", "show"]),
+            self.pod.ip(&["-6", "route", "show"]),
+            self.pod.tc(&["qdisc", "show"]),
+        ]
+        .concat()
     }
 
     /// The pod interface's MAC address.

@@ -43,19 +43,6 @@ fn root_or_skip(test: &str) -> bool {
     false
 }
 
-/// The veths as a teardown must leave them: addresses, MTU, routes, qdiscs.
-fn veth_state(ns: &PodNetns) -> String {
-    [
-        // Not IPv6 link-local addresses, which may still be tentative.
-        ns.pod.ip(&["-o", "addr", "show", "scope", "global"]),
-        ns.pod.ip(&["-o", "link", "show"]),
-        ns.pod.ip(&["route", "show"]),
-        ns.pod.ip(&["-6", "route", "show"]),
-        ns.pod.tc(&["qdisc", "show"]),
-    ]
-    .join("")
-}
-
 /// Opens the tap in the pod namespace as raw frames (no virtio-net header),
 /// the way `vmpod-vm` attaches to it.
 fn attach(ns: &PodNetns) -> File {
@@ -108,7 +95,7 @@ async fn test_set_up_joins_the_veth_to_a_tap_and_tear_down_restores_it() {
         .ip(&["route", "add", "blackhole", "198.51.100.200/32"]);
     ns.pod
         .ip(&["route", "add", ROUTED_NET, "via", PEER_IPV4, "table", "100"]);
-    let before = veth_state(&ns);
+    let before = ns.pod_state();
 
     let network = PodNetwork::set_up(&ns.pod.path()).await.unwrap();
     assert_eq!(network.endpoints.len(), 2, "{network:?}");
@@ -269,7 +256,7 @@ async fn test_set_up_joins_the_veth_to_a_tap_and_tear_down_restores_it() {
         "tap left behind: {links}"
     );
     assert_eq!(
-        veth_state(&ns),
+        ns.pod_state(),
         before,
         "the veths are not as they were found"
     );
@@ -302,7 +289,7 @@ async fn test_bad_namespaces_fail_in_one_line_and_leave_nothing() {
     let ns = PodNetns::create(&format!("b{}", std::process::id()));
     ns.pod
         .tc(&["qdisc", "add", "dev", POD_INTERFACE, "ingress"]);
-    let before = veth_state(&ns);
+    let before = ns.pod_state();
     let err = PodNetwork::set_up(&ns.pod.path())
         .await
         .unwrap_err()
@@ -317,7 +304,7 @@ async fn test_bad_namespaces_fail_in_one_line_and_leave_nothing() {
         !ns.pod.ip(&["-o", "link", "show"]).contains(TAP),
         "tap left behind"
     );
-    assert_eq!(veth_state(&ns), before);
+    assert_eq!(ns.pod_state(), before);
 
     // A tap of our name already there (a leftover) is not taken over.
     ns.pod
@@ -337,7 +324,7 @@ async fn test_bad_namespaces_fail_in_one_line_and_leave_nothing() {
 
     // Routes the guest's plain routing cannot hold are refused, naming the
     // route, rather than dropped; the taps go again.
-    let before = veth_state(&ns);
+    let before = ns.pod_state();
     let bad_routes: [(&[&str], &str); 3] = [
         (
             &[
@@ -397,7 +384,7 @@ async fn test_bad_namespaces_fail_in_one_line_and_leave_nothing() {
             .map(|arg| if *arg == "add" { "del" } else { arg })
             .collect();
         ns.pod.ip(&del);
-        assert_eq!(veth_state(&ns), before, "after {add:?}");
+        assert_eq!(ns.pod_state(), before, "after {add:?}");
     }
 }
 

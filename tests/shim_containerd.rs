@@ -766,18 +766,7 @@ fn test_pod_network_reaches_the_guest() {
     }
     let net = PodNetns::create(&format!("c{}", std::process::id()));
     net.add_second_interface();
-    // Global addresses (an IPv6 link-local one may still be tentative now),
-    // links, routes and qdiscs.
-    let veth = || {
-        [
-            net.pod.ip(&["-o", "addr", "show", "scope", "global"]),
-            net.pod.ip(&["-o", "link", "show"]),
-            net.pod.ip(&["route", "show"]),
-            net.pod.tc(&["qdisc", "show"]),
-        ]
-        .concat()
-    };
-    let veth_before = veth();
+    let veth_before = net.pod_state();
     let etc = f.work.join("etc");
     std::fs::create_dir_all(&etc).unwrap();
     let resolv = "nameserver 192.0.2.53\nsearch pod.test\n";
@@ -971,7 +960,7 @@ fn test_pod_network_reaches_the_guest() {
     assert!(!links.contains("_vmpod"), "tap left behind: {links}");
     let qdiscs = net.pod.tc(&["qdisc", "show"]);
     assert!(!qdiscs.contains("ingress"), "{qdiscs}");
-    assert_eq!(veth(), veth_before);
+    assert_eq!(net.pod_state(), veth_before);
 
     // A route the guest refuses (its preferred source is an address on the
     // namespace's lo, which is not carried): the task fails in one line
@@ -986,7 +975,7 @@ fn test_pod_network_reaches_the_guest() {
         "src",
         "198.18.9.9",
     ]);
-    let veth_before = veth();
+    let veth_before = net.pod_state();
     let out = f.run(&["--rm", "--with-ns", &with_ns], "vn-refused", &["true"]);
     assert!(!out.status.success(), "vn-refused ran");
     let stderr = text(&out.stderr);
@@ -1000,5 +989,9 @@ fn test_pod_network_reaches_the_guest() {
     eprintln!("vn-refused: {}", stderr.trim_end());
     let _ = f.ctr(&["container", "rm", "vn-refused"]);
     f.assert_nothing_left("after the refused route");
-    assert_eq!(veth(), veth_before, "the namespace is not as it was found");
+    assert_eq!(
+        net.pod_state(),
+        veth_before,
+        "the namespace is not as it was found"
+    );
 }
