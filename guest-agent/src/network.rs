@@ -14,9 +14,7 @@ use rtnetlink::packet_route::route::{RouteAttribute, RouteFlags, RouteMessage, R
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use tokio::sync::Mutex;
 use vmpod_agent_api::messages::{IPAddress, Interface, Neighbour, Route};
-
-/// Longest interface name (IFNAMSIZ - 1).
-const MAX_NAME: usize = 15;
+use vmpod_sys::mac::MacAddr;
 
 /// Failures of network requests.
 #[derive(Debug, thiserror::Error)]
@@ -52,30 +50,18 @@ fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetworkE
     move |source| NetworkError::Netlink { what, source }
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff`.
+/// Parses `aa:bb:cc:dd:ee:ff` ([`MacAddr`]'s form).
 ///
 /// # Errors
 ///
 /// [`NetworkError::Invalid`].
 pub fn parse_mac(text: &str) -> Result<[u8; 6], NetworkError> {
-    let bad = || {
+    let mac: MacAddr = text.parse().map_err(|_| {
         invalid(format!(
             "hw_addr {text:?} is not a MAC address like 02:00:00:00:00:01"
         ))
-    };
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        let part = parts.next().ok_or_else(bad)?;
-        if part.len() != 2 {
-            return Err(bad());
-        }
-        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-    }
-    if parts.next().is_some() {
-        return Err(bad());
-    }
-    Ok(mac)
+    })?;
+    Ok(mac.0)
 }
 
 /// An address and prefix, checked.
@@ -189,11 +175,8 @@ impl Network {
     /// [`NetworkError`] naming the field or the refused change.
     pub async fn update_interface(&self, interface: &Interface) -> Result<Interface, NetworkError> {
         let mac = parse_mac(&interface.hw_addr)?;
-        if interface.name.len() > MAX_NAME
-            || interface.name.contains(['/', ' ', '\0'])
-            || interface.name == "."
-            || interface.name == ".."
-        {
+        // Empty: the interface keeps its name.
+        if !interface.name.is_empty() && !vmpod_sys::ifname::is_valid(&interface.name) {
             return Err(invalid(format!(
                 "interface name {:?} is not a valid name",
                 interface.name
