@@ -110,7 +110,7 @@ impl Netns {
     /// belong to it).
     pub fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
         let file = std::fs::File::open(self.path()).expect("netns file");
-        vmpod_shim::network::netns::run_in(&file, work).expect("setns")
+        vmpod_sys::netns::run_in(&file, work).expect("setns")
     }
 }
 
