@@ -447,15 +447,12 @@ mod tests {
             parse_mac("02:00:0a:FF:00:01").unwrap(),
             [2, 0, 10, 255, 0, 1]
         );
-        for bad in [
-            "",
-            "02:00:00:00:00",
-            "02:00:00:00:00:01:02",
-            "0g:00:00:00:00:01",
-            "2:0:0:0:0:1",
-        ] {
-            assert!(parse_mac(bad).is_err(), "{bad}");
-        }
+        // Which texts are MACs: vmpod_sys::mac's tests.
+        let err = parse_mac("2:0:0:0:0:1").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "hw_addr \"2:0:0:0:0:1\" is not a MAC address like 02:00:00:00:00:01"
+        );
     }
 
     #[test]
