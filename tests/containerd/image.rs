@@ -24,72 +24,9 @@ impl Containerd {
         let layout = work.join("oci");
         let blobs = layout.join("blobs/sha256");
         fs::create_dir_all(&blobs).map_err(|e| format!("mkdir {}: {e}", blobs.display()))?;
-        let rootfs = work.join("rootfs");
-        busybox_tree(&rootfs)?;
-        let layer = work.join("layer.tar");
-        run_tool(
-            Command::new("tar")
-                .args([
-                    "--sort=name",
-                    "--numeric-owner",
-                    "--owner=0",
-                    "--group=0",
-                    "-C",
-                ])
-                .arg(&rootfs)
-                .arg("-cf")
-                .arg(&layer)
-                .arg("."),
-        )?;
-        let (layer_digest, layer_size) = add_blob(&blobs, &layer)?;
-        let arch = oci_arch();
-        let config = json!({
-            "architecture": arch,
-            "os": "linux",
-            "config": {
-                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                "Cmd": ["sh"],
-                "WorkingDir": "/"
-            },
-            "rootfs": {"type": "layers", "diff_ids": [layer_digest]}
-        });
-        let (config_digest, config_size) = add_json_blob(&blobs, &work, &config)?;
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": config_digest,
-                "size": config_size
-            },
-            "layers": [{
-                "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                "digest": layer_digest,
-                "size": layer_size
-            }]
-        });
-        let (manifest_digest, manifest_size) = add_json_blob(&blobs, &work, &manifest)?;
-        // ctr names an image after io.containerd.image.name; with only the
-        // OCI ref name ("test") it would be "import-<date>:test".
-        let index = json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "manifests": [{
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": manifest_digest,
-                "size": manifest_size,
-                "platform": {"architecture": arch, "os": "linux"},
-                "annotations": {
-                    "io.containerd.image.name": BUSYBOX_IMAGE,
-                    "org.opencontainers.image.ref.name": "test"
-                }
-            }]
-        });
-        write_file(&layout.join("index.json"), index.to_string().as_bytes())?;
-        write_file(
-            &layout.join("oci-layout"),
-            br#"{"imageLayoutVersion":"1.0.0"}"#,
-        )?;
+        let layer = busybox_layer(&work, &blobs)?;
+        let manifest = busybox_manifest(&work, &blobs, &layer)?;
+        write_index(&layout, &manifest)?;
         let archive = work.join("image.tar");
         run_tool(
             Command::new("tar")
@@ -99,10 +36,18 @@ impl Containerd {
                 .arg(&archive)
                 .args(["oci-layout", "index.json", "blobs"]),
         )?;
+        self.import_image(&archive)?;
+        fs::remove_dir_all(&work).map_err(|e| format!("rm -r {}: {e}", work.display()))?;
+        Ok(BUSYBOX_IMAGE.to_string())
+    }
+
+    /// Imports the image archive at `archive` and checks that it is there
+    /// as [`BUSYBOX_IMAGE`].
+    fn import_image(&self, archive: &Path) -> Result<(), String> {
         let archive_arg = archive
             .to_str()
             .ok_or_else(|| format!("{} is not UTF-8", archive.display()))?;
-        let platform = format!("linux/{arch}");
+        let platform = format!("linux/{}", oci_arch());
         let import = self.ctr(&["images", "import", "--platform", &platform, archive_arg]);
         if !import.status.success() {
             return Err(format!(
@@ -116,9 +61,93 @@ impl Containerd {
         if !names.lines().any(|name| name == BUSYBOX_IMAGE) {
             return Err(format!("{BUSYBOX_IMAGE} is not among the images: {names}"));
         }
-        fs::remove_dir_all(&work).map_err(|e| format!("rm -r {}: {e}", work.display()))?;
-        Ok(BUSYBOX_IMAGE.to_string())
+        Ok(())
     }
+}
+
+/// A blob of the image: its digest (`sha256:...`) and size.
+struct Blob {
+    digest: String,
+    size: u64,
+}
+
+/// The image's one layer, [`busybox_tree`] as a tar in `blobs`.
+fn busybox_layer(work: &Path, blobs: &Path) -> Result<Blob, String> {
+    let rootfs = work.join("rootfs");
+    busybox_tree(&rootfs)?;
+    let layer = work.join("layer.tar");
+    run_tool(
+        Command::new("tar")
+            .args([
+                "--sort=name",
+                "--numeric-owner",
+                "--owner=0",
+                "--group=0",
+                "-C",
+            ])
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&layer)
+            .arg("."),
+    )?;
+    add_blob(blobs, &layer)
+}
+
+/// The image's config and manifest for `layer`, in `blobs`; returns the
+/// manifest.
+fn busybox_manifest(work: &Path, blobs: &Path, layer: &Blob) -> Result<Blob, String> {
+    let config = json!({
+        "architecture": oci_arch(),
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": ["sh"],
+            "WorkingDir": "/"
+        },
+        "rootfs": {"type": "layers", "diff_ids": [layer.digest]}
+    });
+    let config = add_json_blob(blobs, work, &config)?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config.digest,
+            "size": config.size
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": layer.digest,
+            "size": layer.size
+        }]
+    });
+    add_json_blob(blobs, work, &manifest)
+}
+
+/// The OCI layout's `index.json`, naming `manifest` [`BUSYBOX_IMAGE`],
+/// and its `oci-layout`.
+fn write_index(layout: &Path, manifest: &Blob) -> Result<(), String> {
+    // ctr names an image after io.containerd.image.name; with only the
+    // OCI ref name ("test") it would be "import-<date>:test".
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest.digest,
+            "size": manifest.size,
+            "platform": {"architecture": oci_arch(), "os": "linux"},
+            "annotations": {
+                "io.containerd.image.name": BUSYBOX_IMAGE,
+                "org.opencontainers.image.ref.name": "test"
+            }
+        }]
+    });
+    write_file(&layout.join("index.json"), index.to_string().as_bytes())?;
+    write_file(
+        &layout.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
 }
 
 /// The tree of [`Containerd::import_busybox`]'s layer.
@@ -144,9 +173,8 @@ fn busybox_tree(rootfs: &Path) -> Result<(), String> {
     write_file(&rootfs.join("etc/group"), b"root:x:0:\nnogroup:x:65534:\n")
 }
 
-/// Moves `file` into the blob directory under its digest; returns the
-/// digest (`sha256:...`) and size.
-fn add_blob(blobs: &Path, file: &Path) -> Result<(String, u64), String> {
+/// Moves `file` into the blob directory under its digest.
+fn add_blob(blobs: &Path, file: &Path) -> Result<Blob, String> {
     let size = fs::metadata(file)
         .map_err(|e| format!("stat {}: {e}", file.display()))?
         .len();
@@ -157,15 +185,14 @@ fn add_blob(blobs: &Path, file: &Path) -> Result<(String, u64), String> {
         .filter(|hex| hex.len() == 64)
         .ok_or_else(|| format!("sha256sum printed {sum:?}"))?;
     fs::rename(file, blobs.join(hex)).map_err(|e| format!("cannot move the blob: {e}"))?;
-    Ok((format!("sha256:{hex}"), size))
+    Ok(Blob {
+        digest: format!("sha256:{hex}"),
+        size,
+    })
 }
 
 /// [`add_blob`] for a JSON document, written compactly through `work`.
-fn add_json_blob(
-    blobs: &Path,
-    work: &Path,
-    value: &serde_json::Value,
-) -> Result<(String, u64), String> {
+fn add_json_blob(blobs: &Path, work: &Path, value: &serde_json::Value) -> Result<Blob, String> {
     let file = work.join("blob.json");
     write_file(&file, value.to_string().as_bytes())?;
     add_blob(blobs, &file)
