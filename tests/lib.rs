@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+pub use vmpod_sys::command::Outcome;
+
 /// Environment variable naming the guest kernel directory (`vmlinux`,
 /// `bzImage`), as `scripts/setup.sh` writes it.
 pub const KERNEL_DIR_ENV: &str = "VMPOD_KERNEL_DIR";
@@ -87,8 +89,6 @@ pub fn vmpod_vm_binary() -> Result<PathBuf, String> {
         ))
     }
 }
-
-pub use vmpod_sys::command::Outcome;
 
 /// Runs `cmd` to completion or until `timeout`, when it is killed
 /// ([`vmpod_sys::command::run_with_timeout`] without input).
