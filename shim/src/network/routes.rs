@@ -183,28 +183,25 @@ mod tests {
     const ETH0: u32 = 2;
 
     /// A unicast route the CNI (protocol boot) set in `table` to
-    /// `destination`/`prefix`, with `attributes` besides.
-    fn route(
-        table: u8,
-        destination: IpAddr,
-        prefix: u8,
-        attributes: &[RouteAttribute],
-    ) -> RouteMessage {
+    /// `destination` (`ADDRESS/PREFIX`), with `attributes` besides.
+    fn route(table: u8, destination: &str, attributes: &[RouteAttribute]) -> RouteMessage {
+        let (address, prefix) = destination.split_once('/').unwrap();
         let mut route = RouteMessage::default();
         route.header.table = table;
         route.header.protocol = RouteProtocol::Boot;
         route.header.kind = RouteType::Unicast;
-        route.header.destination_prefix_length = prefix;
-        route
-            .attributes
-            .push(RouteAttribute::Destination(match destination {
+        route.header.destination_prefix_length = prefix.parse().unwrap();
+        route.attributes.push(RouteAttribute::Destination(
+            match address.parse().unwrap() {
                 IpAddr::V4(ip) => RouteAddress::Inet(ip),
                 IpAddr::V6(ip) => RouteAddress::Inet6(ip),
-            }));
+            },
+        ));
         route.attributes.extend_from_slice(attributes);
         route
     }
 
+    /// The carried interfaces: eth0 only.
     fn links() -> Vec<(u32, String)> {
         vec![(ETH0, "eth0".to_owned())]
     }
@@ -214,8 +211,7 @@ mod tests {
         let gateway = "192.0.2.1".parse().unwrap();
         let mut message = route(
             MAIN_TABLE,
-            "198.51.100.0".parse().unwrap(),
-            24,
+            "198.51.100.0/24",
             &[
                 RouteAttribute::Oif(ETH0),
                 RouteAttribute::Gateway(RouteAddress::Inet(gateway)),
@@ -240,32 +236,17 @@ mod tests {
 
     #[test]
     fn test_kernel_routes_and_other_links_routes_are_passed_over() {
-        let mut kernel = route(
-            MAIN_TABLE,
-            "192.0.2.0".parse().unwrap(),
-            24,
-            &[RouteAttribute::Oif(ETH0)],
-        );
+        let mut kernel = route(MAIN_TABLE, "192.0.2.0/24", &[RouteAttribute::Oif(ETH0)]);
         kernel.header.protocol = RouteProtocol::Kernel;
         assert_eq!(route_spec(&kernel, &links()), Ok(None));
         assert_eq!(uncarried(&kernel), None);
-        let elsewhere = route(
-            MAIN_TABLE,
-            "192.0.2.0".parse().unwrap(),
-            24,
-            &[RouteAttribute::Oif(9)],
-        );
+        let elsewhere = route(MAIN_TABLE, "192.0.2.0/24", &[RouteAttribute::Oif(9)]);
         assert_eq!(route_spec(&elsewhere, &links()), Ok(None));
     }
 
     #[test]
     fn test_an_ipv6_link_local_prefix_belongs_to_the_link() {
-        let message = route(
-            MAIN_TABLE,
-            "fe80::".parse().unwrap(),
-            64,
-            &[RouteAttribute::Oif(ETH0)],
-        );
+        let message = route(MAIN_TABLE, "fe80::/64", &[RouteAttribute::Oif(ETH0)]);
         assert_eq!(route_spec(&message, &links()), Ok(None));
     }
 
@@ -273,8 +254,7 @@ mod tests {
     fn test_a_route_the_guest_cannot_hold_is_refused_by_destination() {
         let message = route(
             MAIN_TABLE,
-            "198.51.100.0".parse().unwrap(),
-            24,
+            "198.51.100.0/24",
             &[
                 RouteAttribute::Oif(ETH0),
                 RouteAttribute::MultiPath(Vec::new()),
@@ -284,12 +264,7 @@ mod tests {
             route_spec(&message, &links()),
             Err(("198.51.100.0/24".to_owned(), "has several next hops"))
         );
-        let mut sourced = route(
-            MAIN_TABLE,
-            "2001:db8:5::".parse().unwrap(),
-            64,
-            &[RouteAttribute::Oif(ETH0)],
-        );
+        let mut sourced = route(MAIN_TABLE, "2001:db8:5::/64", &[RouteAttribute::Oif(ETH0)]);
         sourced.header.source_prefix_length = 48;
         assert_eq!(
             route_spec(&sourced, &links()),
@@ -299,24 +274,19 @@ mod tests {
 
     #[test]
     fn test_routes_of_other_tables_and_kinds_are_named_as_uncarried() {
-        let policy = route(100, "203.0.113.0".parse().unwrap(), 24, &[]);
+        let policy = route(100, "203.0.113.0/24", &[]);
         assert_eq!(
             uncarried(&policy).as_deref(),
             Some("203.0.113.0/24 (table 100)")
         );
         assert_eq!(route_spec(&policy, &links()), Ok(None));
-        let mut blackhole = route(MAIN_TABLE, "203.0.113.0".parse().unwrap(), 24, &[]);
+        let mut blackhole = route(MAIN_TABLE, "203.0.113.0/24", &[]);
         blackhole.header.kind = RouteType::BlackHole;
         assert_eq!(
             uncarried(&blackhole).as_deref(),
             Some("203.0.113.0/24 (blackhole)")
         );
-        let mut local = route(
-            0,
-            "192.0.2.2".parse().unwrap(),
-            32,
-            &[RouteAttribute::Table(LOCAL_TABLE)],
-        );
+        let mut local = route(0, "192.0.2.2/32", &[RouteAttribute::Table(LOCAL_TABLE)]);
         local.header.kind = RouteType::Local;
         assert_eq!(uncarried(&local), None);
     }
