@@ -6,10 +6,11 @@
 pub mod containerd;
 pub mod netns;
 
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+pub use vmpod_sys::command::Outcome;
 
 /// Environment variable naming the guest kernel directory (`vmlinux`,
 /// `bzImage`), as `scripts/setup.sh` writes it.
@@ -89,22 +90,8 @@ pub fn vmpod_vm_binary() -> Result<PathBuf, String> {
     }
 }
 
-/// What a command printed and how it ended.
-#[derive(Debug)]
-pub struct Outcome {
-    /// Exit code, `None` if killed by a signal.
-    pub status: Option<i32>,
-    /// Standard output.
-    pub stdout: String,
-    /// Standard error.
-    pub stderr: String,
-    /// Wall time.
-    pub elapsed: Duration,
-    /// Whether the deadline killed it.
-    pub timed_out: bool,
-}
-
-/// Runs `cmd` to completion or until `timeout`, when it is killed.
+/// Runs `cmd` to completion or until `timeout`, when it is killed
+/// ([`vmpod_sys::command::run_with_timeout`] without input).
 ///
 /// # Panics
 /// If the command cannot be spawned.
@@ -118,67 +105,7 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Outcome {
 /// # Panics
 /// If the command cannot be spawned.
 pub fn run_with_input(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Outcome {
-    let start = Instant::now();
-    let mut child = cmd
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    if let (Some(mut pipe), Some(input)) = (child.stdin.take(), input) {
-        let input = input.to_vec();
-        // Not joined: a command that never reads its input must not block
-        // us; the write fails once the command is gone.
-        std::thread::spawn(move || {
-            use std::io::Write;
-            let _ = pipe.write_all(&input);
-        });
-    }
-    let readers = [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-    ]
-    .map(|pipe| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(mut pipe) = pipe {
-                let mut bytes = Vec::new();
-                let _ = pipe.read_to_end(&mut bytes);
-                text = String::from_utf8_lossy(&bytes).into_owned();
-            }
-            text
-        })
-    });
-    let mut timed_out = false;
-    let status = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break status;
-        }
-        if start.elapsed() > timeout {
-            timed_out = true;
-            let _ = child.kill();
-            break child.wait().expect("wait");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let [stdout, stderr] = readers.map(|r| r.join().unwrap_or_default());
-    Outcome {
-        status: status.code(),
-        stdout,
-        stderr,
-        elapsed: start.elapsed(),
-        timed_out,
-    }
+    vmpod_sys::command::run_with_timeout(cmd, input, timeout).expect("spawn")
 }
 
 /// Writes a guest root file system tree to `dir`: `/init` (the test init),

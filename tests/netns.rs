@@ -110,7 +110,7 @@ impl Netns {
     /// belong to it).
     pub fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
         let file = std::fs::File::open(self.path()).expect("netns file");
-        vmpod_shim::network::netns::run_in(&file, work).expect("setns")
+        vmpod_sys::netns::run_in(&file, work).expect("setns")
     }
 }
 
@@ -263,5 +263,34 @@ impl PodNetns {
             .nth(1)
             .expect("a MAC in ip link's output")
             .to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    #[test]
+    fn test_work_run_in_the_pod_namespace_sees_its_interface_and_mac() {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root || Command::new("ip").arg("-V").output().is_err() {
+            eprintln!("skipped: needs root and ip");
+            return;
+        }
+        let ns = PodNetns::create(&format!("n{}", std::process::id()));
+        let namespace = std::fs::metadata(ns.pod.path()).unwrap().ino();
+        let (inside, has_eth0) = ns.pod.run(|| {
+            let inside = std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
+            let name = std::ffi::CString::new(POD_INTERFACE).unwrap();
+            // SAFETY: if_nametoindex reads the NUL-terminated name we own.
+            (inside, unsafe { libc::if_nametoindex(name.as_ptr()) } != 0)
+        });
+        assert_eq!(inside, namespace);
+        assert!(has_eth0);
+        let mac: vmpod_sys::mac::MacAddr = ns.pod_mac().parse().unwrap();
+        assert_eq!(mac.to_string(), ns.pod_mac());
     }
 }

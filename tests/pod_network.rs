@@ -22,6 +22,7 @@ use vmpod_integration_tests::netns::{
     SECOND_INTERFACE, SECOND_METRIC, SECOND_MTU, SECOND_PEER_IPV4, SECOND_POD_IPV4,
 };
 use vmpod_shim::network::{PodNetwork, RouteSpec};
+use vmpod_sys::error::chain;
 
 const TAP: &str = "tap0_vmpod";
 const SECOND_TAP: &str = "tap1_vmpod";
@@ -267,18 +268,20 @@ async fn test_bad_namespaces_fail_in_one_line_and_leave_nothing() {
     if !root_or_skip("test_bad_namespaces_fail_in_one_line_and_leave_nothing") {
         return;
     }
-    let err = PodNetwork::set_up(Path::new("/nonexistent/netns"))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = chain(
+        &PodNetwork::set_up(Path::new("/nonexistent/netns"))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(
         err,
         "network namespace /nonexistent/netns: No such file or directory (os error 2)"
     );
-    let err = PodNetwork::set_up(Path::new("/etc/hostname"))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = chain(
+        &PodNetwork::set_up(Path::new("/etc/hostname"))
+            .await
+            .unwrap_err(),
+    );
     assert!(
         err.starts_with("network namespace /etc/hostname: ") && !err.contains('\n'),
         "{err}"
@@ -290,10 +293,7 @@ async fn test_bad_namespaces_fail_in_one_line_and_leave_nothing() {
     ns.pod
         .tc(&["qdisc", "add", "dev", POD_INTERFACE, "ingress"]);
     let before = ns.pod_state();
-    let err = PodNetwork::set_up(&ns.pod.path())
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = chain(&PodNetwork::set_up(&ns.pod.path()).await.unwrap_err());
     assert!(
         err.contains(&format!(
             "redirecting {POD_INTERFACE} to {TAP} (an ingress qdisc already on {POD_INTERFACE} is refused)"
@@ -310,10 +310,7 @@ async fn test_bad_namespaces_fail_in_one_line_and_leave_nothing() {
     ns.pod
         .tc(&["qdisc", "del", "dev", POD_INTERFACE, "ingress"]);
     ns.pod.ip(&["tuntap", "add", "dev", TAP, "mode", "tap"]);
-    let err = PodNetwork::set_up(&ns.pod.path())
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = chain(&PodNetwork::set_up(&ns.pod.path()).await.unwrap_err());
     assert!(
         err.contains(&format!("cannot create the tap {TAP}")),
         "{err}"
@@ -369,10 +366,7 @@ async fn test_bad_namespaces_fail_in_one_line_and_leave_nothing() {
     ];
     for (add, expected) in bad_routes {
         ns.pod.ip(add);
-        let err = PodNetwork::set_up(&ns.pod.path())
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = chain(&PodNetwork::set_up(&ns.pod.path()).await.unwrap_err());
         assert!(
             err.contains(expected)
                 && err.ends_with(", which the VM cannot be given")

@@ -52,30 +52,18 @@ fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetworkE
     move |source| NetworkError::Netlink { what, source }
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff`.
+/// Parses `aa:bb:cc:dd:ee:ff` ([`vmpod_sys::mac::MacAddr`]'s form).
 ///
 /// # Errors
 ///
 /// [`NetworkError::Invalid`].
 pub fn parse_mac(text: &str) -> Result<[u8; 6], NetworkError> {
-    let bad = || {
+    let mac: vmpod_sys::mac::MacAddr = text.parse().map_err(|_| {
         invalid(format!(
             "hw_addr {text:?} is not a MAC address like 02:00:00:00:00:01"
         ))
-    };
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        let part = parts.next().ok_or_else(bad)?;
-        if part.len() != 2 {
-            return Err(bad());
-        }
-        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-    }
-    if parts.next().is_some() {
-        return Err(bad());
-    }
-    Ok(mac)
+    })?;
+    Ok(mac.0)
 }
 
 /// An address and prefix, checked.

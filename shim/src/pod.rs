@@ -174,7 +174,7 @@ impl PodDir {
     /// # Errors
     /// The first mount or file that cannot be removed.
     pub fn remove(&self) -> std::io::Result<()> {
-        crate::share::unmount_below(&self.root)?;
+        vmpod_sys::mountinfo::unmount_below(&self.root)?;
         match std::fs::remove_dir_all(&self.root) {
             Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
             _ => {}

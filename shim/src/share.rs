@@ -13,36 +13,39 @@ use containerd_shim::protos::types::mount::Mount as ContainerdMount;
 
 use crate::pod::GUEST_SHARE;
 
-/// Failures of the host mounts.
+/// Failures of the host mounts; the cause is the error's source (print
+/// the whole with [`vmpod_sys::error::chain`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ShareError {
     /// A mount failed.
-    #[error("mount {what} on {target}: {message}")]
+    #[error("mount {what} on {target}")]
     Mount {
-        /// What was mounted.
+        /// What was mounted: a bind mount's source, or containerd's
+        /// mount as `SOURCE (TYPE)`.
         what: String,
-        /// Where.
+        /// The mount point in the share.
         target: String,
-        /// Why.
-        message: String,
+        /// mount(2)'s error, containerd-shim's for its mounts, or the NUL
+        /// that makes a path unusable.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A directory or file could not be made.
-    #[error("create {path}: {source}")]
+    #[error("create {path}")]
     Create {
-        /// The path.
+        /// The directory or file in the share.
         path: String,
-        /// Why.
+        /// The file system's error.
         source: std::io::Error,
     },
     /// A bind mount's source is not on the host.
     #[error("mount source {0} does not exist on the host")]
     MissingSource(String),
-    /// Unmounting failed.
-    #[error("unmount below {path}: {source}")]
+    /// Unmounting or removing the container's part of the share failed.
+    #[error("unmount below {path}")]
     Unmount {
-        /// The directory.
+        /// The container's directory in the share.
         path: String,
-        /// Why.
+        /// umount2(2)'s error, the mount table's, or the removal's.
         source: std::io::Error,
     },
 }
@@ -92,7 +95,9 @@ impl ContainerShare {
                     result = Err(ShareError::Mount {
                         what: format!("{} ({})", mount.source, mount.type_),
                         target: target.display().to_string(),
-                        message: err.to_string(),
+                        // Its message already names its cause, which a
+                        // chain would print again.
+                        source: err.to_string().into(),
                     });
                     break;
                 }
@@ -156,7 +161,7 @@ impl ContainerShare {
     /// # Errors
     /// [`ShareError::Unmount`].
     pub fn remove(&self) -> Result<(), ShareError> {
-        unmount_below(&self.host).map_err(|source| ShareError::Unmount {
+        vmpod_sys::mountinfo::unmount_below(&self.host).map_err(|source| ShareError::Unmount {
             path: self.host.display().to_string(),
             source,
         })?;
@@ -181,15 +186,15 @@ fn create_dir(path: &Path) -> Result<(), ShareError> {
 
 /// A recursive bind mount of `source` on `target`.
 fn bind(source: &Path, target: &Path) -> Result<(), ShareError> {
-    let failed = |message: String| ShareError::Mount {
+    let failed = |cause: Box<dyn std::error::Error + Send + Sync>| ShareError::Mount {
         what: source.display().to_string(),
         target: target.display().to_string(),
-        message,
+        source: cause,
     };
     let c_source =
-        CString::new(source.as_os_str().as_bytes()).map_err(|_| failed("NUL in path".into()))?;
+        CString::new(source.as_os_str().as_bytes()).map_err(|err| failed(Box::new(err)))?;
     let c_target =
-        CString::new(target.as_os_str().as_bytes()).map_err(|_| failed("NUL in path".into()))?;
+        CString::new(target.as_os_str().as_bytes()).map_err(|err| failed(Box::new(err)))?;
     // SAFETY: both are NUL-terminated strings that outlive the call; the
     // other arguments may be null for a bind mount.
     let rc = unsafe {
@@ -204,78 +209,6 @@ fn bind(source: &Path, target: &Path) -> Result<(), ShareError> {
     if rc == 0 {
         Ok(())
     } else {
-        Err(failed(std::io::Error::last_os_error().to_string()))
-    }
-}
-
-/// Detaches every mount at or below `dir`, deepest first.
-///
-/// # Errors
-/// `/proc/self/mountinfo` cannot be read, or an unmount fails.
-pub fn unmount_below(dir: &Path) -> std::io::Result<()> {
-    let mut targets = mounts_below(dir)?;
-    targets.sort_by_key(|target| std::cmp::Reverse(target.as_os_str().len()));
-    for target in targets {
-        let c_target = CString::new(target.as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        // SAFETY: a NUL-terminated path that outlives the call.
-        if unsafe { libc::umount2(c_target.as_ptr(), libc::MNT_DETACH) } != 0 {
-            let err = std::io::Error::last_os_error();
-            // Detaching a parent already took it along.
-            if err.raw_os_error() != Some(libc::EINVAL) && err.raw_os_error() != Some(libc::ENOENT)
-            {
-                return Err(err);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The mount points at or below `dir`, from `/proc/self/mountinfo`.
-///
-/// # Errors
-/// The file cannot be read.
-pub fn mounts_below(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    Ok(mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape_mountinfo(field)))
-        .filter(|target| target.starts_with(dir))
-        .collect())
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            if let Some(value) = std::str::from_utf8(&bytes[i + 1..i + 4])
-                .ok()
-                .and_then(|digits| u8::from_str_radix(digits, 8).ok())
-            {
-                out.push(value);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-        assert_eq!(unescape_mountinfo("/end\\"), "/end\\");
-        assert_eq!(unescape_mountinfo("/x\\09"), "/x\\09");
+        Err(failed(Box::new(std::io::Error::last_os_error())))
     }
 }

@@ -4,5 +4,10 @@
 //! them. It depends on nothing of vmpod's, so any crate may use it.
 #![warn(missing_docs)]
 
+pub mod command;
 pub mod error;
 pub mod id;
+pub mod ifname;
+pub mod mac;
+pub mod mountinfo;
+pub mod netns;

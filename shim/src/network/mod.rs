@@ -9,60 +9,57 @@
 //! for the ingress qdisc that teardown removes.
 
 pub mod netns;
+mod routes;
 mod tap;
 mod tc;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
-use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteType,
-};
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec};
 use serde::{Deserialize, Serialize};
 use vmpod_agent_api::messages::{IPAddress, Interface, Neighbour, Route};
+use vmpod_sys::mac::MacAddr;
 
-/// The main routing table, the one the CNI fills.
-const MAIN_TABLE: u8 = 254;
-/// The local table: the kernel's own routes for local addresses.
-const LOCAL_TABLE: u32 = 255;
 /// Taps are named `tap<N>_vmpod`; an interface so named is never a pod's.
 const TAP_SUFFIX: &str = "_vmpod";
 
 /// Errors setting up or tearing down a pod's network, each naming the
-/// namespace and what failed.
+/// namespace and what failed; the cause, if any, is the error's source
+/// (print the whole with [`vmpod_sys::error::chain`]).
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
     /// The namespace file cannot be opened or entered.
-    #[error("network namespace {path}: {source}")]
+    #[error("network namespace {path}")]
     Namespace {
         /// The namespace's path.
         path: PathBuf,
-        /// Why.
+        /// The open's error (`NotFound`: no such namespace) or setns(2)'s
+        /// (`EINVAL`: the file is no network namespace).
         source: std::io::Error,
     },
     /// A netlink request was refused.
-    #[error("network namespace {netns}: {what}: {source}")]
+    #[error("network namespace {netns}: {what}")]
     Netlink {
         /// The namespace's path.
         netns: PathBuf,
-        /// The step.
+        /// The step, e.g. `listing routes` or `bringing tap0_vmpod up`.
         what: String,
         /// The kernel's answer.
         source: rtnetlink::Error,
     },
     /// A tap cannot be created.
-    #[error("network namespace {netns}: cannot create the tap {tap}: {source}")]
+    #[error("network namespace {netns}: cannot create the tap {tap}")]
     Tap {
         /// The namespace's path.
         netns: PathBuf,
         /// The tap's name.
         tap: String,
-        /// Why.
+        /// The tun device's error (`EBUSY`: a tap of that name is there).
         source: std::io::Error,
     },
     /// A route of the namespace cannot be given to the guest as it is.
@@ -151,7 +148,7 @@ pub struct PodNetwork {
 struct LinkInfo {
     index: u32,
     name: String,
-    mac: Option<[u8; 6]>,
+    mac: Option<MacAddr>,
     mtu: u32,
     loopback: bool,
 }
@@ -167,7 +164,9 @@ fn link_info(link: &LinkMessage) -> LinkInfo {
     for attribute in &link.attributes {
         match attribute {
             LinkAttribute::IfName(name) => info.name.clone_from(name),
-            LinkAttribute::Address(bytes) => info.mac = <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+            LinkAttribute::Address(bytes) => {
+                info.mac = <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr);
+            }
             LinkAttribute::Mtu(mtu) => info.mtu = *mtu,
             _ => {}
         }
@@ -175,130 +174,8 @@ fn link_info(link: &LinkMessage) -> LinkInfo {
     info
 }
 
-fn format_mac(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 fn is_link_local_v6(ip: &IpAddr) -> bool {
     matches!(ip, IpAddr::V6(ip) if ip.segments()[0] & 0xffc0 == 0xfe80)
-}
-
-fn route_ip(address: &RouteAddress) -> Option<IpAddr> {
-    match address {
-        RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
-        RouteAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
-        _ => None,
-    }
-}
-
-/// `default` or `ADDRESS/PREFIX`; `None` for an IPv6 link-local prefix,
-/// which belongs to the link.
-fn destination_of(route: &RouteMessage) -> Option<String> {
-    let destination = route
-        .attributes
-        .iter()
-        .find_map(|attribute| match attribute {
-            RouteAttribute::Destination(address) => route_ip(address),
-            _ => None,
-        });
-    match destination {
-        Some(ip) if is_link_local_v6(&ip) => None,
-        Some(ip) => Some(format!("{ip}/{}", route.header.destination_prefix_length)),
-        None => Some("default".to_owned()),
-    }
-}
-
-/// What keeps a route the CNI set (not the kernel) from the guest, as
-/// `DESTINATION (why)`, if it is one [`route_spec`] passes over.
-fn uncarried(route: &RouteMessage) -> Option<String> {
-    let header = &route.header;
-    if header.protocol == RouteProtocol::Kernel {
-        return None;
-    }
-    let table = route
-        .attributes
-        .iter()
-        .find_map(|attribute| match attribute {
-            RouteAttribute::Table(table) => Some(*table),
-            _ => None,
-        })
-        .unwrap_or(u32::from(header.table));
-    let why = if table == u32::from(MAIN_TABLE) {
-        match header.kind {
-            RouteType::BlackHole => "blackhole",
-            RouteType::Unreachable => "unreachable",
-            RouteType::Prohibit => "prohibit",
-            RouteType::Throw => "throw",
-            _ => return None,
-        }
-        .to_owned()
-    } else if table == LOCAL_TABLE {
-        return None;
-    } else {
-        format!("table {table}")
-    };
-    Some(format!("{} ({why})", destination_of(route)?))
-}
-
-/// The route as the guest gets it, if it is one the CNI set through one of
-/// `links` (not one the kernel made for an address, nor a local or
-/// multicast one). A route of a kind the guest's plain routing cannot hold
-/// (several next hops, a next hop of the other family or a nexthop object,
-/// a source prefix) is an error: given without it, the workload would see
-/// other routes than under runc.
-fn route_spec(
-    route: &RouteMessage,
-    links: &[(u32, String)],
-) -> Result<Option<RouteSpec>, (String, &'static str)> {
-    let header = &route.header;
-    if header.table != MAIN_TABLE
-        || header.protocol == RouteProtocol::Kernel
-        || header.kind != RouteType::Unicast
-    {
-        return Ok(None);
-    }
-    let mut gateway = None;
-    let mut source = None;
-    let mut device = None;
-    let mut metric = 0;
-    let mut uncarried = None;
-    for attribute in &route.attributes {
-        match attribute {
-            RouteAttribute::Gateway(address) => gateway = route_ip(address),
-            RouteAttribute::PrefSource(address) => source = route_ip(address),
-            RouteAttribute::Priority(priority) => metric = *priority,
-            RouteAttribute::Oif(index) => {
-                device = links
-                    .iter()
-                    .find(|(link, _)| link == index)
-                    .map(|(_, name)| name.clone());
-            }
-            RouteAttribute::MultiPath(_) => uncarried = Some("has several next hops"),
-            RouteAttribute::Via(_) => uncarried = Some("has a next hop of the other family"),
-            RouteAttribute::NhId(_) => uncarried = Some("uses a nexthop object"),
-            _ => {}
-        }
-    }
-    if header.source_prefix_length != 0 {
-        uncarried = Some("has a source prefix");
-    }
-    let Some(destination) = destination_of(route) else {
-        return Ok(None);
-    };
-    if let Some(why) = uncarried {
-        return Err((destination, why));
-    }
-    Ok(device.map(|device| RouteSpec {
-        destination,
-        gateway,
-        device,
-        source,
-        onlink: header.flags.contains(RouteFlags::Onlink),
-        metric,
-    }))
 }
 
 impl PodNetwork {
@@ -391,7 +268,7 @@ impl PodNetwork {
         namespace: &std::fs::File,
         handle: &Handle,
         interface: &LinkInfo,
-        mac: [u8; 6],
+        mac: MacAddr,
         tap: String,
     ) -> Result<(), NetworkError> {
         let joined = async {
@@ -405,7 +282,7 @@ impl PodNetwork {
             self.endpoints.push(Endpoint {
                 interface: interface.name.clone(),
                 tap: tap.clone(),
-                mac: format_mac(mac),
+                mac: mac.to_string(),
                 mtu: interface.mtu,
                 addresses,
                 neighbours,
@@ -527,55 +404,16 @@ impl PodNetwork {
                         ip = Some(IpAddr::V6(*v6));
                     }
                     NeighbourAttribute::LinkLayerAddress(bytes) => {
-                        mac = <[u8; 6]>::try_from(bytes.as_slice()).ok();
+                        mac = <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr);
                     }
                     _ => {}
                 }
             }
             if let (Some(ip), Some(mac)) = (ip, mac) {
-                neighbours.push((ip, format_mac(mac)));
+                neighbours.push((ip, mac.to_string()));
             }
         }
         Ok(neighbours)
-    }
-
-    /// The namespace's routes: those the guest gets through `links`, and
-    /// those it does not.
-    async fn read_routes(
-        &mut self,
-        handle: &Handle,
-        links: &[(u32, String)],
-    ) -> Result<(), NetworkError> {
-        let mut routes = Vec::new();
-        let mut uncarried_routes = Vec::new();
-        for request in [
-            RouteMessageBuilder::<Ipv4Addr>::new().build(),
-            RouteMessageBuilder::<Ipv6Addr>::new().build(),
-        ] {
-            let messages: Vec<_> = handle
-                .route()
-                .get(request)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(self.netlink_error("listing routes"))?;
-            for message in &messages {
-                uncarried_routes.extend(uncarried(message));
-                match route_spec(message, links) {
-                    Ok(route) => routes.extend(route),
-                    Err((destination, why)) => {
-                        return Err(NetworkError::Route {
-                            netns: self.netns.clone(),
-                            destination,
-                            why,
-                        })
-                    }
-                }
-            }
-        }
-        self.routes = routes;
-        self.uncarried_routes = uncarried_routes;
-        Ok(())
     }
 
     async fn index_of(&self, handle: &Handle, name: &str) -> Result<u32, NetworkError> {
@@ -729,11 +567,6 @@ impl PodNetwork {
 mod tests {
     use super::*;
 
-    #[test]
-    fn macs_are_formatted_as_the_agent_parses_them() {
-        assert_eq!(format_mac([2, 0, 0xab, 0, 0, 1]), "02:00:ab:00:00:01");
-    }
-
     /// `ip ARGS`, for the namespace the test makes.
     fn ip(args: &[&str]) {
         let out = std::process::Command::new("ip").args(args).output();
@@ -742,7 +575,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_interface_that_vanishes_while_carried_is_named_and_nothing_is_left() {
+    async fn test_an_interface_that_vanishes_while_carried_is_named_and_nothing_is_left() {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         if !root || std::process::Command::new("ip").arg("-V").output().is_err() {
@@ -797,7 +630,7 @@ mod tests {
     }
 
     #[test]
-    fn link_local_v6_is_recognised() {
+    fn test_link_local_v6_is_recognised() {
         assert!(is_link_local_v6(&"fe80::1".parse().unwrap()));
         assert!(!is_link_local_v6(&"2001:db8::1".parse().unwrap()));
         assert!(!is_link_local_v6(&"192.0.2.1".parse().unwrap()));

@@ -7,30 +7,23 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 
-use super::netns;
-
 /// Creates the persistent tap `name` (with virtio-net headers, as
 /// `vmpod-vm` opens it) in `namespace`.
 ///
 /// # Errors
-/// Opening `/dev/net/tun`, TUNSETIFF (e.g. the name is taken) or
-/// TUNSETPERSIST failed.
+/// Not an interface name, or opening `/dev/net/tun`, TUNSETIFF (e.g. the
+/// name is taken) or TUNSETPERSIST failed.
 pub fn create(namespace: &File, name: &str) -> std::io::Result<()> {
-    netns::run_in(namespace, || create_here(name))?
+    vmpod_sys::netns::run_in(namespace, || create_here(name))?
 }
 
 fn create_here(name: &str) -> std::io::Result<()> {
-    // SAFETY: ifreq is plain data; all zeroes is a valid value.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    if name.is_empty() || name.len() >= ifr.ifr_name.len() {
-        return Err(std::io::Error::new(
+    let mut ifr = vmpod_sys::ifname::ifreq(name).ok_or_else(|| {
+        std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            "not an interface name",
-        ));
-    }
-    for (dst, src) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
-        *dst = *src as libc::c_char;
-    }
+            format!("not an interface name ({})", vmpod_sys::ifname::RULE),
+        )
+    })?;
     // IFF_TUN_EXCL: a tap of that name already there is an error, not ours
     // to take over.
     ifr.ifr_ifru.ifru_flags =

@@ -4,14 +4,12 @@
 //! `[vsock]` and `[[fs]]` tables say, checked the same way.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use serde::Deserialize;
+pub use vmpod_sys::mac::MacAddr;
 
-/// Longest Linux network interface name (IFNAMSIZ - 1).
-pub const MAX_TAP_NAME_LEN: usize = 15;
 /// Longest virtio-fs tag (the config space field's size).
 pub const MAX_FS_TAG_LEN: usize = 36;
 /// Longest Unix socket path (`sun_path` less the NUL); vsock adds `_<port>`
@@ -64,7 +62,7 @@ pub enum DeviceConfigError {
     #[error("Invalid MAC address '{0}': expected six hex bytes like 02:00:00:00:00:01, unicast")]
     Mac(String),
     /// A tap name Linux would refuse.
-    #[error("Invalid tap name '{0}': 1 to {MAX_TAP_NAME_LEN} bytes, no '/' or whitespace")]
+    #[error("Invalid tap name '{0}': {rule}", rule = vmpod_sys::ifname::RULE)]
     TapName(String),
     /// An MTU outside [`NET_MTU_RANGE`] or not a number.
     #[error("Invalid MTU '{0}': a number from 68 to 65535")]
@@ -164,42 +162,22 @@ impl FromStr for DiskConfig {
     }
 }
 
-/// A MAC address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl FromStr for MacAddr {
-    type Err = DeviceConfigError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || DeviceConfigError::Mac(s.to_string());
-        let mut bytes = [0u8; 6];
-        let mut parts = s.split(':');
-        for byte in &mut bytes {
-            let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
-            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-        }
-        // Multicast addresses cannot be a NIC's own.
-        if parts.next().is_some() || bytes[0] & 1 != 0 {
-            return Err(bad());
-        }
-        Ok(MacAddr(bytes))
-    }
+/// A guest NIC's MAC address: a [`MacAddr`], unicast (a multicast
+/// address cannot be a NIC's own).
+fn nic_mac(text: &str) -> Result<MacAddr, DeviceConfigError> {
+    text.parse::<MacAddr>()
+        .ok()
+        .filter(|mac| !mac.is_multicast())
+        .ok_or_else(|| DeviceConfigError::Mac(text.to_string()))
 }
 
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
-impl<'de> Deserialize<'de> for MacAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
+/// [`nic_mac`] for the config file's `mac = "..."`.
+fn deserialize_nic_mac<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<MacAddr>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|text| nic_mac(&text).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// A network interface backed by a host tap device.
@@ -209,6 +187,7 @@ pub struct NetConfig {
     /// The tap device's name.
     pub tap: String,
     /// The guest's MAC address; a random local one if absent.
+    #[serde(default, deserialize_with = "deserialize_nic_mac")]
     pub mac: Option<MacAddr>,
     /// Create the tap if it does not exist (it then goes away with the VM).
     #[serde(default)]
@@ -223,11 +202,7 @@ pub struct NetConfig {
 
 impl NetConfig {
     fn check(self) -> Result<Self, DeviceConfigError> {
-        let valid = !self.tap.is_empty()
-            && self.tap.len() <= MAX_TAP_NAME_LEN
-            && !self.tap.contains('/')
-            && !self.tap.chars().any(char::is_whitespace);
-        if !valid {
+        if !vmpod_sys::ifname::is_valid(&self.tap) {
             return Err(DeviceConfigError::TapName(self.tap));
         }
         if let Some(mtu) = self.mtu.filter(|mtu| !NET_MTU_RANGE.contains(mtu)) {
@@ -266,7 +241,7 @@ impl FromStr for NetConfig {
                 .get("mac")
                 .copied()
                 .flatten()
-                .map(str::parse)
+                .map(nic_mac)
                 .transpose()?,
             create: options.contains_key("create"),
             netns: options.get("netns").copied().flatten().map(PathBuf::from),
@@ -442,19 +417,21 @@ mod tests {
     }
 
     #[test]
-    fn test_mac_addresses() {
-        let mac: MacAddr = "02:00:0a:ff:00:01".parse().unwrap();
+    fn test_nic_macs_are_unicast_macs() {
+        let mac = nic_mac("02:00:0a:ff:00:01").unwrap();
         assert_eq!(mac.0, [2, 0, 10, 255, 0, 1]);
         assert_eq!(mac.to_string(), "02:00:0a:ff:00:01");
+        // Malformed ones: vmpod_sys::mac's tests; multicast ones are no NIC's.
         for bad in [
-            "",
-            "02:00:00:00:00",
-            "02:00:00:00:00:01:02",
-            "02:00:00:00:00:1",
             "02:00:00:00:00:zz",
             "03:00:00:00:00:01",
+            "ff:ff:ff:ff:ff:ff",
         ] {
-            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+            assert_eq!(
+                nic_mac(bad),
+                Err(DeviceConfigError::Mac(bad.into())),
+                "{bad}"
+            );
         }
     }
 

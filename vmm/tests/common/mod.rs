@@ -95,10 +95,12 @@ pub struct Program {
 }
 
 impl Program {
+    /// An empty program.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Appends already encoded instructions.
     pub fn bytes(mut self, bytes: &[u8]) -> Self {
         self.code.extend_from_slice(bytes);
         self
@@ -139,6 +141,8 @@ impl Program {
 pub struct TestDir(PathBuf);
 
 impl TestDir {
+    /// The directory of `test`, under the system's temporary directory and
+    /// named by this process, emptied if a run left it.
     pub fn new(test: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("vmpod-test-{}-{test}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -146,6 +150,7 @@ impl TestDir {
         TestDir(dir)
     }
 
+    /// Where it is.
     pub fn path(&self) -> &Path {
         &self.0
     }
@@ -164,7 +169,7 @@ impl Drop for TestDir {
     }
 }
 
-pub use vmpod_integration_tests::Outcome;
+pub use vmpod_sys::command::Outcome;
 
 /// The lines vmpod-vm printed as errors (its own and clap's).
 pub fn error_lines(out: &Outcome) -> Vec<&str> {
@@ -184,7 +189,7 @@ pub fn run_vmpod_vm(args: &[&str], timeout: Duration) -> Outcome {
 
 /// Runs `cmd`; a run that outlives `timeout` is killed and fails the test.
 pub fn run_command(cmd: &mut Command, timeout: Duration) -> Outcome {
-    let out = vmpod_integration_tests::run_with_timeout(cmd, timeout);
+    let out = vmpod_sys::command::run_with_timeout(cmd, None, timeout).expect("spawn");
     assert!(!out.timed_out, "timed out after {timeout:?}: {out:?}");
     out
 }

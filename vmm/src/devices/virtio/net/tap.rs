@@ -49,7 +49,8 @@ impl Tap {
     /// # Errors
     /// [`TapError`] naming the tap.
     pub fn open(name: &str, create: bool) -> Result<Self, TapError> {
-        let mut ifr = ifreq(name).ok_or_else(|| TapError::Name(name.to_string()))?;
+        let mut ifr =
+            vmpod_sys::ifname::ifreq(name).ok_or_else(|| TapError::Name(name.to_string()))?;
         // Asked of the calling thread's network namespace (sysfs would show
         // the one it was mounted in).
         let existed = interface_exists(name);
@@ -94,23 +95,7 @@ impl Tap {
     pub fn open_in(netns: &Path, name: &str, create: bool) -> Result<Self, TapError> {
         let netns_error = |e| TapError::Netns(netns.to_path_buf(), name.to_string(), e);
         let namespace = File::open(netns).map_err(netns_error)?;
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    // SAFETY: setns on a descriptor we own; it moves only
-                    // this short-lived thread.
-                    if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(netns_error(std::io::Error::last_os_error()));
-                    }
-                    Tap::open(name, create)
-                })
-                .join()
-                .unwrap_or_else(|_| {
-                    Err(netns_error(std::io::Error::other(
-                        "the namespace thread panicked",
-                    )))
-                })
-        })
+        vmpod_sys::netns::run_in(&namespace, || Tap::open(name, create)).map_err(netns_error)?
     }
 
     /// The interface name.
@@ -153,25 +138,6 @@ fn interface_exists(name: &str) -> bool {
     };
     // SAFETY: if_nametoindex reads the NUL-terminated name we own.
     unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
-}
-
-/// An `ifreq` naming `name`, if it is a valid interface name.
-fn ifreq(name: &str) -> Option<libc::ifreq> {
-    // SAFETY: ifreq is plain data; all zeroes is a valid value.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    let bytes = name.as_bytes();
-    let valid = !bytes.is_empty()
-        && bytes.len() < ifr.ifr_name.len()
-        && !bytes
-            .iter()
-            .any(|b| *b == b'/' || *b == 0 || b.is_ascii_whitespace());
-    if !valid {
-        return None;
-    }
-    for (dst, src) in ifr.ifr_name.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    Some(ifr)
 }
 
 #[cfg(test)]
