@@ -51,7 +51,7 @@ fn status(err: &SandboxError) -> ttrpc::Error {
         },
         SandboxError::Cgroup(_) | SandboxError::Os { .. } => Code::INTERNAL,
     };
-    let message = err.to_string();
+    let message = vmpod_sys::error::chain(err);
     tracing::info!("request failed: {message}");
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
 }
@@ -72,7 +72,7 @@ fn network_status(err: &NetworkError) -> ttrpc::Error {
         NetworkError::Netlink { .. } => Code::FAILED_PRECONDITION,
         NetworkError::Socket(_) => Code::INTERNAL,
     };
-    let message = err.to_string();
+    let message = vmpod_sys::error::chain(err);
     tracing::info!("request failed: {message}");
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
 }
@@ -461,7 +461,7 @@ pub async fn start(listen: &ListenAddress, sandbox: Arc<Sandbox>) -> Result<Serv
     listen.prepare()?;
     let network = Network::new()?;
     if let Err(err) = network.loopback_up().await {
-        tracing::warn!("{err}");
+        tracing::warn!("{}", vmpod_sys::error::Chain(&err));
     }
     let service = create_agent_service(Arc::new(Agent { sandbox, network }));
     let mut server = Server::new()
