@@ -3,10 +3,11 @@
 
 /// Failures of [`AgentClient`](crate::AgentClient).
 ///
-/// A refusal's text is the agent's status message, which is already the
-/// agent's whole chain on one line: it is part of this error's message
-/// and not a cause. An I/O or transport failure is the cause
-/// (`source()`), printed after this error by `vmpod_sys::error::chain`.
+/// A failed connect gives its I/O error as the cause (`source()`),
+/// printed after this error by `vmpod_sys::error::chain`. A failed request
+/// is text, not a cause: a refusal's status message is already the
+/// agent's whole chain on one line, and ttrpc's own errors print their
+/// cause in their message (a chain would repeat it).
 #[derive(Debug)]
 pub enum ClientError {
     /// Cannot connect to the agent's socket.
@@ -43,7 +44,7 @@ impl std::fmt::Display for ClientError {
                 method,
                 source: ttrpc::Error::RpcStatus(status),
             } => write!(f, "agent {method}: {}", status.message()),
-            ClientError::Rpc { method, .. } => write!(f, "agent {method}"),
+            ClientError::Rpc { method, source } => write!(f, "agent {method}: {source}"),
         }
     }
 }
@@ -52,12 +53,7 @@ impl std::error::Error for ClientError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ClientError::Connect { source, .. } => Some(source),
-            ClientError::Handshake { .. } => None,
-            ClientError::Rpc {
-                source: ttrpc::Error::RpcStatus(_),
-                ..
-            } => None,
-            ClientError::Rpc { source, .. } => Some(source),
+            ClientError::Handshake { .. } | ClientError::Rpc { .. } => None,
         }
     }
 }
@@ -110,17 +106,16 @@ mod tests {
     }
 
     #[test]
-    fn test_a_transport_failure_is_the_cause() {
+    fn test_a_transport_failure_reads_as_ttrpcs_message() {
         let lost = ClientError::Rpc {
             method: "WaitProcess",
             source: ttrpc::Error::LocalClosed,
         };
-        assert_eq!(lost.to_string(), "agent WaitProcess");
-        assert_eq!(
-            vmpod_sys::error::chain(&lost),
-            format!("agent WaitProcess: {}", ttrpc::Error::LocalClosed)
-        );
+        let text = "agent WaitProcess: ttrpc err: local stream closed";
+        assert_eq!(lost.to_string(), text);
+        assert_eq!(vmpod_sys::error::chain(&lost), text);
         assert_eq!(lost.agent_code(), None);
+        assert_eq!(lost.agent_message(), None);
     }
 
     #[test]
