@@ -337,7 +337,7 @@ mod tests {
     }
 
     #[test]
-    fn test_limits() {
+    fn test_negative_limits_are_max() {
         assert_eq!(limit_text(-1), "max");
         assert_eq!(limit_text(4096), "4096");
     }
