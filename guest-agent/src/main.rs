@@ -47,7 +47,10 @@ fn main() {
     // it the log port) is readable once /proc is mounted.
     let options = if is_pid1 {
         if let Err(err) = pid1::set_up_system() {
-            eprintln!("vmpod-agent: error: setting up the guest: {err}");
+            eprintln!(
+                "vmpod-agent: error: setting up the guest: {}",
+                vmpod_sys::error::Chain(&err)
+            );
             pid1::power_off();
         }
         pid1::KernelOptions::read()

@@ -18,6 +18,9 @@ use vmpod_agent_api::messages::{IPAddress, Interface, Neighbour, Route};
 /// Longest interface name (IFNAMSIZ - 1).
 const MAX_NAME: usize = 15;
 
+/// An address with its prefix length.
+type Prefixed = (IpAddr, u8);
+
 /// Failures of network requests.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -31,16 +34,17 @@ pub enum NetworkError {
     #[error("no interface is named {0}")]
     NoDevice(String),
     /// The kernel refused a change.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Netlink {
         /// What the agent asked for.
         what: String,
         /// The kernel's answer.
+        #[source]
         source: rtnetlink::Error,
     },
     /// The netlink socket could not be opened.
-    #[error("opening rtnetlink: {0}")]
-    Socket(std::io::Error),
+    #[error("opening rtnetlink")]
+    Socket(#[source] std::io::Error),
 }
 
 fn invalid(message: String) -> NetworkError {
@@ -176,72 +180,76 @@ impl Network {
     ///
     /// [`NetworkError`] naming the field or the refused change.
     pub async fn update_interface(&self, interface: &Interface) -> Result<Interface, NetworkError> {
-        let mac = parse_mac(&interface.hw_addr)?;
-        if interface.name.len() > MAX_NAME
-            || interface.name.contains(['/', ' ', '\0'])
-            || interface.name == "."
-            || interface.name == ".."
-        {
-            return Err(invalid(format!(
-                "interface name {:?} is not a valid name",
-                interface.name
-            )));
-        }
-        if interface.mtu != 0 && !(68..=65535).contains(&interface.mtu) {
-            return Err(invalid(format!(
-                "mtu {} is outside 68..65535",
-                interface.mtu
-            )));
-        }
-        let addresses = interface
-            .addresses
-            .iter()
-            .map(parse_address)
-            .collect::<Result<Vec<_>, _>>()?;
+        let (mac, addresses) = check_interface(interface)?;
         let index = self
             .link_index(|a| matches!(a, LinkAttribute::Address(bytes) if bytes.as_slice() == mac))
             .await?
             .ok_or_else(|| NetworkError::NoInterface(interface.hw_addr.clone()))?;
-        let set = |message| self.handle.link().set(message).execute();
         if !interface.name.is_empty() {
-            // Another interface may hold the name (the guest's probe order
-            // need not be the pod's): it steps aside to a name of its own
-            // index, and gets its pod name by its own update.
-            let holder = self
-                .link_index(|a| matches!(a, LinkAttribute::IfName(name) if *name == interface.name))
-                .await?
-                .filter(|holder| *holder != index);
-            if let Some(holder) = holder {
-                let aside = format!("vmpodif{holder}");
-                set(LinkUnspec::new_with_index(holder).down().build())
-                    .await
-                    .map_err(netlink(format!("taking {} down", interface.name)))?;
-                set(LinkUnspec::new_with_index(holder)
-                    .name(aside.clone())
-                    .build())
-                .await
-                .map_err(netlink(format!(
-                    "renaming {} to {aside} to free its name",
-                    interface.name
-                )))?;
-            }
-            set(LinkUnspec::new_with_index(index).down().build())
-                .await
-                .map_err(netlink("taking the interface down"))?;
-            set(LinkUnspec::new_with_index(index)
-                .name(interface.name.clone())
-                .build())
-            .await
-            .map_err(netlink(format!(
-                "renaming the interface to {}",
-                interface.name
-            )))?;
+            self.rename(index, &interface.name).await?;
         }
         if interface.mtu != 0 {
-            set(LinkUnspec::new_with_index(index).mtu(interface.mtu).build())
+            self.set_link(LinkUnspec::new_with_index(index).mtu(interface.mtu).build())
                 .await
                 .map_err(netlink(format!("setting mtu {}", interface.mtu)))?;
         }
+        self.replace_addresses(index, &addresses).await?;
+        self.set_link(LinkUnspec::new_with_index(index).up().build())
+            .await
+            .map_err(netlink("bringing the interface up"))?;
+        Ok(interface.clone())
+    }
+
+    async fn set_link(
+        &self,
+        message: rtnetlink::packet_route::link::LinkMessage,
+    ) -> Result<(), rtnetlink::Error> {
+        self.handle.link().set(message).execute().await
+    }
+
+    /// Names the interface `index` `name`. Another interface may hold the
+    /// name (the guest's probe order need not be the pod's): it steps
+    /// aside to a name of its own index, and gets its pod name by its own
+    /// update.
+    async fn rename(&self, index: u32, name: &str) -> Result<(), NetworkError> {
+        let holder = self
+            .link_index(|a| matches!(a, LinkAttribute::IfName(held) if held == name))
+            .await?
+            .filter(|holder| *holder != index);
+        if let Some(holder) = holder {
+            let aside = format!("vmpodif{holder}");
+            self.set_link(LinkUnspec::new_with_index(holder).down().build())
+                .await
+                .map_err(netlink(format!("taking {name} down")))?;
+            self.set_link(
+                LinkUnspec::new_with_index(holder)
+                    .name(aside.clone())
+                    .build(),
+            )
+            .await
+            .map_err(netlink(format!(
+                "renaming {name} to {aside} to free its name"
+            )))?;
+        }
+        self.set_link(LinkUnspec::new_with_index(index).down().build())
+            .await
+            .map_err(netlink("taking the interface down"))?;
+        self.set_link(
+            LinkUnspec::new_with_index(index)
+                .name(name.to_owned())
+                .build(),
+        )
+        .await
+        .map_err(netlink(format!("renaming the interface to {name}")))
+    }
+
+    /// Replaces the addresses of the interface `index` with `addresses`
+    /// (IPv6 link-local ones belong to the link, not the pod, and stay).
+    async fn replace_addresses(
+        &self,
+        index: u32,
+        addresses: &[(IpAddr, u8)],
+    ) -> Result<(), NetworkError> {
         let mut old = self
             .handle
             .address()
@@ -250,7 +258,6 @@ impl Network {
             .execute();
         let mut stale = Vec::new();
         while let Some(address) = old.try_next().await.map_err(netlink("listing addresses"))? {
-            // IPv6 link-local addresses belong to the link, not the pod.
             let link_local = address.attributes.iter().any(|a| {
                 matches!(a, AddressAttribute::Address(IpAddr::V6(ip)) if ip.segments()[0] & 0xffc0 == 0xfe80)
             });
@@ -266,7 +273,7 @@ impl Network {
                 .await
                 .map_err(netlink("removing an old address"))?;
         }
-        for (ip, prefix) in &addresses {
+        for (ip, prefix) in addresses {
             self.handle
                 .address()
                 .add(index, *ip, *prefix)
@@ -274,10 +281,7 @@ impl Network {
                 .await
                 .map_err(netlink(format!("adding {ip}/{prefix}")))?;
         }
-        set(LinkUnspec::new_with_index(index).up().build())
-            .await
-            .map_err(netlink("bringing the interface up"))?;
-        Ok(interface.clone())
+        Ok(())
     }
 
     /// Replaces the routes of the last call with `routes`. Routes without a
@@ -351,21 +355,13 @@ impl Network {
         Ok(())
     }
 
+    /// The netlink message for `route`, checked: a gateway or a device,
+    /// one address family.
     async fn route_message(&self, route: &Route) -> Result<RouteMessage, NetworkError> {
         let destination = parse_destination(&route.destination)?;
         let gateway = parse_optional_ip("route gateway", &route.gateway)?;
         let source = parse_optional_ip("route source", &route.source)?;
-        let device = if route.device.is_empty() {
-            None
-        } else {
-            Some(
-                self.link_index(
-                    |a| matches!(a, LinkAttribute::IfName(name) if *name == route.device),
-                )
-                .await?
-                .ok_or_else(|| NetworkError::NoDevice(route.device.clone()))?,
-            )
-        };
+        let device = self.route_device(route).await?;
         if gateway.is_none() && device.is_none() {
             return Err(invalid(format!(
                 "route to {} has neither a gateway nor a device",
@@ -386,38 +382,11 @@ impl Network {
                 display_destination(route)
             )));
         }
-        let message = if v6 {
-            let mut builder = RouteMessageBuilder::<std::net::Ipv6Addr>::new();
-            if let Some((IpAddr::V6(ip), prefix)) = destination {
-                builder = builder.destination_prefix(ip, prefix);
-            }
-            if let Some(IpAddr::V6(ip)) = gateway {
-                builder = builder.gateway(ip);
-            }
-            if let Some(IpAddr::V6(ip)) = source {
-                builder = builder.pref_source(ip);
-            }
-            if let Some(index) = device {
-                builder = builder.output_interface(index);
-            }
-            builder.build()
+        let mut message = if v6 {
+            ipv6_route(destination, gateway, source, device)
         } else {
-            let mut builder = RouteMessageBuilder::<std::net::Ipv4Addr>::new();
-            if let Some((IpAddr::V4(ip), prefix)) = destination {
-                builder = builder.destination_prefix(ip, prefix);
-            }
-            if let Some(IpAddr::V4(ip)) = gateway {
-                builder = builder.gateway(ip);
-            }
-            if let Some(IpAddr::V4(ip)) = source {
-                builder = builder.pref_source(ip);
-            }
-            if let Some(index) = device {
-                builder = builder.output_interface(index);
-            }
-            builder.build()
+            ipv4_route(destination, gateway, source, device)
         };
-        let mut message = message;
         if route.onlink {
             message.header.flags |= RouteFlags::Onlink;
         }
@@ -432,6 +401,91 @@ impl Network {
         }
         Ok(message)
     }
+
+    /// The index of the route's device, if it names one.
+    async fn route_device(&self, route: &Route) -> Result<Option<u32>, NetworkError> {
+        if route.device.is_empty() {
+            return Ok(None);
+        }
+        self.link_index(|a| matches!(a, LinkAttribute::IfName(name) if *name == route.device))
+            .await?
+            .ok_or_else(|| NetworkError::NoDevice(route.device.clone()))
+            .map(Some)
+    }
+}
+
+/// An IPv4 route of the parts given (the caller checked the family).
+fn ipv4_route(
+    destination: Option<(IpAddr, u8)>,
+    gateway: Option<IpAddr>,
+    source: Option<IpAddr>,
+    device: Option<u32>,
+) -> RouteMessage {
+    let mut builder = RouteMessageBuilder::<std::net::Ipv4Addr>::new();
+    if let Some((IpAddr::V4(ip), prefix)) = destination {
+        builder = builder.destination_prefix(ip, prefix);
+    }
+    if let Some(IpAddr::V4(ip)) = gateway {
+        builder = builder.gateway(ip);
+    }
+    if let Some(IpAddr::V4(ip)) = source {
+        builder = builder.pref_source(ip);
+    }
+    if let Some(index) = device {
+        builder = builder.output_interface(index);
+    }
+    builder.build()
+}
+
+/// An IPv6 route of the parts given (the caller checked the family).
+fn ipv6_route(
+    destination: Option<(IpAddr, u8)>,
+    gateway: Option<IpAddr>,
+    source: Option<IpAddr>,
+    device: Option<u32>,
+) -> RouteMessage {
+    let mut builder = RouteMessageBuilder::<std::net::Ipv6Addr>::new();
+    if let Some((IpAddr::V6(ip), prefix)) = destination {
+        builder = builder.destination_prefix(ip, prefix);
+    }
+    if let Some(IpAddr::V6(ip)) = gateway {
+        builder = builder.gateway(ip);
+    }
+    if let Some(IpAddr::V6(ip)) = source {
+        builder = builder.pref_source(ip);
+    }
+    if let Some(index) = device {
+        builder = builder.output_interface(index);
+    }
+    builder.build()
+}
+
+/// The interface request checked: its MAC and addresses parsed, its name
+/// and MTU within the kernel's bounds.
+fn check_interface(interface: &Interface) -> Result<([u8; 6], Vec<Prefixed>), NetworkError> {
+    let mac = parse_mac(&interface.hw_addr)?;
+    if interface.name.len() > MAX_NAME
+        || interface.name.contains(['/', ' ', '\0'])
+        || interface.name == "."
+        || interface.name == ".."
+    {
+        return Err(invalid(format!(
+            "interface name {:?} is not a valid name",
+            interface.name
+        )));
+    }
+    if interface.mtu != 0 && !(68..=65535).contains(&interface.mtu) {
+        return Err(invalid(format!(
+            "mtu {} is outside 68..65535",
+            interface.mtu
+        )));
+    }
+    let addresses = interface
+        .addresses
+        .iter()
+        .map(parse_address)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((mac, addresses))
 }
 
 fn display_destination(route: &Route) -> &str {
@@ -447,7 +501,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_macs() {
+    fn test_macs_parse_only_in_six_hex_pairs() {
         assert_eq!(
             parse_mac("02:00:0a:FF:00:01").unwrap(),
             [2, 0, 10, 255, 0, 1]
@@ -464,7 +518,48 @@ mod tests {
     }
 
     #[test]
-    fn test_addresses_and_destinations() {
+    fn test_interface_requests_are_checked_before_any_change() {
+        let mut interface = Interface::new();
+        interface.hw_addr = "02:00:00:00:00:01".into();
+        interface.name = "eth0".into();
+        interface.mtu = 1500;
+        let mut address = IPAddress::new();
+        address.address = "192.0.2.10".into();
+        address.prefix_len = 24;
+        interface.addresses.push(address);
+        let (mac, addresses) = check_interface(&interface).unwrap();
+        assert_eq!(mac, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(addresses, vec![("192.0.2.10".parse().unwrap(), 24)]);
+        for name in ["a/b", "a b", ".", "..", "sixteen-bytes-xx"] {
+            let mut bad = interface.clone();
+            bad.name = name.into();
+            let err = check_interface(&bad).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("interface name {name:?} is not a valid name")
+            );
+        }
+        let mut bad = interface.clone();
+        bad.mtu = 67;
+        let err = check_interface(&bad).unwrap_err();
+        assert_eq!(err.to_string(), "mtu 67 is outside 68..65535");
+    }
+
+    #[test]
+    fn test_a_refused_change_reads_as_what_then_the_kernels_answer() {
+        let err = NetworkError::Socket(std::io::ErrorKind::PermissionDenied.into());
+        assert_eq!(err.to_string(), "opening rtnetlink");
+        assert_eq!(
+            vmpod_sys::error::chain(&err),
+            format!(
+                "opening rtnetlink: {}",
+                std::io::Error::from(std::io::ErrorKind::PermissionDenied)
+            )
+        );
+    }
+
+    #[test]
+    fn test_addresses_and_destinations_are_checked() {
         let mut address = IPAddress::new();
         address.address = "192.0.2.10".into();
         address.prefix_len = 24;

@@ -10,21 +10,23 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum Pid1Error {
     /// A system file system did not mount.
-    #[error("cannot mount {fstype} on {target}: {source}")]
+    #[error("cannot mount {fstype} on {target}")]
     Mount {
         /// The file system type.
         fstype: &'static str,
         /// Where.
         target: &'static str,
-        /// Why.
+        /// The kernel's refusal of the mount.
+        #[source]
         source: io::Error,
     },
     /// A mount point could not be made.
-    #[error("cannot create {path}: {source}")]
+    #[error("cannot create {path}")]
     MountPoint {
         /// The directory.
         path: &'static str,
-        /// Why.
+        /// The file system's refusal of the directory.
+        #[source]
         source: io::Error,
     },
 }

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vmpod_agent_api::messages::Mount;
+use vmpod_sys::error::Chain;
 
 use crate::container::cgroup::{Cgroup, CgroupError};
-use crate::container::{unmount, Container, ContainerError, Placement, Status};
+use crate::container::{unmount, Container, ContainerError, Placement};
 use crate::reaper::{Exit, ExitWatch, Reaper};
 use crate::stdio::Streams;
 
@@ -38,11 +39,12 @@ pub enum SandboxError {
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
     /// A system call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Os {
         /// What the agent did.
         what: String,
-        /// Why.
+        /// The system call's error.
+        #[source]
         source: std::io::Error,
     },
 }
@@ -228,7 +230,7 @@ impl Sandbox {
         let mut state = self.lock();
         for (id, container) in state.containers.drain() {
             if let Err(err) = container.remove(true) {
-                tracing::warn!("removing container {id}: {err}");
+                tracing::warn!("removing container {id}: {}", Chain(&err));
             }
         }
         if let Some(pod) = state.pod.take() {
@@ -236,7 +238,7 @@ impl Sandbox {
                 unmount(path);
             }
             if let Err(err) = pod.cgroup.remove() {
-                tracing::warn!("removing the sandbox cgroup: {err}");
+                tracing::warn!("removing the sandbox cgroup: {}", Chain(&err));
             }
             if let Some((pidfd, _)) = &pod.pid_holder {
                 use std::os::fd::AsRawFd;
@@ -437,20 +439,6 @@ impl Sandbox {
             .get(id)
             .ok_or_else(|| SandboxError::NoContainer(id.to_owned()))?;
         Ok(container.cgroup().clone())
-    }
-
-    /// The container's state.
-    ///
-    /// # Errors
-    ///
-    /// [`SandboxError::NoContainer`].
-    pub fn container_status(&self, id: &str) -> Result<Status, SandboxError> {
-        let state = self.lock();
-        let container = state
-            .containers
-            .get(id)
-            .ok_or_else(|| SandboxError::NoContainer(id.to_owned()))?;
-        Ok(container.status())
     }
 
     /// A process's exit watch and streams.

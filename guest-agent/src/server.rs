@@ -51,7 +51,7 @@ fn status(err: &SandboxError) -> ttrpc::Error {
         },
         SandboxError::Cgroup(_) | SandboxError::Os { .. } => Code::INTERNAL,
     };
-    let message = err.to_string();
+    let message = vmpod_sys::error::chain(err);
     tracing::info!("request failed: {message}");
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
 }
@@ -72,7 +72,7 @@ fn network_status(err: &NetworkError) -> ttrpc::Error {
         NetworkError::Netlink { .. } => Code::FAILED_PRECONDITION,
         NetworkError::Socket(_) => Code::INTERNAL,
     };
-    let message = err.to_string();
+    let message = vmpod_sys::error::chain(err);
     tracing::info!("request failed: {message}");
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
 }
@@ -461,7 +461,7 @@ pub async fn start(listen: &ListenAddress, sandbox: Arc<Sandbox>) -> Result<Serv
     listen.prepare()?;
     let network = Network::new()?;
     if let Err(err) = network.loopback_up().await {
-        tracing::warn!("{err}");
+        tracing::warn!("{}", vmpod_sys::error::Chain(&err));
     }
     let service = create_agent_service(Arc::new(Agent { sandbox, network }));
     let mut server = Server::new()
@@ -469,4 +469,52 @@ pub async fn start(listen: &ListenAddress, sandbox: Arc<Sandbox>) -> Result<Serv
         .register_service(service);
     server.start().await?;
     Ok(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::container::spawn::SpawnError;
+
+    fn text(error: ttrpc::Error) -> (Code, String) {
+        match error {
+            ttrpc::Error::RpcStatus(status) => (status.code(), status.message().to_owned()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn test_a_failed_step_reads_as_its_whole_chain_once() {
+        let err = SandboxError::Container(ContainerError::Spawn(SpawnError::Child {
+            step: "mounting /run/x".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        }));
+        assert_eq!(
+            text(status(&err)),
+            (
+                Code::INTERNAL,
+                "starting the process: mounting /run/x: No such file or directory (os error 2)"
+                    .to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn test_a_refused_route_reads_as_the_kernels_answer_once() {
+        let mut answer = rtnetlink::packet_core::ErrorMessage::default();
+        answer.code = std::num::NonZeroI32::new(-libc::EINVAL);
+        let err = NetworkError::Netlink {
+            what: "adding route to 198.18.10.0/24".into(),
+            source: rtnetlink::Error::NetlinkError(answer),
+        };
+        assert_eq!(
+            text(network_status(&err)),
+            (
+                Code::FAILED_PRECONDITION,
+                "adding route to 198.18.10.0/24: Received a netlink error message \
+                 Invalid argument (os error 22)"
+                    .to_owned()
+            )
+        );
+    }
 }

@@ -20,22 +20,24 @@ pub const MAX_READ: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum StdioError {
     /// A pipe or terminal could not be made.
-    #[error("creating {what}: {source}")]
+    #[error("creating {what}")]
     Create {
         /// Pipes or terminal.
         what: &'static str,
-        /// Why.
+        /// The system call's error.
+        #[source]
         source: io::Error,
     },
     /// The stream is closed or absent.
     #[error("the process has no {0}")]
     NoStream(&'static str),
     /// A read, write or ioctl failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What failed.
         what: &'static str,
-        /// Why.
+        /// The system call's error.
+        #[source]
         source: io::Error,
     },
 }

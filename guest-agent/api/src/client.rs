@@ -12,6 +12,7 @@ use ttrpc::asynchronous::transport::Socket;
 use ttrpc::asynchronous::Client;
 use ttrpc::context::{self, Context};
 
+pub use crate::error::ClientError;
 use crate::messages::{
     AddNeighboursRequest, CheckRequest, ContainerRequest, CreateContainerRequest,
     CreateSandboxRequest, DestroySandboxRequest, ExecProcessRequest, GetOOMEventRequest, Interface,
@@ -27,70 +28,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The longest hybrid-vsock handshake line the VMM sends (`OK <port>\n`).
 const MAX_HANDSHAKE_LINE: usize = 32;
-
-/// Failures of [`AgentClient`].
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// Cannot connect to the agent's socket.
-    #[error("cannot connect to {path}: {source}")]
-    Connect {
-        /// The socket.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The VMM did not accept the vsock connection to the agent's port.
-    #[error("the VMM refused vsock port {port}: {reason}")]
-    Handshake {
-        /// The agent's vsock port.
-        port: u32,
-        /// What the VMM said or did.
-        reason: String,
-    },
-    /// The agent answered with an error, or the connection failed.
-    #[error("agent {method}: {}", rpc_text(.source))]
-    Rpc {
-        /// The request.
-        method: &'static str,
-        /// The ttrpc status or transport error.
-        source: ttrpc::Error,
-    },
-}
-
-/// The agent's own message for a refusal (not the status's debug form),
-/// else the transport's error.
-fn rpc_text(error: &ttrpc::Error) -> String {
-    match error {
-        ttrpc::Error::RpcStatus(status) => status.message().to_owned(),
-        other => other.to_string(),
-    }
-}
-
-impl ClientError {
-    /// The agent's status for a request it refused, if that is what
-    /// happened.
-    fn refusal(&self) -> Option<&ttrpc::proto::Status> {
-        match self {
-            ClientError::Rpc {
-                source: ttrpc::Error::RpcStatus(status),
-                ..
-            } => Some(status),
-            _ => None,
-        }
-    }
-
-    /// The agent's own message for a request it refused (its gRPC status
-    /// message), if that is what happened.
-    pub fn agent_message(&self) -> Option<&str> {
-        self.refusal().map(ttrpc::proto::Status::message)
-    }
-
-    /// The agent's own status code for a request it refused, if that is
-    /// what happened.
-    pub fn agent_code(&self) -> Option<ttrpc::Code> {
-        self.refusal().map(ttrpc::proto::Status::code)
-    }
-}
 
 /// A process inside the agent: a container's init (empty exec id) or one
 /// of its exec'd processes.

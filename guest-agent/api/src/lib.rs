@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod error;
 
 // The generated modules below are the generators' code as they wrote it:
 // their warnings are not ours to fix.

@@ -17,11 +17,12 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     /// A file could not be written or read.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The cgroup file.
         path: String,
-        /// Why.
+        /// The kernel's refusal (a value out of range, a busy cgroup).
+        #[source]
         source: io::Error,
     },
     /// A resource is asked for but its controller is not enabled here.
@@ -336,7 +337,7 @@ mod tests {
     }
 
     #[test]
-    fn test_limits() {
+    fn test_negative_limits_are_max() {
         assert_eq!(limit_text(-1), "max");
         assert_eq!(limit_text(4096), "4096");
     }

@@ -49,7 +49,10 @@ pub enum Status {
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
     /// A malformed id.
-    #[error("{kind} id {id:?} must be 1 to 128 of [A-Za-z0-9_.-], not starting with '.'")]
+    #[error(
+        "{kind} id {id:?} must be 1 to {MAX_ID_LEN} of {}",
+        vmpod_sys::id::RULE
+    )]
     Id {
         /// "container" or "exec".
         kind: &'static str,
@@ -77,7 +80,7 @@ pub enum ContainerError {
     #[error(transparent)]
     Stdio(#[from] StdioError),
     /// The process could not be started.
-    #[error("starting the process: {0}")]
+    #[error("starting the process")]
     Spawn(#[from] SpawnError),
     /// The operation does not fit the container's state.
     #[error("container {id} is {status:?}; cannot {verb}")]
@@ -112,11 +115,12 @@ pub enum ContainerError {
     #[error("signal {0} is not a valid signal number")]
     Signal(u32),
     /// A system call of the agent failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Os {
         /// What the agent did.
         what: String,
-        /// Why.
+        /// The system call's error.
+        #[source]
         source: std::io::Error,
     },
 }
@@ -128,13 +132,7 @@ pub enum ContainerError {
 ///
 /// [`ContainerError::Id`].
 pub fn validate_id(kind: &'static str, id: &str) -> Result<(), ContainerError> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
+    if vmpod_sys::id::is_valid(id, MAX_ID_LEN) {
         Ok(())
     } else {
         Err(ContainerError::Id {
@@ -656,7 +654,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_ids() {
+    fn test_ids_outside_the_rule_are_refused() {
         for good in ["a", "c1", "my-container_2.x", &"x".repeat(128)] {
             assert!(validate_id("container", good).is_ok(), "{good}");
         }
@@ -672,5 +670,9 @@ mod tests {
         ] {
             assert!(validate_id("container", bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            validate_id("exec", "a/b").unwrap_err().to_string(),
+            "exec id \"a/b\" must be 1 to 128 of [A-Za-z0-9_.-], not starting with '.'"
+        );
     }
 }

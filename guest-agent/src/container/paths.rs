@@ -20,11 +20,12 @@ pub enum PathError {
     #[error("{0}: too many levels of symbolic links")]
     Loop(String),
     /// Reading the tree failed.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The path being resolved.
         path: String,
-        /// Why.
+        /// Why reading the path or its link failed.
+        #[source]
         source: io::Error,
     },
 }

@@ -16,19 +16,21 @@ use crate::reaper::{ExitWatch, Reaper};
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     /// A pipe, thread or clone failed in the agent.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Os {
         /// What the agent did.
         what: &'static str,
-        /// Why it failed.
+        /// The system call's error.
+        #[source]
         source: std::io::Error,
     },
     /// The child reported a failed step.
-    #[error("{step}: {source}")]
+    #[error("{step}")]
     Child {
         /// The step, with the item it was working on.
         step: String,
         /// The errno it got.
+        #[source]
         source: std::io::Error,
     },
     /// The child ended without a report.
@@ -252,7 +254,7 @@ pub fn spawn_init(
     let master = console.map(receive_master).transpose()?.flatten();
     let mut reports = File::from(report_read);
     match read_report(&mut reports)? {
-        Some(report) if report.step == Step::Ready as u32 => Ok((
+        Some(report) if report.step() == Some(Step::Ready) => Ok((
             Spawned {
                 pid,
                 pidfd,
@@ -406,11 +408,7 @@ fn read_report(reports: &mut File) -> Result<Option<Report>, SpawnError> {
     loop {
         match read_one_report(reports)? {
             Some(report) if report.errno == PROGRESS => {
-                tracing::trace!(
-                    "child: done {:?} #{}",
-                    Step::from_u32(report.step),
-                    report.index
-                );
+                tracing::trace!("child: done {:?} #{}", report.step(), report.index);
             }
             other => return Ok(other),
         }
@@ -448,64 +446,80 @@ fn child_error(
     init: Option<&InitPlan>,
     process: Option<&ProcessPlan>,
 ) -> SpawnError {
-    let index = report.index as usize;
+    let process = process.or(init.map(|plan| &plan.process));
+    let step = match report.step() {
+        Some(step) => describe(step, report.index as usize, init, process),
+        None => "setting up the process".to_owned(),
+    };
+    SpawnError::Child {
+        step,
+        source: std::io::Error::from_raw_os_error(report.errno),
+    }
+}
+
+/// What the child was doing at `step` on the `index`th item of its list
+/// in the plan.
+fn describe(
+    step: Step,
+    index: usize,
+    init: Option<&InitPlan>,
+    process: Option<&ProcessPlan>,
+) -> String {
     let text = |s: Option<&std::ffi::CString>| {
         s.map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default()
     };
-    let process = process.or(init.map(|plan| &plan.process));
-    let step = match Step::from_u32(report.step) {
-        Some(Step::Mount | Step::MountPoint | Step::BindRemount | Step::MountPropagation) => {
-            let target = init.and_then(|p| p.mounts.get(index)).map(|m| &m.target);
-            let what = match Step::from_u32(report.step) {
-                Some(Step::MountPoint) => "creating mount point",
-                Some(Step::BindRemount) => "remounting bind mount",
-                Some(Step::MountPropagation) => "setting propagation of",
-                _ => "mounting",
-            };
-            format!("{what} {}", text(target))
-        }
-        Some(Step::MaskPath) => format!("masking {}", text(init.and_then(|p| p.masked.get(index)))),
-        Some(Step::ReadonlyPath) => format!(
+    let mount_target = || text(init.and_then(|p| p.mounts.get(index)).map(|m| &m.target));
+    match step {
+        Step::MountPoint => format!("creating mount point {}", mount_target()),
+        Step::Mount => format!("mounting {}", mount_target()),
+        Step::BindRemount => format!("remounting bind mount {}", mount_target()),
+        Step::MountPropagation => format!("setting propagation of {}", mount_target()),
+        Step::MaskPath => format!("masking {}", text(init.and_then(|p| p.masked.get(index)))),
+        Step::ReadonlyPath => format!(
             "making {} read-only",
             text(init.and_then(|p| p.readonly.get(index)))
         ),
-        Some(Step::Device) => format!(
+        Step::Device => format!(
             "creating {}",
-            text(init.and_then(|p| match index.checked_sub(100) {
-                Some(node) => p.device_nodes.get(node).map(|d| &d.target),
-                None => p.devices.get(index).map(|d| &d.target),
-            }))
+            text(init.and_then(|p| p.devices.get(index)).map(|d| &d.target))
         ),
-        Some(Step::Sysctl) => format!(
+        Step::DeviceNode => format!(
+            "creating {}",
+            text(
+                init.and_then(|p| p.device_nodes.get(index))
+                    .map(|d| &d.target)
+            )
+        ),
+        Step::Sysctl => format!(
             "writing {}",
             text(
                 init.and_then(|p| p.sysctls.get(index))
                     .map(|(path, _)| path)
             )
         ),
-        Some(Step::Cwd) => format!("changing to cwd {}", text(process.map(|p| &p.cwd))),
-        Some(Step::Exec) => format!(
+        Step::Cwd => format!("changing to cwd {}", text(process.map(|p| &p.cwd))),
+        Step::Exec => format!(
             "executing {}",
             text(process.and_then(|p| p.args.strings().first()))
         ),
-        Some(Step::JoinNamespace) => "joining a namespace".to_owned(),
-        Some(Step::RootPropagation) => "setting the propagation of /".to_owned(),
-        Some(Step::Hostname) => "setting the hostname".to_owned(),
-        Some(Step::PivotRoot) => "pivot_root into the root file system".to_owned(),
-        Some(Step::ReadonlyRoot) => "making the root read-only".to_owned(),
-        Some(Step::Stdio) => "attaching stdio".to_owned(),
-        Some(Step::Terminal) => "opening the terminal in the container".to_owned(),
-        Some(Step::Rlimit) => "setting rlimits".to_owned(),
-        Some(Step::OomScoreAdj) => "setting oom_score_adj".to_owned(),
-        Some(Step::User) => "setting the user and groups".to_owned(),
-        Some(Step::Capabilities) => "setting capabilities".to_owned(),
-        Some(Step::NoNewPrivileges) => "setting no_new_privs".to_owned(),
-        Some(Step::Seccomp) => "installing the seccomp filter".to_owned(),
-        Some(Step::Ready) | None => "setting up the process".to_owned(),
-    };
-    SpawnError::Child {
-        step,
-        source: std::io::Error::from_raw_os_error(report.errno),
+        Step::JoinNamespace => "joining a namespace".to_owned(),
+        Step::RootPropagation => "setting the propagation of /".to_owned(),
+        Step::Hostname => "setting the hostname".to_owned(),
+        Step::PivotRoot => "pivot_root into the root file system".to_owned(),
+        Step::ReadonlyRoot => "making the root read-only".to_owned(),
+        Step::Stdio => "attaching stdio".to_owned(),
+        Step::Terminal => "opening the terminal in the container".to_owned(),
+        Step::Rlimit => "setting rlimits".to_owned(),
+        Step::OomScoreAdj => "setting oom_score_adj".to_owned(),
+        Step::User => "setting the user and groups".to_owned(),
+        Step::DropBoundingCapability
+        | Step::KeepCapabilities
+        | Step::ClearKeepCapabilities
+        | Step::SetCapabilities
+        | Step::RaiseAmbientCapability => "setting capabilities".to_owned(),
+        Step::NoNewPrivileges => "setting no_new_privs".to_owned(),
+        Step::Seccomp => "installing the seccomp filter".to_owned(),
+        Step::Ready => "setting up the process".to_owned(),
     }
 }

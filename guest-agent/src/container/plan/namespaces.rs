@@ -1,0 +1,180 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The namespaces of a container's init: which clone3 creates, which the
+//! child joins by path, the sandbox's shared PID namespace, and the
+//! hostname its UTS namespace gets.
+
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use oci_spec::runtime::{Linux, LinuxNamespaceType, Spec};
+
+use super::{cstring, PlanError};
+
+/// What `linux.namespaces` asks for.
+#[derive(Debug)]
+pub(super) struct Namespaces {
+    /// CLONE_NEW* flags for clone3.
+    pub clone_flags: u64,
+    /// Namespaces joined instead of created (setns in the child).
+    pub join: Vec<(OwnedFd, libc::c_int)>,
+    /// A PID namespace to join (setns on the cloning thread).
+    pub join_pid: Option<OwnedFd>,
+}
+
+/// The namespaces of `linux`. The container always gets a mount namespace
+/// of its own: the agent's mounts must not change under it. With
+/// `shared_pid`, a new PID namespace asked for is that one instead.
+pub(super) fn plan_namespaces(
+    linux: &Linux,
+    shared_pid: Option<&Path>,
+) -> Result<Namespaces, PlanError> {
+    let mut clone_flags = libc::CLONE_NEWNS as u64;
+    let mut join = Vec::new();
+    let mut join_pid = None;
+    for namespace in linux.namespaces().iter().flatten() {
+        let flag = namespace_flag(namespace.typ())?;
+        match namespace.path() {
+            None => clone_flags |= flag as u64,
+            Some(path) => {
+                let fd = open_namespace(path)?;
+                if flag == libc::CLONE_NEWPID {
+                    join_pid = Some(fd);
+                } else if flag != libc::CLONE_NEWNS {
+                    join.push((fd, flag));
+                }
+            }
+        }
+    }
+    if let Some(path) = shared_pid {
+        if clone_flags & libc::CLONE_NEWPID as u64 != 0 {
+            clone_flags &= !(libc::CLONE_NEWPID as u64);
+            join_pid = Some(open_namespace(path)?);
+        }
+    }
+    Ok(Namespaces {
+        clone_flags,
+        join,
+        join_pid,
+    })
+}
+
+/// The spec's hostname, which needs a UTS namespace of the container's own.
+pub(super) fn plan_hostname(spec: &Spec, clone_flags: u64) -> Result<Option<CString>, PlanError> {
+    let hostname = spec
+        .hostname()
+        .as_deref()
+        .filter(|name| !name.is_empty())
+        .map(|name| cstring("hostname", name))
+        .transpose()?;
+    if hostname.is_some() && clone_flags & libc::CLONE_NEWUTS as u64 == 0 {
+        return Err(PlanError::HostnameWithoutUts);
+    }
+    Ok(hostname)
+}
+
+/// A namespace to join, by its path (`/proc/PID/ns/KIND`, a bind mount).
+fn open_namespace(path: &Path) -> Result<OwnedFd, PlanError> {
+    std::fs::File::open(path)
+        .map(OwnedFd::from)
+        .map_err(|source| PlanError::NamespacePath {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// The CLONE_NEW* flag of a namespace kind the agent creates or joins.
+fn namespace_flag(kind: LinuxNamespaceType) -> Result<libc::c_int, PlanError> {
+    Ok(match kind {
+        LinuxNamespaceType::Mount => libc::CLONE_NEWNS,
+        LinuxNamespaceType::Cgroup => libc::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Uts => libc::CLONE_NEWUTS,
+        LinuxNamespaceType::Ipc => libc::CLONE_NEWIPC,
+        LinuxNamespaceType::Pid => libc::CLONE_NEWPID,
+        LinuxNamespaceType::Network => libc::CLONE_NEWNET,
+        LinuxNamespaceType::User => return Err(PlanError::Namespace("user")),
+        LinuxNamespaceType::Time => return Err(PlanError::Namespace("time")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn linux(json: serde_json::Value) -> Linux {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn test_new_namespaces_become_clone_flags() {
+        let linux = linux(serde_json::json!({
+            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}]
+        }));
+        let planned = plan_namespaces(&linux, None).unwrap();
+        let expected =
+            libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET | libc::CLONE_NEWIPC;
+        assert_eq!(planned.clone_flags, expected as u64);
+        assert!(planned.join.is_empty());
+        assert!(planned.join_pid.is_none());
+    }
+
+    #[test]
+    fn test_namespaces_with_a_path_are_joined() {
+        let linux = linux(serde_json::json!({
+            "namespaces": [
+                {"type": "network", "path": "/proc/self/ns/net"},
+                {"type": "pid", "path": "/proc/self/ns/pid"},
+                {"type": "mount", "path": "/proc/self/ns/mnt"}
+            ]
+        }));
+        let planned = plan_namespaces(&linux, None).unwrap();
+        assert_eq!(planned.clone_flags, libc::CLONE_NEWNS as u64);
+        assert_eq!(planned.join.len(), 1, "the mount namespace is always new");
+        assert_eq!(planned.join[0].1, libc::CLONE_NEWNET);
+        assert!(planned.join_pid.is_some());
+    }
+
+    #[test]
+    fn test_new_pid_namespace_is_the_shared_one_when_the_pod_shares() {
+        let linux = linux(serde_json::json!({"namespaces": [{"type": "pid"}]}));
+        let shared = Path::new("/proc/self/ns/pid");
+        let planned = plan_namespaces(&linux, Some(shared)).unwrap();
+        assert_eq!(planned.clone_flags, libc::CLONE_NEWNS as u64);
+        assert!(planned.join_pid.is_some());
+    }
+
+    #[test]
+    fn test_user_and_time_namespaces_and_missing_paths_are_refused() {
+        for kind in ["user", "time"] {
+            let linux = linux(serde_json::json!({"namespaces": [{"type": kind}]}));
+            let err = plan_namespaces(&linux, None).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("{kind} namespaces are not supported")
+            );
+        }
+        let linux = linux(serde_json::json!({
+            "namespaces": [{"type": "network", "path": "/nonexistent/ns"}]
+        }));
+        let err = plan_namespaces(&linux, None).unwrap_err();
+        assert_eq!(err.to_string(), "namespace path /nonexistent/ns");
+        assert_eq!(
+            vmpod_sys::error::chain(&err),
+            "namespace path /nonexistent/ns: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn test_hostname_needs_a_uts_namespace() {
+        let mut spec = Spec::default();
+        spec.set_hostname(Some("web".into()));
+        assert!(matches!(
+            plan_hostname(&spec, libc::CLONE_NEWNS as u64),
+            Err(PlanError::HostnameWithoutUts)
+        ));
+        let uts = (libc::CLONE_NEWNS | libc::CLONE_NEWUTS) as u64;
+        assert_eq!(plan_hostname(&spec, uts).unwrap().as_deref(), Some(c"web"));
+        spec.set_hostname(Some(String::new()));
+        assert_eq!(plan_hostname(&spec, 0).unwrap(), None);
+    }
+}

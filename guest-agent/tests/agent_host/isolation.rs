@@ -1,0 +1,184 @@
+// SPDX-License-Identifier: Apache-2.0
+//! What a container sees of the guest: an overlay root file system, the
+//! sandbox's shared PID namespace, a seccomp profile, devices and
+//! sysctls.
+
+use crate::common::{self, spec, HostAgent};
+use crate::refused;
+use vmpod_agent_api::ProcessId;
+
+/// A root file system from an overlay: writes land in the upper layer,
+/// the lower one is untouched, and remove unmounts it.
+#[tokio::test]
+async fn test_overlay_rootfs() {
+    let agent: HostAgent = agent_or_skip!("overlay");
+    agent.sandbox("pod").await;
+    let lower = agent.rootfs("lower");
+    let upper = agent.dir.join("upper");
+    let work = agent.dir.join("work");
+    std::fs::create_dir_all(&upper).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let mut rootfs = vmpod_agent_api::messages::Mount::new();
+    rootfs.fstype = "overlay".into();
+    rootfs.options = vec![
+        format!("lowerdir={}", lower.display()),
+        format!("upperdir={}", upper.display()),
+        format!("workdir={}", work.display()),
+    ];
+    let mut writable = spec(
+        &["sh", "-c", "echo layered > /written && cat /written"],
+        "pod",
+    );
+    writable["root"]["readonly"] = false.into();
+    agent
+        .client
+        .create_container("ov", serde_json::to_vec(&writable).unwrap(), rootfs.clone())
+        .await
+        .unwrap();
+    agent.client.start_container("ov").await.unwrap();
+    let init = ProcessId::init("ov");
+    assert_eq!(agent.read_all(&init, false).await, "layered\n");
+    assert_eq!(
+        agent.client.wait_process(&init).await.unwrap().exit_status,
+        0
+    );
+    assert_eq!(
+        std::fs::read_to_string(upper.join("written")).unwrap(),
+        "layered\n"
+    );
+    assert!(!lower.join("written").exists());
+    agent.client.remove_container("ov", false).await.unwrap();
+    assert_eq!(agent.mounts_below(&agent.state_dir), Vec::<String>::new());
+    // A type the agent does not take is refused.
+    rootfs.fstype = "ext4".into();
+    let message = refused(agent.client.create_container(
+        "bad",
+        serde_json::to_vec(&writable).unwrap(),
+        rootfs,
+    ))
+    .await;
+    assert_eq!(
+        message,
+        "rootfs: type \"ext4\" is not supported (bind or overlay)"
+    );
+}
+
+/// With a shared PID namespace, the pod's containers see each other's
+/// processes (none of them is PID 1: the sandbox holds the namespace).
+#[tokio::test]
+async fn test_shared_pid_namespace() {
+    let agent: HostAgent = agent_or_skip!("sharedpid");
+    agent
+        .client
+        .create_sandbox(&vmpod_agent_api::SandboxConfig {
+            id: "pod".into(),
+            shared_pid_namespace: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let rootfs = agent.rootfs("root");
+    agent
+        .create("a", &spec(&["sleep", "1000"], "pod"), &rootfs)
+        .await
+        .unwrap();
+    agent.client.start_container("a").await.unwrap();
+    let (status, stdout, stderr) = agent
+        .run(
+            "b",
+            &spec(&["sh", "-c", "echo self=$$; ps -o pid,comm"], "pod"),
+            &rootfs,
+        )
+        .await;
+    assert_eq!(status, 0, "{stderr}");
+    assert!(!stdout.contains("self=1\n"), "{stdout}");
+    assert!(
+        stdout.contains("sleep"),
+        "b does not see a's process: {stdout}"
+    );
+    agent.client.remove_container("a", true).await.unwrap();
+    agent.client.remove_container("b", false).await.unwrap();
+    agent.client.destroy_sandbox().await.unwrap();
+}
+
+/// The spec's seccomp profile holds in the container and in its execs:
+/// denied calls get the profile's errno, argument conditions are checked.
+#[tokio::test]
+async fn test_seccomp_profile() {
+    let agent: HostAgent = agent_or_skip!("seccomp");
+    agent.sandbox("pod").await;
+    let rootfs = agent.rootfs("root");
+    let script = "mkdir /tmp/d 2>&1; touch /tmp/f; chmod 644 /tmp/f && echo chmod-644-ok; \
+                  chmod 777 /tmp/f 2>&1; echo done";
+    let mut confined = spec(&["sh", "-c", script], "pod");
+    confined["linux"]["seccomp"] = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
+            {"names": ["chmod"], "action": "SCMP_ACT_ERRNO",
+             "args": [{"index": 1, "value": 511, "op": "SCMP_CMP_EQ"}]},
+            {"names": ["fchmodat"], "action": "SCMP_ACT_ERRNO",
+             "args": [{"index": 2, "value": 511, "op": "SCMP_CMP_EQ"}]}
+        ]
+    });
+    let (status, stdout, stderr) = agent.run("sc", &confined, &rootfs).await;
+    assert_eq!(status, 0, "{stderr}");
+    assert!(
+        stdout.contains("Permission denied"),
+        "mkdir was not denied: {stdout}"
+    );
+    assert!(stdout.contains("chmod-644-ok"), "{stdout}");
+    assert!(
+        stdout.contains("Operation not permitted"),
+        "chmod 777 was not denied: {stdout}"
+    );
+    assert!(stdout.ends_with("done\n"), "{stdout}");
+    // Without no_new_privs the filter goes in before the user changes.
+    confined["process"]["noNewPrivileges"] = false.into();
+    let (status, stdout, _) = agent.run("sc2", &confined, &rootfs).await;
+    assert_eq!(status, 0);
+    assert!(stdout.contains("Permission denied"), "{stdout}");
+}
+
+/// `linux.devices` are made with their type, numbers, mode and group, in
+/// directories made for them; namespaced sysctls are written; others are
+/// refused.
+#[tokio::test]
+async fn test_devices_and_sysctls() {
+    let agent: HostAgent = agent_or_skip!("devices");
+    agent.sandbox("pod").await;
+    let rootfs = agent.rootfs("root");
+    let mut with_devices = spec(
+        &[
+            "sh",
+            "-c",
+            "stat -c '%t:%T %a %g' /dev/mynull /dev/net/tun /dev/null; \
+             cat /proc/sys/kernel/shmmax",
+        ],
+        "pod",
+    );
+    // A node in a directory /dev lacks, and one of the default devices,
+    // which the spec's replaces (as `ctr run --privileged` lists them).
+    with_devices["linux"]["devices"] = serde_json::json!([
+        {"path": "/dev/mynull", "type": "c", "major": 1, "minor": 3, "fileMode": 416, "uid": 0, "gid": 5},
+        {"path": "/dev/net/tun", "type": "c", "major": 10, "minor": 200, "fileMode": 438},
+        {"path": "/dev/null", "type": "c", "major": 1, "minor": 3, "fileMode": 384}
+    ]);
+    with_devices["linux"]["sysctl"] = serde_json::json!({"kernel.shmmax": "12345678"});
+    let (status, stdout, stderr) = agent.run("d", &with_devices, &rootfs).await;
+    assert_eq!(status, 0, "{stderr}");
+    assert_eq!(stdout, "1:3 640 5\na:c8 666 0\n1:3 600 0\n12345678\n");
+    let mut host_wide = spec(&["true"], "pod");
+    host_wide["linux"]["sysctl"] = serde_json::json!({"kernel.panic": "1"});
+    assert_eq!(
+        refused(agent.create("s", &host_wide, &rootfs)).await,
+        "linux.sysctl: \"kernel.panic\" is not a namespaced sysctl"
+    );
+    let mut any = spec(&["true"], "pod");
+    any["linux"]["devices"] =
+        serde_json::json!([{"path": "/dev/x", "type": "a", "major": 1, "minor": 3}]);
+    assert!(refused(agent.create("a", &any, &rootfs))
+        .await
+        .contains("has type \"a\""));
+}
