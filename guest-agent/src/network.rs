@@ -15,9 +15,6 @@ use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use tokio::sync::Mutex;
 use vmpod_agent_api::messages::{IPAddress, Interface, Neighbour, Route};
 
-/// Longest interface name (IFNAMSIZ - 1).
-const MAX_NAME: usize = 15;
-
 /// An address with its prefix length.
 type Prefixed = (IpAddr, u8);
 
@@ -464,11 +461,7 @@ fn ipv6_route(
 /// and MTU within the kernel's bounds.
 fn check_interface(interface: &Interface) -> Result<([u8; 6], Vec<Prefixed>), NetworkError> {
     let mac = parse_mac(&interface.hw_addr)?;
-    if interface.name.len() > MAX_NAME
-        || interface.name.contains(['/', ' ', '\0'])
-        || interface.name == "."
-        || interface.name == ".."
-    {
+    if !interface.name.is_empty() && !vmpod_sys::ifname::is_valid(&interface.name) {
         return Err(invalid(format!(
             "interface name {:?} is not a valid name",
             interface.name
