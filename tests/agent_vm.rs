@@ -4,8 +4,12 @@
 //! creates a sandbox whose shared directory comes over virtio-fs, runs a
 //! busybox container from it with resources, reads its output and exit
 //! status, execs a second process, sees a container over its memory limit
-//! OOM-killed and reported (on hardware-virtualised hosts), and destroys
-//! the sandbox. One boot.
+//! OOM-killed and reported, and destroys the sandbox. One boot.
+//!
+//! The OOM check is tried again when its container's process died of the
+//! host fault some KVM hosts show instead (status 139 and a new fault line
+//! on the VM's console; `vmpod_integration_tests::host_faults`), and the
+//! test ends with the number of such retries.
 // An integration test crate is a test module as a whole.
 #![allow(clippy::tests_outside_test_module)]
 
@@ -16,6 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use vmpod_agent_api::messages::Mount;
 use vmpod_agent_api::{AgentClient, ProcessId, SandboxConfig, AGENT_VSOCK_PORT};
+use vmpod_integration_tests::host_faults::{ConsoleWatch, HostFault, Retries, RETRIES};
 use vmpod_integration_tests::{guest_or_skip, vmpod_vm_binary};
 
 /// Boot to a serving agent, on a host that emulates guest CPL0.
@@ -88,6 +93,46 @@ async fn read_all(client: &AgentClient, process: &ProcessId) -> String {
     }
 }
 
+/// Starts container `id`, whose process goes far over its memory limit,
+/// and checks that it is OOM-killed: its exit status, and the agent's OOM
+/// event naming it. The host fault instead when its process died of that
+/// (on `console`).
+async fn oom_killed(client: &AgentClient, id: &str, console: &Path) -> Result<(), HostFault> {
+    // dd's 32 MiB buffer, filled by one read, is charged to the
+    // container's memory cgroup far past its limit at once.
+    let mut hungry = container_spec(&["dd", "if=/dev/zero", "of=/dev/null", "bs=32M", "count=1"]);
+    hungry["linux"]["resources"]["memory"]["limit"] = (8 << 20).into();
+    let mut rootfs = Mount::new();
+    rootfs.source = format!("{SHARED}/c1/rootfs");
+    rootfs.fstype = "bind".into();
+    client
+        .create_container(id, serde_json::to_vec(&hungry).unwrap(), rootfs)
+        .await
+        .unwrap();
+    let oom_event = {
+        let client = client.clone();
+        tokio::spawn(async move { client.next_oom_event().await })
+    };
+    let watch = ConsoleWatch::start(console);
+    client.start_container(id).await.unwrap();
+    let exit = client.wait_process(&ProcessId::init(id)).await.unwrap();
+    if let Some(fault) = watch.fault(Some(exit.exit_status)) {
+        oom_event.abort();
+        client.remove_container(id, false).await.unwrap();
+        return Err(fault);
+    }
+    let console_text = std::fs::read_to_string(console).unwrap_or_default();
+    assert_eq!(exit.exit_status, 128 + 9, "console:\n{console_text}");
+    let event = tokio::time::timeout(Duration::from_secs(30), oom_event)
+        .await
+        .expect("no OOM event")
+        .unwrap()
+        .unwrap();
+    assert_eq!(event, id);
+    client.remove_container(id, false).await.unwrap();
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_agent_runs_containers_in_the_vm() {
     let Some(guest) = guest_or_skip("test_agent_runs_containers_in_the_vm") else {
@@ -106,6 +151,7 @@ async fn test_agent_runs_containers_in_the_vm() {
             return;
         }
     };
+    let faults = Retries::new("test_agent_runs_containers_in_the_vm");
     let work = std::env::temp_dir().join(format!("vmpod-agent-vm-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let share = work.join("share");
@@ -269,43 +315,25 @@ async fn test_agent_runs_containers_in_the_vm() {
     client.remove_container("c1", false).await.unwrap();
 
     // Over its memory limit, a container is OOM-killed: the agent reports
-    // the event and the exit. Not on hosts whose KVM emulates guest CPL0
-    // (kvm_pvm): there a guest process at its memory cgroup limit was seen
-    // dying of a general protection fault in user code (a TLS read) before
-    // the OOM killer ran, in 4 of 7 runs with three different workloads.
-    if Path::new("/sys/module/kvm_pvm").exists() {
-        eprintln!(
-            "SKIP OOM check in the VM: this host's KVM (kvm_pvm) emulates guest CPL0, where a \
-             process at its memory limit dies of a GP fault before the OOM killer acts; \
-             GetOOMEvent is checked on hardware-virtualised hosts"
-        );
-    } else {
-        // dd's 32 MiB buffer, filled by one read, is charged to the
-        // container's memory cgroup far past its limit at once.
-        let mut hungry =
-            container_spec(&["dd", "if=/dev/zero", "of=/dev/null", "bs=32M", "count=1"]);
-        hungry["linux"]["resources"]["memory"]["limit"] = (8 << 20).into();
-        let mut rootfs = Mount::new();
-        rootfs.source = format!("{SHARED}/c1/rootfs");
-        rootfs.fstype = "bind".into();
-        client
-            .create_container("oom", serde_json::to_vec(&hungry).unwrap(), rootfs)
-            .await
-            .unwrap();
-        let oom_event = {
-            let client = client.clone();
-            tokio::spawn(async move { client.next_oom_event().await })
-        };
-        client.start_container("oom").await.unwrap();
-        let exit = client.wait_process(&ProcessId::init("oom")).await.unwrap();
-        assert_eq!(exit.exit_status, 128 + 9, "console:\n{}", console_text());
-        let event = tokio::time::timeout(Duration::from_secs(30), oom_event)
-            .await
-            .expect("no OOM event")
-            .unwrap()
-            .unwrap();
-        assert_eq!(event, "oom");
-        client.remove_container("oom", false).await.unwrap();
+    // the event and the exit. On a host that shows the host fault, a
+    // process at its memory limit was seen dying of it before the OOM
+    // killer ran (4 of 7 runs, three workloads): then it is tried again,
+    // and if it never got through, said in one line.
+    let mut attempt = 0;
+    let oom = loop {
+        match oom_killed(&client, &format!("oom-{attempt}"), &console).await {
+            Err(fault) if attempt < RETRIES => faults.again("the OOM check", &fault),
+            outcome => break outcome,
+        }
+        attempt += 1;
+    };
+    let attempts = attempt + 1;
+    match oom {
+        Ok(()) => eprintln!("OOM check: the OOM kill and its event seen (attempt {attempts})"),
+        Err(fault) => eprintln!(
+            "OOM check not verified: the container's process died of the host fault in all \
+             {attempts} attempts, the last: {fault}"
+        ),
     }
     client.destroy_sandbox().await.unwrap();
     eprintln!(

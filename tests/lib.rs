@@ -4,6 +4,8 @@
 //! ([`containerd`]).
 
 pub mod containerd;
+pub mod events;
+pub mod host_faults;
 pub mod netns;
 
 use std::path::PathBuf;

@@ -12,6 +12,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use vmpod_integration_tests::containerd::{Containerd, RUNTIME};
+use vmpod_integration_tests::host_faults::{pod_console, ConsoleWatch};
 
 fn main() -> ExitCode {
     match run() {
@@ -37,11 +38,14 @@ fn run() -> Result<ExitCode, String> {
     let work = std::env::temp_dir().join(format!("vmpod-run-{}", std::process::id()));
     let mut containerd = Containerd::with_vmpod_shim(&work, "", true)?;
     let image = containerd.import_busybox()?;
+    let console = pod_console(&work.join("pods"), "vmpod-run");
     eprintln!(
         "pod_run: booting a pod VM for {command:?} (about a minute where guest CPL0 is emulated); \
-         its console: {}/pods/vmpod-test/vmpod-run/console.log",
-        work.display()
+         its console: {}",
+        console.display()
     );
+    // Followed while the pod lives: `--rm` removes its directory.
+    let watch = ConsoleWatch::start(&console);
     let mut args = vec!["run", "--rm", "--runtime", RUNTIME];
     if terminal {
         args.push("-t");
@@ -52,10 +56,10 @@ fn run() -> Result<ExitCode, String> {
         .ctr_command(&args)
         .status()
         .map_err(|e| format!("ctr: {e}"))?;
-    if status.code() == Some(139) && std::path::Path::new("/sys/module/kvm_pvm").exists() {
+    if let Some(fault) = watch.fault(status.code()) {
         eprintln!(
-            "pod_run: the command died of a general protection fault; on this kvm_pvm host that \
-             is a known host fault (README, \"Known host faults\"): run it again"
+            "pod_run: the command died of the host fault some KVM hosts show ({fault}; \
+             docs/kvm-hosts.md, \"Known host faults\"): run it again"
         );
     }
     containerd.stop()?;
