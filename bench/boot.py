@@ -65,7 +65,7 @@ MEMORY_MIB = 256
 INIT_LINE = "vmpod-test-init: started"
 # The same line for both VMMs; vmpod adds nothing to it with --cpu-template
 # host. The switches after panic=1 keep the guest off instructions that
-# emulating KVM hosts cannot run (see docs kvm-hosts.md).
+# emulating KVM hosts cannot run (see docs/kvm-hosts.md, "What a Linux guest needs there").
 CMDLINE = "console=ttyS0 reboot=k panic=1 noxsave clearcpuid=smap,smep,pku,xsave,popcnt,cx16"
 
 QEMU = "qemu-system-x86_64"
