@@ -188,7 +188,7 @@ async fn test_exec_signals_pause_and_stats() {
     );
 
     let process = serde_json::json!({
-        "args": ["sh", "-c", "echo pid=$$ host=$(hostname) cwd=$(pwd) id=$(id -u):$(id -g):$(id -G); ps -o pid,comm | grep -c sleep >/dev/null && echo sees-init; cat /proc/self/cgroup"],
+        "args": ["sh", "-c", "echo pid=$$ host=$(hostname) cwd=$(pwd) id=$(id -u):$(id -g):$(id -G); ps -o pid,comm | grep -q '^ *1 sh$' && echo sees-init; cat /proc/self/cgroup"],
         "env": ["PATH=/bin"],
         "cwd": "/tmp",
         "user": {"uid": 65534, "gid": 65534, "additionalGids": [5, 65534]}
