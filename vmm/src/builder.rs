@@ -61,7 +61,7 @@ pub enum BuildMicrovmError {
     KernelRead {
         /// The image.
         path: PathBuf,
-        /// Why.
+        /// The open or read error (missing file, no permission, I/O).
         #[source]
         source: std::io::Error,
     },
@@ -86,7 +86,7 @@ pub enum BuildMicrovmError {
     InitrdRead {
         /// The file.
         path: PathBuf,
-        /// Why.
+        /// The open or read error (missing file, no permission, I/O).
         #[source]
         source: std::io::Error,
     },
@@ -125,7 +125,7 @@ pub enum BuildMicrovmError {
     SerialFile {
         /// The file.
         path: PathBuf,
-        /// Why.
+        /// The create error (missing directory, no permission).
         #[source]
         source: std::io::Error,
     },
@@ -481,23 +481,7 @@ pub fn build_microvm(config: &VmConfig, launched: Instant) -> Result<Microvm, Bu
     }
     let mem = create_guest_memory(config.memory_mib << 20)?;
 
-    // The probe (milliseconds where CPL0 is emulated) overlaps with loading.
-    let (template, images) = std::thread::scope(|s| {
-        let probe = s.spawn(|| resolve_cpu_template(&kvm, config.cpu_template));
-        let images = load_images(&mem, config);
-        let template = probe
-            .join()
-            .unwrap_or_else(|_| Err(ProbeError::UnexpectedExit("probe panicked".into()).into()));
-        (template, images)
-    });
-    let template = template?;
-    let (kernel, initrd) = images?;
-    if template == CpuTemplate::EmulatedSupervisor && config.vcpus > 1 {
-        tracing::warn!(
-            "on hosts that emulate guest CPL0 a secondary vCPU never leaves INIT/SIPI: \
-             expect the guest to stall at SMP bring-up; use --vcpus 1 here"
-        );
-    }
+    let (template, kernel, initrd) = probe_and_load(&kvm, &mem, config)?;
     tracing::debug!("probe and images done after {:?}", launched.elapsed());
 
     let virtio = create_virtio_devices(config)?;
@@ -536,13 +520,7 @@ pub fn build_microvm(config: &VmConfig, launched: Instant) -> Result<Microvm, Bu
         subscribers.push(subscriber);
     }
 
-    let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
-    for index in 0..config.vcpus {
-        let vcpu = Vcpu::new(&vm, index)?;
-        let cpuid = build_vcpu_cpuid(kvm.supported_cpuid(), template, index, config.vcpus)?;
-        vcpu.configure(&cpuid, (index == 0).then_some(kernel.entry))?;
-        vcpus.push(vcpu);
-    }
+    let vcpus = create_vcpus(&kvm, &vm, template, config.vcpus, &kernel)?;
     tracing::debug!("vCPUs configured after {:?}", launched.elapsed());
     let cmdline = cmdline
         .as_cstring()
@@ -559,6 +537,51 @@ pub fn build_microvm(config: &VmConfig, launched: Instant) -> Result<Microvm, Bu
         cmdline,
         subscribers,
     ))
+}
+
+/// Resolves the CPU template while the kernel and initrd load: the probe
+/// takes milliseconds where CPL0 is emulated, and overlaps with loading.
+fn probe_and_load(
+    kvm: &KvmContext,
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+) -> Result<(CpuTemplate, LoadedKernel, Option<InitrdRegion>), BuildMicrovmError> {
+    let (template, images) = std::thread::scope(|s| {
+        let probe = s.spawn(|| resolve_cpu_template(kvm, config.cpu_template));
+        let images = load_images(mem, config);
+        let template = probe
+            .join()
+            .unwrap_or_else(|_| Err(ProbeError::UnexpectedExit("probe panicked".into()).into()));
+        (template, images)
+    });
+    let template = template?;
+    let (kernel, initrd) = images?;
+    if template == CpuTemplate::EmulatedSupervisor && config.vcpus > 1 {
+        tracing::warn!(
+            "on hosts that emulate guest CPL0 a secondary vCPU never leaves INIT/SIPI: \
+             expect the guest to stall at SMP bring-up; use --vcpus 1 here"
+        );
+    }
+    Ok((template, kernel, initrd))
+}
+
+/// Creates `count` vCPUs with the CPUID of `template`; the first starts at
+/// the kernel's entry point.
+fn create_vcpus(
+    kvm: &KvmContext,
+    vm: &Vm,
+    template: CpuTemplate,
+    count: u8,
+    kernel: &LoadedKernel,
+) -> Result<Vec<Vcpu>, BuildMicrovmError> {
+    let mut vcpus = Vec::with_capacity(usize::from(count));
+    for index in 0..count {
+        let vcpu = Vcpu::new(vm, index)?;
+        let cpuid = build_vcpu_cpuid(kvm.supported_cpuid(), template, index, count)?;
+        vcpu.configure(&cpuid, (index == 0).then_some(kernel.entry))?;
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
 }
 
 fn load_images(

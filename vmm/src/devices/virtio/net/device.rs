@@ -29,8 +29,9 @@ use crate::devices::virtio::device::{
     read_config_space, ActivateError, QueueSet, VirtioDevice, VirtioInterrupt,
 };
 use crate::devices::virtio::ids::VIRTIO_ID_NET;
+use crate::devices::virtio::iovec::{ReadableBuffers, WritableBuffers};
 use crate::devices::virtio::{feature, VIRTIO_F_VERSION_1};
-use crate::vstate::memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
+use crate::vstate::memory::{GuestMemory, GuestMemoryMmap};
 
 /// Errors creating a network device.
 #[derive(Debug, thiserror::Error)]
@@ -269,48 +270,27 @@ where
     M: std::ops::Deref + Clone,
     M::Target: GuestMemory,
 {
-    buf.clear();
-    for desc in chain {
-        let len = desc.len() as usize;
-        if desc.is_write_only() || buf.len() + len > MAX_FRAME_LEN {
-            return None;
-        }
-        let start = buf.len();
-        buf.resize(start + len, 0);
-        mem.read_slice(buf.get_mut(start..)?, desc.addr()).ok()?;
-    }
+    let buffers = ReadableBuffers::new(mem, chain, MAX_FRAME_LEN)
+        .inspect_err(|err| tracing::debug!("virtio-net: transmit chain dropped: {err}"))
+        .ok()?;
+    buffers.read_to_vec(mem, buf).ok()?;
     (buf.len() >= VNET_HDR_LEN).then_some(())
 }
 
 /// Copies `frame` into a receive chain's buffers; `None` if the chain is
 /// malformed or too small.
-fn scatter<M>(mem: &GuestMemoryMmap, chain: DescriptorChain<M>, mut frame: &[u8]) -> Option<()>
+fn scatter<M>(mem: &GuestMemoryMmap, chain: DescriptorChain<M>, frame: &[u8]) -> Option<()>
 where
     M: std::ops::Deref + Clone,
     M::Target: GuestMemory,
 {
-    let mut buffers: Vec<(GuestAddress, usize)> = Vec::new();
-    let mut room = 0usize;
-    for desc in chain {
-        if !desc.is_write_only() || !mem.check_range(desc.addr(), desc.len() as usize) {
-            return None;
-        }
-        buffers.push((desc.addr(), desc.len() as usize));
-        room = room.saturating_add(desc.len() as usize);
-        if room >= frame.len() {
-            break;
-        }
-    }
-    if room < frame.len() {
+    let buffers = WritableBuffers::up_to(mem, chain, frame.len())
+        .inspect_err(|err| tracing::debug!("virtio-net: receive chain dropped: {err}"))
+        .ok()?;
+    if buffers.capacity() < frame.len() {
         return None;
     }
-    for (addr, len) in buffers {
-        let n = len.min(frame.len());
-        let (chunk, rest) = frame.split_at(n);
-        mem.write_slice(chunk, addr).ok()?;
-        frame = rest;
-    }
-    Some(())
+    (buffers.write_at(mem, 0, frame).ok()? == frame.len()).then_some(())
 }
 
 /// A random locally administered unicast MAC.
@@ -359,9 +339,7 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, queues: QueueSet) -> Result<(), ActivateError> {
-        if queues.queues.len() != 2 {
-            return Err(ActivateError::QueueNotReady(queues.queues.len()));
-        }
+        queues.expect_queues(2)?;
         self.active = Some(queues);
         self.process_tx();
         self.process_rx();
@@ -376,67 +354,20 @@ impl VirtioDevice for Net {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::fd::OwnedFd;
 
     use virtio_queue::mock::MockSplitQueue;
 
     use super::*;
     use crate::devices::virtio::test_utils::{
-        chain, guest_memory, queue_set, readable, writable, DATA,
+        chain, guest_memory, queue_set, readable, writable, PairBackend, DATA,
     };
-    use crate::vstate::memory::Address;
-
-    /// One end of a datagram socket pair standing in for the tap.
-    #[derive(Debug)]
-    struct PairBackend(OwnedFd);
-
-    impl AsRawFd for PairBackend {
-        fn as_raw_fd(&self) -> RawFd {
-            self.0.as_raw_fd()
-        }
-    }
-
-    impl NetBackend for PairBackend {
-        fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            // SAFETY: the pointer and length describe the live `buf`.
-            let n = unsafe {
-                libc::recv(
-                    self.0.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(n.unsigned_abs())
-        }
-
-        fn write_frame(&mut self, frame: &[u8]) -> std::io::Result<usize> {
-            // SAFETY: the pointer and length describe the live `frame`.
-            let n =
-                unsafe { libc::send(self.0.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-            if n < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(n.unsigned_abs())
-        }
-    }
+    use crate::vstate::memory::{Address, Bytes, GuestAddress};
 
     /// A device on one end of a socket pair; the other end is the "host".
     fn device() -> (Net, OwnedFd) {
-        let mut fds = [0; 2];
-        // SAFETY: socketpair writes two descriptors into `fds`.
-        let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM, 0, fds.as_mut_ptr()) };
-        assert_eq!(rc, 0);
-        // SAFETY: both descriptors are fresh and owned here.
-        let (ours, host) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let net = Net::with_backend(
-            Box::new(PairBackend(ours)),
-            Some(MacAddr([2, 0, 0, 0, 0, 9])),
-        )
-        .unwrap();
+        let (ours, host) = PairBackend::pair();
+        let net = Net::with_backend(Box::new(ours), Some(MacAddr([2, 0, 0, 0, 0, 9]))).unwrap();
         (net, host)
     }
 

@@ -84,11 +84,11 @@ impl MutEventSubscriber for Vsock {
                     self.process_tx();
                 }
             }
-            LISTENER_EVENT => self.accept_all(),
-            TIMER_EVENT => self.expire_handshakes(),
+            LISTENER_EVENT => self.muxer.accept_all(),
+            TIMER_EVENT => self.muxer.expire_handshakes(),
             data => {
                 let fd = data.wrapping_sub(STREAM_BASE) as i32;
-                self.stream_ready(
+                self.muxer.stream_ready(
                     fd,
                     set.contains(EventSet::IN),
                     set.contains(EventSet::OUT),
