@@ -109,9 +109,10 @@ pub enum BuildMicrovmError {
         /// The limit.
         max: usize,
     },
-    /// The command line has characters the kernel cannot take.
-    #[error("Invalid kernel command line: {0}")]
-    CmdlineInvalid(String),
+    /// The command line has characters the kernel cannot take, or cannot
+    /// be written to guest memory.
+    #[error("Invalid kernel command line")]
+    CmdlineInvalid(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// More vCPUs than KVM allows on this host.
     #[error("{asked} vCPUs are more than KVM allows on this host ({max})")]
     TooManyVcpus {
@@ -350,12 +351,12 @@ pub fn build_cmdline(
             max: CMDLINE_MAX_SIZE - 1,
         });
     }
-    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE)
-        .map_err(|e| BuildMicrovmError::CmdlineInvalid(e.to_string()))?;
+    let mut cmdline =
+        Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BuildMicrovmError::CmdlineInvalid(e.into()))?;
     if !text.is_empty() {
         cmdline
             .insert_str(&text)
-            .map_err(|e| BuildMicrovmError::CmdlineInvalid(e.to_string()))?;
+            .map_err(|e| BuildMicrovmError::CmdlineInvalid(e.into()))?;
     }
     Ok(cmdline)
 }
@@ -490,11 +491,11 @@ pub fn build_microvm(config: &VmConfig, launched: Instant) -> Result<Microvm, Bu
     let cmdline = build_cmdline(&config.cmdline, template, &switches)?;
     let cmdline_len = cmdline
         .as_cstring()
-        .map_err(|e| BuildMicrovmError::CmdlineInvalid(e.to_string()))?
+        .map_err(|e| BuildMicrovmError::CmdlineInvalid(e.into()))?
         .as_bytes()
         .len();
     load_cmdline(&mem, GuestAddress(CMDLINE_START), &cmdline)
-        .map_err(|e| BuildMicrovmError::CmdlineInvalid(e.to_string()))?;
+        .map_err(|e| BuildMicrovmError::CmdlineInvalid(e.into()))?;
     write_boot_params(
         &mem,
         kernel.entry.protocol,

@@ -176,3 +176,20 @@ pub trait VirtioDevice: Send {
     /// Stops the device and forgets its queues (driver reset).
     fn reset(&mut self);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::test_utils::{guest_memory, queue_set, DriverQueue};
+
+    #[test]
+    fn test_expect_queues_names_the_queue_index() {
+        let mem = guest_memory();
+        let queues = |n: u64| (0..n).map(|i| DriverQueue::new(i * DriverQueue::SPAN).queue());
+        let set = queue_set(mem.clone(), queues(1).collect());
+        assert_eq!(set.expect_queues(1), Ok(()));
+        assert_eq!(set.expect_queues(3), Err(ActivateError::QueueNotReady(1)));
+        let set = queue_set(mem, queues(3).collect());
+        assert_eq!(set.expect_queues(2), Err(ActivateError::UnknownQueue(2)));
+    }
+}

@@ -261,3 +261,125 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An established connection whose guest gave `buf_alloc` of credit,
+    /// and the host's end of its stream.
+    fn established(buf_alloc: u32) -> (Conn, UnixStream) {
+        let (ours, host) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut conn = Conn::new(ours, State::Established);
+        conn.update_peer_credit(&Header {
+            buf_alloc,
+            ..Header::default()
+        });
+        (conn, host)
+    }
+
+    #[test]
+    fn test_guest_data_reaches_the_host_within_credit() {
+        let (mut conn, mut host) = established(4096);
+        assert_eq!(conn.on_guest_packet(op::RW, 1, b"hello"), Reply::Nothing);
+        let mut got = [0u8; 5];
+        host.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello");
+        assert_eq!(conn.fwd_cnt, 5);
+    }
+
+    #[test]
+    fn test_guest_data_over_its_credit_resets() {
+        let (mut conn, _host) = established(4096);
+        // The host does not read: the stream's buffer fills, the rest is
+        // held, and what is held cannot pass the credit given.
+        let chunk = vec![0u8; MAX_PKT_PAYLOAD as usize];
+        let mut reply = Reply::Nothing;
+        for _ in 0..=(2 * CONN_BUF_ALLOC / MAX_PKT_PAYLOAD + 64) {
+            reply = conn.on_guest_packet(op::RW, 1, &chunk);
+            if reply == Reply::Reset {
+                break;
+            }
+        }
+        assert_eq!(reply, Reply::Reset);
+    }
+
+    #[test]
+    fn test_packets_out_of_state_reset() {
+        let (mut conn, _host) = established(4096);
+        assert_eq!(conn.on_guest_packet(op::RESPONSE, 1, &[]), Reply::Reset);
+        let (ours, _host) = UnixStream::pair().unwrap();
+        let mut waiting = Conn::new(ours, State::AwaitingResponse);
+        assert_eq!(waiting.on_guest_packet(op::RW, 1, b"early"), Reply::Reset);
+    }
+
+    #[test]
+    fn test_accepted_host_connection_is_told_ok() {
+        let (ours, mut host) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(ours, State::AwaitingResponse);
+        let reply = conn.on_guest_packet(op::RESPONSE, 1_073_741_824, &[]);
+        assert_eq!(
+            reply,
+            Reply::Connected {
+                reply_failed: false
+            }
+        );
+        assert_eq!(conn.state, State::Established);
+        let mut line = [0u8; 14];
+        host.read_exact(&mut line).unwrap();
+        assert_eq!(&line, b"OK 1073741824\n");
+    }
+
+    #[test]
+    fn test_shutdown_and_reset_close() {
+        let (mut conn, _host) = established(4096);
+        assert_eq!(
+            conn.on_guest_packet(op::SHUTDOWN, 1, &[]),
+            Reply::AcknowledgeShutdown
+        );
+        assert_eq!(conn.on_guest_packet(op::RST, 1, &[]), Reply::Close);
+        assert_eq!(
+            conn.on_guest_packet(op::CREDIT_REQUEST, 1, &[]),
+            Reply::CreditUpdate
+        );
+    }
+
+    #[test]
+    fn test_host_data_waits_for_guest_credit() {
+        let (mut conn, mut host) = established(0);
+        host.write_all(b"for the guest").unwrap();
+        assert_eq!(conn.read_host_data(), HostRead::Ready);
+        assert!(!conn.has_data_for_guest(), "read without credit");
+        conn.update_peer_credit(&Header {
+            buf_alloc: 4,
+            ..Header::default()
+        });
+        assert_eq!(conn.read_host_data(), HostRead::Ready);
+        assert_eq!(conn.data_for_guest(), b"for ");
+        conn.sent_to_guest(4, 0);
+        assert_eq!(conn.peer_credit(), 0);
+        // The guest consumed those 4 bytes and has room for 64.
+        conn.update_peer_credit(&Header {
+            buf_alloc: 64,
+            fwd_cnt: 4,
+            ..Header::default()
+        });
+        assert_eq!(conn.read_host_data(), HostRead::Ready);
+        assert_eq!(conn.data_for_guest(), b"the guest");
+        conn.sent_to_guest(9, 0);
+        drop(host);
+        assert_eq!(conn.read_host_data(), HostRead::Closed);
+    }
+
+    #[test]
+    fn test_connect_line_is_read_across_writes() {
+        let (ours, mut host) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut conn = Conn::new(ours, State::Handshake);
+        host.write_all(b"CONNECT 5").unwrap();
+        assert_eq!(conn.read_connect_line(), Handshake::Incomplete);
+        host.write_all(b"2\n").unwrap();
+        assert_eq!(conn.read_connect_line(), Handshake::Port(52));
+    }
+}
