@@ -11,8 +11,6 @@
 //! answered with a reset (except resets). A guest that sends more than the
 //! credit it was given gets its connection reset.
 
-use std::os::fd::RawFd;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use virtio_queue::{DescriptorChain, QueueT};
@@ -176,24 +174,6 @@ impl Vsock {
         }
         self.active = Some(active);
     }
-
-    pub(super) fn listener_fd(&self) -> RawFd {
-        self.muxer.listener_fd()
-    }
-
-    pub(super) fn timer_fd(&self) -> RawFd {
-        self.muxer.timer_fd()
-    }
-
-    /// Streams whose watch must change (see [`Muxer::watch_changes`]).
-    pub(super) fn watch_changes(&mut self) -> Vec<(RawFd, Option<bool>, Option<bool>)> {
-        self.muxer.watch_changes()
-    }
-
-    /// Closed streams: `(fd, was watched)`; they close when dropped.
-    pub(super) fn take_closing(&mut self) -> Vec<(UnixStream, bool)> {
-        self.muxer.take_closing()
-    }
 }
 
 /// A tx chain as header and payload; `None` if malformed.
@@ -285,6 +265,7 @@ impl VirtioDevice for Vsock {
 #[cfg(test)]
 pub(super) mod tests {
     use std::io::{ErrorKind, Read, Write};
+    use std::os::unix::net::UnixStream;
     use std::path::PathBuf;
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
