@@ -25,6 +25,6 @@ fuzz_target!(|data: &[u8]| {
     let readonly = data.first().is_some_and(|b| b & 0x80 != 0);
     let mut disk = Block::new(image(), readonly).expect("scratch image opens");
     // Activation serves whatever is already queued.
-    let _ = disk.activate(queue_set(mem, vec![queue], 0));
+    let _ = disk.activate(queue_set(mem, vec![queue]));
     disk.process_queue();
 });

@@ -42,5 +42,5 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // Activation serves whatever is queued (on the hiprio queue here).
-    let _ = fs.activate(queue_set(mem, vec![hiprio, requests], 0));
+    let _ = fs.activate(queue_set(mem, vec![hiprio, requests]));
 });

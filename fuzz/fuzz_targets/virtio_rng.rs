@@ -11,6 +11,6 @@ fuzz_target!(|data: &[u8]| {
     let (mem, queue) = guest_with_queue(data);
     let mut rng = Entropy::new().expect("entropy device");
     // Activation serves whatever is already queued.
-    let _ = rng.activate(queue_set(mem, vec![queue], 0));
+    let _ = rng.activate(queue_set(mem, vec![queue]));
     rng.process_queue();
 });

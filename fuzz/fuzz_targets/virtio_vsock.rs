@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     let (mem, rx) = guest_with_queue(data);
     let (_, tx) = guest_with_queue(data);
     let (_, events) = guest_with_queue(&[]);
-    let _ = vsock.activate(queue_set(mem, vec![rx, tx, events], 0));
+    let _ = vsock.activate(queue_set(mem, vec![rx, tx, events]));
     vsock.process_tx();
     vsock.process_rx();
 });

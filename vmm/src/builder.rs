@@ -61,7 +61,7 @@ pub enum BuildMicrovmError {
     KernelRead {
         /// The image.
         path: PathBuf,
-        /// Why.
+        /// The open or read error (missing file, no permission, I/O).
         #[source]
         source: std::io::Error,
     },
@@ -86,7 +86,7 @@ pub enum BuildMicrovmError {
     InitrdRead {
         /// The file.
         path: PathBuf,
-        /// Why.
+        /// The open or read error (missing file, no permission, I/O).
         #[source]
         source: std::io::Error,
     },
@@ -109,9 +109,10 @@ pub enum BuildMicrovmError {
         /// The limit.
         max: usize,
     },
-    /// The command line has characters the kernel cannot take.
-    #[error("Invalid kernel command line: {0}")]
-    CmdlineInvalid(String),
+    /// The command line has characters the kernel cannot take, or cannot
+    /// be written to guest memory.
+    #[error("Invalid kernel command line")]
+    CmdlineInvalid(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// More vCPUs than KVM allows on this host.
     #[error("{asked} vCPUs are more than KVM allows on this host ({max})")]
     TooManyVcpus {
@@ -125,7 +126,7 @@ pub enum BuildMicrovmError {
     SerialFile {
         /// The file.
         path: PathBuf,
-        /// Why.
+        /// The create error (missing directory, no permission).
         #[source]
         source: std::io::Error,
     },
@@ -350,12 +351,12 @@ pub fn build_cmdline(
             max: CMDLINE_MAX_SIZE - 1,
         });
     }
-    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE)
-        .map_err(|e| BuildMicrovmError::CmdlineInvalid(e.to_string()))?;
+    let mut cmdline =
+        Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BuildMicrovmError::CmdlineInvalid(e.into()))?;
     if !text.is_empty() {
         cmdline
             .insert_str(&text)
-            .map_err(|e| BuildMicrovmError::CmdlineInvalid(e.to_string()))?;
+            .map_err(|e| BuildMicrovmError::CmdlineInvalid(e.into()))?;
     }
     Ok(cmdline)
 }
@@ -481,23 +482,7 @@ pub fn build_microvm(config: &VmConfig, launched: Instant) -> Result<Microvm, Bu
     }
     let mem = create_guest_memory(config.memory_mib << 20)?;
 
-    // The probe (milliseconds where CPL0 is emulated) overlaps with loading.
-    let (template, images) = std::thread::scope(|s| {
-        let probe = s.spawn(|| resolve_cpu_template(&kvm, config.cpu_template));
-        let images = load_images(&mem, config);
-        let template = probe
-            .join()
-            .unwrap_or_else(|_| Err(ProbeError::UnexpectedExit("probe panicked".into()).into()));
-        (template, images)
-    });
-    let template = template?;
-    let (kernel, initrd) = images?;
-    if template == CpuTemplate::EmulatedSupervisor && config.vcpus > 1 {
-        tracing::warn!(
-            "on hosts that emulate guest CPL0 a secondary vCPU never leaves INIT/SIPI: \
-             expect the guest to stall at SMP bring-up; use --vcpus 1 here"
-        );
-    }
+    let (template, kernel, initrd) = probe_and_load(&kvm, &mem, config)?;
     tracing::debug!("probe and images done after {:?}", launched.elapsed());
 
     let virtio = create_virtio_devices(config)?;
@@ -506,11 +491,11 @@ pub fn build_microvm(config: &VmConfig, launched: Instant) -> Result<Microvm, Bu
     let cmdline = build_cmdline(&config.cmdline, template, &switches)?;
     let cmdline_len = cmdline
         .as_cstring()
-        .map_err(|e| BuildMicrovmError::CmdlineInvalid(e.to_string()))?
+        .map_err(|e| BuildMicrovmError::CmdlineInvalid(e.into()))?
         .as_bytes()
         .len();
     load_cmdline(&mem, GuestAddress(CMDLINE_START), &cmdline)
-        .map_err(|e| BuildMicrovmError::CmdlineInvalid(e.to_string()))?;
+        .map_err(|e| BuildMicrovmError::CmdlineInvalid(e.into()))?;
     write_boot_params(
         &mem,
         kernel.entry.protocol,
@@ -536,13 +521,7 @@ pub fn build_microvm(config: &VmConfig, launched: Instant) -> Result<Microvm, Bu
         subscribers.push(subscriber);
     }
 
-    let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
-    for index in 0..config.vcpus {
-        let vcpu = Vcpu::new(&vm, index)?;
-        let cpuid = build_vcpu_cpuid(kvm.supported_cpuid(), template, index, config.vcpus)?;
-        vcpu.configure(&cpuid, (index == 0).then_some(kernel.entry))?;
-        vcpus.push(vcpu);
-    }
+    let vcpus = create_vcpus(&kvm, &vm, template, config.vcpus, &kernel)?;
     tracing::debug!("vCPUs configured after {:?}", launched.elapsed());
     let cmdline = cmdline
         .as_cstring()
@@ -559,6 +538,51 @@ pub fn build_microvm(config: &VmConfig, launched: Instant) -> Result<Microvm, Bu
         cmdline,
         subscribers,
     ))
+}
+
+/// Resolves the CPU template while the kernel and initrd load: the probe
+/// takes milliseconds where CPL0 is emulated, and overlaps with loading.
+fn probe_and_load(
+    kvm: &KvmContext,
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+) -> Result<(CpuTemplate, LoadedKernel, Option<InitrdRegion>), BuildMicrovmError> {
+    let (template, images) = std::thread::scope(|s| {
+        let probe = s.spawn(|| resolve_cpu_template(kvm, config.cpu_template));
+        let images = load_images(mem, config);
+        let template = probe
+            .join()
+            .unwrap_or_else(|_| Err(ProbeError::UnexpectedExit("probe panicked".into()).into()));
+        (template, images)
+    });
+    let template = template?;
+    let (kernel, initrd) = images?;
+    if template == CpuTemplate::EmulatedSupervisor && config.vcpus > 1 {
+        tracing::warn!(
+            "on hosts that emulate guest CPL0 a secondary vCPU never leaves INIT/SIPI: \
+             expect the guest to stall at SMP bring-up; use --vcpus 1 here"
+        );
+    }
+    Ok((template, kernel, initrd))
+}
+
+/// Creates `count` vCPUs with the CPUID of `template`; the first starts at
+/// the kernel's entry point.
+fn create_vcpus(
+    kvm: &KvmContext,
+    vm: &Vm,
+    template: CpuTemplate,
+    count: u8,
+    kernel: &LoadedKernel,
+) -> Result<Vec<Vcpu>, BuildMicrovmError> {
+    let mut vcpus = Vec::with_capacity(usize::from(count));
+    for index in 0..count {
+        let vcpu = Vcpu::new(vm, index)?;
+        let cpuid = build_vcpu_cpuid(kvm.supported_cpuid(), template, index, count)?;
+        vcpu.configure(&cpuid, (index == 0).then_some(kernel.entry))?;
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
 }
 
 fn load_images(

@@ -242,7 +242,7 @@ pub enum ConfigError {
     ReadFile {
         /// The file.
         path: PathBuf,
-        /// Why.
+        /// The open or read error (missing file, no permission, not UTF-8).
         #[source]
         source: std::io::Error,
     },

@@ -462,7 +462,7 @@ mod tests {
     }
 
     #[test]
-    fn finds_power_off_argument_after_program_name() {
+    fn test_finds_power_off_argument_after_program_name() {
         assert!(argv_has_power_off(&[c"/init", c"poweroff"]));
         assert!(argv_has_power_off(&[c"/init", c"quiet", c"poweroff"]));
         assert!(!argv_has_power_off(&[c"/init"]));
@@ -471,7 +471,7 @@ mod tests {
     }
 
     #[test]
-    fn counts_cpu_lists() {
+    fn test_counts_cpu_lists() {
         assert_eq!(count_cpus("0\n"), Some(1));
         assert_eq!(count_cpus("0-1\n"), Some(2));
         assert_eq!(count_cpus("0,2-3"), Some(3));
@@ -479,20 +479,20 @@ mod tests {
     }
 
     #[test]
-    fn lists_filesystem_names() {
+    fn test_lists_filesystem_names() {
         let text = "nodev\tsysfs\nnodev\ttmpfs\n\text4\nnodev\toverlay\n";
         assert_eq!(super::filesystem_names(text), "sysfs tmpfs ext4 overlay");
         assert_eq!(super::filesystem_names(""), "");
     }
 
     #[test]
-    fn hex_is_two_lower_case_digits_per_byte() {
+    fn test_hex_is_two_lower_case_digits_per_byte() {
         assert_eq!(super::hex(&[0x00, 0xab, 0x7f]), "00ab7f");
         assert_eq!(super::hex(&[]), "");
     }
 
     #[test]
-    fn rejects_garbage() {
+    fn test_count_cpus_rejects_garbage() {
         assert_eq!(count_cpus(""), None);
         assert_eq!(count_cpus("x"), None);
         assert_eq!(count_cpus("3-1"), None);

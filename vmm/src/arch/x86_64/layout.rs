@@ -52,8 +52,6 @@ pub const IOAPIC_START: u64 = 0xfec0_0000;
 pub const APIC_START: u64 = 0xfee0_0000;
 /// Number of IO-APIC pins (KVM's in-kernel IO-APIC has 24).
 pub const IOAPIC_PINS: u32 = 24;
-/// i8042 keyboard controller interrupt.
-pub const I8042_GSI: u32 = 1;
 /// COM1 interrupt.
 pub const SERIAL_GSI: u32 = 4;
 /// First interrupt given to virtio devices.

@@ -206,9 +206,10 @@ fn check_fits(len: usize) -> Result<(), MptableError> {
     }
 }
 
-/// The floating pointer and the configuration table for `num_cpus` vCPUs (1..=`MAX_VCPUS`), as
-/// the guest sees them from `MPTABLE_START` on.
-fn build_table(num_cpus: u8) -> Result<Vec<u8>, MptableError> {
+/// The configuration table's entries for `num_cpus` vCPUs: one per CPU, the
+/// ISA bus, the IO-APIC (with ID `num_cpus + 1`), its pins and the local
+/// interrupt lines.
+fn table_entries(num_cpus: u8) -> Result<Vec<u8>, MptableError> {
     // The caller checked num_cpus <= MAX_VCPUS, so this cannot overflow.
     let ioapic_id = num_cpus + 1;
     let mut entries = Vec::with_capacity(table_len(usize::from(num_cpus)));
@@ -265,7 +266,13 @@ fn build_table(num_cpus: u8) -> Result<Vec<u8>, MptableError> {
         };
         entries.extend_from_slice(lintsrc.as_slice());
     }
+    Ok(entries)
+}
 
+/// The floating pointer and the configuration table for `num_cpus` vCPUs (1..=`MAX_VCPUS`), as
+/// the guest sees them from `MPTABLE_START` on.
+fn build_table(num_cpus: u8) -> Result<Vec<u8>, MptableError> {
+    let entries = table_entries(num_cpus)?;
     let count = usize::from(num_cpus) + 2 + IOAPIC_PINS as usize + 2;
     let length = size_of::<MpcTable>() + entries.len();
     let mut header = MpcTable {

@@ -88,18 +88,37 @@ pub struct QueueSet {
     pub interrupt: Arc<VirtioInterrupt>,
 }
 
-/// Why a device refused to activate.
-#[derive(Debug, thiserror::Error)]
+impl QueueSet {
+    /// Checks that there is exactly one queue per queue the device
+    /// declares (`count`), which the transport guarantees; a device calls
+    /// it first thing in [`VirtioDevice::activate`].
+    ///
+    /// # Errors
+    /// [`ActivateError::QueueNotReady`] with the index of the first missing
+    /// queue, or [`ActivateError::UnknownQueue`] with the index of the first
+    /// queue the device does not have.
+    pub fn expect_queues(&self, count: usize) -> Result<(), ActivateError> {
+        match self.queues.len() {
+            n if n < count => Err(ActivateError::QueueNotReady(n)),
+            n if n > count => Err(ActivateError::UnknownQueue(count)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why a device refused to activate. Every variant carries the index of
+/// the queue concerned (0 for a device's first queue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ActivateError {
-    /// The driver did not make every queue the device needs ready.
+    /// The driver did not make this queue ready.
     #[error("Queue {0} is not ready")]
     QueueNotReady(usize),
-    /// A queue's size or ring addresses are not usable.
+    /// This queue's size or ring addresses are not usable.
     #[error("Queue {0} is set up outside guest memory or with an invalid size")]
     InvalidQueue(usize),
-    /// The device's own set-up failed.
-    #[error("Device back end failed: {0}")]
-    Backend(String),
+    /// The device has no queue at this index (and none after it).
+    #[error("Queue {0} is beyond the device's queues")]
+    UnknownQueue(usize),
 }
 
 /// Copies the part of a device's `config` space at `offset` into `data`;
@@ -156,4 +175,21 @@ pub trait VirtioDevice: Send {
 
     /// Stops the device and forgets its queues (driver reset).
     fn reset(&mut self);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::test_utils::{guest_memory, queue_set, DriverQueue};
+
+    #[test]
+    fn test_expect_queues_names_the_queue_index() {
+        let mem = guest_memory();
+        let queues = |n: u64| (0..n).map(|i| DriverQueue::new(i * DriverQueue::SPAN).queue());
+        let set = queue_set(mem.clone(), queues(1).collect());
+        assert_eq!(set.expect_queues(1), Ok(()));
+        assert_eq!(set.expect_queues(3), Err(ActivateError::QueueNotReady(1)));
+        let set = queue_set(mem, queues(3).collect());
+        assert_eq!(set.expect_queues(2), Err(ActivateError::UnknownQueue(2)));
+    }
 }

@@ -9,13 +9,14 @@
 pub mod block;
 pub mod device;
 pub mod fs;
+pub mod iovec;
 pub mod net;
 pub mod rng;
 pub mod transport;
 pub mod vsock;
 
-#[cfg(test)]
-pub(crate) mod test_utils;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 
 pub use device::{ActivateError, QueueSet, VirtioDevice, VirtioInterrupt};
 

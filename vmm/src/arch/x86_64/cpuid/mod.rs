@@ -36,14 +36,16 @@ pub enum CpuidError {
         count: u8,
     },
     /// The table is full, so the hypervisor signature leaf cannot be added.
-    #[error("Cannot add the hypervisor CPUID leaf: {0}")]
-    AddHypervisorLeaf(vmm_sys_util::fam::Error),
+    #[error("Cannot add the hypervisor CPUID leaf")]
+    AddHypervisorLeaf(#[source] vmm_sys_util::fam::Error),
     /// The table is full, so the core level of an extended-topology leaf cannot be added.
-    #[error("Cannot add the core level of CPUID leaf {leaf:#x}: {error}")]
+    #[error("Cannot add the core level of CPUID leaf {leaf:#x}")]
     AddTopologyLevel {
         /// The extended-topology leaf (0xB or 0x1F).
         leaf: u32,
-        /// Why the table did not grow.
+        /// Why the table did not grow (it holds at most
+        /// `KVM_MAX_CPUID_ENTRIES` entries).
+        #[source]
         error: vmm_sys_util::fam::Error,
     },
 }

@@ -661,8 +661,9 @@ mod tests {
         let mut cpuid = CpuId::from_entries(&entries).unwrap();
         let err = normalize(&mut cpuid, 0, 1).unwrap_err();
         assert!(matches!(err, CpuidError::AddHypervisorLeaf(_)));
+        let cause = std::error::Error::source(&err).map(ToString::to_string);
         assert_eq!(
-            err.to_string(),
+            format!("{err}: {}", cause.unwrap_or_default()),
             "Cannot add the hypervisor CPUID leaf: The max size has been exceeded"
         );
     }

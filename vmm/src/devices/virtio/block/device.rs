@@ -30,7 +30,8 @@ pub enum BlockError {
     Open {
         /// The image.
         path: PathBuf,
-        /// Why.
+        /// The open error (missing file, no permission, read-only file
+        /// opened for writing).
         #[source]
         source: std::io::Error,
     },
@@ -39,7 +40,7 @@ pub enum BlockError {
     Size {
         /// The image.
         path: PathBuf,
-        /// Why.
+        /// The metadata or seek error.
         #[source]
         source: std::io::Error,
     },
@@ -360,9 +361,7 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, queues: QueueSet) -> Result<(), ActivateError> {
-        if queues.queues.len() != 1 {
-            return Err(ActivateError::QueueNotReady(0));
-        }
+        queues.expect_queues(1)?;
         self.active = Some(queues);
         self.process_queue();
         Ok(())

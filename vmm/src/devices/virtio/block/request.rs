@@ -24,6 +24,7 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
 
 use super::{MAX_REQUEST_BYTES, SECTOR_SIZE};
+use crate::devices::virtio::iovec::{ChainError, ReadableBuffers, WritableBuffers};
 use crate::vstate::memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 
 /// Size of the request header.
@@ -135,25 +136,8 @@ impl Request {
             .ok_or(bad("header outside guest memory"))?;
         let kind = RequestType::from_raw(raw_type);
 
-        let device_writes = matches!(kind, RequestType::In | RequestType::GetId);
-        let mut buffers = Vec::with_capacity(data.len());
-        let mut data_len: u64 = 0;
-        for desc in data {
-            if matches!(kind, RequestType::Flush | RequestType::Unsupported(_)) {
-                break;
-            }
-            if desc.is_write_only() != device_writes {
-                return Err(bad("data buffer in the wrong direction"));
-            }
-            if !mem.check_range(desc.addr(), desc.len() as usize) {
-                return Err(bad("data buffer outside guest memory"));
-            }
-            data_len = data_len
-                .checked_add(u64::from(desc.len()))
-                .filter(|len| *len <= MAX_REQUEST_BYTES)
-                .ok_or(bad("too many bytes"))?;
-            buffers.push((desc.addr(), desc.len()));
-        }
+        let buffers = data_buffers(mem, kind, data).map_err(bad)?;
+        let data_len: u64 = buffers.iter().map(|&(_, len)| u64::from(len)).sum();
 
         if matches!(kind, RequestType::In | RequestType::Out) {
             if !data_len.is_multiple_of(SECTOR_SIZE) {
@@ -174,4 +158,31 @@ impl Request {
             status,
         })
     }
+}
+
+/// The checked data buffers of a request of `kind`: device-writable for
+/// IN and GET_ID, device-readable for OUT, none for the others.
+fn data_buffers(
+    mem: &GuestMemoryMmap,
+    kind: RequestType,
+    data: &[Descriptor],
+) -> Result<Vec<(GuestAddress, u32)>, &'static str> {
+    let limit = MAX_REQUEST_BYTES as usize;
+    let regions = match kind {
+        RequestType::In | RequestType::GetId => {
+            WritableBuffers::new(mem, data.iter().copied(), limit).map(|b| b.regions().to_vec())
+        }
+        RequestType::Out => {
+            ReadableBuffers::new(mem, data.iter().copied(), limit).map(|b| b.regions().to_vec())
+        }
+        RequestType::Flush | RequestType::Unsupported(_) => Ok(Vec::new()),
+    };
+    let regions = regions.map_err(|err| match err {
+        ChainError::WrongDirection { .. } => "data buffer in the wrong direction",
+        ChainError::OutsideMemory { .. } | ChainError::Access(_) => {
+            "data buffer outside guest memory"
+        }
+        ChainError::TooLong { .. } => "too many bytes",
+    })?;
+    Ok(regions.iter().map(|r| (r.addr, r.len)).collect())
 }

@@ -26,8 +26,9 @@ use super::filter::{verdict, Verdict};
 use super::{NUM_QUEUES, QUEUE_SIZE, TAG_LEN};
 use crate::devices::virtio::device::{read_config_space, ActivateError, QueueSet, VirtioDevice};
 use crate::devices::virtio::ids::VIRTIO_ID_FS;
+use crate::devices::virtio::iovec::{split_chain, ReadableBuffers};
 use crate::devices::virtio::{feature, VIRTIO_F_VERSION_1};
-use crate::vstate::memory::GuestMemoryMmap;
+use crate::vstate::memory::{ByteValued, GuestMemoryMmap};
 
 /// FUSE OPEN.
 const FUSE_OPEN: u32 = 14;
@@ -46,7 +47,8 @@ pub enum FsError {
     Server {
         /// The directory.
         path: PathBuf,
-        /// Why.
+        /// The passthrough server's error opening or importing the
+        /// directory (permissions, descriptor limit).
         #[source]
         source: std::io::Error,
     },
@@ -208,14 +210,27 @@ fn peek_header<M>(
 where
     M: std::ops::Deref<Target = GuestMemoryMmap> + Clone,
 {
-    let mut reader = Reader::from_descriptor_chain(mem, chain).ok()?;
-    let header: InHeader = reader.read_obj().ok()?;
+    // Only the header is copied here; the server reads the rest in place.
+    let (request, _) = split_chain(mem, chain, usize::MAX, 0).ok()?;
+    let header: InHeader = read_obj_at(mem, &request, 0)?;
     let open_flags = if header.opcode == FUSE_OPEN {
-        reader.read_obj::<OpenIn>().ok().map(|open| open.flags)
+        read_obj_at::<OpenIn>(mem, &request, size_of::<InHeader>()).map(|open| open.flags)
     } else {
         None
     };
     Some((header, open_flags))
+}
+
+/// The `T` at `offset` in the request, if the request holds all of it.
+fn read_obj_at<T: ByteValued + Default>(
+    mem: &GuestMemoryMmap,
+    request: &ReadableBuffers,
+    offset: usize,
+) -> Option<T> {
+    let mut obj = T::default();
+    let bytes = obj.as_mut_slice();
+    let read = request.read_at(mem, offset, bytes).ok()?;
+    (read == bytes.len()).then_some(obj)
 }
 
 /// Writes a FUSE error reply; returns its length, or 0 if it did not fit.
@@ -224,16 +239,16 @@ where
     M: std::ops::Deref<Target = GuestMemoryMmap> + Clone,
 {
     let reply = OutHeader {
-        len: std::mem::size_of::<OutHeader>() as u32,
+        len: size_of::<OutHeader>() as u32,
         error: -errno,
         unique,
     };
-    let Ok(mut writer) = VirtioFsWriter::new(mem, chain) else {
+    let Ok((_, answer)) = split_chain(mem, chain, usize::MAX, size_of::<OutHeader>()) else {
         return 0;
     };
-    match writer.write_obj(reply) {
-        Ok(()) => reply.len,
-        Err(_) => 0,
+    match answer.write_at(mem, 0, reply.as_slice()) {
+        Ok(written) if written == size_of::<OutHeader>() => reply.len,
+        _ => 0,
     }
 }
 
@@ -263,9 +278,7 @@ impl VirtioDevice for Fs {
     }
 
     fn activate(&mut self, queues: QueueSet) -> Result<(), ActivateError> {
-        if queues.queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueNotReady(queues.queues.len()));
-        }
+        queues.expect_queues(NUM_QUEUES)?;
         self.active = Some(queues);
         for index in 0..NUM_QUEUES {
             self.process_queue(index);

@@ -29,8 +29,9 @@ use crate::devices::virtio::device::{
     read_config_space, ActivateError, QueueSet, VirtioDevice, VirtioInterrupt,
 };
 use crate::devices::virtio::ids::VIRTIO_ID_NET;
+use crate::devices::virtio::iovec::{ReadableBuffers, WritableBuffers};
 use crate::devices::virtio::{feature, VIRTIO_F_VERSION_1};
-use crate::vstate::memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
+use crate::vstate::memory::{GuestMemory, GuestMemoryMmap};
 
 /// Errors creating a network device.
 #[derive(Debug, thiserror::Error)]
@@ -269,48 +270,27 @@ where
     M: std::ops::Deref + Clone,
     M::Target: GuestMemory,
 {
-    buf.clear();
-    for desc in chain {
-        let len = desc.len() as usize;
-        if desc.is_write_only() || buf.len() + len > MAX_FRAME_LEN {
-            return None;
-        }
-        let start = buf.len();
-        buf.resize(start + len, 0);
-        mem.read_slice(buf.get_mut(start..)?, desc.addr()).ok()?;
-    }
+    let buffers = ReadableBuffers::new(mem, chain, MAX_FRAME_LEN)
+        .inspect_err(|err| tracing::debug!("virtio-net: transmit chain dropped: {err}"))
+        .ok()?;
+    buffers.read_to_vec(mem, buf).ok()?;
     (buf.len() >= VNET_HDR_LEN).then_some(())
 }
 
 /// Copies `frame` into a receive chain's buffers; `None` if the chain is
 /// malformed or too small.
-fn scatter<M>(mem: &GuestMemoryMmap, chain: DescriptorChain<M>, mut frame: &[u8]) -> Option<()>
+fn scatter<M>(mem: &GuestMemoryMmap, chain: DescriptorChain<M>, frame: &[u8]) -> Option<()>
 where
     M: std::ops::Deref + Clone,
     M::Target: GuestMemory,
 {
-    let mut buffers: Vec<(GuestAddress, usize)> = Vec::new();
-    let mut room = 0usize;
-    for desc in chain {
-        if !desc.is_write_only() || !mem.check_range(desc.addr(), desc.len() as usize) {
-            return None;
-        }
-        buffers.push((desc.addr(), desc.len() as usize));
-        room = room.saturating_add(desc.len() as usize);
-        if room >= frame.len() {
-            break;
-        }
-    }
-    if room < frame.len() {
+    let buffers = WritableBuffers::up_to(mem, chain, frame.len())
+        .inspect_err(|err| tracing::debug!("virtio-net: receive chain dropped: {err}"))
+        .ok()?;
+    if buffers.capacity() < frame.len() {
         return None;
     }
-    for (addr, len) in buffers {
-        let n = len.min(frame.len());
-        let (chunk, rest) = frame.split_at(n);
-        mem.write_slice(chunk, addr).ok()?;
-        frame = rest;
-    }
-    Some(())
+    (buffers.write_at(mem, 0, frame).ok()? == frame.len()).then_some(())
 }
 
 /// A random locally administered unicast MAC.
@@ -359,9 +339,7 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, queues: QueueSet) -> Result<(), ActivateError> {
-        if queues.queues.len() != 2 {
-            return Err(ActivateError::QueueNotReady(queues.queues.len()));
-        }
+        queues.expect_queues(2)?;
         self.active = Some(queues);
         self.process_tx();
         self.process_rx();
@@ -376,67 +354,18 @@ impl VirtioDevice for Net {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{FromRawFd, OwnedFd};
-
-    use virtio_queue::mock::MockSplitQueue;
+    use std::os::fd::OwnedFd;
 
     use super::*;
     use crate::devices::virtio::test_utils::{
-        chain, guest_memory, queue_set, readable, writable, DATA,
+        guest_memory, queue_set, readable, writable, Buf, DriverQueue, PairBackend, DATA,
     };
-    use crate::vstate::memory::Address;
-
-    /// One end of a datagram socket pair standing in for the tap.
-    #[derive(Debug)]
-    struct PairBackend(OwnedFd);
-
-    impl AsRawFd for PairBackend {
-        fn as_raw_fd(&self) -> RawFd {
-            self.0.as_raw_fd()
-        }
-    }
-
-    impl NetBackend for PairBackend {
-        fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            // SAFETY: the pointer and length describe the live `buf`.
-            let n = unsafe {
-                libc::recv(
-                    self.0.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(n.unsigned_abs())
-        }
-
-        fn write_frame(&mut self, frame: &[u8]) -> std::io::Result<usize> {
-            // SAFETY: the pointer and length describe the live `frame`.
-            let n =
-                unsafe { libc::send(self.0.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-            if n < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(n.unsigned_abs())
-        }
-    }
+    use crate::vstate::memory::{Bytes, GuestAddress};
 
     /// A device on one end of a socket pair; the other end is the "host".
     fn device() -> (Net, OwnedFd) {
-        let mut fds = [0; 2];
-        // SAFETY: socketpair writes two descriptors into `fds`.
-        let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM, 0, fds.as_mut_ptr()) };
-        assert_eq!(rc, 0);
-        // SAFETY: both descriptors are fresh and owned here.
-        let (ours, host) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let net = Net::with_backend(
-            Box::new(PairBackend(ours)),
-            Some(MacAddr([2, 0, 0, 0, 0, 9])),
-        )
-        .unwrap();
+        let (ours, host) = PairBackend::pair();
+        let net = Net::with_backend(Box::new(ours), Some(MacAddr([2, 0, 0, 0, 0, 9]))).unwrap();
         (net, host)
     }
 
@@ -463,27 +392,18 @@ mod tests {
         })
     }
 
-    /// Rx queue at 0x0, tx queue at 0x8000; activates the device.
-    fn activate<'a>(
-        net: &mut Net,
-        mem: &'a GuestMemoryMmap,
-    ) -> (
-        MockSplitQueue<'a, GuestMemoryMmap>,
-        MockSplitQueue<'a, GuestMemoryMmap>,
-    ) {
-        let rx = MockSplitQueue::create(mem, GuestAddress(0), 256);
-        let tx = MockSplitQueue::create(mem, GuestAddress(0x8000), 256);
-        let queues = vec![rx.create_queue().unwrap(), tx.create_queue().unwrap()];
+    /// Rx queue at 0x0, tx queue after it; activates the device.
+    fn activate(net: &mut Net, mem: &GuestMemoryMmap) -> (DriverQueue, DriverQueue) {
+        let rx = DriverQueue::new(0);
+        let tx = DriverQueue::new(DriverQueue::SPAN);
+        let queues = vec![rx.queue(), tx.queue()];
         net.activate(queue_set(mem.clone(), queues)).unwrap();
         (rx, tx)
     }
 
-    fn used_len(mem: &GuestMemoryMmap, q: &MockSplitQueue<GuestMemoryMmap>, i: u64) -> Option<u32> {
-        let idx: u16 = mem.read_obj(q.used_addr().checked_add(2).unwrap()).unwrap();
-        (u64::from(idx) > i).then(|| {
-            mem.read_obj(q.used_addr().checked_add(8 + 8 * i).unwrap())
-                .unwrap()
-        })
+    /// The used length of the `i`th chain `queue` completed, if it did.
+    fn used_len(mem: &GuestMemoryMmap, queue: &mut DriverQueue, i: usize) -> Option<u32> {
+        queue.used(mem).get(i).map(|&(_, len)| len)
     }
 
     #[test]
@@ -513,17 +433,16 @@ mod tests {
     fn test_transmit_reaches_the_back_end() {
         let (mut net, host) = device();
         let mem = guest_memory();
-        let (_rx, tx) = activate(&mut net, &mem);
+        let (_rx, mut tx) = activate(&mut net, &mem);
         mem.write_slice(&[0u8; VNET_HDR_LEN], GuestAddress(DATA))
             .unwrap();
         mem.write_slice(b"an ethernet frame", GuestAddress(DATA + 0x100))
             .unwrap();
-        tx.add_desc_chains(&chain(&[readable(DATA, 12), readable(DATA + 0x100, 17)]), 0)
-            .unwrap();
+        tx.post(&mem, &[readable(DATA, 12), readable(DATA + 0x100, 17)]);
         net.process_tx();
         let frame = host_recv(&host).expect("a frame");
         assert_eq!(&frame[12..], b"an ethernet frame");
-        assert_eq!(used_len(&mem, &tx, 0), Some(0));
+        assert_eq!(used_len(&mem, &mut tx, 0), Some(0));
         assert_eq!(net.counters().tx_frames, 1);
     }
 
@@ -531,39 +450,33 @@ mod tests {
     fn test_malformed_transmit_chains_are_not_sent() {
         let (mut net, host) = device();
         let mem = guest_memory();
-        let (_rx, tx) = activate(&mut net, &mem);
-        let bad = [
-            chain(&[writable(DATA, 64)]),
-            chain(&[readable(1 << 40, 64)]),
-            chain(&[readable(DATA, 4)]),
-            chain(&[readable(DATA, 0x1_0000), readable(DATA, 0x1_0000)]),
+        let (_rx, mut tx) = activate(&mut net, &mem);
+        let bad: [&[Buf]; 4] = [
+            &[writable(DATA, 64)],
+            &[readable(1 << 40, 64)],
+            &[readable(DATA, 4)],
+            &[readable(DATA, 0x1_0000), readable(DATA, 0x1_0000)],
         ];
-        let mut offset = 0;
-        for descs in &bad {
-            tx.add_desc_chains(descs, offset).unwrap();
-            offset += descs.len() as u16;
+        for bufs in bad {
+            tx.post(&mem, bufs);
         }
         net.process_tx();
         assert!(host_recv(&host).is_none());
         assert_eq!(net.counters().tx_dropped, 4);
-        assert_eq!(used_len(&mem, &tx, 3), Some(0));
+        assert_eq!(used_len(&mem, &mut tx, 3), Some(0));
     }
 
     #[test]
     fn test_receive_fills_guest_buffers() {
         let (mut net, host) = device();
         let mem = guest_memory();
-        let (rx, _tx) = activate(&mut net, &mem);
+        let (mut rx, _tx) = activate(&mut net, &mem);
         let mut frame = vec![0u8; VNET_HDR_LEN];
         frame.extend_from_slice(b"hello guest");
-        rx.add_desc_chains(
-            &chain(&[writable(DATA, 8), writable(DATA + 0x100, 1500)]),
-            0,
-        )
-        .unwrap();
+        rx.post(&mem, &[writable(DATA, 8), writable(DATA + 0x100, 1500)]);
         host_send(&host, &frame);
         net.process_rx();
-        assert_eq!(used_len(&mem, &rx, 0), Some(frame.len() as u32));
+        assert_eq!(used_len(&mem, &mut rx, 0), Some(frame.len() as u32));
         let mut got = [0u8; 15];
         mem.read_slice(&mut got, GuestAddress(DATA + 0x100))
             .unwrap();
@@ -576,18 +489,17 @@ mod tests {
     fn test_frames_wait_for_receive_buffers() {
         let (mut net, host) = device();
         let mem = guest_memory();
-        let (rx, _tx) = activate(&mut net, &mem);
+        let (mut rx, _tx) = activate(&mut net, &mem);
         let mut frame = vec![0u8; VNET_HDR_LEN];
         frame.extend_from_slice(b"early frame");
         host_send(&host, &frame);
         net.process_rx();
         assert!(net.rx_blocked());
         assert_eq!(net.counters().rx_deferred, 1);
-        rx.add_desc_chains(&chain(&[writable(DATA, 2048)]), 0)
-            .unwrap();
+        rx.post(&mem, &[writable(DATA, 2048)]);
         net.process_rx();
         assert!(!net.rx_blocked());
-        assert_eq!(used_len(&mem, &rx, 0), Some(frame.len() as u32));
+        assert_eq!(used_len(&mem, &mut rx, 0), Some(frame.len() as u32));
         assert_eq!(net.counters().rx_frames, 1);
     }
 
@@ -595,19 +507,17 @@ mod tests {
     fn test_bad_receive_chains_drop_the_frame() {
         let (mut net, host) = device();
         let mem = guest_memory();
-        let (rx, _tx) = activate(&mut net, &mem);
-        let mut offset = 0;
-        for descs in [
-            chain(&[readable(DATA, 2048)]),
-            chain(&[writable(1 << 40, 2048)]),
-            chain(&[writable(DATA, 16)]),
+        let (mut rx, _tx) = activate(&mut net, &mem);
+        for bufs in [
+            readable(DATA, 2048),
+            writable(1 << 40, 2048),
+            writable(DATA, 16),
         ] {
-            rx.add_desc_chains(&descs, offset).unwrap();
-            offset += descs.len() as u16;
+            rx.post(&mem, &[bufs]);
             host_send(&host, &[0u8; 100]);
         }
         net.process_rx();
         assert_eq!(net.counters().rx_dropped, 3);
-        assert_eq!(used_len(&mem, &rx, 2), Some(0));
+        assert_eq!(used_len(&mem, &mut rx, 2), Some(0));
     }
 }

@@ -13,7 +13,8 @@ use super::super::device::{ActivateError, QueueSet, VirtioDevice};
 use super::super::ids::VIRTIO_ID_RNG;
 use super::super::{feature, VIRTIO_F_VERSION_1};
 use super::{MAX_REQUEST_BYTES, QUEUE_SIZE};
-use crate::vstate::memory::{Bytes, GuestMemory, GuestMemoryMmap};
+use crate::devices::virtio::iovec::WritableBuffers;
+use crate::vstate::memory::{GuestMemory, GuestMemoryMmap};
 
 /// Errors creating the entropy device.
 #[derive(Debug, thiserror::Error)]
@@ -108,39 +109,20 @@ where
     M::Target: GuestMemory,
 {
     // Check the whole chain before touching guest memory.
-    let mut buffers = Vec::new();
-    let mut total: u32 = 0;
-    for desc in chain {
-        if !desc.is_write_only() {
-            return Served::Dropped;
-        }
-        let room = MAX_REQUEST_BYTES.saturating_sub(total);
-        let len = desc.len().min(room);
-        if len == 0 {
-            continue;
-        }
-        if !mem.check_range(desc.addr(), len as usize) {
-            return Served::Dropped;
-        }
-        buffers.push((desc.addr(), len));
-        total += len;
-    }
-    let Some(random) = scratch.get_mut(..total as usize) else {
+    let Ok(buffers) = WritableBuffers::up_to(mem, chain, scratch.len()) else {
+        return Served::Dropped;
+    };
+    let Some(random) = scratch.get_mut(..buffers.capacity()) else {
         return Served::Dropped;
     };
     if let Err(err) = fill_random(random) {
         tracing::warn!("virtio-rng: getrandom failed: {err}");
         return Served::Dropped;
     }
-    let mut offset = 0usize;
-    for (addr, len) in buffers {
-        let end = offset + len as usize;
-        if mem.write_slice(&random[offset..end], addr).is_err() {
-            return Served::Dropped;
-        }
-        offset = end;
+    match buffers.write_at(mem, 0, random).map(u32::try_from) {
+        Ok(Ok(written)) => Served::Bytes(written),
+        _ => Served::Dropped,
     }
-    Served::Bytes(total)
 }
 
 /// `getrandom(2)` until `buf` is full.
@@ -178,9 +160,7 @@ impl VirtioDevice for Entropy {
     }
 
     fn activate(&mut self, queues: QueueSet) -> Result<(), ActivateError> {
-        if queues.queues.len() != 1 {
-            return Err(ActivateError::QueueNotReady(0));
-        }
+        queues.expect_queues(1)?;
         self.active = Some(queues);
         // Requests the driver queued before DRIVER_OK.
         self.process_queue();
@@ -196,7 +176,7 @@ impl VirtioDevice for Entropy {
 mod tests {
     use super::*;
     use crate::devices::virtio::test_utils::{guest_memory, readable, submit, writable, DATA};
-    use crate::vstate::memory::GuestAddress;
+    use crate::vstate::memory::{Bytes, GuestAddress};
 
     #[test]
     fn test_fills_every_buffer_of_a_request() {

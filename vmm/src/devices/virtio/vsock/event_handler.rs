@@ -29,7 +29,7 @@ fn stream_events(fd: i32, out: bool) -> Events {
 impl Vsock {
     /// Applies watch changes and closes finished streams.
     fn sync_watches(&mut self, ops: &mut EventOps) {
-        for (fd, current, wanted) in self.watch_changes() {
+        for (fd, current, wanted) in self.muxer.watch_changes() {
             let result = match (current, wanted) {
                 (None, Some(out)) => ops.add(stream_events(fd, out)),
                 (Some(_), Some(out)) => ops.modify(stream_events(fd, out)),
@@ -40,7 +40,7 @@ impl Vsock {
                 tracing::warn!("virtio-vsock: cannot change the watch of a host stream: {err}");
             }
         }
-        for (stream, watched) in self.take_closing() {
+        for (stream, watched) in self.muxer.take_closing() {
             if watched {
                 use std::os::fd::AsRawFd;
                 let _ = ops.remove(stream_events(stream.as_raw_fd(), false));
@@ -62,11 +62,12 @@ impl MutEventSubscriber for Vsock {
                 }
             }
         }
-        let listener = Events::with_data_raw(self.listener_fd(), LISTENER_EVENT, EventSet::IN);
+        let listener =
+            Events::with_data_raw(self.muxer.listener_fd(), LISTENER_EVENT, EventSet::IN);
         if let Err(err) = ops.add(listener) {
             tracing::error!("virtio-vsock: cannot watch the Unix socket: {err}");
         }
-        let timer = Events::with_data_raw(self.timer_fd(), TIMER_EVENT, EventSet::IN);
+        let timer = Events::with_data_raw(self.muxer.timer_fd(), TIMER_EVENT, EventSet::IN);
         if let Err(err) = ops.add(timer) {
             tracing::error!("virtio-vsock: cannot watch the handshake timer: {err}");
         }
@@ -84,11 +85,11 @@ impl MutEventSubscriber for Vsock {
                     self.process_tx();
                 }
             }
-            LISTENER_EVENT => self.accept_all(),
-            TIMER_EVENT => self.expire_handshakes(),
+            LISTENER_EVENT => self.muxer.accept_all(),
+            TIMER_EVENT => self.muxer.expire_handshakes(),
             data => {
                 let fd = data.wrapping_sub(STREAM_BASE) as i32;
-                self.stream_ready(
+                self.muxer.stream_ready(
                     fd,
                     set.contains(EventSet::IN),
                     set.contains(EventSet::OUT),

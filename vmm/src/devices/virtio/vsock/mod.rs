@@ -15,9 +15,15 @@
 //! most [`CONN_BUF_ALLOC`] bytes buffered per connection towards the host
 //! (the credit the guest is given), at most one packet's payload buffered
 //! towards the guest, and the guest gets no more than its credit.
+//!
+//! As in Firecracker: `device` works the queues, `muxer` owns the Unix
+//! sockets and routes packets, `connection` is one connection's state
+//! machine, `packet` the wire format.
 
+mod connection;
 mod device;
 mod event_handler;
+mod muxer;
 mod packet;
 
 pub use device::{Vsock, VsockCounters, VsockError};
