@@ -224,7 +224,7 @@ fn test_emulation_failure_prints_instruction_bytes() {
     }
     // XSAVE with CR4.OSXSAVE clear: a #UD (so a triple fault, with our
     // empty IDT) where CPL0 runs natively; an emulation failure where CPL0
-    // is emulated, since the emulator lacks XSAVE (kvm-hosts.md).
+    // is emulated, since the emulator lacks XSAVE (docs/kvm-hosts.md).
     let code = Program::new()
         .bytes(&[0x31, 0xc0, 0x0f, 0xae, 0x27]) // xor eax, eax; xsave [rdi]
         .triple_fault();
