@@ -83,27 +83,28 @@ fn boot_seconds(log: &Path, pod: &str) -> Option<f64> {
         })
 }
 
-fn main() {
-    let work = std::env::temp_dir().join(format!("vmpod-bench-ctr-{}", std::process::id()));
-    let memory_mib = 256;
-    let mut containerd =
-        Containerd::with_vmpod_shim(&work, &format!("memory = {memory_mib}\n"), true)
-            .expect("containerd (run bench/ctr-run.sh)");
-    let image = containerd.import_busybox().expect("busybox image");
+/// One bench run's containerd, image and pods, and the runs it lost to the
+/// host fault.
+struct Bench {
+    containerd: Containerd,
+    image: String,
+    pods: std::path::PathBuf,
+    faults: Retries,
+}
 
-    // Runs the host fault left out, said and summed up at the end.
-    let faults = Retries::new("bench ctr_run");
-    let pods = work.join("pods");
-    // A run's seconds, or None when its guest process died of the host
-    // fault (status 139 and a fault line on its pod's console, followed
-    // while the pod lives: `--rm` removes it).
-    let timed = |containerd: &Containerd, runtime: &str, id: &str| {
-        let console = ConsoleWatch::start(&pod_console(&pods, id));
+impl Bench {
+    /// A run's seconds, or None when its guest process died of the host
+    /// fault (status 139 and a fault line on its pod's console, followed
+    /// while the pod lives: `--rm` removes it).
+    fn timed(&self, runtime: &str, id: &str) -> Option<f64> {
+        let console = ConsoleWatch::start(&pod_console(&self.pods, id));
         let started = Instant::now();
-        let out = containerd.ctr(&["run", "--rm", "--runtime", runtime, &image, id, "true"]);
+        let out =
+            self.containerd
+                .ctr(&["run", "--rm", "--runtime", runtime, &self.image, id, "true"]);
         let seconds = started.elapsed().as_secs_f64();
         if let Some(fault) = console.fault(out.status.code()) {
-            faults.again(&format!("ctr run --rm {id}"), &fault);
+            self.faults.again(&format!("ctr run --rm {id}"), &fault);
             return None;
         }
         assert!(
@@ -113,82 +114,93 @@ fn main() {
             String::from_utf8_lossy(&out.stderr)
         );
         Some(seconds)
-    };
-    let runc_runs = runs("VMPOD_BENCH_RUNC_RUNS", 10);
-    let vmpod_runs = runs("VMPOD_BENCH_VMPOD_RUNS", 3);
-    let mut runc: Vec<f64> = (0..runc_runs)
-        .map(|i| {
-            timed(
-                &containerd,
-                "io.containerd.runc.v2",
-                &format!("bench-runc-{i}"),
-            )
-            .expect("a runc run")
-        })
-        .collect();
-    let mut vmpod = Vec::new();
-    let mut boots = Vec::new();
-    for i in 0..2 * vmpod_runs + 2 {
-        if vmpod.len() == vmpod_runs {
-            break;
-        }
-        let id = format!("bench-vmpod-{i}");
-        if let Some(seconds) = timed(&containerd, RUNTIME, &id) {
-            vmpod.push(seconds);
-            boots.extend(boot_seconds(&containerd.log_path(), &id));
-        }
     }
-    assert!(
-        !vmpod.is_empty(),
-        "every vmpod run ended in the host's GP fault"
-    );
 
-    // One pod kept running, for its shim's and VMM's memory.
-    let out = containerd.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        &image,
-        "bench-rss",
-        "sleep",
-        "600",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    let shim_pid = *containerd.shim_pids().first().expect("the pod's shim");
-    let vmm_pid = vmpod_integration_tests::containerd::processes_named("vmpod-vm")
-        .into_iter()
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
-                String::from_utf8_lossy(&cmdline).contains(&work.display().to_string())
+    /// `runs` vmpod runs' seconds and their boot seconds, trying at most
+    /// twice as many plus two so that runs lost to the host fault are made
+    /// up for.
+    fn vmpod_runs(&self, runs: usize) -> (Vec<f64>, Vec<f64>) {
+        let mut vmpod = Vec::new();
+        let mut boots = Vec::new();
+        for i in 0..2 * runs + 2 {
+            if vmpod.len() == runs {
+                break;
+            }
+            let id = format!("bench-vmpod-{i}");
+            if let Some(seconds) = self.timed(RUNTIME, &id) {
+                vmpod.push(seconds);
+                boots.extend(boot_seconds(&self.containerd.log_path(), &id));
+            }
+        }
+        assert!(
+            !vmpod.is_empty(),
+            "every vmpod run ended in the host's GP fault"
+        );
+        (vmpod, boots)
+    }
+
+    /// The RSS in KiB of one running pod's shim and of its `vmpod-vm`
+    /// without its guest RAM.
+    fn running_pod_rss_kib(&self, work: &Path, memory_mib: u64) -> (u64, u64) {
+        let out = self.containerd.ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            &self.image,
+            "bench-rss",
+            "sleep",
+            "600",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        let shim_pid = *self.containerd.shim_pids().first().expect("the pod's shim");
+        let vmm_pid = vmpod_integration_tests::containerd::processes_named("vmpod-vm")
+            .into_iter()
+            .find(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                    String::from_utf8_lossy(&cmdline).contains(&work.display().to_string())
+                })
             })
-        })
-        .expect("the pod's vmpod-vm");
-    let shim_kib = rss_kib(shim_pid);
-    let vmm_kib = rss_without_guest_kib(vmm_pid, memory_mib * 1024);
-    let _ = containerd.ctr(&["task", "kill", "-s", "SIGKILL", "bench-rss"]);
-    std::thread::sleep(Duration::from_secs(2));
-    let _ = containerd.ctr(&["task", "rm", "bench-rss"]);
-    let _ = containerd.ctr(&["container", "rm", "bench-rss"]);
-    containerd.stop().expect("stop containerd");
-    let _ = std::fs::remove_dir_all(&work);
+            .expect("the pod's vmpod-vm");
+        let shim_kib = rss_kib(shim_pid);
+        let vmm_kib = rss_without_guest_kib(vmm_pid, memory_mib * 1024);
+        let _ = self
+            .containerd
+            .ctr(&["task", "kill", "-s", "SIGKILL", "bench-rss"]);
+        std::thread::sleep(Duration::from_secs(2));
+        let _ = self.containerd.ctr(&["task", "rm", "bench-rss"]);
+        let _ = self.containerd.ctr(&["container", "rm", "bench-rss"]);
+        (shim_kib, vmm_kib)
+    }
+}
 
-    let runc_median = median(&mut runc);
-    let vmpod_median = median(&mut vmpod);
+/// Prints the figures side by side, as ratios to runc.
+fn print_figures(
+    runc: &mut [f64],
+    vmpod: &mut [f64],
+    boots: &mut [f64],
+    (shim_kib, vmm_kib): (u64, u64),
+    memory_mib: u64,
+) {
+    let runc_median = median(runc);
+    let vmpod_median = median(vmpod);
     let boot_median = if boots.is_empty() {
         f64::NAN
     } else {
-        median(&mut boots)
+        median(boots)
     };
     println!("ctr run --rm <busybox> true, same containerd 1.6, same image, one run:");
     println!("| runtime | runs | median s | ratio to runc |");
     println!("| --- | --- | --- | --- |");
-    println!("| io.containerd.runc.v2 | {runc_runs} | {runc_median:.3} | 1.00 |");
+    println!(
+        "| io.containerd.runc.v2 | {} | {runc_median:.3} | 1.00 |",
+        runc.len()
+    );
     println!(
         "| io.containerd.vmpod.v2 | {} | {vmpod_median:.3} | {:.1} |",
         vmpod.len(),
@@ -204,4 +216,37 @@ fn main() {
         vmm_kib as f64 / 1024.0,
         (shim_kib + vmm_kib) as f64 / 1024.0
     );
+}
+
+fn main() {
+    let work = std::env::temp_dir().join(format!("vmpod-bench-ctr-{}", std::process::id()));
+    let memory_mib = 256;
+    let containerd = Containerd::with_vmpod_shim(&work, &format!("memory = {memory_mib}\n"), true)
+        .expect("containerd (run bench/ctr-run.sh)");
+    let image = containerd.import_busybox().expect("busybox image");
+    // Runs the host fault left out, said and summed up at the end.
+    let bench = Bench {
+        containerd,
+        image,
+        pods: work.join("pods"),
+        faults: Retries::new("bench ctr_run"),
+    };
+    let mut runc: Vec<f64> = (0..runs("VMPOD_BENCH_RUNC_RUNS", 10))
+        .map(|i| {
+            bench
+                .timed("io.containerd.runc.v2", &format!("bench-runc-{i}"))
+                .expect("a runc run")
+        })
+        .collect();
+    let (mut vmpod, mut boots) = bench.vmpod_runs(runs("VMPOD_BENCH_VMPOD_RUNS", 3));
+    let rss = bench.running_pod_rss_kib(&work, memory_mib);
+    // The fault summary is printed when `_faults` drops, after the figures.
+    let Bench {
+        mut containerd,
+        faults: _faults,
+        ..
+    } = bench;
+    containerd.stop().expect("stop containerd");
+    let _ = std::fs::remove_dir_all(&work);
+    print_figures(&mut runc, &mut vmpod, &mut boots, rss, memory_mib);
 }
