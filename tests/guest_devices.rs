@@ -92,13 +92,16 @@ impl NetNs {
         ns
     }
 
-    /// A UDP echo server in the namespace that answers once, then exits.
+    /// A UDP echo server in the namespace that answers once, then exits; it
+    /// waits as long as the VM may run (a loaded host's boot took over
+    /// four minutes), so that a slow guest does not find it gone.
     fn udp_echo(&self) -> std::process::Child {
+        let wait = BOOT_TIMEOUT.as_secs() + 30;
         let script = format!(
             "import socket\n\
              s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
              s.bind(('{HOST_IP}', {UDP_PORT}))\n\
-             s.settimeout(240)\n\
+             s.settimeout({wait})\n\
              data, peer = s.recvfrom(512)\n\
              s.sendto(b'pong from the host: ' + data, peer)\n"
         );
