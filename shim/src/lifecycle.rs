@@ -95,7 +95,7 @@ impl Shim for VmpodShim {
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
-        let config = Config::load_default().map_err(|err| err.to_string());
+        let config = Config::load_default().map_err(|err| vmpod_sys::error::chain(&err));
         if let Err(err) = &config {
             tracing::error!("{err}");
         }
@@ -169,7 +169,7 @@ pub async fn clean_up_after_shim(bundle: &Path, container_id: &str) -> std::io::
     };
     ContainerShare::new(&pod.shared(), container_id)
         .remove()
-        .map_err(std::io::Error::other)?;
+        .map_err(|err| std::io::Error::other(vmpod_sys::error::chain(&err)))?;
     let own = pod
         .root
         .file_name()
@@ -346,7 +346,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_task_api_is_served_under_both_names() {
+    async fn test_the_task_api_is_served_under_both_names() {
         // The publisher dials containerd's ttrpc socket at once: a listener
         // stands in for it.
         let socket = std::env::temp_dir().join(format!("vmpod-shim-events-{}", std::process::id()));
