@@ -224,6 +224,61 @@ mod tests {
         );
     }
 
+    /// A FIFO at `path`, as containerd makes for a process's stdio.
+    fn fifo(path: &std::path::Path) {
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    }
+
+    #[tokio::test]
+    async fn test_close_io_passes_the_input_on_and_closes_stdin() {
+        let harness = Harness::new();
+        let bundle = harness.bundle("c1");
+        let stdin = bundle.join("stdin");
+        fifo(&stdin);
+        harness
+            .service
+            .create_task(containerd_shim::api::CreateTaskRequest {
+                id: "c1".into(),
+                bundle: bundle.display().to_string(),
+                stdin: stdin.display().to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        harness.start("c1", "").await.unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&stdin)
+            .and_then(|mut writer| std::io::Write::write_all(&mut writer, b"input"))
+            .unwrap();
+        let close = CloseIORequest {
+            id: "c1".into(),
+            stdin: true,
+            ..Default::default()
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !harness.agent.called("CloseStdin"),
+            "{:?}",
+            harness.agent.calls()
+        );
+        harness.service.close_io_of(&close).unwrap();
+        for _ in 0..500 {
+            if harness.agent.called("CloseStdin c1/") {
+                assert!(
+                    harness.agent.called("WriteStdin c1/"),
+                    "{:?}",
+                    harness.agent.calls()
+                );
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("stdin not closed: {:?}", harness.agent.calls());
+    }
+
     #[tokio::test]
     async fn test_close_io_names_the_process() {
         let harness = Harness::new();
