@@ -213,8 +213,12 @@ mod tests {
             harness.shared("c1").parent().unwrap()
         );
         // The prepared root is bound into the share.
-        let mounts = crate::share::mounts_below(&harness.shared("c1").join("c1")).unwrap();
-        assert_eq!(mounts, [harness.shared("c1").join("c1/rootfs")]);
+        std::fs::write(bundle.join("rootfs/marker"), "root").unwrap();
+        let shared_root = harness.shared("c1").join("c1/rootfs");
+        assert_eq!(
+            std::fs::read_to_string(shared_root.join("marker")).unwrap(),
+            "root"
+        );
     }
 
     #[tokio::test]

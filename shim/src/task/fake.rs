@@ -25,7 +25,7 @@ use vmpod_agent_api::{ClientError, ProcessId};
 
 use super::{lock, Agent, EventSink, Launcher, PodHandle, PodVm, TaskService};
 use crate::config::{Config, VmSize};
-use crate::pod::PodError;
+use crate::pod::{PodDir, PodError};
 
 /// The pid the fake VM's `vmpod-vm` has.
 pub(super) const VMM_PID: u32 = 4242;
@@ -387,8 +387,12 @@ pub(super) struct Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        let _ = crate::share::unmount_below(&self.dir);
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // As a pod's directory: unmounted below, removed, and the common
+        // parent with the last harness.
+        let _ = PodDir {
+            root: self.dir.clone(),
+        }
+        .remove();
     }
 }
 
@@ -400,13 +404,9 @@ impl Harness {
 
     /// A service whose configuration is what `adjust` makes of a usable one.
     pub(super) fn with_config(adjust: impl FnOnce(Config) -> Result<Config, String>) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "vmpod-task-{}-{}",
-            std::process::id(),
-            HARNESSES.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = crate::share::unmount_below(&dir);
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = std::env::temp_dir()
+            .join(format!("vmpod-task-{}", std::process::id()))
+            .join(HARNESSES.fetch_add(1, Ordering::SeqCst).to_string());
         std::fs::create_dir_all(&dir).unwrap();
         let config = Config {
             kernel: dir.join("vmlinux"),
