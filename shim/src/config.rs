@@ -37,11 +37,11 @@ const MAX_VCPUS: u8 = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file cannot be read.
-    #[error("config {path}: {source}")]
+    #[error("config {path}")]
     Read {
         /// The file.
         path: String,
-        /// Why.
+        /// The system's reason.
         source: std::io::Error,
     },
     /// The file is not valid TOML for this schema.
@@ -61,7 +61,7 @@ pub enum ConfigError {
         path: String,
         /// The key.
         key: &'static str,
-        /// Why.
+        /// What is wrong with its value, and what it may be.
         message: String,
     },
 }
@@ -148,7 +148,8 @@ impl Config {
         Self::parse(&path.display().to_string(), &text, beside_shim)
     }
 
-    /// Parses and checks `text`, which came from the file `path`.
+    /// Parses and checks `text`, which came from the file `path`; keys are
+    /// checked in the file's documented order, and the first at fault is named.
     fn parse(path: &str, text: &str, default_vmm: PathBuf) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|err| ConfigError::Parse {
             path: path.to_owned(),
@@ -158,80 +159,26 @@ impl Config {
                 .unwrap_or(1),
             message: err.message().replace('\n', " "),
         })?;
-        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            key,
-            message,
-        };
-        let file = |key: &'static str, value: &Path| {
-            if value.is_file() {
-                Ok(())
-            } else {
-                Err(invalid(key, format!("{} is not a file", value.display())))
-            }
-        };
-        file("kernel", &raw.kernel)?;
-        file("initrd", &raw.initrd)?;
+        let check = Checker { path };
+        check.file("kernel", &raw.kernel)?;
+        check.file("initrd", &raw.initrd)?;
         let vmm = raw.vmm.unwrap_or(default_vmm);
-        file("vmm", &vmm)?;
+        check.file("vmm", &vmm)?;
         let state_dir = raw.state_dir.unwrap_or_else(|| PathBuf::from("/run/vmpod"));
         if !state_dir.is_absolute() {
-            return Err(invalid(
+            return Err(check.invalid(
                 "state-dir",
                 format!("{} is not an absolute path", state_dir.display()),
             ));
         }
-
-        let max_vcpus = raw.max_vcpus.unwrap_or(MAX_VCPUS);
-        if !(1..=MAX_VCPUS).contains(&max_vcpus) {
-            return Err(invalid(
-                "max-vcpus",
-                format!("{max_vcpus} is not within 1..={MAX_VCPUS}"),
-            ));
-        }
-        let vcpus = raw.vcpus.unwrap_or(1);
-        if !(1..=max_vcpus).contains(&vcpus) {
-            return Err(invalid(
-                "vcpus",
-                format!("{vcpus} is not within 1..={max_vcpus} (max-vcpus)"),
-            ));
-        }
-        let max_memory_mib = raw.max_memory.unwrap_or(2048);
-        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&max_memory_mib) {
-            return Err(invalid(
-                "max-memory",
-                format!("{max_memory_mib} MiB is not within {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB}"),
-            ));
-        }
-        let memory_mib = raw.memory.unwrap_or(256);
-        if !(MIN_MEMORY_MIB..=max_memory_mib).contains(&memory_mib) {
-            return Err(invalid(
-                "memory",
-                format!(
-                    "{memory_mib} MiB is not within {MIN_MEMORY_MIB}..={max_memory_mib} (max-memory)"
-                ),
-            ));
-        }
-        let cpu_template = raw.cpu_template.unwrap_or_else(|| "auto".into());
-        if !CPU_TEMPLATES.contains(&cpu_template.as_str()) {
-            return Err(invalid(
-                "cpu-template",
-                format!(
-                    "{cpu_template:?} is not one of {}",
-                    CPU_TEMPLATES.join(", ")
-                ),
-            ));
-        }
-        let log_level = raw.log_level.unwrap_or_else(|| "info".into());
-        if !LOG_LEVELS.contains(&log_level.as_str()) {
-            return Err(invalid(
-                "log-level",
-                format!("{log_level:?} is not one of {}", LOG_LEVELS.join(", ")),
-            ));
-        }
+        let (vcpus, max_vcpus) = check.vcpus(raw.vcpus, raw.max_vcpus)?;
+        let (memory_mib, max_memory_mib) = check.memory(raw.memory, raw.max_memory)?;
+        let cpu_template =
+            check.one_of("cpu-template", raw.cpu_template, "auto", &CPU_TEMPLATES)?;
+        let log_level = check.one_of("log-level", raw.log_level, "info", &LOG_LEVELS)?;
         let agent_timeout = raw.agent_timeout.unwrap_or(300);
         if !(1..=3600).contains(&agent_timeout) {
-            return Err(invalid(
+            return Err(check.invalid(
                 "agent-timeout",
                 format!("{agent_timeout} s is not within 1..=3600"),
             ));
@@ -290,6 +237,93 @@ impl Config {
     }
 }
 
+/// The checks of one file's values; errors name the file and the key.
+struct Checker<'a> {
+    path: &'a str,
+}
+
+impl Checker<'_> {
+    fn invalid(&self, key: &'static str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            key,
+            message,
+        }
+    }
+
+    /// `value` must be a file.
+    fn file(&self, key: &'static str, value: &Path) -> Result<(), ConfigError> {
+        if value.is_file() {
+            Ok(())
+        } else {
+            Err(self.invalid(key, format!("{} is not a file", value.display())))
+        }
+    }
+
+    /// `vcpus` and `max-vcpus`, defaulted and within their bounds.
+    fn vcpus(&self, vcpus: Option<u8>, max_vcpus: Option<u8>) -> Result<(u8, u8), ConfigError> {
+        let max_vcpus = max_vcpus.unwrap_or(MAX_VCPUS);
+        if !(1..=MAX_VCPUS).contains(&max_vcpus) {
+            return Err(self.invalid(
+                "max-vcpus",
+                format!("{max_vcpus} is not within 1..={MAX_VCPUS}"),
+            ));
+        }
+        let vcpus = vcpus.unwrap_or(1);
+        if !(1..=max_vcpus).contains(&vcpus) {
+            return Err(self.invalid(
+                "vcpus",
+                format!("{vcpus} is not within 1..={max_vcpus} (max-vcpus)"),
+            ));
+        }
+        Ok((vcpus, max_vcpus))
+    }
+
+    /// `memory` and `max-memory` (MiB), defaulted and within their bounds.
+    fn memory(
+        &self,
+        memory: Option<u32>,
+        max_memory: Option<u32>,
+    ) -> Result<(u32, u32), ConfigError> {
+        let max_memory_mib = max_memory.unwrap_or(2048);
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&max_memory_mib) {
+            return Err(self.invalid(
+                "max-memory",
+                format!("{max_memory_mib} MiB is not within {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB}"),
+            ));
+        }
+        let memory_mib = memory.unwrap_or(256);
+        if !(MIN_MEMORY_MIB..=max_memory_mib).contains(&memory_mib) {
+            return Err(self.invalid(
+                "memory",
+                format!(
+                    "{memory_mib} MiB is not within {MIN_MEMORY_MIB}..={max_memory_mib} (max-memory)"
+                ),
+            ));
+        }
+        Ok((memory_mib, max_memory_mib))
+    }
+
+    /// A name that must be one of `allowed`; `default` when left out.
+    fn one_of(
+        &self,
+        key: &'static str,
+        value: Option<String>,
+        default: &str,
+        allowed: &[&str],
+    ) -> Result<String, ConfigError> {
+        let value = value.unwrap_or_else(|| default.to_owned());
+        if allowed.contains(&value.as_str()) {
+            Ok(value)
+        } else {
+            Err(self.invalid(
+                key,
+                format!("{value:?} is not one of {}", allowed.join(", ")),
+            ))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,11 +337,11 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse("test.toml", text, PathBuf::from("/nonexistent/vmpod-vm"))
-            .map_err(|e| e.to_string())
+            .map_err(|e| vmpod_sys::error::chain(&e))
     }
 
     #[test]
-    fn defaults_fill_what_is_left_out() {
+    fn test_defaults_fill_what_is_left_out() {
         let config = parse(&base()).unwrap();
         assert_eq!(config.vcpus, 1);
         assert_eq!(config.max_vcpus, 4);
@@ -320,7 +354,7 @@ mod tests {
     }
 
     #[test]
-    fn every_bad_key_is_named_in_one_line() {
+    fn test_every_bad_key_is_named_in_one_line() {
         let cases: &[(&str, &str)] = &[
             ("vcpus = 0", "vcpus: 0 is not within 1..=4"),
             ("vcpus = 3\nmax-vcpus = 2", "vcpus: 3 is not within 1..=2"),
@@ -360,14 +394,14 @@ mod tests {
         );
         let err = Config::load(Path::new("/nonexistent/config.toml")).unwrap_err();
         assert!(
-            err.to_string()
+            vmpod_sys::error::chain(&err)
                 .starts_with("config /nonexistent/config.toml: No such file"),
             "{err}"
         );
     }
 
     #[test]
-    fn annotations_size_the_vm_within_the_maxima() {
+    fn test_annotations_size_the_vm_within_the_maxima() {
         let config = parse(&format!("{}max-vcpus = 2\nmax-memory = 512\n", base())).unwrap();
         let annotations = |pairs: &[(&str, &str)]| {
             pairs

@@ -10,7 +10,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use vmpod_agent_api::{AgentClient, ProcessId};
+use vmpod_agent_api::ProcessId;
+
+use crate::task::Agent;
 
 /// The most one read from the agent asks for.
 const READ_CHUNK: u32 = 64 * 1024;
@@ -38,9 +40,11 @@ pub struct Copies {
 
 /// Failures of opening containerd's FIFOs.
 #[derive(Debug, thiserror::Error)]
-#[error("open {path}: {source}")]
+#[error("open {path}")]
 pub struct OpenError {
+    /// The FIFO that could not be opened.
     path: String,
+    /// The system's reason.
     source: std::io::Error,
 }
 
@@ -50,7 +54,7 @@ impl Copies {
     /// # Errors
     /// A FIFO cannot be opened.
     pub fn start(
-        agent: &AgentClient,
+        agent: &Arc<dyn Agent>,
         process: &ProcessId,
         paths: &StdioPaths,
     ) -> Result<Copies, OpenError> {
@@ -146,7 +150,7 @@ enum Stream {
 /// Pulls one output stream from the agent until its end. Without a FIFO the
 /// output is read and dropped, so that the process does not block on it.
 async fn copy_output(
-    agent: AgentClient,
+    agent: Arc<dyn Agent>,
     process: ProcessId,
     stream: Stream,
     mut fifo: Option<pipe::Sender>,
@@ -175,7 +179,7 @@ async fn copy_output(
 
 /// Pushes the FIFO's data to the process until CloseIO, then closes its stdin.
 async fn copy_input(
-    agent: AgentClient,
+    agent: Arc<dyn Agent>,
     process: ProcessId,
     fifo: pipe::Receiver,
     close: Arc<Notify>,
@@ -190,7 +194,7 @@ async fn copy_input(
                 match fifo.try_read(&mut buffer) {
                     Ok(0) => break,
                     Ok(len) => {
-                        if write_all(&agent, &process, &buffer[..len]).await.is_err() {
+                        if write_all(agent.as_ref(), &process, &buffer[..len]).await.is_err() {
                             return;
                         }
                     }
@@ -202,7 +206,7 @@ async fn copy_input(
                 // containerd's writer closed before asking: all it wrote is
                 // in the FIFO now.
                 while let Ok(len) = fifo.try_read(&mut buffer) {
-                    if len == 0 || write_all(&agent, &process, &buffer[..len]).await.is_err() {
+                    if len == 0 || write_all(agent.as_ref(), &process, &buffer[..len]).await.is_err() {
                         break;
                     }
                 }
@@ -216,7 +220,7 @@ async fn copy_input(
 }
 
 async fn write_all(
-    agent: &AgentClient,
+    agent: &dyn Agent,
     process: &ProcessId,
     mut data: &[u8],
 ) -> Result<(), vmpod_agent_api::ClientError> {

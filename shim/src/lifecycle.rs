@@ -95,7 +95,7 @@ impl Shim for VmpodShim {
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
-        let config = Config::load_default().map_err(|err| err.to_string());
+        let config = Config::load_default().map_err(|err| vmpod_sys::error::chain(&err));
         if let Err(err) = &config {
             tracing::error!("{err}");
         }
@@ -169,7 +169,7 @@ pub async fn clean_up_after_shim(bundle: &Path, container_id: &str) -> std::io::
     };
     ContainerShare::new(&pod.shared(), container_id)
         .remove()
-        .map_err(std::io::Error::other)?;
+        .map_err(|err| std::io::Error::other(vmpod_sys::error::chain(&err)))?;
     let own = pod
         .root
         .file_name()
@@ -224,13 +224,54 @@ fn kill_vmm(pod: &PodDir) {
     }
 }
 
+/// Failures of serving the Task API ([`serve`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// containerd's command line is not the shim protocol's.
+    #[error(transparent)]
+    Flags(containerd_shim::Error),
+    /// A file or socket of the shim could not be made or used.
+    #[error("{what} {path}")]
+    Host {
+        /// The operation that failed (bind, create, remove, write...).
+        what: &'static str,
+        /// The file, directory or socket it failed on.
+        path: String,
+        /// The system's reason.
+        source: std::io::Error,
+    },
+    /// containerd did not say where its ttrpc service is.
+    #[error("TTRPC_ADDRESS is not set (containerd sets it)")]
+    NoTtrpcAddress,
+    /// containerd's event service could not be reached.
+    #[error("containerd's event service at {address}")]
+    Events {
+        /// The address containerd gave (`TTRPC_ADDRESS`).
+        address: String,
+        /// Why the publisher could not connect.
+        source: containerd_shim::Error,
+    },
+    /// The ttrpc server of the Task API could not start.
+    #[error("serving the Task API")]
+    Server(#[source] ttrpc::Error),
+    /// The handlers of SIGTERM and SIGINT could not be installed.
+    #[error("installing the signal handlers")]
+    Signals(#[source] std::io::Error),
+}
+
+/// A [`ServeError::Host`] for `what` on `path`, from the io::Error it gets.
+fn host_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServeError {
+    let path = path.display().to_string();
+    move |source| ServeError::Host { what, path, source }
+}
+
 /// Serves the Task API on the socket containerd named (`-socket`) until the
 /// last task is deleted and containerd sends Shutdown, or a signal arrives.
 ///
 /// # Errors
 /// The flags, the socket or containerd's event service.
-pub async fn serve(args: &[OsString]) -> anyhow::Result<()> {
-    let flags = containerd_shim::parse(args)?;
+pub async fn serve(args: &[OsString]) -> Result<(), ServeError> {
+    let flags = containerd_shim::parse(args).map_err(ServeError::Flags)?;
     // Out of containerd's process group: the pod outlives a containerd restart.
     // SAFETY: setsid has no memory effects; failing (already a leader) is fine.
     unsafe { libc::setsid() };
@@ -241,24 +282,28 @@ pub async fn serve(args: &[OsString]) -> anyhow::Result<()> {
     let socket = PathBuf::from(flags.socket.trim_start_matches("unix://"));
     let Some(listener) = bind(&socket)? else {
         // Another shim of this pod serves there: containerd gets its address.
-        std::fs::write("address", &flags.socket)?;
+        std::fs::write("address", &flags.socket)
+            .map_err(host_error("write", Path::new("address")))?;
         return Ok(());
     };
-    let ttrpc_address = std::env::var("TTRPC_ADDRESS")
-        .map_err(|_| anyhow::anyhow!("TTRPC_ADDRESS is not set (containerd sets it)"))?;
-    let publisher = RemotePublisher::new(&ttrpc_address).await?;
+    let address = std::env::var("TTRPC_ADDRESS").map_err(|_| ServeError::NoTtrpcAddress)?;
+    let publisher = RemotePublisher::new(&address)
+        .await
+        .map_err(|source| ServeError::Events { address, source })?;
     let service = Arc::new(shim.create_task_service(publisher).await);
+    let listener = Listener::try_from(listener).map_err(host_error("listen on", &socket))?;
     let mut server = Server::new()
-        .add_listener(Listener::try_from(listener)?)
+        .add_listener(listener)
         .register_service(task_services(service.clone()));
-    server.start().await?;
+    server.start().await.map_err(ServeError::Server)?;
     // The parent `start` reads our stdout until it closes: we serve.
     // SAFETY: dup2 on the process's own standard descriptors.
     unsafe { libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) };
     tracing::info!(socket = %socket.display(), "serving");
 
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let signal = |kind| tokio::signal::unix::signal(kind).map_err(ServeError::Signals);
+    let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
     tokio::select! {
         _ = shim.wait() => {}
         _ = terminate.recv() => tracing::info!("SIGTERM"),
@@ -281,9 +326,9 @@ pub fn task_services(service: Arc<TaskService>) -> HashMap<String, ttrpc::asynch
 }
 
 /// Binds the shim socket; `None` when a live shim already listens there.
-fn bind(socket: &Path) -> anyhow::Result<Option<std::os::unix::net::UnixListener>> {
+fn bind(socket: &Path) -> Result<Option<std::os::unix::net::UnixListener>, ServeError> {
     if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(host_error("create", dir))?;
     }
     match std::os::unix::net::UnixListener::bind(socket) {
         Ok(listener) => Ok(Some(listener)),
@@ -291,10 +336,12 @@ fn bind(socket: &Path) -> anyhow::Result<Option<std::os::unix::net::UnixListener
             if std::os::unix::net::UnixStream::connect(socket).is_ok() {
                 return Ok(None);
             }
-            std::fs::remove_file(socket)?;
-            Ok(Some(std::os::unix::net::UnixListener::bind(socket)?))
+            std::fs::remove_file(socket).map_err(host_error("remove", socket))?;
+            let listener = std::os::unix::net::UnixListener::bind(socket)
+                .map_err(host_error("bind", socket))?;
+            Ok(Some(listener))
         }
-        Err(err) => Err(anyhow::anyhow!("bind {}: {err}", socket.display())),
+        Err(err) => Err(host_error("bind", socket)(err)),
     }
 }
 
@@ -346,7 +393,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_task_api_is_served_under_both_names() {
+    async fn test_the_task_api_is_served_under_both_names() {
         // The publisher dials containerd's ttrpc socket at once: a listener
         // stands in for it.
         let socket = std::env::temp_dir().join(format!("vmpod-shim-events-{}", std::process::id()));

@@ -51,7 +51,7 @@ fn main() {
                 run_through_crate().await;
                 Ok(())
             }
-            _ => lifecycle::serve(&args).await,
+            _ => lifecycle::serve(&args).await.map_err(anyhow::Error::from),
         }
     });
     if let Err(err) = result {

@@ -4,11 +4,12 @@
 //! when a step fails; the VM dies with the shim (parent-death signal), and the
 //! directory is what `delete` finds to clean up after a killed shim.
 
+mod logs;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::process::Command;
 use tokio::sync::{oneshot, watch};
@@ -17,6 +18,7 @@ use vmpod_agent_api::{AgentClient, SandboxConfig, AGENT_VSOCK_PORT, API_VERSION}
 
 use crate::config::{Config, VmSize};
 use crate::network::{NetworkError, PodNetwork};
+use logs::{forward_agent_logs, tail};
 
 /// The guest's vsock CID.
 const GUEST_CID: u32 = 3;
@@ -28,43 +30,37 @@ const SHARE_TAG: &str = "vmpod";
 pub const GUEST_SHARE: &str = "/run/vmpod/shared";
 /// Between two attempts to reach a booting agent.
 const CONNECT_RETRY: Duration = Duration::from_millis(250);
-/// The longest agent log line kept (the guest writes them).
-const MAX_LOG_LINE: usize = 8192;
-/// Agent log connections served at once.
-const MAX_LOG_CONNECTIONS: usize = 4;
-/// How much of a log file's end an error message quotes.
-const LOG_TAIL: usize = 300;
 
 /// Failures of a pod's VM.
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
     /// A host file or directory of the pod could not be made or removed.
-    #[error("pod {pod}: {what} {path}: {source}")]
+    #[error("pod {pod}: {what} {path}")]
     Host {
-        /// The pod.
+        /// The pod's id.
         pod: String,
-        /// What was being done.
+        /// The operation that failed (create, write, listen on, start...).
         what: &'static str,
-        /// The path.
+        /// The file, directory or socket it failed on.
         path: String,
-        /// Why.
+        /// The system's reason.
         source: std::io::Error,
     },
     /// The pod's directory is there already: another pod of that id, or leftovers
     /// of one a killed shim left for `delete`.
     #[error("pod {pod}: {path} already exists")]
     Exists {
-        /// The pod.
+        /// The pod's id.
         pod: String,
-        /// The directory.
+        /// The pod directory found in place.
         path: String,
     },
     /// `vmpod-vm` ended before its agent served.
     #[error("pod {pod}: vmpod-vm exited ({status}) before the agent served: {log}")]
     VmExited {
-        /// The pod.
+        /// The pod's id.
         pod: String,
-        /// How it ended.
+        /// Its exit status, as the OS reported it.
         status: String,
         /// The end of its log or of the guest console.
         log: String,
@@ -72,48 +68,49 @@ pub enum PodError {
     /// The agent did not serve within the configured time.
     #[error("pod {pod}: the agent did not serve within {seconds} s (agent-timeout): {log}")]
     Timeout {
-        /// The pod.
+        /// The pod's id.
         pod: String,
-        /// The limit.
+        /// The configured `agent-timeout`.
         seconds: u64,
         /// The end of the guest console.
         log: String,
     },
     /// The agent answered, but not as this shim needs.
-    #[error("pod {pod}: {source}")]
+    #[error("pod {pod}: {agent}")]
     Agent {
-        /// The pod.
+        /// The pod's id.
         pod: String,
-        /// What went wrong.
-        #[source]
-        source: vmpod_agent_api::ClientError,
+        /// The failed request and the agent's answer. Part of the message,
+        /// not a chained source: a [`ClientError`](vmpod_agent_api::ClientError)
+        /// already says the agent's answer and would print it twice.
+        agent: vmpod_agent_api::ClientError,
     },
-    /// The pod's network could not be set up, or the guest refused it.
-    #[error("pod {pod}: {source}")]
+    /// The pod's network could not be set up.
+    #[error("pod {pod}")]
     Network {
-        /// The pod.
+        /// The pod's id.
         pod: String,
-        /// What went wrong.
+        /// The step of the network's set-up that failed.
         #[source]
         source: NetworkError,
     },
     /// The guest refused its share of the pod's network.
-    #[error("pod {pod}: configuring the guest's network: {source}")]
+    #[error("pod {pod}: configuring the guest's network: {agent}")]
     GuestNetwork {
-        /// The pod.
+        /// The pod's id.
         pod: String,
-        /// The agent's answer.
-        #[source]
-        source: vmpod_agent_api::ClientError,
+        /// The refused request and the agent's answer (in the message, as
+        /// for [`PodError::Agent`]).
+        agent: vmpod_agent_api::ClientError,
     },
     /// The agent speaks another API version.
     #[error("pod {pod}: the agent speaks API version {agent}, this shim {shim}")]
     Version {
-        /// The pod.
+        /// The pod's id.
         pod: String,
-        /// The agent's.
+        /// The API version the agent speaks.
         agent: u32,
-        /// Ours.
+        /// The API version this shim speaks ([`API_VERSION`]).
         shim: u32,
     },
 }
@@ -311,75 +308,19 @@ impl Pod {
         size: VmSize,
         network: Option<&PodNetwork>,
     ) -> Result<Started, PodError> {
-        let host = |what: &'static str, path: &Path| host_error(id, what, path);
-        let log_listener =
-            UnixListener::bind(dir.log_socket()).map_err(host("listen on", &dir.log_socket()))?;
+        let log_listener = UnixListener::bind(dir.log_socket()).map_err(host_error(
+            id,
+            "listen on",
+            &dir.log_socket(),
+        ))?;
         tokio::spawn(forward_agent_logs(log_listener, id.to_owned()));
-
-        let vmm_log =
-            std::fs::File::create(dir.vmm_log()).map_err(host("create", &dir.vmm_log()))?;
-        let vmm_log_err = vmm_log.try_clone().map_err(host("open", &dir.vmm_log()))?;
-        let mut command = Command::new(&config.vmm);
-        command
-            .arg("--kernel")
-            .arg(&config.kernel)
-            .arg("--initrd")
-            .arg(&config.initrd)
-            .args(["--vcpus", &size.vcpus.to_string()])
-            .args(["--memory", &size.memory_mib.to_string()])
-            .args(["--cpu-template", &config.cpu_template])
-            // The console keeps the kernel's messages (not `quiet`): a guest
-            // process's fatal trap shows there (README, "Known host faults").
-            .arg("--cmdline")
-            .arg(format!(
-                "console=ttyS0 reboot=k panic=1 vmpod.log_port={AGENT_LOG_PORT}"
-            ))
-            .arg("--serial")
-            .arg(format!("file:{}", dir.console().display()))
-            .arg("--vsock")
-            .arg(format!("cid={GUEST_CID},socket={}", dir.vsock().display()))
-            .arg("--fs")
-            .arg(format!("tag={SHARE_TAG},dir={}", dir.shared().display()));
-        for net in network.map(PodNetwork::vmm_args).unwrap_or_default() {
-            command.arg("--net").arg(net);
-        }
-        command
-            .stdin(Stdio::null())
-            .stdout(vmm_log)
-            .stderr(vmm_log_err)
-            .kill_on_drop(true);
-        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no
-        // memory of the parent; it makes the VM die with the shim.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = command.spawn().map_err(host("start", &config.vmm))?;
-        let vmm_pid = child.id().unwrap_or_default();
-        std::fs::write(dir.vmm_pid_file(), vmm_pid.to_string())
-            .map_err(host("write", &dir.vmm_pid_file()))?;
-        let (exit_tx, exit_rx) = watch::channel(None);
-        let (kill_tx, kill_rx) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let status = tokio::select! {
-                status = child.wait() => status,
-                _ = kill_rx => {
-                    let _ = child.start_kill();
-                    child.wait().await
-                }
-            };
-            let status = match status {
-                Ok(status) => status.to_string(),
-                Err(err) => format!("cannot wait: {err}"),
-            };
-            let _ = exit_tx.send(Some(status));
-        });
-
-        let ready = match connect(config, id, dir, exit_rx.clone()).await {
+        let command = vmm_command(config, id, dir, size, network).map_err(|err| *err)?;
+        let Vmm {
+            pid: vmm_pid,
+            exit: vm_exit,
+            kill,
+        } = spawn_vmm(command, config, id, dir).map_err(|err| *err)?;
+        let ready = match connect(config, id, dir, vm_exit.clone()).await {
             Ok(agent) => configure_guest_network(id, &agent, network)
                 .await
                 .map(|()| agent),
@@ -389,12 +330,12 @@ impl Pod {
             Ok(agent) => Ok(Started {
                 agent,
                 vmm_pid,
-                vm_exit: exit_rx,
-                kill: kill_tx,
+                vm_exit,
+                kill,
             }),
             Err(err) => {
-                let _ = kill_tx.send(());
-                let mut exit = exit_rx;
+                let _ = kill.send(());
+                let mut exit = vm_exit;
                 let _ = exit.wait_for(Option::is_some).await;
                 Err(err)
             }
@@ -426,9 +367,116 @@ impl Pod {
 pub async fn tear_down_network(id: &str, network: Option<&PodNetwork>) {
     if let Some(network) = network {
         if let Err(err) = network.tear_down().await {
-            tracing::warn!(pod = id, "tearing down the network: {err}");
+            tracing::warn!(
+                pod = id,
+                "tearing down the network: {}",
+                vmpod_sys::error::chain(&err)
+            );
         }
     }
+}
+
+/// The `vmpod-vm` command line of the pod: its kernel, size, console,
+/// vsock, share and network; its output goes to the pod's `vmm.log`, and it
+/// dies with the shim. (The error is boxed, as [`PodError`] is large.)
+fn vmm_command(
+    config: &Config,
+    id: &str,
+    dir: &PodDir,
+    size: VmSize,
+    network: Option<&PodNetwork>,
+) -> Result<Command, Box<PodError>> {
+    let host = |what: &'static str, path: &Path| host_error(id, what, path);
+    let vmm_log = std::fs::File::create(dir.vmm_log()).map_err(host("create", &dir.vmm_log()))?;
+    let vmm_log_err = vmm_log.try_clone().map_err(host("open", &dir.vmm_log()))?;
+    let mut command = Command::new(&config.vmm);
+    command
+        .arg("--kernel")
+        .arg(&config.kernel)
+        .arg("--initrd")
+        .arg(&config.initrd)
+        .args(["--vcpus", &size.vcpus.to_string()])
+        .args(["--memory", &size.memory_mib.to_string()])
+        .args(["--cpu-template", &config.cpu_template])
+        // The console keeps the kernel's messages (not `quiet`): a guest
+        // process's fatal trap shows there (README, "Known host faults").
+        .arg("--cmdline")
+        .arg(format!(
+            "console=ttyS0 reboot=k panic=1 vmpod.log_port={AGENT_LOG_PORT}"
+        ))
+        .arg("--serial")
+        .arg(format!("file:{}", dir.console().display()))
+        .arg("--vsock")
+        .arg(format!("cid={GUEST_CID},socket={}", dir.vsock().display()))
+        .arg("--fs")
+        .arg(format!("tag={SHARE_TAG},dir={}", dir.shared().display()));
+    for net in network.map(PodNetwork::vmm_args).unwrap_or_default() {
+        command.arg("--net").arg(net);
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(vmm_log)
+        .stderr(vmm_log_err)
+        .kill_on_drop(true);
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no
+    // memory of the parent; it makes the VM die with the shim.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(command)
+}
+
+/// Spawns `vmpod-vm`, records its pid in the pod's directory and watches it.
+fn spawn_vmm(
+    mut command: Command,
+    config: &Config,
+    id: &str,
+    dir: &PodDir,
+) -> Result<Vmm, Box<PodError>> {
+    let mut child = command
+        .spawn()
+        .map_err(host_error(id, "start", &config.vmm))?;
+    let vmm_pid = child.id().unwrap_or_default();
+    std::fs::write(dir.vmm_pid_file(), vmm_pid.to_string()).map_err(host_error(
+        id,
+        "write",
+        &dir.vmm_pid_file(),
+    ))?;
+    let (exit_tx, exit_rx) = watch::channel(None);
+    let (kill_tx, kill_rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let status = tokio::select! {
+            status = child.wait() => status,
+            _ = kill_rx => {
+                let _ = child.start_kill();
+                child.wait().await
+            }
+        };
+        let status = match status {
+            Ok(status) => status.to_string(),
+            Err(err) => format!("cannot wait: {err}"),
+        };
+        let _ = exit_tx.send(Some(status));
+    });
+    Ok(Vmm {
+        pid: vmm_pid,
+        exit: exit_rx,
+        kill: kill_tx,
+    })
+}
+
+/// A spawned `vmpod-vm`.
+struct Vmm {
+    pid: u32,
+    /// Set once it has ended: how.
+    exit: watch::Receiver<Option<String>>,
+    /// Kills it.
+    kill: oneshot::Sender<()>,
 }
 
 /// Gives the guest's interfaces the addresses and MTU of the namespace's,
@@ -441,9 +489,9 @@ async fn configure_guest_network(
     let Some(network) = network else {
         return Ok(());
     };
-    let refused = |source| PodError::GuestNetwork {
+    let refused = |agent| PodError::GuestNetwork {
         pod: id.to_owned(),
-        source,
+        agent,
     };
     for interface in network.guest_interfaces() {
         agent.update_interface(interface).await.map_err(refused)?;
@@ -521,9 +569,9 @@ async fn connect(
         seconds = started.elapsed().as_secs_f64(),
         "agent serving"
     );
-    let agent_error = |source| PodError::Agent {
+    let agent_error = |agent| PodError::Agent {
         pod: id.to_owned(),
-        source,
+        agent,
     };
     let version = agent.version().await.map_err(agent_error)?;
     if version.api_version != API_VERSION {
@@ -548,110 +596,4 @@ async fn connect(
         .await
         .map_err(agent_error)?;
     Ok(agent)
-}
-
-/// The end of a log file on one line, for error messages.
-fn tail(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let text = text.trim_end();
-    if text.is_empty() {
-        return None;
-    }
-    let start = text.len().saturating_sub(LOG_TAIL);
-    let start = (start..text.len())
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(0);
-    Some(text[start..].replace('\n', " | "))
-}
-
-/// Copies the agent's log lines into the shim's log. The guest writes them,
-/// so they are bounded: at most [`MAX_LOG_LINE`] bytes a line (the rest of a
-/// longer one is dropped) and [`MAX_LOG_CONNECTIONS`] connections at a time.
-async fn forward_agent_logs(listener: UnixListener, pod: String) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_LOG_CONNECTIONS));
-    while let Ok((stream, _)) = listener.accept().await {
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(pod, "agent log: too many connections; refusing one");
-            continue;
-        };
-        let pod = pod.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let mut reader = BufReader::new(stream);
-            let mut line = Vec::with_capacity(256);
-            loop {
-                line.clear();
-                match read_bounded_line(&mut reader, &mut line).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let text = String::from_utf8_lossy(&line);
-                        tracing::info!(pod, "agent: {}", text.trim_end());
-                    }
-                }
-            }
-        });
-    }
-}
-
-/// Reads one line into `line`, keeping at most [`MAX_LOG_LINE`] bytes of it;
-/// returns how many bytes it consumed (0 at the end of the stream).
-async fn read_bounded_line<R: tokio::io::AsyncBufRead + Unpin>(
-    reader: &mut R,
-    line: &mut Vec<u8>,
-) -> std::io::Result<usize> {
-    let mut consumed = 0;
-    loop {
-        let buffer = reader.fill_buf().await?;
-        if buffer.is_empty() {
-            return Ok(consumed);
-        }
-        let (chunk, done) = match buffer.iter().position(|&b| b == b'\n') {
-            Some(end) => (&buffer[..=end], true),
-            None => (buffer, false),
-        };
-        let room = MAX_LOG_LINE.saturating_sub(line.len());
-        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        let used = chunk.len();
-        reader.consume(used);
-        consumed += used;
-        if done {
-            return Ok(consumed);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn agent_log_lines_are_bounded() {
-        let mut input = vec![b'x'; 3 * MAX_LOG_LINE];
-        input.extend_from_slice(b"\nshort\nend");
-        let mut reader = BufReader::new(&input[..]);
-        let mut line = Vec::new();
-        assert_eq!(
-            read_bounded_line(&mut reader, &mut line).await.unwrap(),
-            3 * MAX_LOG_LINE + 1
-        );
-        assert_eq!(line.len(), MAX_LOG_LINE);
-        line.clear();
-        read_bounded_line(&mut reader, &mut line).await.unwrap();
-        assert_eq!(line, b"short\n");
-        line.clear();
-        assert_eq!(read_bounded_line(&mut reader, &mut line).await.unwrap(), 3);
-        assert_eq!(line, b"end");
-        line.clear();
-        assert_eq!(read_bounded_line(&mut reader, &mut line).await.unwrap(), 0);
-    }
-
-    #[test]
-    fn log_tails_are_one_line() {
-        let path = std::env::temp_dir().join(format!("vmpod-tail-{}", std::process::id()));
-        std::fs::write(&path, "first\nsecond\n").unwrap();
-        assert_eq!(tail(&path).unwrap(), "first | second");
-        std::fs::write(&path, "\n").unwrap();
-        assert!(tail(&path).is_none());
-        std::fs::remove_file(&path).unwrap();
-    }
 }

@@ -6,12 +6,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use containerd_shim::api::Status;
 use protobuf::well_known_types::timestamp::Timestamp;
 use tokio::sync::{watch, Notify};
 use vmpod_agent_api::ProcessId;
 
 use crate::io::{Copies, StdioPaths};
+use crate::task::TaskStatus;
 
 /// The status a process gets when its VM or agent went away under it.
 pub const LOST_STATUS: u32 = 255;
@@ -130,13 +130,13 @@ impl Process {
         self.exit.subscribe()
     }
 
-    /// Its status as containerd names it; `paused` is its container's.
-    pub fn status(&self, paused: bool) -> Status {
+    /// Its status; `paused` is its container's.
+    pub fn status(&self, paused: bool) -> TaskStatus {
         match (self.exit.borrow().is_some(), self.started, paused) {
-            (true, _, _) => Status::STOPPED,
-            (false, false, _) => Status::CREATED,
-            (false, true, true) => Status::PAUSED,
-            (false, true, false) => Status::RUNNING,
+            (true, _, _) => TaskStatus::Stopped,
+            (false, false, _) => TaskStatus::Created,
+            (false, true, true) => TaskStatus::Paused,
+            (false, true, false) => TaskStatus::Running,
         }
     }
 }
@@ -146,17 +146,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_first_exit_counts_and_sets_the_status() {
+    fn test_the_first_exit_counts_and_sets_the_status() {
         let mut process = Process::new(ProcessId::init("c"), StdioPaths::default(), None);
-        assert_eq!(process.status(false), Status::CREATED);
+        assert_eq!(process.status(false), TaskStatus::Created);
         process.set_started();
-        assert_eq!(process.status(false), Status::RUNNING);
-        assert_eq!(process.status(true), Status::PAUSED);
+        assert_eq!(process.status(false), TaskStatus::Running);
+        assert_eq!(process.status(true), TaskStatus::Paused);
         process.set_exit(Exit::at_nanos(3, 1_500_000_000));
         process.set_exit(Exit::now(LOST_STATUS));
         let exit = process.exit().unwrap();
         assert_eq!(exit.status, 3);
         assert_eq!((exit.at.seconds, exit.at.nanos), (1, 500_000_000));
-        assert_eq!(process.status(false), Status::STOPPED);
+        assert_eq!(process.status(false), TaskStatus::Stopped);
     }
 }

@@ -22,7 +22,7 @@ pub enum SpecError {
     Load {
         /// The bundle directory.
         bundle: String,
-        /// Why.
+        /// What the OCI spec parser said, on one line.
         message: String,
     },
     /// A bind mount's source cannot be shared with the guest.
@@ -117,7 +117,7 @@ mod tests {
     }
 
     #[test]
-    fn network_namespace_is_the_network_entry_with_a_path() {
+    fn test_network_namespace_is_the_network_entry_with_a_path() {
         let with = |namespaces: serde_json::Value| {
             network_namespace(&spec(serde_json::json!({
                 "ociVersion": "1.0.2",
@@ -140,7 +140,7 @@ mod tests {
     }
 
     #[test]
-    fn cri_annotations_group_containers_into_their_sandbox() {
+    fn test_cri_annotations_group_containers_into_their_sandbox() {
         let annotated = |kind: &str, sandbox: &str| {
             spec(serde_json::json!({
                 "ociVersion": "1.0.2",
@@ -160,7 +160,7 @@ mod tests {
     }
 
     #[test]
-    fn host_paths_are_dropped_for_the_guest() {
+    fn test_host_paths_are_dropped_for_the_guest() {
         let dir = std::env::temp_dir().join(format!("vmpod-shim-spec-{}", std::process::id()));
         let share = ContainerShare::new(&dir, "c1");
         let adapted = for_guest(
@@ -187,7 +187,7 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_bind_source_is_named() {
+    fn test_a_missing_bind_source_is_named() {
         let dir = std::env::temp_dir().join(format!("vmpod-shim-bind-{}", std::process::id()));
         let share = ContainerShare::new(&dir, "c1");
         let err = for_guest(

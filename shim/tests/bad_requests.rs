@@ -86,7 +86,7 @@ fn one_line(message: &str) {
 }
 
 #[tokio::test]
-async fn requests_for_unknown_tasks_are_not_found() {
+async fn test_requests_for_unknown_tasks_are_not_found() {
     let served = serve("unknown", "no config").await;
     let c = &served.client;
     let ctx = context::with_timeout(10_000_000_000);
@@ -214,7 +214,7 @@ async fn requests_for_unknown_tasks_are_not_found() {
 }
 
 #[tokio::test]
-async fn bad_creates_name_the_problem_and_leave_nothing() {
+async fn test_bad_creates_name_the_problem_and_leave_nothing() {
     let served = serve(
         "create",
         "config /etc/vmpod/config.toml: memory: 1 MiB is not within 64..=2048",

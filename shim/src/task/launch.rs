@@ -1,0 +1,186 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The pod VM as the task layer sees it: launched by a pod's first
+//! container, stopped after its last. [`Launcher`] and [`PodVm`] are the seam
+//! between the Task API and [`Pod`], so that the verbs run against a fake VM
+//! in tests.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use ttrpc::Code;
+
+use super::error::{launch_status, status};
+use super::{lock, Agent, TaskService};
+use crate::config::{Config, VmSize};
+use crate::pod::{Pod, PodError};
+
+/// The pod's running VM, as requests need it.
+#[derive(Debug, Clone)]
+pub struct PodHandle {
+    /// The agent in the VM.
+    pub agent: Arc<dyn Agent>,
+    /// The `vmpod-vm` process: what containerd is told is every task's pid.
+    pub vmm_pid: u32,
+    /// Set once `vmpod-vm` has ended: how.
+    pub vm_exit: watch::Receiver<Option<String>>,
+}
+
+/// A launched pod VM.
+#[async_trait]
+pub trait PodVm: Send + Sync + std::fmt::Debug {
+    /// The pod's id (its first container's).
+    fn id(&self) -> &str;
+    /// The host directory shared with the guest: containers' parts go below.
+    fn shared(&self) -> PathBuf;
+    /// What requests need of the running VM.
+    fn handle(&self) -> PodHandle;
+    /// Stops the VM and removes what it had on the host.
+    ///
+    /// # Errors
+    /// The pod's directory could not be removed.
+    async fn shut_down(self: Box<Self>) -> std::io::Result<()>;
+}
+
+/// Boots pod VMs.
+#[async_trait]
+pub trait Launcher: Send + Sync + std::fmt::Debug {
+    /// Boots the VM of pod `id` in `namespace`, of `size`, with the network
+    /// of the namespace at `netns`; see [`Pod::launch`].
+    ///
+    /// # Errors
+    /// [`PodError`] naming the step that failed; nothing of the pod is left.
+    async fn launch(
+        &self,
+        config: &Config,
+        namespace: &str,
+        id: &str,
+        size: VmSize,
+        netns: Option<&Path>,
+    ) -> Result<Box<dyn PodVm>, PodError>;
+}
+
+/// The real launcher: `vmpod-vm` and the agent in it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VmLauncher;
+
+#[async_trait]
+impl Launcher for VmLauncher {
+    async fn launch(
+        &self,
+        config: &Config,
+        namespace: &str,
+        id: &str,
+        size: VmSize,
+        netns: Option<&Path>,
+    ) -> Result<Box<dyn PodVm>, PodError> {
+        let pod = Pod::launch(config, namespace, id, size, netns).await?;
+        Ok(Box::new(pod))
+    }
+}
+
+#[async_trait]
+impl PodVm for Pod {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn shared(&self) -> PathBuf {
+        self.dir.shared()
+    }
+
+    fn handle(&self) -> PodHandle {
+        PodHandle {
+            agent: Arc::new(self.agent.clone()),
+            vmm_pid: self.vmm_pid,
+            vm_exit: self.vm_exit.clone(),
+        }
+    }
+
+    async fn shut_down(self: Box<Self>) -> std::io::Result<()> {
+        Pod::shut_down(*self).await
+    }
+}
+
+/// The pod a create runs in.
+pub(super) struct PodForCreate {
+    /// Its VM.
+    pub(super) handle: PodHandle,
+    /// Its shared directory.
+    pub(super) shared: PathBuf,
+    /// Whether this create launched it (and so stops it when it fails).
+    pub(super) launched: bool,
+}
+
+impl TaskService {
+    /// Boots the pod VM if this is the pod's first container; refuses a
+    /// container of another pod, or one whose pod does not run.
+    pub(super) async fn pod_for(
+        &self,
+        pod_id: &str,
+        container_id: &str,
+        annotations: &HashMap<String, String>,
+        netns: Option<&Path>,
+    ) -> Result<PodForCreate, ttrpc::Error> {
+        let config = self
+            .config
+            .as_ref()
+            .map_err(|err| status(Code::FAILED_PRECONDITION, err))?;
+        let mut pod = self.pod.lock().await;
+        if let Some(pod) = pod.as_ref() {
+            if pod.id() != pod_id {
+                return Err(status(
+                    Code::INVALID_ARGUMENT,
+                    format!(
+                        "container {container_id:?} names pod {pod_id:?}, this shim runs pod {:?}",
+                        pod.id()
+                    ),
+                ));
+            }
+            return Ok(PodForCreate {
+                handle: self.handle()?,
+                shared: pod.shared(),
+                launched: false,
+            });
+        }
+        if pod_id != container_id {
+            return Err(status(
+                Code::NOT_FOUND,
+                format!("container {container_id:?} names pod {pod_id:?}, which does not run"),
+            ));
+        }
+        let size = config
+            .vm_size(annotations)
+            .map_err(|err| status(Code::INVALID_ARGUMENT, err))?;
+        let launched = self
+            .launcher
+            .launch(config, &self.namespace, pod_id, size, netns)
+            .await
+            .map_err(launch_status)?;
+        let handle = launched.handle();
+        let shared = launched.shared();
+        *pod = Some(launched);
+        *lock(&self.handle) = Some(handle.clone());
+        self.watch_pod(&handle);
+        Ok(PodForCreate {
+            handle,
+            shared,
+            launched: true,
+        })
+    }
+
+    /// Stops the pod VM and removes its directory. Called on the last delete
+    /// and when the shim is told to stop.
+    pub async fn shut_down_pod(&self) {
+        let pod = self.pod.lock().await.take();
+        lock(&self.handle).take();
+        if let Some(pod) = pod {
+            let id = pod.id().to_owned();
+            if let Err(err) = pod.shut_down().await {
+                tracing::warn!(pod = id, "removing the pod's directory: {err}");
+            }
+        }
+    }
+}
