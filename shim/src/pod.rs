@@ -76,14 +76,13 @@ pub enum PodError {
         log: String,
     },
     /// The agent answered, but not as this shim needs.
-    #[error("pod {pod}: {agent}")]
+    #[error("pod {pod}")]
     Agent {
         /// The pod's id.
         pod: String,
-        /// The failed request and the agent's answer. Part of the message,
-        /// not a chained source: a [`ClientError`](vmpod_agent_api::ClientError)
-        /// already says the agent's answer and would print it twice.
-        agent: vmpod_agent_api::ClientError,
+        /// The failed request and the agent's answer.
+        #[source]
+        source: vmpod_agent_api::ClientError,
     },
     /// The pod's network could not be set up.
     #[error("pod {pod}")]
@@ -95,13 +94,14 @@ pub enum PodError {
         source: NetworkError,
     },
     /// The guest refused its share of the pod's network.
-    #[error("pod {pod}: configuring the guest's network: {agent}")]
+    #[error("pod {pod}: configuring the guest's network")]
     GuestNetwork {
         /// The pod's id.
         pod: String,
-        /// The refused request and the agent's answer (in the message, as
-        /// for [`PodError::Agent`]).
-        agent: vmpod_agent_api::ClientError,
+        /// The refused request and the agent's answer (its code decides the
+        /// launch's).
+        #[source]
+        source: vmpod_agent_api::ClientError,
     },
     /// The agent speaks another API version.
     #[error("pod {pod}: the agent speaks API version {agent}, this shim {shim}")]
@@ -489,9 +489,9 @@ async fn configure_guest_network(
     let Some(network) = network else {
         return Ok(());
     };
-    let refused = |agent| PodError::GuestNetwork {
+    let refused = |source| PodError::GuestNetwork {
         pod: id.to_owned(),
-        agent,
+        source,
     };
     for interface in network.guest_interfaces() {
         agent.update_interface(interface).await.map_err(refused)?;
@@ -569,9 +569,9 @@ async fn connect(
         seconds = started.elapsed().as_secs_f64(),
         "agent serving"
     );
-    let agent_error = |agent| PodError::Agent {
+    let agent_error = |source| PodError::Agent {
         pod: id.to_owned(),
-        agent,
+        source,
     };
     let version = agent.version().await.map_err(agent_error)?;
     if version.api_version != API_VERSION {

@@ -33,7 +33,7 @@ pub(super) fn host_status(code: Code, err: &(dyn std::error::Error + 'static)) -
 /// An agent failure as containerd should see it: the agent's own status
 /// code and message when it refused, UNAVAILABLE when it could not be reached.
 pub(super) fn agent_status(err: ClientError) -> ttrpc::Error {
-    status(err.agent_code().unwrap_or(Code::UNAVAILABLE), err)
+    status(err.agent_code().unwrap_or(Code::UNAVAILABLE), chain(&err))
 }
 
 /// A failed pod launch as containerd should see it: bad input (the spec's
@@ -55,7 +55,7 @@ pub(super) fn launch_status(err: PodError) -> ttrpc::Error {
             ..
         }
         | PodError::Version { .. } => Code::FAILED_PRECONDITION,
-        PodError::GuestNetwork { agent, .. } => agent.agent_code().unwrap_or(Code::UNAVAILABLE),
+        PodError::GuestNetwork { source, .. } => source.agent_code().unwrap_or(Code::UNAVAILABLE),
         _ => Code::UNAVAILABLE,
     };
     host_status(code, &err)
@@ -161,7 +161,7 @@ mod tests {
         assert_eq!(code(route).0, Code::INVALID_ARGUMENT);
         let refused = PodError::GuestNetwork {
             pod: pod(),
-            agent: ClientError::Rpc {
+            source: ClientError::Rpc {
                 method: "UpdateRoutes",
                 source: ttrpc::Error::RpcStatus(ttrpc::get_status(
                     Code::FAILED_PRECONDITION,
