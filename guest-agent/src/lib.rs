@@ -2,7 +2,6 @@
 //! vmpod's guest agent as a library: the pieces of `vmpod-agent`, PID 1
 //! of the pod VM, which builds the pod's containers on the shim's
 //! requests.
-#![warn(missing_docs)]
 
 pub mod container;
 pub mod listen;

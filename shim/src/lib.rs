@@ -2,7 +2,6 @@
 //! `containerd-shim-vmpod-v2`: containerd's shim v2 for vmpod. One shim
 //! process per pod runs the pod's microVM (`vmpod-vm`) and turns containerd's
 //! Task API into requests to `vmpod-agent` inside it.
-#![warn(missing_docs)]
 
 /// The configuration file every pod VM is built from.
 pub mod config;

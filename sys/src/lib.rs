@@ -2,7 +2,6 @@
 //! Small host-side helpers that more than one vmpod crate needs, written
 //! once here so that the VMM, the shim, the agent and the tests agree on
 //! them. It depends on nothing of vmpod's, so any crate may use it.
-#![warn(missing_docs)]
 
 pub mod command;
 pub mod error;

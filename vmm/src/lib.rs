@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //! vmpod's virtual machine monitor: builds and runs a KVM microVM that boots
 //! a Linux guest, for the `vmpod-vm` launcher and the containerd shim.
-#![warn(missing_docs)]
 
 /// Architecture-specific layout, boot protocols and CPU setup.
 pub mod arch;
