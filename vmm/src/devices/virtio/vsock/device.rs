@@ -124,11 +124,13 @@ impl Vsock {
         let Some(queue) = active.queues.get_mut(TX) else {
             return;
         };
-        let mut packets = Vec::new();
         let mut completed = false;
+        // Each packet is handled as it is popped, so a guest that keeps
+        // refilling the queue while this runs never makes the host hold
+        // more than one packet (at most 64 KiB).
         while let Some(chain) = queue.pop_descriptor_chain(&mem) {
             let head = chain.head_index();
-            packets.push(read_packet(&mem, chain));
+            self.muxer.handle_guest_packet(read_packet(&mem, chain));
             if queue.add_used(&mem, head, 0).is_err() {
                 break;
             }
@@ -136,9 +138,6 @@ impl Vsock {
         }
         if completed && queue.needs_notification(&mem).unwrap_or(true) {
             let _ = active.interrupt.signal_used_queue();
-        }
-        for packet in packets {
-            self.muxer.handle_guest_packet(packet);
         }
     }
 
