@@ -97,16 +97,12 @@ fn oci_runtime(runtime: &str, bundle: &Path) -> Option<Vec<Duration>> {
 
 async fn agent(dir: &Path, rootfs: &Path) -> Vec<Duration> {
     let socket = dir.join("agent.sock");
-    let cgroup_root = std::fs::read_to_string("/proc/self/mountinfo")
+    let cgroup_root = vmpod_sys::mountinfo::mounts()
         .unwrap()
-        .lines()
-        .find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            right
-                .starts_with("cgroup2 ")
-                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
-        })
+        .into_iter()
+        .find(|mount| mount.fs_type == "cgroup2")
         .expect("a cgroup2 mount")
+        .point
         .join("vmpod-bench");
     std::fs::create_dir_all(&cgroup_root).unwrap();
     let mut child = Command::new("unshare")
@@ -211,12 +207,12 @@ async fn main() {
 /// On a hybrid cgroup host, unmounts the v2 hierarchy in a mount namespace
 /// of this process's own, and returns where it was.
 fn hide_cgroup2_hierarchy() -> Option<String> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let path = mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let point = left.split_whitespace().nth(4)?;
-        (right.starts_with("cgroup2 ") && point != "/sys/fs/cgroup").then(|| point.to_owned())
-    })?;
+    let point = vmpod_sys::mountinfo::mounts()
+        .ok()?
+        .into_iter()
+        .find(|mount| mount.fs_type == "cgroup2" && mount.point != Path::new("/sys/fs/cgroup"))?
+        .point;
+    let path = point.to_str()?.to_owned();
     let c_path = std::ffi::CString::new(path.clone()).ok()?;
     // SAFETY: unshare and mount/umount2 with NUL-terminated paths; this
     // only changes the bench process's own mount namespace.
