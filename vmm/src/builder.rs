@@ -27,6 +27,7 @@ use crate::config::VmConfig;
 use crate::device_manager::mmio::{allocate_slots, attach_virtio_device, MmioDeviceError};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::{Bus, BusError};
+use crate::devices::legacy::console_file::{ConsoleFile, DEFAULT_CONSOLE_MAX_BYTES};
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{EventFdTrigger, SerialDevice, SerialOutput};
 use crate::devices::virtio::block::{Block, BlockError};
@@ -388,12 +389,17 @@ fn serial_output(config: &VmConfig) -> Result<SerialOutput, BuildMicrovmError> {
         SerialTarget::Stdout => Box::new(std::io::stdout()),
         SerialTarget::None => Box::new(std::io::sink()),
         SerialTarget::File(path) => {
-            Box::new(
-                File::create(path).map_err(|source| BuildMicrovmError::SerialFile {
+            let file = File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)
+                .map_err(|source| BuildMicrovmError::SerialFile {
                     path: path.clone(),
                     source,
-                })?,
-            )
+                })?;
+            Box::new(ConsoleFile::new(file, DEFAULT_CONSOLE_MAX_BYTES))
         }
     })
 }

@@ -31,7 +31,8 @@ pub enum SerialTarget {
     /// The VMM's standard output.
     #[default]
     Stdout,
-    /// A file, created or truncated.
+    /// A file, created or truncated, holding at most the newest MiB of
+    /// output (see [`crate::devices::legacy::console_file`]).
     File(PathBuf),
     /// Nowhere.
     None,

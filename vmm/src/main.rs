@@ -41,7 +41,7 @@ struct Cli {
     /// Guest memory in MiB.
     #[arg(long, value_name = "MIB")]
     memory: Option<u64>,
-    /// Serial console: stdout, file:PATH or none.
+    /// Serial console: stdout, file:PATH (keeps the newest MiB) or none.
     #[arg(long, value_name = "TARGET")]
     serial: Option<SerialTarget>,
     /// CPU template; `auto` probes the host.

@@ -115,7 +115,11 @@ impl Vsock {
         self.muxer.counters
     }
 
-    /// Handles every packet the guest queued.
+    /// Handles the packets the guest queued, at most a queue's worth per
+    /// call: a guest that keeps refilling the queue cannot hold the event
+    /// loop (and the other devices on it). When packets remain, the tx
+    /// queue's event is raised again, so the loop comes back after serving
+    /// what else is ready.
     pub fn process_tx(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
@@ -124,20 +128,28 @@ impl Vsock {
         let Some(queue) = active.queues.get_mut(TX) else {
             return;
         };
-        let mut completed = false;
-        // Each packet is handled as it is popped, so a guest that keeps
-        // refilling the queue while this runs never makes the host hold
-        // more than one packet (at most 64 KiB).
-        while let Some(chain) = queue.pop_descriptor_chain(&mem) {
+        let mut handled: u16 = 0;
+        let batch = queue.size();
+        // Each packet is handled as it is popped, so the host never holds
+        // more than one guest packet (at most 64 KiB) at a time.
+        while handled < batch {
+            let Some(chain) = queue.pop_descriptor_chain(&mem) else {
+                break;
+            };
             let head = chain.head_index();
             self.muxer.handle_guest_packet(read_packet(&mem, chain));
             if queue.add_used(&mem, head, 0).is_err() {
                 break;
             }
-            completed = true;
+            handled += 1;
         }
-        if completed && queue.needs_notification(&mem).unwrap_or(true) {
+        if handled > 0 && queue.needs_notification(&mem).unwrap_or(true) {
             let _ = active.interrupt.signal_used_queue();
+        }
+        if handled == batch {
+            if let Some(event) = self.queue_events.get(TX) {
+                let _ = event.write(1);
+            }
         }
     }
 
@@ -498,6 +510,39 @@ pub(super) mod tests {
         }
         assert_eq!(packets, 3);
         assert!(got == sent, "the data arrived changed");
+    }
+
+    #[test]
+    fn test_tx_handles_a_queue_worth_per_call_and_comes_back_for_the_rest() {
+        let mut h = Harness::new("batch", MAX_CONNECTIONS);
+        let mut bad = h.guest_header(op::REQUEST, 1, 2, 0);
+        bad.src_cid = 7;
+        h.mem
+            .write_slice(&bad.to_bytes(), GuestAddress(TX_BUFS))
+            .unwrap();
+        let post = |h: &mut Harness, count: u16| {
+            for _ in 0..count {
+                h.tx.post(&h.mem, &[readable(TX_BUFS, Header::LEN as u32)]);
+            }
+        };
+        let tx_event = |h: &Harness| h.device.lock().unwrap().queue_events()[TX].read().ok();
+        let size = crate::devices::virtio::test_utils::QUEUE_SIZE;
+        post(&mut h, size);
+        h.device.lock().unwrap().process_tx();
+        assert_eq!(h.device.lock().unwrap().counters().dropped, u64::from(size));
+        assert_eq!(h.tx.used(&h.mem).len(), usize::from(size));
+        assert_eq!(
+            tx_event(&h),
+            Some(1),
+            "a full batch must wake the loop again"
+        );
+        post(&mut h, 10);
+        h.device.lock().unwrap().process_tx();
+        assert_eq!(
+            h.device.lock().unwrap().counters().dropped,
+            u64::from(size) + 10
+        );
+        assert_eq!(tx_event(&h), None, "a drained queue must not wake the loop");
     }
 
     #[test]
