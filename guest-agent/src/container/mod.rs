@@ -6,6 +6,7 @@
 
 pub mod cgroup;
 mod child;
+pub mod device_cgroup;
 pub mod mount_options;
 pub mod paths;
 pub mod plan;
@@ -76,6 +77,9 @@ pub enum ContainerError {
     /// A cgroup operation failed.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// The device cgroup program could not be loaded or attached.
+    #[error(transparent)]
+    DeviceCgroup(#[from] device_cgroup::AttachError),
     /// Stdio could not be set up or used.
     #[error(transparent)]
     Stdio(#[from] StdioError),
@@ -358,7 +362,12 @@ impl Container {
         reaper: &Reaper,
     ) -> Result<Container, ContainerError> {
         validate_id("container", id)?;
-        let spec: Spec = json("OCI spec", spec_json)?;
+        let spec: serde_json::Value = json("OCI spec", spec_json)?;
+        device_cgroup::check_rule_types(&spec).map_err(PlanError::from)?;
+        let spec: Spec = serde_json::from_value(spec).map_err(|err| ContainerError::Json {
+            what: "OCI spec",
+            message: err.to_string(),
+        })?;
         let mut rollback = Rollback::default();
         match Self::build(id, &spec, rootfs, placement, reaper, &mut rollback) {
             Ok(container) => Ok(container),
@@ -394,9 +403,10 @@ impl Container {
         if let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
             cgroup.apply(resources)?;
         }
+        let cgroup_dir = cgroup.open()?;
+        device_cgroup::attach(&cgroup_dir, &plan.device_program)?;
         tracing::debug!("container {id}: cgroup ready");
         let (pipes, console, child_side) = child_stdio(plan.process.terminal)?;
-        let cgroup_dir = cgroup.open()?;
         let (spawned, start, master) =
             spawn::spawn_init(&plan, &cgroup_dir, child_side, console.as_ref(), reaper)?;
         let streams = agent_streams(pipes, master)?;
