@@ -169,6 +169,7 @@ pub fn plan_init(
     if let Some(profile) = linux.seccomp() {
         process.seccomp = super::seccomp::compile(profile)?;
     }
+    process.seccomp.push(super::seccomp::vsock_filter()?);
     let namespaces = namespaces::plan_namespaces(&linux, shared_pid)?;
     let hostname = namespaces::plan_hostname(spec, namespaces.clone_flags)?;
     let (mounts, mounted) = mounts::plan_mounts(spec, rootfs)?;
@@ -287,6 +288,12 @@ mod tests {
         assert_eq!(plan.masked, vec![c"/proc/kcore".to_owned()]);
         assert_eq!(plan.readonly, vec![c"/proc/sys".to_owned()]);
         assert_eq!(plan.root_propagation, libc::MS_SLAVE | libc::MS_REC);
+        // No profile: the agent's vsock filter alone.
+        assert_eq!(
+            plan.process.seccomp,
+            vec![crate::container::seccomp::vsock_filter().unwrap()]
+        );
+        assert!(!plan.device_program.is_empty());
         std::fs::remove_dir_all(root).unwrap();
     }
 
