@@ -96,8 +96,27 @@ async fn test_shared_pid_namespace() {
         stdout.contains("sleep"),
         "b does not see a's process: {stdout}"
     );
+    // PID 1 is the holder: even with CAP_SYS_PTRACE, its root is empty
+    // and it holds none of the agent's descriptors (only its own pipe and
+    // report ends).
+    let mut tracer = spec(
+        &["sh", "-c", "ls -a /proc/1/root; echo fds: $(ls /proc/1/fd)"],
+        "pod",
+    );
+    for set in ["bounding", "effective", "permitted"] {
+        tracer["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push("CAP_SYS_PTRACE".into());
+    }
+    let (status, stdout, stderr) = agent.run("c", &tracer, &rootfs).await;
+    assert_eq!(status, 0, "{stderr}");
+    let (root, fds) = stdout.split_once("fds:").unwrap_or_default();
+    assert_eq!(root, ".\n..\n", "{stdout}");
+    assert_eq!(fds.split_whitespace().count(), 3, "{stdout}");
     agent.client.remove_container("a", true).await.unwrap();
     agent.client.remove_container("b", false).await.unwrap();
+    agent.client.remove_container("c", false).await.unwrap();
     agent.client.destroy_sandbox().await.unwrap();
 }
 
