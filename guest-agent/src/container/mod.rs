@@ -20,7 +20,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use oci_spec::runtime::{LinuxResources, Process as OciProcess, Spec};
+use oci_spec::runtime::{LinuxDevice, LinuxResources, Process as OciProcess, Spec};
 use vmpod_agent_api::messages::Mount;
 
 use self::cgroup::{Cgroup, CgroupError};
@@ -199,6 +199,10 @@ pub struct Container {
     dir: PathBuf,
     rootfs: PathBuf,
     cgroup: Cgroup,
+    /// The device cgroup program attached to `cgroup`, replaced on update.
+    device_program: OwnedFd,
+    /// `linux.devices`, whose nodes an updated device program still allows.
+    device_nodes: Vec<LinuxDevice>,
     init: Process,
     init_process: ProcessPlan,
     start: Option<OwnedFd>,
@@ -363,7 +367,8 @@ impl Container {
     ) -> Result<Container, ContainerError> {
         validate_id("container", id)?;
         let spec: serde_json::Value = json("OCI spec", spec_json)?;
-        device_cgroup::check_rule_types(&spec).map_err(PlanError::from)?;
+        device_cgroup::check_rule_types(spec.pointer("/linux/resources/devices"))
+            .map_err(PlanError::from)?;
         let spec: Spec = serde_json::from_value(spec).map_err(|err| ContainerError::Json {
             what: "OCI spec",
             message: err.to_string(),
@@ -404,7 +409,7 @@ impl Container {
             cgroup.apply(resources)?;
         }
         let cgroup_dir = cgroup.open()?;
-        device_cgroup::attach(&cgroup_dir, &plan.device_program)?;
+        let device_program = device_cgroup::attach(&cgroup_dir, &plan.device_program)?;
         tracing::debug!("container {id}: cgroup ready");
         let (pipes, console, child_side) = child_stdio(plan.process.terminal)?;
         let (spawned, start, master) =
@@ -417,6 +422,12 @@ impl Container {
             dir,
             rootfs: root,
             cgroup,
+            device_program,
+            device_nodes: spec
+                .linux()
+                .as_ref()
+                .and_then(|linux| linux.devices().clone())
+                .unwrap_or_default(),
             init: Process {
                 spawned,
                 streams: Arc::new(streams),
@@ -613,17 +624,40 @@ impl Container {
         Ok(self.cgroup.set_frozen(false)?)
     }
 
-    /// Applies new resources (OCI LinuxResources, JSON).
+    /// Applies new resources to the running container's cgroup. Device
+    /// rules, when given, replace the device program in one step (the
+    /// spec's device nodes and the defaults stay allowed).
     ///
     /// # Errors
     ///
-    /// [`ContainerError::Json`], [`ContainerError::Cgroup`].
-    pub fn update(&self, resources_json: &[u8]) -> Result<(), ContainerError> {
+    /// [`ContainerError`]: a stopped container, bad JSON or rules, a
+    /// refused value.
+    pub fn update(&mut self, resources_json: &[u8]) -> Result<(), ContainerError> {
         if self.status() == Status::Stopped {
             return Err(self.incorrect("update"));
         }
-        let resources: LinuxResources = json("OCI resources", resources_json)?;
-        Ok(self.cgroup.apply(&resources)?)
+        let value: serde_json::Value = json("OCI resources", resources_json)?;
+        device_cgroup::check_rule_types(value.get("devices")).map_err(PlanError::from)?;
+        let resources: LinuxResources =
+            serde_json::from_value(value).map_err(|err| ContainerError::Json {
+                what: "OCI resources",
+                message: err.to_string(),
+            })?;
+        let program = resources
+            .devices()
+            .as_deref()
+            .map(|rules| {
+                device_cgroup::rules(rules, &self.device_nodes)
+                    .and_then(|rules| device_cgroup::compile(&rules))
+            })
+            .transpose()
+            .map_err(PlanError::from)?;
+        self.cgroup.apply(&resources)?;
+        if let Some(program) = program {
+            self.device_program =
+                device_cgroup::replace(self.cgroup.open()?, &self.device_program, &program)?;
+        }
+        Ok(())
     }
 
     /// The container's cgroup.

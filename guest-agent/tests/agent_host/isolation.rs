@@ -263,3 +263,63 @@ async fn test_device_cgroup() {
         "{stdout}"
     );
 }
+
+/// UpdateContainer's device rules replace the running container's device
+/// program: a node refused at create opens afterwards; a bad rule is
+/// refused naming the field.
+#[tokio::test]
+async fn test_device_cgroup_update() {
+    let agent: HostAgent = agent_or_skip!("devcgupdate");
+    agent.sandbox("pod").await;
+    let rootfs = agent.rootfs("root");
+    let script =
+        "mknod /dev/made c 240 0 && echo \"before:$(head -c 1 /dev/made 2>&1 >/dev/null)\"; \
+                  read line; echo \"after:$(head -c 1 /dev/made 2>&1 >/dev/null)\"";
+    let mut live = spec(&["sh", "-c", script], "pod");
+    for set in ["bounding", "effective", "permitted"] {
+        live["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push("CAP_MKNOD".into());
+    }
+    live["linux"]["resources"] =
+        serde_json::json!({"devices": [{"allow": false, "access": "rwm"}]});
+    agent.create("live", &live, &rootfs).await.unwrap();
+    agent.client.start_container("live").await.unwrap();
+    let init = ProcessId::init("live");
+    let mut before = Vec::new();
+    while !before.ends_with(b"\n") {
+        let chunk = agent.client.read_stdout(&init, 4096).await.unwrap();
+        assert!(!chunk.is_empty(), "no output: {before:?}");
+        before.extend_from_slice(&chunk);
+    }
+    let before = String::from_utf8_lossy(&before);
+    assert!(before.ends_with("Operation not permitted\n"), "{before}");
+    let bad = serde_json::json!({"devices": [{"allow": true, "type": "c", "access": "rwz"}]});
+    assert_eq!(
+        refused(
+            agent
+                .client
+                .update_container("live", serde_json::to_vec(&bad).unwrap())
+        )
+        .await,
+        "linux.resources.devices[0].access: \"rwz\" is not a combination of r, w and m"
+    );
+    let opened = serde_json::json!({"devices": [
+        {"allow": false, "access": "rwm"},
+        {"allow": true, "type": "c", "major": 240, "access": "rw"}
+    ]});
+    agent
+        .client
+        .update_container("live", serde_json::to_vec(&opened).unwrap())
+        .await
+        .unwrap();
+    agent.client.write_stdin(&init, b"go\n").await.unwrap();
+    let after = agent.read_all(&init, false).await;
+    assert_eq!(after, "after:head: /dev/made: No such device or address\n");
+    assert_eq!(
+        agent.client.wait_process(&init).await.unwrap().exit_status,
+        0
+    );
+    agent.client.remove_container("live", false).await.unwrap();
+}

@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Loads a device program with bpf(BPF_PROG_LOAD) and attaches it to a
 //! cgroup with bpf(BPF_PROG_ATTACH, BPF_CGROUP_DEVICE). The cgroup keeps
-//! the program: the descriptor is closed once attached, and the program
-//! goes with the cgroup when it is removed.
+//! the program and it goes with the cgroup when it is removed; the agent
+//! keeps its descriptor only to replace it on an update.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use super::program::Insn;
 
@@ -19,6 +19,8 @@ const ATTACH_CGROUP_DEVICE: u32 = 6;
 /// `BPF_F_ALLOW_MULTI`: programs of the parent cgroups still run (every
 /// one must allow), and the container cannot replace this one.
 const F_ALLOW_MULTI: u32 = 2;
+/// `BPF_F_REPLACE`: in the place of the program `replace_bpf_fd`.
+const F_REPLACE: u32 = 4;
 /// The program's name in bpftool and /proc/PID/fdinfo.
 const PROG_NAME: &[u8] = b"vmpod_devices";
 /// The verifier's log, read only to explain a refused program.
@@ -147,23 +149,42 @@ fn load(program: &[Insn]) -> Result<OwnedFd, AttachError> {
 }
 
 /// Loads `program` and attaches it to the cgroup open as `cgroup`, so
-/// that it decides every device access of the cgroup's processes.
+/// that it decides every device access of the cgroup's processes; returns
+/// it, for [`replace`].
 ///
 /// # Errors
 ///
 /// [`AttachError`] naming the step the kernel refused.
-pub fn attach(cgroup: impl AsFd, program: &[Insn]) -> Result<(), AttachError> {
+pub fn attach(cgroup: impl AsFd, program: &[Insn]) -> Result<OwnedFd, AttachError> {
+    attach_to(cgroup.as_fd(), program, None)
+}
+
+/// Loads `program` and puts it in the place of `old` on the cgroup, in one
+/// step (BPF_F_REPLACE): the cgroup is never without a program.
+///
+/// # Errors
+///
+/// [`AttachError`] naming the step the kernel refused; `old` stays.
+pub fn replace(cgroup: impl AsFd, old: &OwnedFd, program: &[Insn]) -> Result<OwnedFd, AttachError> {
+    attach_to(cgroup.as_fd(), program, Some(old.as_fd()))
+}
+
+fn attach_to(
+    cgroup: BorrowedFd<'_>,
+    program: &[Insn],
+    old: Option<BorrowedFd<'_>>,
+) -> Result<OwnedFd, AttachError> {
     let prog = load(program)?;
     let attr = ProgAttachAttr {
-        target_fd: cgroup.as_fd().as_raw_fd() as u32,
+        target_fd: cgroup.as_raw_fd() as u32,
         attach_bpf_fd: prog.as_raw_fd() as u32,
         attach_type: ATTACH_CGROUP_DEVICE,
-        attach_flags: F_ALLOW_MULTI,
-        replace_bpf_fd: 0,
+        attach_flags: F_ALLOW_MULTI | old.map_or(0, |_| F_REPLACE),
+        replace_bpf_fd: old.map_or(0, |fd| fd.as_raw_fd() as u32),
     };
-    // SAFETY: a BPF_PROG_ATTACH attr of two live descriptors.
+    // SAFETY: a BPF_PROG_ATTACH attr of live descriptors.
     unsafe { bpf(BPF_PROG_ATTACH, &attr) }.map_err(|source| AttachError::Attach { source })?;
-    Ok(())
+    Ok(prog)
 }
 
 /// The programs run in the host's kernel: a scratch cgroup v2 gets one,
@@ -377,6 +398,28 @@ mod tests {
         ]);
         assert_eq!(results, vec![0, eperm, eperm, 0, eperm, eperm, eperm]);
         assert!(!scratch.nodes.join("char").exists());
+    }
+
+    #[test]
+    fn test_a_replaced_program_no_longer_decides() {
+        let scratch = scratch_or_skip!("replace");
+        let cgroup = File::open(&scratch.cgroup).unwrap();
+        let deny_all = attach(&cgroup, &compile(&[]).unwrap()).unwrap();
+        let null = [Probe::Open(scratch.node("null"), libc::O_RDWR)];
+        assert_eq!(scratch.run(&null), vec![libc::EPERM]);
+        let allow_null = [Rule {
+            allow: true,
+            kind: DeviceKind::Char,
+            major: Some(1),
+            minor: Some(3),
+            access: Access::ALL,
+        }];
+        // Both attached would still refuse: every program must allow.
+        let _new = replace(&cgroup, &deny_all, &compile(&allow_null).unwrap()).unwrap();
+        assert_eq!(scratch.run(&null), vec![0]);
+        // The replaced program is no longer attached: it cannot be replaced
+        // again.
+        assert!(replace(&cgroup, &deny_all, &compile(&[]).unwrap()).is_err());
     }
 
     #[test]

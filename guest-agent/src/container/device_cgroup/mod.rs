@@ -10,8 +10,9 @@ mod attach;
 mod program;
 mod rules;
 
-pub use self::attach::{attach, AttachError};
+pub use self::attach::{attach, replace, AttachError};
 pub use self::program::{compile, Insn};
 pub use self::rules::{
-    check_rule_types, spec_rules, Access, DeviceKind, Rule, RuleError, DEFAULT_RULES, MAX_RULES,
+    check_rule_types, rules, spec_rules, Access, DeviceKind, Rule, RuleError, DEFAULT_RULES,
+    MAX_RULES,
 };

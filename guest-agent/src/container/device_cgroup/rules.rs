@@ -155,18 +155,16 @@ pub enum RuleError {
     TooMany(usize),
 }
 
-/// Checks the types of `linux.resources.devices` in the spec's JSON,
-/// before it is parsed into the OCI types, whose message for an unknown
-/// letter would not name the field.
+/// Checks the types of the device rules in a spec's or an update's JSON
+/// (`devices`, the array of `linux.resources.devices`) before it is parsed
+/// into the OCI types, whose message for an unknown letter would not name
+/// the field.
 ///
 /// # Errors
 ///
 /// [`RuleError::Type`] naming the entry.
-pub fn check_rule_types(spec: &Value) -> Result<(), RuleError> {
-    let Some(rules) = spec
-        .pointer("/linux/resources/devices")
-        .and_then(Value::as_array)
-    else {
+pub fn check_rule_types(devices: Option<&Value>) -> Result<(), RuleError> {
+    let Some(rules) = devices.and_then(Value::as_array) else {
         return Ok(());
     };
     for (index, rule) in rules.iter().enumerate() {
@@ -184,8 +182,8 @@ pub fn check_rule_types(spec: &Value) -> Result<(), RuleError> {
     Ok(())
 }
 
-/// The container's rules, in order: the spec's, its device nodes', the
-/// defaults.
+/// The container's rules for `linux`, in order: the spec's, its device
+/// nodes', the defaults.
 ///
 /// # Errors
 ///
@@ -196,7 +194,19 @@ pub fn spec_rules(linux: &Linux) -> Result<Vec<Rule>, RuleError> {
         .as_ref()
         .and_then(|resources| resources.devices().as_deref())
         .unwrap_or_default();
-    let nodes = linux.devices().as_deref().unwrap_or_default();
+    rules(cgroup_rules, linux.devices().as_deref().unwrap_or_default())
+}
+
+/// The rules of `cgroup_rules` (`linux.resources.devices`), then of
+/// `nodes` (`linux.devices`), then the defaults.
+///
+/// # Errors
+///
+/// [`RuleError`] naming the field at fault.
+pub fn rules(
+    cgroup_rules: &[LinuxDeviceCgroup],
+    nodes: &[LinuxDevice],
+) -> Result<Vec<Rule>, RuleError> {
     let count = cgroup_rules.len() + nodes.len();
     if count > MAX_RULES {
         return Err(RuleError::TooMany(count));
@@ -385,12 +395,14 @@ mod tests {
             {"allow": true, "type": "x", "access": "r"}
         ]}}});
         assert_eq!(
-            check_rule_types(&spec).unwrap_err().to_string(),
+            check_rule_types(spec.pointer("/linux/resources/devices"))
+                .unwrap_err()
+                .to_string(),
             "linux.resources.devices[1].type: \"x\" is not a, b or c"
         );
-        let number = serde_json::json!({"linux": {"resources": {"devices": [{"type": 7}]}}});
-        assert!(check_rule_types(&number).is_err());
-        assert_eq!(check_rule_types(&serde_json::json!({})), Ok(()));
+        let number = serde_json::json!([{"type": 7}]);
+        assert!(check_rule_types(Some(&number)).is_err());
+        assert_eq!(check_rule_types(None), Ok(()));
     }
 
     #[test]
