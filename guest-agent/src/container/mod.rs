@@ -10,6 +10,7 @@ pub mod device_cgroup;
 pub mod mount_options;
 pub mod paths;
 pub mod plan;
+mod rootfs;
 pub mod seccomp;
 pub mod spawn;
 
@@ -20,11 +21,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use oci_spec::runtime::{LinuxDevice, LinuxResources, Process as OciProcess, Spec};
+use oci_spec::runtime::{LinuxResources, Process as OciProcess, Spec};
 use vmpod_agent_api::messages::Mount;
 
 use self::cgroup::{Cgroup, CgroupError};
-use self::mount_options::MountOptions;
+use self::device_cgroup::DeviceCgroup;
 use self::plan::{InitPlan, PlanError, ProcessPlan};
 use self::spawn::{ChildSide, SpawnError, Spawned};
 use crate::reaper::{Exit, ExitWatch, Reaper};
@@ -199,10 +200,7 @@ pub struct Container {
     dir: PathBuf,
     rootfs: PathBuf,
     cgroup: Cgroup,
-    /// The device cgroup program attached to `cgroup`, replaced on update.
-    device_program: OwnedFd,
-    /// `linux.devices`, whose nodes an updated device program still allows.
-    device_nodes: Vec<LinuxDevice>,
+    devices: DeviceCgroup,
     init: Process,
     init_process: ProcessPlan,
     start: Option<OwnedFd>,
@@ -226,6 +224,22 @@ fn json<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<T, ContainerError> {
     serde_json::from_slice(bytes).map_err(|err| ContainerError::Json {
+        what,
+        message: err.to_string(),
+    })
+}
+
+/// `bytes` as `what`, its device cgroup rules (at the JSON pointer
+/// `rules`) checked first, so that a bad type letter is refused naming its
+/// field.
+fn json_with_rules<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+    rules: &str,
+) -> Result<T, ContainerError> {
+    let value: serde_json::Value = json(what, bytes)?;
+    device_cgroup::check_rule_types(value.pointer(rules)).map_err(PlanError::from)?;
+    serde_json::from_value(value).map_err(|err| ContainerError::Json {
         what,
         message: err.to_string(),
     })
@@ -260,67 +274,6 @@ pub(crate) fn unmount(path: &Path) {
         // SAFETY: a NUL-terminated path.
         unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
     }
-}
-
-/// Mounts the container's root file system at `target`.
-fn mount_rootfs(rootfs: &Mount, target: &Path) -> Result<(), ContainerError> {
-    let bad = |message: String| ContainerError::Rootfs(message);
-    let options = MountOptions::parse(&rootfs.options);
-    let (source, fstype, flags) = match rootfs.fstype.as_str() {
-        "bind" | "" => {
-            let source = Path::new(&rootfs.source);
-            if !source.is_absolute() {
-                return Err(bad(format!(
-                    "source {:?} is not an absolute path",
-                    rootfs.source
-                )));
-            }
-            if !source.is_dir() {
-                return Err(bad(format!(
-                    "source {} is not a directory",
-                    source.display()
-                )));
-            }
-            (rootfs.source.as_str(), "", libc::MS_BIND | libc::MS_REC)
-        }
-        "overlay" => ("overlay", "overlay", options.flags),
-        other => {
-            return Err(bad(format!(
-                "type {other:?} is not supported (bind or overlay)"
-            )))
-        }
-    };
-    let c = |field: &str, value: &str| {
-        CString::new(value).map_err(|_| bad(format!("{field} contains a NUL byte")))
-    };
-    let source_c = c("source", source)?;
-    let fstype_c = c("type", fstype)?;
-    let data_c = c("options", &options.data)?;
-    let target_c = CString::new(target.as_os_str().as_encoded_bytes())
-        .map_err(|_| bad("target contains a NUL byte".into()))?;
-    // SAFETY: NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            source_c.as_ptr(),
-            target_c.as_ptr(),
-            fstype_c.as_ptr(),
-            flags,
-            if fstype.is_empty() {
-                std::ptr::null()
-            } else {
-                data_c.as_ptr().cast()
-            },
-        )
-    };
-    if rc != 0 {
-        return Err(bad(format!(
-            "mounting {} {}: {}",
-            rootfs.fstype,
-            rootfs.source,
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(())
 }
 
 /// Stdio for a new process: pipes now, or a console socket on which the
@@ -366,13 +319,7 @@ impl Container {
         reaper: &Reaper,
     ) -> Result<Container, ContainerError> {
         validate_id("container", id)?;
-        let spec: serde_json::Value = json("OCI spec", spec_json)?;
-        device_cgroup::check_rule_types(spec.pointer("/linux/resources/devices"))
-            .map_err(PlanError::from)?;
-        let spec: Spec = serde_json::from_value(spec).map_err(|err| ContainerError::Json {
-            what: "OCI spec",
-            message: err.to_string(),
-        })?;
+        let spec: Spec = json_with_rules("OCI spec", spec_json, "/linux/resources/devices")?;
         let mut rollback = Rollback::default();
         match Self::build(id, &spec, rootfs, placement, reaper, &mut rollback) {
             Ok(container) => Ok(container),
@@ -398,7 +345,7 @@ impl Container {
             source,
         })?;
         rollback.dir = Some(dir.clone());
-        mount_rootfs(rootfs, &root)?;
+        rootfs::mount(rootfs, &root)?;
         rollback.rootfs = Some(root.clone());
         tracing::debug!("container {id}: root file system mounted");
         let plan = plan::plan_init(spec, &root, placement.shared_pid)?;
@@ -409,7 +356,8 @@ impl Container {
             cgroup.apply(resources)?;
         }
         let cgroup_dir = cgroup.open()?;
-        let device_program = device_cgroup::attach(&cgroup_dir, &plan.device_program)?;
+        let nodes = spec.linux().as_ref().and_then(|l| l.devices().clone());
+        let devices = DeviceCgroup::attach(&cgroup_dir, &plan.device_program, nodes)?;
         tracing::debug!("container {id}: cgroup ready");
         let (pipes, console, child_side) = child_stdio(plan.process.terminal)?;
         let (spawned, start, master) =
@@ -422,12 +370,7 @@ impl Container {
             dir,
             rootfs: root,
             cgroup,
-            device_program,
-            device_nodes: spec
-                .linux()
-                .as_ref()
-                .and_then(|linux| linux.devices().clone())
-                .unwrap_or_default(),
+            devices,
             init: Process {
                 spawned,
                 streams: Arc::new(streams),
@@ -636,26 +579,17 @@ impl Container {
         if self.status() == Status::Stopped {
             return Err(self.incorrect("update"));
         }
-        let value: serde_json::Value = json("OCI resources", resources_json)?;
-        device_cgroup::check_rule_types(value.get("devices")).map_err(PlanError::from)?;
         let resources: LinuxResources =
-            serde_json::from_value(value).map_err(|err| ContainerError::Json {
-                what: "OCI resources",
-                message: err.to_string(),
-            })?;
+            json_with_rules("OCI resources", resources_json, "/devices")?;
         let program = resources
             .devices()
             .as_deref()
-            .map(|rules| {
-                device_cgroup::rules(rules, &self.device_nodes)
-                    .and_then(|rules| device_cgroup::compile(&rules))
-            })
+            .map(|rules| self.devices.compile_update(rules))
             .transpose()
             .map_err(PlanError::from)?;
         self.cgroup.apply(&resources)?;
         if let Some(program) = program {
-            self.device_program =
-                device_cgroup::replace(self.cgroup.open()?, &self.device_program, &program)?;
+            self.devices.replace(self.cgroup.open()?, &program)?;
         }
         Ok(())
     }
