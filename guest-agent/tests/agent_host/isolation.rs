@@ -121,7 +121,8 @@ async fn test_shared_pid_namespace() {
 }
 
 /// The spec's seccomp profile holds in the container and in its execs:
-/// denied calls get the profile's errno, argument conditions are checked.
+/// denied calls get the profile's errno, argument conditions are checked;
+/// the agent's vsock filter comes with or without a profile.
 #[tokio::test]
 async fn test_seccomp_profile() {
     let agent: HostAgent = agent_or_skip!("seccomp");
@@ -158,6 +159,12 @@ async fn test_seccomp_profile() {
     let (status, stdout, _) = agent.run("sc2", &confined, &rootfs).await;
     assert_eq!(status, 0);
     assert!(stdout.contains("Permission denied"), "{stdout}");
+    // Without a profile, the agent's own filter (no AF_VSOCK sockets) is
+    // still there.
+    let plain = spec(&["grep", "^Seccomp", "/proc/self/status"], "pod");
+    let (status, stdout, stderr) = agent.run("sc3", &plain, &rootfs).await;
+    assert_eq!(status, 0, "{stderr}");
+    assert_eq!(stdout, "Seccomp:\t2\nSeccomp_filters:\t1\n");
 }
 
 /// `linux.devices` are made with their type, numbers, mode and group, in
