@@ -364,6 +364,25 @@ mod tests {
     }
 
     #[test]
+    fn test_privileged_rules_allow_every_device_in_the_kernel() {
+        let scratch = scratch_or_skip!("privileged");
+        // What containerd writes for --privileged.
+        let linux = serde_json::from_value(serde_json::json!({
+            "resources": {"devices": [{"allow": true, "access": "rwm"}]}
+        }))
+        .unwrap();
+        let program = compile(&spec_rules(&linux).unwrap()).unwrap();
+        attach(File::open(&scratch.cgroup).unwrap(), &program).unwrap();
+        let results = scratch.run(&[
+            Probe::Open(scratch.node("kmsg"), libc::O_RDWR),
+            Probe::Mknod(scratch.node("made"), libc::makedev(240, 0)),
+            Probe::Open(scratch.node("made"), libc::O_RDONLY),
+        ]);
+        // Every open reaches the driver: major 240 has none.
+        assert_eq!(results, vec![0, 0, libc::ENXIO]);
+    }
+
+    #[test]
     fn test_spec_rules_decide_in_order_in_the_kernel() {
         let scratch = scratch_or_skip!("order");
         let rule = |allow, kind, major, minor, access| Rule {
