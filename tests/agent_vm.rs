@@ -3,8 +3,9 @@
 //! initrd (the agent is PID 1), the host connects over hybrid vsock,
 //! creates a sandbox whose shared directory comes over virtio-fs, runs a
 //! busybox container from it with resources, reads its output and exit
-//! status, execs a second process, sees a container over its memory limit
-//! OOM-killed and reported, and destroys the sandbox. One boot.
+//! status, execs a second process (which the device cgroup refuses
+//! /dev/mem), sees a container over its memory limit OOM-killed and
+//! reported, and destroys the sandbox. One boot.
 //!
 //! The OOM check is tried again when its container's process died of the
 //! host fault some KVM hosts show instead (status 139 and a new fault line
@@ -47,7 +48,9 @@ fn busybox_root(root: &Path) {
         std::fs::create_dir_all(root.join(dir)).unwrap();
     }
     std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "cat", "hostname", "read", "sleep", "dd"] {
+    for applet in [
+        "sh", "echo", "cat", "hostname", "read", "sleep", "dd", "mknod", "head",
+    ] {
         let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
     }
 }
@@ -285,21 +288,27 @@ async fn test_agent_runs_containers_in_the_vm() {
         .unwrap();
     assert_eq!(read_all(&client, &exec).await, "in-the-vm\n");
     // What the container sees: its own cgroup (cgroup namespace) with the
-    // spec's resources in the guest's cgroup v2 files, and the pod's DNS.
+    // spec's resources in the guest's cgroup v2 files, the pod's DNS, and
+    // the device cgroup: with CAP_MKNOD it makes /dev/mem (the guest's
+    // physical memory, virtio-mmio windows included) but cannot open it.
     let exec = ProcessId::exec("c1", "e2");
     let look = "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max /sys/fs/cgroup/cpu.max \
-                /sys/fs/cgroup/cpu.weight /sys/fs/cgroup/cpuset.cpus /etc/resolv.conf";
+                /sys/fs/cgroup/cpu.weight /sys/fs/cgroup/cpuset.cpus /etc/resolv.conf; \
+                mknod /dev/mem c 1 1 && echo mem:$(head -c 1 /dev/mem 2>&1 >/dev/null)";
+    let mknod = ["CAP_MKNOD"];
     client
         .exec_process(
             &exec,
-            serde_json::to_vec(&json!({"args": ["sh", "-c", look], "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}}))
+            serde_json::to_vec(&json!({"args": ["sh", "-c", look], "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+                                       "capabilities": {"bounding": mknod, "effective": mknod, "permitted": mknod}}))
                 .unwrap(),
         )
         .await
         .unwrap();
     assert_eq!(
         read_all(&client, &exec).await,
-        "67108864\n64\n50000 100000\n20\n0\nnameserver 192.0.2.53\nsearch pod.test\n"
+        "67108864\n64\n50000 100000\n20\n0\nnameserver 192.0.2.53\nsearch pod.test\n\
+         mem:head: /dev/mem: Operation not permitted\n"
     );
     assert_eq!(client.wait_process(&exec).await.unwrap().exit_status, 0);
     let exec_time = t1.elapsed();

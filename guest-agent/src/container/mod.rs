@@ -6,9 +6,11 @@
 
 pub mod cgroup;
 mod child;
+pub mod device_cgroup;
 pub mod mount_options;
 pub mod paths;
 pub mod plan;
+mod rootfs;
 pub mod seccomp;
 pub mod spawn;
 
@@ -23,7 +25,7 @@ use oci_spec::runtime::{LinuxResources, Process as OciProcess, Spec};
 use vmpod_agent_api::messages::Mount;
 
 use self::cgroup::{Cgroup, CgroupError};
-use self::mount_options::MountOptions;
+use self::device_cgroup::DeviceCgroup;
 use self::plan::{InitPlan, PlanError, ProcessPlan};
 use self::spawn::{ChildSide, SpawnError, Spawned};
 use crate::reaper::{Exit, ExitWatch, Reaper};
@@ -76,6 +78,9 @@ pub enum ContainerError {
     /// A cgroup operation failed.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// The device cgroup program could not be loaded or attached.
+    #[error(transparent)]
+    DeviceCgroup(#[from] device_cgroup::AttachError),
     /// Stdio could not be set up or used.
     #[error(transparent)]
     Stdio(#[from] StdioError),
@@ -195,6 +200,7 @@ pub struct Container {
     dir: PathBuf,
     rootfs: PathBuf,
     cgroup: Cgroup,
+    devices: DeviceCgroup,
     init: Process,
     init_process: ProcessPlan,
     start: Option<OwnedFd>,
@@ -218,6 +224,22 @@ fn json<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<T, ContainerError> {
     serde_json::from_slice(bytes).map_err(|err| ContainerError::Json {
+        what,
+        message: err.to_string(),
+    })
+}
+
+/// `bytes` as `what`, its device cgroup rules (at the JSON pointer
+/// `rules`) checked first, so that a bad type letter is refused naming its
+/// field.
+fn json_with_rules<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+    rules: &str,
+) -> Result<T, ContainerError> {
+    let value: serde_json::Value = json(what, bytes)?;
+    device_cgroup::check_rule_types(value.pointer(rules)).map_err(PlanError::from)?;
+    serde_json::from_value(value).map_err(|err| ContainerError::Json {
         what,
         message: err.to_string(),
     })
@@ -252,67 +274,6 @@ pub(crate) fn unmount(path: &Path) {
         // SAFETY: a NUL-terminated path.
         unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
     }
-}
-
-/// Mounts the container's root file system at `target`.
-fn mount_rootfs(rootfs: &Mount, target: &Path) -> Result<(), ContainerError> {
-    let bad = |message: String| ContainerError::Rootfs(message);
-    let options = MountOptions::parse(&rootfs.options);
-    let (source, fstype, flags) = match rootfs.fstype.as_str() {
-        "bind" | "" => {
-            let source = Path::new(&rootfs.source);
-            if !source.is_absolute() {
-                return Err(bad(format!(
-                    "source {:?} is not an absolute path",
-                    rootfs.source
-                )));
-            }
-            if !source.is_dir() {
-                return Err(bad(format!(
-                    "source {} is not a directory",
-                    source.display()
-                )));
-            }
-            (rootfs.source.as_str(), "", libc::MS_BIND | libc::MS_REC)
-        }
-        "overlay" => ("overlay", "overlay", options.flags),
-        other => {
-            return Err(bad(format!(
-                "type {other:?} is not supported (bind or overlay)"
-            )))
-        }
-    };
-    let c = |field: &str, value: &str| {
-        CString::new(value).map_err(|_| bad(format!("{field} contains a NUL byte")))
-    };
-    let source_c = c("source", source)?;
-    let fstype_c = c("type", fstype)?;
-    let data_c = c("options", &options.data)?;
-    let target_c = CString::new(target.as_os_str().as_encoded_bytes())
-        .map_err(|_| bad("target contains a NUL byte".into()))?;
-    // SAFETY: NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            source_c.as_ptr(),
-            target_c.as_ptr(),
-            fstype_c.as_ptr(),
-            flags,
-            if fstype.is_empty() {
-                std::ptr::null()
-            } else {
-                data_c.as_ptr().cast()
-            },
-        )
-    };
-    if rc != 0 {
-        return Err(bad(format!(
-            "mounting {} {}: {}",
-            rootfs.fstype,
-            rootfs.source,
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(())
 }
 
 /// Stdio for a new process: pipes now, or a console socket on which the
@@ -358,7 +319,7 @@ impl Container {
         reaper: &Reaper,
     ) -> Result<Container, ContainerError> {
         validate_id("container", id)?;
-        let spec: Spec = json("OCI spec", spec_json)?;
+        let spec: Spec = json_with_rules("OCI spec", spec_json, "/linux/resources/devices")?;
         let mut rollback = Rollback::default();
         match Self::build(id, &spec, rootfs, placement, reaper, &mut rollback) {
             Ok(container) => Ok(container),
@@ -384,7 +345,7 @@ impl Container {
             source,
         })?;
         rollback.dir = Some(dir.clone());
-        mount_rootfs(rootfs, &root)?;
+        rootfs::mount(rootfs, &root)?;
         rollback.rootfs = Some(root.clone());
         tracing::debug!("container {id}: root file system mounted");
         let plan = plan::plan_init(spec, &root, placement.shared_pid)?;
@@ -394,9 +355,11 @@ impl Container {
         if let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
             cgroup.apply(resources)?;
         }
+        let cgroup_dir = cgroup.open()?;
+        let nodes = spec.linux().as_ref().and_then(|l| l.devices().clone());
+        let devices = DeviceCgroup::attach(&cgroup_dir, &plan.device_program, nodes)?;
         tracing::debug!("container {id}: cgroup ready");
         let (pipes, console, child_side) = child_stdio(plan.process.terminal)?;
-        let cgroup_dir = cgroup.open()?;
         let (spawned, start, master) =
             spawn::spawn_init(&plan, &cgroup_dir, child_side, console.as_ref(), reaper)?;
         let streams = agent_streams(pipes, master)?;
@@ -407,6 +370,7 @@ impl Container {
             dir,
             rootfs: root,
             cgroup,
+            devices,
             init: Process {
                 spawned,
                 streams: Arc::new(streams),
@@ -603,17 +567,31 @@ impl Container {
         Ok(self.cgroup.set_frozen(false)?)
     }
 
-    /// Applies new resources (OCI LinuxResources, JSON).
+    /// Applies new resources to the running container's cgroup. Device
+    /// rules, when given, replace the device program in one step (the
+    /// spec's device nodes and the defaults stay allowed).
     ///
     /// # Errors
     ///
-    /// [`ContainerError::Json`], [`ContainerError::Cgroup`].
-    pub fn update(&self, resources_json: &[u8]) -> Result<(), ContainerError> {
+    /// [`ContainerError`]: a stopped container, bad JSON or rules, a
+    /// refused value.
+    pub fn update(&mut self, resources_json: &[u8]) -> Result<(), ContainerError> {
         if self.status() == Status::Stopped {
             return Err(self.incorrect("update"));
         }
-        let resources: LinuxResources = json("OCI resources", resources_json)?;
-        Ok(self.cgroup.apply(&resources)?)
+        let resources: LinuxResources =
+            json_with_rules("OCI resources", resources_json, "/devices")?;
+        let program = resources
+            .devices()
+            .as_deref()
+            .map(|rules| self.devices.compile_update(rules))
+            .transpose()
+            .map_err(PlanError::from)?;
+        self.cgroup.apply(&resources)?;
+        if let Some(program) = program {
+            self.devices.replace(self.cgroup.open()?, &program)?;
+        }
+        Ok(())
     }
 
     /// The container's cgroup.

@@ -15,6 +15,9 @@
 //! rules gets the most restrictive of their actions (as with libseccomp
 //! when rules overlap). Only x86_64 is compiled; unknown syscall names are
 //! skipped with a warning, as runc does.
+//!
+//! Every container process also gets the agent's own filter, whatever its
+//! profile: no AF_VSOCK sockets ([`vsock_filter`]).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -170,6 +173,35 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<Vec<sock_filter>>, SeccompE
     Ok(programs)
 }
 
+/// The filter every container process gets: socket(AF_VSOCK) fails with
+/// EPERM (as in Docker's default profile). vsock is the agent's channel to
+/// the host: a container could otherwise connect to the host's ports the
+/// VMM forwards, such as the one the shim reads the agent's log lines
+/// from, and write lines that read as the agent's. (The guest kernel has
+/// no vsock loopback and no io_uring, so neither the agent's own listener
+/// nor a socket made without socket(2) is a way around it.)
+///
+/// # Errors
+///
+/// [`SeccompError::Compile`] if seccompiler refuses it.
+pub fn vsock_filter() -> Result<Vec<sock_filter>, SeccompError> {
+    let family = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::AF_VSOCK as u64,
+    )
+    .map_err(|err| SeccompError::Compile(err.to_string()))?;
+    let rule =
+        SeccompRule::new(vec![family]).map_err(|err| SeccompError::Compile(err.to_string()))?;
+    let rules = BTreeMap::from([(libc::SYS_socket, vec![rule])]);
+    compile_filter(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +251,57 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("argument index 6"));
+    }
+
+    /// The vsock filter in the host's kernel: a forked process under it
+    /// gets EPERM for an AF_VSOCK socket and still makes others.
+    #[test]
+    fn test_the_vsock_filter_refuses_vsock_sockets_only() {
+        let program = vsock_filter().unwrap();
+        #[repr(C)]
+        struct SockFprog {
+            len: libc::c_ushort,
+            filter: *const sock_filter,
+        }
+        let fprog = SockFprog {
+            len: program.len() as libc::c_ushort,
+            filter: program.as_ptr(),
+        };
+        // SAFETY: the child only makes system calls on data prepared here,
+        // then _exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: prctl, seccomp and socket on live data; _exit.
+            unsafe {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                let rc = libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0,
+                    &raw const fprog,
+                );
+                if rc != 0 {
+                    libc::_exit(10);
+                }
+                let vsock = libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0);
+                let errno = *libc::__errno_location();
+                let unix = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                libc::_exit(match (vsock, errno, unix) {
+                    (-1, libc::EPERM, fd) if fd >= 0 => 0,
+                    (-1, libc::EPERM, _) => 2,
+                    _ => 1,
+                });
+            }
+        }
+        assert!(pid > 0);
+        let mut status = 0;
+        // SAFETY: waits for our child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status), "{status:#x}");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "1: vsock allowed, 2: unix refused, 10: no filter"
+        );
     }
 }

@@ -126,7 +126,7 @@ fn clone_into(
         match role {
             Role::Init(plan) => child::run_init(plan, fds),
             Role::Exec { ns, process } => child::run_exec(ns, process, fds),
-            Role::PidHolder => child::hold_pid_namespace(),
+            Role::PidHolder => child::hold_pid_namespace(fds),
         }
     }
     if pid < 0 {
@@ -342,27 +342,38 @@ pub fn spawn_exec(
 }
 
 /// Starts the process that holds a sandbox's shared PID namespace (its
-/// PID 1, which only waits); containers then join that namespace.
+/// PID 1, which only waits, confined: `child/holder.rs`); containers then
+/// join that namespace.
 ///
 /// # Errors
 ///
-/// [`SpawnError::Os`] when the clone fails.
+/// [`SpawnError`]: the clone, or the holder's failed step.
 pub fn spawn_pid_holder(reaper: &Reaper) -> Result<(libc::pid_t, OwnedFd, ExitWatch), SpawnError> {
+    let (report_read, report_write) = pipe().map_err(os("creating the report pipe"))?;
     let fds = ChildFds {
-        report: -1,
+        report: report_write.as_raw_fd(),
         start: -1,
         stdio: [-1; 3],
         console: -1,
         trace: false,
     };
-    clone_on_own_thread(
+    let spawned = clone_on_own_thread(
         None,
         &Role::PidHolder,
-        libc::CLONE_NEWPID as u64,
+        (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64,
         None,
         &fds,
         reaper,
-    )
+    )?;
+    drop(report_write);
+    // The holder keeps its end open (strict mode has no close): one
+    // report, then nothing more is read.
+    let mut reports = File::from(report_read);
+    match read_report(&mut reports)? {
+        Some(report) if report.step() == Some(Step::Ready) => Ok(spawned),
+        Some(report) => Err(child_error(&report, None, None)),
+        None => Err(SpawnError::Vanished),
+    }
 }
 
 /// Clones on a thread of its own, which first joins the PID namespace

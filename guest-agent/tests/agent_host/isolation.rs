@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! What a container sees of the guest: an overlay root file system, the
-//! sandbox's shared PID namespace, a seccomp profile, devices and
-//! sysctls.
+//! sandbox's shared PID namespace, a seccomp profile, devices, the device
+//! cgroup and sysctls.
 
 use crate::common::{self, spec, HostAgent};
 use crate::refused;
@@ -96,13 +96,33 @@ async fn test_shared_pid_namespace() {
         stdout.contains("sleep"),
         "b does not see a's process: {stdout}"
     );
+    // PID 1 is the holder: even with CAP_SYS_PTRACE, its root is empty
+    // and it holds none of the agent's descriptors (only its own pipe and
+    // report ends).
+    let mut tracer = spec(
+        &["sh", "-c", "ls -a /proc/1/root; echo fds: $(ls /proc/1/fd)"],
+        "pod",
+    );
+    for set in ["bounding", "effective", "permitted"] {
+        tracer["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push("CAP_SYS_PTRACE".into());
+    }
+    let (status, stdout, stderr) = agent.run("c", &tracer, &rootfs).await;
+    assert_eq!(status, 0, "{stderr}");
+    let (root, fds) = stdout.split_once("fds:").unwrap_or_default();
+    assert_eq!(root, ".\n..\n", "{stdout}");
+    assert_eq!(fds.split_whitespace().count(), 3, "{stdout}");
     agent.client.remove_container("a", true).await.unwrap();
     agent.client.remove_container("b", false).await.unwrap();
+    agent.client.remove_container("c", false).await.unwrap();
     agent.client.destroy_sandbox().await.unwrap();
 }
 
 /// The spec's seccomp profile holds in the container and in its execs:
-/// denied calls get the profile's errno, argument conditions are checked.
+/// denied calls get the profile's errno, argument conditions are checked;
+/// the agent's vsock filter comes with or without a profile.
 #[tokio::test]
 async fn test_seccomp_profile() {
     let agent: HostAgent = agent_or_skip!("seccomp");
@@ -139,6 +159,12 @@ async fn test_seccomp_profile() {
     let (status, stdout, _) = agent.run("sc2", &confined, &rootfs).await;
     assert_eq!(status, 0);
     assert!(stdout.contains("Permission denied"), "{stdout}");
+    // Without a profile, the agent's own filter (no AF_VSOCK sockets) is
+    // still there.
+    let plain = spec(&["grep", "^Seccomp", "/proc/self/status"], "pod");
+    let (status, stdout, stderr) = agent.run("sc3", &plain, &rootfs).await;
+    assert_eq!(status, 0, "{stderr}");
+    assert_eq!(stdout, "Seccomp:\t2\nSeccomp_filters:\t1\n");
 }
 
 /// `linux.devices` are made with their type, numbers, mode and group, in
@@ -181,4 +207,126 @@ async fn test_devices_and_sysctls() {
     assert!(refused(agent.create("a", &any, &rootfs))
         .await
         .contains("has type \"a\""));
+}
+
+/// The device cgroup: with containerd's rules (deny all) and runc's
+/// defaults, a container with CAP_MKNOD may make device nodes but opens
+/// only the default devices, not /dev/mem, /dev/kmsg or a node it made; a
+/// spec rule lets the made node open.
+#[tokio::test]
+async fn test_device_cgroup() {
+    let agent: HostAgent = agent_or_skip!("devcgroup");
+    agent.sandbox("pod").await;
+    let rootfs = agent.rootfs("root");
+    let script = "mknod /dev/mem c 1 1 && mknod /dev/kmsg c 1 11 && mknod /dev/made c 240 0 \
+                  && echo made; \
+                  for d in null zero mem kmsg made; do echo \"$d:$(head -c 1 /dev/$d 2>&1 >/dev/null)\"; done; \
+                  echo \"write:$(echo x 2>&1 > /dev/kmsg)\"";
+    let mut strict = spec(&["sh", "-c", script], "pod");
+    for set in ["bounding", "effective", "permitted"] {
+        strict["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push("CAP_MKNOD".into());
+    }
+    strict["linux"]["resources"] =
+        serde_json::json!({"devices": [{"allow": false, "access": "rwm"}]});
+    let (status, stdout, stderr) = agent.run("strict", &strict, &rootfs).await;
+    assert_eq!(status, 0, "{stderr}");
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("made"), "mknod is refused: {stdout}");
+    assert_eq!(lines.next(), Some("null:"), "{stdout}");
+    assert_eq!(lines.next(), Some("zero:"), "{stdout}");
+    for device in ["mem", "kmsg", "made", "write"] {
+        let line = lines.next().unwrap_or_default();
+        assert!(
+            line.starts_with(&format!("{device}:")) && line.ends_with("Operation not permitted"),
+            "{device} is not refused: {stdout}"
+        );
+    }
+    // A spec rule for the made node's major lets its open reach the
+    // driver, which has none for major 240.
+    let mut allowed = strict.clone();
+    allowed["linux"]["resources"]["devices"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"allow": true, "type": "c", "major": 240, "access": "rw"}));
+    let (status, stdout, stderr) = agent.run("allowed", &allowed, &rootfs).await;
+    assert_eq!(status, 0, "{stderr}");
+    let line = |device: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{device}:")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        line("made").ends_with("No such device or address"),
+        "{stdout}"
+    );
+    assert!(line("mem").ends_with("Operation not permitted"), "{stdout}");
+    assert!(
+        line("write").ends_with("Operation not permitted"),
+        "{stdout}"
+    );
+}
+
+/// UpdateContainer's device rules replace the running container's device
+/// program: a node refused at create opens afterwards; a bad rule is
+/// refused naming the field.
+#[tokio::test]
+async fn test_device_cgroup_update() {
+    let agent: HostAgent = agent_or_skip!("devcgupdate");
+    agent.sandbox("pod").await;
+    let rootfs = agent.rootfs("root");
+    let script =
+        "mknod /dev/made c 240 0 && echo \"before:$(head -c 1 /dev/made 2>&1 >/dev/null)\"; \
+                  read line; echo \"after:$(head -c 1 /dev/made 2>&1 >/dev/null)\"";
+    let mut live = spec(&["sh", "-c", script], "pod");
+    for set in ["bounding", "effective", "permitted"] {
+        live["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push("CAP_MKNOD".into());
+    }
+    live["linux"]["resources"] =
+        serde_json::json!({"devices": [{"allow": false, "access": "rwm"}]});
+    agent.create("live", &live, &rootfs).await.unwrap();
+    agent.client.start_container("live").await.unwrap();
+    let init = ProcessId::init("live");
+    let mut before = Vec::new();
+    while !before.ends_with(b"\n") {
+        let chunk = agent.client.read_stdout(&init, 4096).await.unwrap();
+        assert!(!chunk.is_empty(), "no output: {before:?}");
+        before.extend_from_slice(&chunk);
+    }
+    let before = String::from_utf8_lossy(&before);
+    assert!(before.ends_with("Operation not permitted\n"), "{before}");
+    let bad = serde_json::json!({"devices": [{"allow": true, "type": "c", "access": "rwz"}]});
+    assert_eq!(
+        refused(
+            agent
+                .client
+                .update_container("live", serde_json::to_vec(&bad).unwrap())
+        )
+        .await,
+        "linux.resources.devices[0].access: \"rwz\" is not a combination of r, w and m"
+    );
+    let opened = serde_json::json!({"devices": [
+        {"allow": false, "access": "rwm"},
+        {"allow": true, "type": "c", "major": 240, "access": "rw"}
+    ]});
+    agent
+        .client
+        .update_container("live", serde_json::to_vec(&opened).unwrap())
+        .await
+        .unwrap();
+    agent.client.write_stdin(&init, b"go\n").await.unwrap();
+    let after = agent.read_all(&init, false).await;
+    assert_eq!(after, "after:head: /dev/made: No such device or address\n");
+    assert_eq!(
+        agent.client.wait_process(&init).await.unwrap().exit_status,
+        0
+    );
+    agent.client.remove_container("live", false).await.unwrap();
 }

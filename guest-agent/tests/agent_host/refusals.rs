@@ -91,6 +91,22 @@ async fn test_bad_requests_are_refused_and_leave_nothing() {
             .await
             .contains("is not a directory")
     );
+    // Device cgroup rules: an unknown type letter, bad access letters.
+    let mut bad_rule = ok_spec.clone();
+    bad_rule["linux"]["resources"] = serde_json::json!({"devices": [
+        {"allow": false, "access": "rwm"},
+        {"allow": true, "type": "x", "major": 1, "minor": 3, "access": "rw"}
+    ]});
+    assert_eq!(
+        refused(agent.create("dt", &bad_rule, &rootfs)).await,
+        "linux.resources.devices[1].type: \"x\" is not a, b or c"
+    );
+    bad_rule["linux"]["resources"]["devices"][1]["type"] = "c".into();
+    bad_rule["linux"]["resources"]["devices"][1]["access"] = "rwx".into();
+    assert_eq!(
+        refused(agent.create("da", &bad_rule, &rootfs)).await,
+        "linux.resources.devices[1].access: \"rwx\" is not a combination of r, w and m"
+    );
     // Fails half-way, in the child: an unknown file system type.
     let mut bad_mount = ok_spec.clone();
     bad_mount["mounts"]

@@ -17,9 +17,10 @@ use vmpod_agent_api::{AgentClient, ProcessId, SandboxConfig};
 pub const BUSYBOX: &str = "/bin/busybox";
 
 /// Applets linked into the test root file system.
-const APPLETS: [&str; 24] = [
+const APPLETS: [&str; 25] = [
     "sh", "echo", "cat", "sleep", "hostname", "id", "ls", "true", "false", "mount", "ps", "grep",
     "head", "tty", "stat", "touch", "readlink", "kill", "wc", "dd", "yes", "env", "pwd", "test",
+    "mknod",
 ];
 
 /// Why the agent tests cannot run here, if they cannot.

@@ -9,12 +9,14 @@
 //! namespace, up to the read-only root) and `process.rs` (the process, up
 //! to execve), called in the order below.
 
+mod holder;
 mod init;
 mod process;
 
 use std::ffi::CStr;
 use std::os::fd::RawFd;
 
+pub use self::holder::hold_pid_namespace;
 use super::plan::{InitPlan, ProcessPlan};
 
 /// A step of the child's set-up, as reported on the pipe: the report names
@@ -268,17 +270,6 @@ pub fn run_init(plan: &InitPlan, fds: &ChildFds) -> ! {
     init::make_paths_readonly(plan, fds);
     init::make_root_readonly(plan, fds);
     process::run(&plan.process, fds)
-}
-
-/// PID 1 of a sandbox's shared PID namespace: it waits for ever (signals
-/// without handlers do not reach a namespace's init) and takes the
-/// namespace with it when the agent kills it at DestroySandbox. (No
-/// parent-death signal: its parent is the short-lived cloning thread.)
-pub fn hold_pid_namespace() -> ! {
-    loop {
-        // SAFETY: pause has no preconditions.
-        unsafe { libc::pause() };
-    }
 }
 
 /// Joins the namespaces of `ns_fds` (an exec into a running container;

@@ -79,6 +79,9 @@ pub enum PlanError {
     /// A device entry the agent cannot make.
     #[error("linux.devices: {0}")]
     Device(String),
+    /// A device cgroup rule the agent cannot apply.
+    #[error(transparent)]
+    DeviceRule(#[from] super::device_cgroup::RuleError),
     /// A sysctl that is not namespaced (it would change the whole guest).
     #[error("linux.sysctl: {0:?} is not a namespaced sysctl")]
     Sysctl(String),
@@ -120,6 +123,10 @@ pub struct InitPlan {
     pub devices: Vec<DeviceStep>,
     /// `linux.devices`.
     pub device_nodes: Vec<DeviceNode>,
+    /// The device cgroup program (from `linux.resources.devices`,
+    /// `linux.devices` and the defaults), attached to the container's
+    /// cgroup before the process enters it.
+    pub device_program: Vec<super::device_cgroup::Insn>,
     /// `linux.sysctl`: (path under /proc/sys, value), written after
     /// pivot_root.
     pub sysctls: Vec<(CString, CString)>,
@@ -162,12 +169,14 @@ pub fn plan_init(
     if let Some(profile) = linux.seccomp() {
         process.seccomp = super::seccomp::compile(profile)?;
     }
+    process.seccomp.push(super::seccomp::vsock_filter()?);
     let namespaces = namespaces::plan_namespaces(&linux, shared_pid)?;
     let hostname = namespaces::plan_hostname(spec, namespaces.clone_flags)?;
     let (mounts, mounted) = mounts::plan_mounts(spec, rootfs)?;
     let device_nodes = devices::plan_device_nodes(&linux, rootfs, &mounted)?;
     let dev = resolve_in_root(rootfs, Path::new("/dev"), &mounted)?;
     let devices = devices::default_devices(&dev, &device_nodes)?;
+    let device_program = super::device_cgroup::compile(&super::device_cgroup::spec_rules(&linux)?)?;
     let sysctls = limits::plan_sysctls(&linux, namespaces.clone_flags)?;
     let dev_links = devices::dev_links(&dev)?;
     Ok(InitPlan {
@@ -180,6 +189,7 @@ pub fn plan_init(
         mounts,
         devices,
         device_nodes,
+        device_program,
         sysctls,
         dev_links,
         masked: container_paths("linux.maskedPaths", linux.masked_paths())?,
@@ -278,6 +288,12 @@ mod tests {
         assert_eq!(plan.masked, vec![c"/proc/kcore".to_owned()]);
         assert_eq!(plan.readonly, vec![c"/proc/sys".to_owned()]);
         assert_eq!(plan.root_propagation, libc::MS_SLAVE | libc::MS_REC);
+        // No profile: the agent's vsock filter alone.
+        assert_eq!(
+            plan.process.seccomp,
+            vec![crate::container::seccomp::vsock_filter().unwrap()]
+        );
+        assert!(!plan.device_program.is_empty());
         std::fs::remove_dir_all(root).unwrap();
     }
 

@@ -1,0 +1,92 @@
+// SPDX-License-Identifier: Apache-2.0
+//! PID 1 of a sandbox's shared PID namespace. Every container of the pod
+//! sees it as /proc/1, so nothing of the agent's must be reachable through
+//! it: it keeps none of the agent's descriptors, its root is an empty
+//! read-only tmpfs in a mount namespace of its own (so /proc/1/root and
+//! /proc/1/cwd lead nowhere), it is not dumpable (only CAP_SYS_PTRACE
+//! opens its /proc files), and it runs in seccomp's strict mode (read,
+//! write, exit), so a process that does trace it cannot make it do
+//! anything for it.
+
+use std::os::fd::RawFd;
+
+use super::{check, mount, report, ChildFds, Step};
+
+/// Confines the holder, reports Ready and waits for ever: in a read on a
+/// pipe whose write end it holds itself (pause(2) is not allowed in strict
+/// mode). The agent ends it with SIGKILL at DestroySandbox.
+pub fn hold_pid_namespace(fds: &ChildFds) -> ! {
+    close_all_but(fds.report);
+    empty_root(fds);
+    // SAFETY: prctl with integer arguments.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    check(fds, rc, Step::Seccomp, 0);
+    let mut wait = [-1 as RawFd; 2];
+    // SAFETY: pipe2 fills two descriptors.
+    let rc = unsafe { libc::pipe2(wait.as_mut_ptr(), 0) };
+    check(fds, rc, Step::Seccomp, 1);
+    // SAFETY: prctl with integer arguments; after it, only read, write
+    // and exit are allowed.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_STRICT as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    check(fds, rc, Step::Seccomp, 2);
+    report(fds.report, Step::Ready, 0, 0);
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: a one-byte read into a live byte.
+        unsafe { libc::read(wait[0], (&raw mut byte).cast(), 1) };
+    }
+}
+
+/// Closes every descriptor inherited from the agent but `keep`.
+fn close_all_but(keep: RawFd) {
+    let keep = keep as u32;
+    // SAFETY: close_range takes a range and flags.
+    unsafe {
+        if keep > 0 {
+            libc::syscall(libc::SYS_close_range, 0u32, keep - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
+    }
+}
+
+/// A private mount namespace whose root is an empty read-only tmpfs,
+/// mounted on /dev (a directory every root has) and pivoted into; the
+/// agent's root is detached.
+fn empty_root(fds: &ChildFds) {
+    let rc = mount(c"", c"/", c"", libc::MS_REC | libc::MS_PRIVATE, None);
+    check(fds, rc, Step::RootPropagation, 0);
+    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    let rc = mount(
+        c"tmpfs",
+        c"/dev",
+        c"tmpfs",
+        flags,
+        Some(c"size=4k,mode=0500"),
+    );
+    check(fds, rc, Step::PivotRoot, 0);
+    // SAFETY: (the four calls) NUL-terminated constant paths.
+    unsafe {
+        check(fds, libc::chdir(c"/dev".as_ptr()), Step::PivotRoot, 1);
+        check(
+            fds,
+            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int,
+            Step::PivotRoot,
+            2,
+        );
+        check(
+            fds,
+            libc::umount2(c".".as_ptr(), libc::MNT_DETACH),
+            Step::PivotRoot,
+            3,
+        );
+        check(fds, libc::chdir(c"/".as_ptr()), Step::PivotRoot, 4);
+    }
+}

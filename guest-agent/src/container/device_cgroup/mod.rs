@@ -1,0 +1,69 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The container's device cgroup: which device nodes its processes may
+//! open or make. On cgroup v2 that is a `BPF_PROG_TYPE_CGROUP_DEVICE`
+//! program attached to the container's cgroup, as runc and crun attach
+//! one. `rules` turns `linux.resources.devices`, `linux.devices` and
+//! runc's default allow-list into rules; `program` compiles the rules to
+//! BPF instructions; `attach` loads the program and attaches it.
+
+mod attach;
+mod program;
+mod rules;
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceCgroup};
+
+pub use self::attach::{attach, replace, AttachError};
+pub use self::program::{compile, Insn};
+pub use self::rules::{
+    check_rule_types, rules, spec_rules, Access, DeviceKind, Rule, RuleError, DEFAULT_RULES,
+    MAX_RULES,
+};
+
+/// A container's attached device program, and the spec's device nodes an
+/// updated program still allows.
+#[derive(Debug)]
+pub struct DeviceCgroup {
+    program: OwnedFd,
+    nodes: Vec<LinuxDevice>,
+}
+
+impl DeviceCgroup {
+    /// Attaches `program` (compiled from the spec, whose `linux.devices`
+    /// are `nodes`) to the cgroup open as `cgroup`.
+    ///
+    /// # Errors
+    ///
+    /// [`AttachError`].
+    pub fn attach(
+        cgroup: impl AsFd,
+        program: &[Insn],
+        nodes: Option<Vec<LinuxDevice>>,
+    ) -> Result<Self, AttachError> {
+        Ok(DeviceCgroup {
+            program: attach(cgroup, program)?,
+            nodes: nodes.unwrap_or_default(),
+        })
+    }
+
+    /// The program for an update's `linux.resources.devices`, checked
+    /// before anything changes.
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError`] naming the field at fault.
+    pub fn compile_update(&self, rules: &[LinuxDeviceCgroup]) -> Result<Vec<Insn>, RuleError> {
+        compile(&self::rules(rules, &self.nodes)?)
+    }
+
+    /// Puts `program` in the place of the attached one, in one step.
+    ///
+    /// # Errors
+    ///
+    /// [`AttachError`]; the old program stays.
+    pub fn replace(&mut self, cgroup: impl AsFd, program: &[Insn]) -> Result<(), AttachError> {
+        self.program = replace(cgroup, &self.program, program)?;
+        Ok(())
+    }
+}
