@@ -23,8 +23,9 @@ pub(super) struct Namespaces {
 }
 
 /// The namespaces of `linux`. The container always gets a mount namespace
-/// of its own: the agent's mounts must not change under it. With
-/// `shared_pid`, a new PID namespace asked for is that one instead.
+/// of its own (the agent's mounts must not change under it) and a PID
+/// namespace other than the agent's. With `shared_pid`, a new PID namespace
+/// is that one instead.
 pub(super) fn plan_namespaces(
     linux: &Linux,
     shared_pid: Option<&Path>,
@@ -46,11 +47,16 @@ pub(super) fn plan_namespaces(
             }
         }
     }
-    if let Some(path) = shared_pid {
-        if clone_flags & libc::CLONE_NEWPID as u64 != 0 {
-            clone_flags &= !(libc::CLONE_NEWPID as u64);
-            join_pid = Some(open_namespace(path)?);
-        }
+    // The guest's first PID namespace is the agent's: a spec without a PID
+    // namespace (a pod's hostPID) gets the pod's, or one of its own, so that
+    // no container sees the agent as its PID 1.
+    let new_pid = join_pid.is_none();
+    if new_pid {
+        clone_flags |= libc::CLONE_NEWPID as u64;
+    }
+    if let (Some(path), true) = (shared_pid, new_pid) {
+        clone_flags &= !(libc::CLONE_NEWPID as u64);
+        join_pid = Some(open_namespace(path)?);
     }
     Ok(Namespaces {
         clone_flags,
@@ -141,6 +147,19 @@ mod tests {
         let planned = plan_namespaces(&linux, Some(shared)).unwrap();
         assert_eq!(planned.clone_flags, libc::CLONE_NEWNS as u64);
         assert!(planned.join_pid.is_some());
+    }
+
+    #[test]
+    fn test_a_spec_without_a_pid_namespace_never_gets_the_agents() {
+        let linux = linux(serde_json::json!({"namespaces": [{"type": "network"}]}));
+        let planned = plan_namespaces(&linux, None).unwrap();
+        let expected = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET;
+        assert_eq!(planned.clone_flags, expected as u64);
+        let shared = Path::new("/proc/self/ns/pid");
+        let planned = plan_namespaces(&linux, Some(shared)).unwrap();
+        let expected = libc::CLONE_NEWNS | libc::CLONE_NEWNET;
+        assert_eq!(planned.clone_flags, expected as u64);
+        assert!(planned.join_pid.is_some(), "not the pod's PID namespace");
     }
 
     #[test]
