@@ -328,7 +328,7 @@ mod tests {
         assert_eq!(
             vmpod_sys::error::chain(&err),
             "Invalid seccomp filter file f.json: Invalid syscall name: no_such_call for given \
-             arch: X86_64."
+             arch: x86_64."
         );
     }
 
