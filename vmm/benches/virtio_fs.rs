@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 //! VMM CPU cost of virtio-fs requests, in process: a FUSE LOOKUP and a
 //! 4 KiB READ through the device's queue processing and the passthrough
-//! server, against a file in the page cache (no guest, no exits).
+//! server, against a file in the page cache (no guest, no exits); each
+//! also under the device thread's seccomp filter (`.../seccomp`).
 #![allow(clippy::tests_outside_test_module)]
+
+mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vmm::devices::virtio::fs::Fs;
@@ -45,6 +48,31 @@ impl Driver {
     }
 }
 
+/// The share, its driver and the open file READs go to.
+struct Share {
+    driver: Driver,
+    fs: Fs,
+    nodeid: u64,
+    fh: u64,
+    offset: u64,
+}
+
+fn lookup(s: &mut Share) {
+    s.driver.post(FUSE_LOOKUP, 1, b"file\0");
+    s.fs.process_queue(0);
+}
+
+fn read_4k(s: &mut Share) {
+    let mut read = Vec::with_capacity(40);
+    read.extend_from_slice(&s.fh.to_le_bytes());
+    read.extend_from_slice(&s.offset.to_le_bytes());
+    read.extend_from_slice(&4096u32.to_le_bytes());
+    read.extend_from_slice(&[0u8; 20]);
+    s.offset = (s.offset + 4096) % (1 << 20);
+    s.driver.post(FUSE_READ, s.nodeid, &read);
+    s.fs.process_queue(0);
+}
+
 fn bench_requests(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("vmpod-bench-fs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -76,29 +104,19 @@ fn bench_requests(c: &mut Criterion) {
     assert_eq!(driver.reply_error(), 0, "OPEN");
     let fh: u64 = driver.mem.read_obj(GuestAddress(REPLY + 16)).unwrap();
 
+    let mut share = Share {
+        driver,
+        fs,
+        nodeid,
+        fh,
+        offset: 0,
+    };
     let mut group = c.benchmark_group("virtio_fs");
-    group.bench_function("lookup", |b| {
-        b.iter(|| {
-            driver.post(FUSE_LOOKUP, 1, b"file\0");
-            fs.process_queue(0);
-        });
-    });
-    assert_eq!(driver.reply_error(), 0);
+    share = common::with_and_without_filter(&mut group, "lookup", share, lookup);
+    assert_eq!(share.driver.reply_error(), 0);
     group.throughput(Throughput::Bytes(4096));
-    let mut offset = 0u64;
-    group.bench_function("read_4k", |b| {
-        b.iter(|| {
-            let mut read = Vec::with_capacity(40);
-            read.extend_from_slice(&fh.to_le_bytes());
-            read.extend_from_slice(&offset.to_le_bytes());
-            read.extend_from_slice(&4096u32.to_le_bytes());
-            read.extend_from_slice(&[0u8; 20]);
-            offset = (offset + 4096) % (1 << 20);
-            driver.post(FUSE_READ, nodeid, &read);
-            fs.process_queue(0);
-        });
-    });
-    assert_eq!(driver.reply_error(), 0);
+    share = common::with_and_without_filter(&mut group, "read_4k", share, read_4k);
+    assert_eq!(share.driver.reply_error(), 0);
     group.finish();
     let _ = std::fs::remove_dir_all(&dir);
 }

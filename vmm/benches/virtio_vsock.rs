@@ -2,11 +2,14 @@
 //! VMM CPU cost of moving 64 KiB from the guest to a host Unix socket
 //! through virtio-vsock, in process: the device parses the packet from
 //! guest memory and writes it to the connection's stream, and the host
-//! side reads it (no guest, no exits).
+//! side reads it (no guest, no exits); also under the device thread's
+//! seccomp filter (`.../seccomp`).
 #![allow(clippy::tests_outside_test_module)]
 
+mod common;
+
 use std::io::Read;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vmm::devices::virtio::test_utils::{guest_memory, queue_set, readable, DriverQueue};
@@ -38,6 +41,23 @@ fn post(mem: &GuestMemoryMmap, tx: &mut DriverQueue, op: u16, len: u32) {
     tx.post(mem, &[readable(TX_BUF, Header::LEN as u32 + len)]);
 }
 
+/// The device, its tx driver and the host end of the connection.
+struct Connection {
+    mem: GuestMemoryMmap,
+    tx: DriverQueue,
+    vsock: Vsock,
+    stream: UnixStream,
+    sink: Vec<u8>,
+}
+
+fn transfer(c: &mut Connection) {
+    post(&c.mem, &mut c.tx, 5, PAYLOAD);
+    c.vsock.process_tx();
+    // The host side takes the 64 KiB before the next packet, as a guest
+    // waiting for credit would let it.
+    c.stream.read_exact(&mut c.sink).unwrap();
+}
+
 fn bench_transfer(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("vmpod-bench-vsock-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -56,22 +76,21 @@ fn bench_transfer(c: &mut Criterion) {
     // The guest connects to host port 5000.
     post(&mem, &mut tx, 1, 0);
     vsock.process_tx();
-    let (mut stream, _) = listener.accept().unwrap();
-    let mut sink = vec![0u8; PAYLOAD as usize];
+    let (stream, _) = listener.accept().unwrap();
+    let mut connection = Connection {
+        mem,
+        tx,
+        vsock,
+        stream,
+        sink: vec![0u8; PAYLOAD as usize],
+    };
 
     let mut group = c.benchmark_group("virtio_vsock");
     group.throughput(Throughput::Bytes(u64::from(PAYLOAD)));
-    group.bench_function("guest_to_host_64k", |b| {
-        b.iter(|| {
-            post(&mem, &mut tx, 5, PAYLOAD);
-            vsock.process_tx();
-            // The host side takes the 64 KiB before the next packet, as a
-            // guest waiting for credit would let it.
-            stream.read_exact(&mut sink).unwrap();
-        });
-    });
+    connection =
+        common::with_and_without_filter(&mut group, "guest_to_host_64k", connection, transfer);
     group.finish();
-    let counters = vsock.counters();
+    let counters = connection.vsock.counters();
     assert_eq!(counters.resets, 0, "the connection was reset: {counters:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,8 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use seccompiler::BpfProgram;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::seccomp::{install_filter, SeccompError, ThreadLabel};
 
 /// A device as the event loop holds it.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -22,6 +25,9 @@ pub enum EventLoopError {
     /// The thread could not be started.
     #[error("Cannot start the device event loop thread")]
     Thread(#[source] std::io::Error),
+    /// The thread's seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// The stop request, itself an event the loop waits on.
@@ -42,6 +48,22 @@ impl MutEventSubscriber for StopSignal {
     }
 }
 
+/// Runs the loop until the stop signal fired.
+fn serve_until_stopped(manager: &mut EventManager<Subscriber>, signal: &Mutex<StopSignal>) {
+    loop {
+        if let Err(err) = manager.run() {
+            tracing::error!("event loop: {err}");
+        }
+        let stopped = signal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .stopped;
+        if stopped {
+            return;
+        }
+    }
+}
+
 /// The running event loop thread.
 #[derive(Debug)]
 pub struct EventLoop {
@@ -50,12 +72,16 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    /// Starts a thread serving `subscribers` until [`EventLoop::stop`].
+    /// Starts a thread serving `subscribers` until [`EventLoop::stop`];
+    /// the thread installs `filter` (if any) before it serves anything.
     ///
     /// # Errors
-    /// [`EventLoopError`] when epoll, the stop event or the thread cannot
-    /// be created.
-    pub fn start(subscribers: Vec<Subscriber>) -> Result<Self, EventLoopError> {
+    /// [`EventLoopError`] when epoll, the stop event, the thread or its
+    /// filter cannot be set up.
+    pub fn start(
+        subscribers: Vec<Subscriber>,
+        filter: Option<BpfProgram>,
+    ) -> Result<Self, EventLoopError> {
         let stop = EventFd::new(EFD_NONBLOCK).map_err(EventLoopError::Create)?;
         let signal = Arc::new(Mutex::new(StopSignal {
             event: stop.try_clone().map_err(EventLoopError::Create)?,
@@ -67,21 +93,28 @@ impl EventLoop {
         for subscriber in subscribers {
             manager.add_subscriber(subscriber);
         }
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("vmpod-devices".into())
-            .spawn(move || loop {
-                if let Err(err) = manager.run() {
-                    tracing::error!("event loop: {err}");
-                }
-                let stopped = signal
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .stopped;
-                if stopped {
-                    break;
+            .spawn(move || {
+                let installed = match &filter {
+                    Some(filter) => install_filter(filter, ThreadLabel::DEVICES),
+                    None => Ok(()),
+                };
+                let serve = installed.is_ok();
+                let _ = ready_tx.send(installed);
+                if serve {
+                    serve_until_stopped(&mut manager, &signal);
                 }
             })
             .map_err(EventLoopError::Thread)?;
+        let installed = ready_rx.recv().map_err(|_| {
+            EventLoopError::Thread(std::io::Error::other("it ended before it was ready"))
+        })?;
+        if let Err(e) = installed {
+            let _ = thread.join();
+            return Err(e.into());
+        }
         Ok(EventLoop { stop, thread })
     }
 
@@ -126,7 +159,7 @@ mod tests {
             event: event.try_clone().unwrap(),
             seen: seen.clone(),
         };
-        let event_loop = EventLoop::start(vec![Arc::new(Mutex::new(counter))]).unwrap();
+        let event_loop = EventLoop::start(vec![Arc::new(Mutex::new(counter))], None).unwrap();
         event.write(1).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while seen.load(std::sync::atomic::Ordering::SeqCst) == 0 {

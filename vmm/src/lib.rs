@@ -18,5 +18,7 @@ pub mod event_loop;
 pub mod exit;
 /// A built and a running microVM.
 pub mod microvm;
+/// Per-thread seccomp filters and what a violation does.
+pub mod seccomp;
 /// KVM objects and guest memory.
 pub mod vstate;

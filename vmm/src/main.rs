@@ -2,7 +2,8 @@
 //! `vmpod-vm`: boots a Linux kernel in a KVM microVM and shows its console.
 //!
 //! Exit status: 0 when the guest resets or powers off, 1 when the VM or the
-//! host fails at run time, 2 for usage and configuration errors.
+//! host fails at run time, 2 for usage and configuration errors, 3 when a
+//! thread made a system call its seccomp filter does not allow.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use vmm::builder::build_microvm;
 use vmm::config::{
     host_memory_mib, ConfigLayer, DiskConfig, FsConfig, NetConfig, SerialTarget, VsockConfig,
 };
+use vmm::seccomp::{install_sigsys_handler, set_no_new_privs, SeccompError, SeccompFilters};
 
 /// Exit status for run-time failures (host, KVM, guest).
 const EXIT_RUNTIME: u8 = 1;
@@ -65,6 +67,14 @@ struct Cli {
     /// TOML file with the same settings (flags override it).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Seccomp filters (seccompiler JSON, one filter per thread: main,
+    /// devices, vcpu) instead of the built-in ones.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_seccomp")]
+    seccomp_filter: Option<PathBuf>,
+    /// Run without seccomp filters. UNSAFE: a guest escaping into the VMM
+    /// reaches every system call; for debugging and benchmarks only.
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 impl Cli {
@@ -84,6 +94,23 @@ impl Cli {
             fs: (!self.fs.is_empty()).then(|| self.fs.clone()),
         }
     }
+}
+
+/// The filters the threads will run under, `None` with `--no-seccomp`;
+/// with filters, the SIGSYS handler is in place. Sets `NoNewPrivs` either
+/// way: vmpod-vm never needs to gain privileges.
+fn seccomp_filters(cli: &Cli) -> Result<Option<SeccompFilters>, SeccompError> {
+    set_no_new_privs().map_err(SeccompError::NoNewPrivs)?;
+    if cli.no_seccomp {
+        tracing::warn!("--no-seccomp: the VM runs without seccomp filters");
+        return Ok(None);
+    }
+    let filters = match &cli.seccomp_filter {
+        Some(path) => SeccompFilters::from_file(path)?,
+        None => SeccompFilters::builtin()?,
+    };
+    install_sigsys_handler()?;
+    Ok(Some(filters))
 }
 
 fn fail(code: u8, error: &anyhow::Error) -> ExitCode {
@@ -119,6 +146,18 @@ fn main() -> ExitCode {
         Err(e) => return fail(EXIT_USAGE, &e.into()),
     };
 
+    let filters = match seccomp_filters(&cli) {
+        Ok(filters) => filters,
+        Err(e) => {
+            let code = if e.is_input_error() {
+                EXIT_USAGE
+            } else {
+                EXIT_RUNTIME
+            };
+            return fail(code, &e.into());
+        }
+    };
+
     let microvm = match build_microvm(&config, launched) {
         Ok(microvm) => microvm,
         Err(e) => {
@@ -137,7 +176,7 @@ fn main() -> ExitCode {
         microvm.cpu_template(),
         microvm.cmdline()
     );
-    let running = match microvm.start() {
+    let running = match microvm.start(filters.as_ref()) {
         Ok(running) => running,
         Err(e) => return fail(EXIT_RUNTIME, &e.into()),
     };

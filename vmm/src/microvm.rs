@@ -5,6 +5,7 @@ use crate::arch::cpuid::CpuTemplate;
 use crate::devices::bus::Bus;
 use crate::event_loop::{EventLoop, EventLoopError, Subscriber};
 use crate::exit::{ExitNotifier, VmExit};
+use crate::seccomp::{install_filter, SeccompError, SeccompFilters, ThreadKind, ThreadLabel};
 use crate::vstate::memory::GuestMemoryMmap;
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuHandle, VcpuIo};
 use crate::vstate::vm::Vm;
@@ -44,6 +45,9 @@ pub enum StartMicrovmError {
     /// The device event loop could not start.
     #[error(transparent)]
     EventLoop(#[from] EventLoopError),
+    /// The calling thread's seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 impl Microvm {
@@ -88,15 +92,24 @@ impl Microvm {
     }
 
     /// Starts the device event loop (when there are devices) and every vCPU.
+    /// With `filters`, every thread runs under its seccomp filter before
+    /// the guest runs its first instruction: the device thread and each
+    /// vCPU install theirs as they start, then the calling thread (which
+    /// goes on to [`RunningMicrovm::wait`]) installs the main filter, and
+    /// only then do the vCPUs enter the guest.
     ///
     /// # Errors
-    /// [`StartMicrovmError`] if a thread cannot start; the ones already
-    /// started are stopped.
-    pub fn start(self) -> Result<RunningMicrovm, StartMicrovmError> {
+    /// [`StartMicrovmError`] if a thread or a filter cannot be set up; the
+    /// threads already started are stopped, and the guest never ran.
+    pub fn start(
+        self,
+        filters: Option<&SeccompFilters>,
+    ) -> Result<RunningMicrovm, StartMicrovmError> {
+        let filter = |kind| filters.map(|f| f.of(kind).clone());
         let event_loop = if self.devices.is_empty() {
             None
         } else {
-            Some(EventLoop::start(self.devices)?)
+            Some(EventLoop::start(self.devices, filter(ThreadKind::Devices))?)
         };
         let io = VcpuIo {
             pio: self.pio,
@@ -105,20 +118,34 @@ impl Microvm {
             exit: self.exit.clone(),
         };
         let mut handles = Vec::with_capacity(self.vcpus.len());
+        let mut started = Ok(());
         for vcpu in self.vcpus {
-            match vcpu.start(io.clone()) {
+            match vcpu.start(io.clone(), filter(ThreadKind::Vcpu)) {
                 Ok(handle) => handles.push(handle),
                 Err(e) => {
-                    self.exit.notify(VmExit::VcpuFailure {
-                        vcpu: handles.len() as u8,
-                        reason: e.to_string(),
-                    });
-                    handles.into_iter().for_each(VcpuHandle::stop);
-                    event_loop.into_iter().for_each(EventLoop::stop);
-                    return Err(e.into());
+                    started = Err(e.into());
+                    break;
                 }
             }
         }
+        let ready = started
+            .and_then(|()| {
+                handles
+                    .iter()
+                    .try_for_each(VcpuHandle::wait_ready)
+                    .map_err(StartMicrovmError::from)
+            })
+            .and_then(|()| match filters {
+                Some(f) => install_filter(f.of(ThreadKind::Main), ThreadLabel::MAIN)
+                    .map_err(StartMicrovmError::from),
+                None => Ok(()),
+            });
+        if let Err(e) = ready {
+            handles.into_iter().for_each(VcpuHandle::stop);
+            event_loop.into_iter().for_each(EventLoop::stop);
+            return Err(e);
+        }
+        handles.iter_mut().for_each(VcpuHandle::release);
         Ok(RunningMicrovm {
             handles,
             event_loop,

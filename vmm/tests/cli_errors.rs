@@ -440,3 +440,54 @@ fn test_unusable_vsock_socket_path() {
     );
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
 }
+
+#[test]
+fn test_bad_seccomp_filter_files() {
+    let dir = TestDir::new("seccompfilter");
+    assert_fails(
+        &["--kernel", "/k", "--seccomp-filter", "/nonexistent/f.json"],
+        2,
+        &[
+            "Cannot read the seccomp filter file /nonexistent/f.json",
+            "No such file",
+        ],
+    );
+    let not_json = dir.write("garbage.json", b"{ main");
+    assert_fails(
+        &["--kernel", "/k", "--seccomp-filter", path_str(&not_json)],
+        2,
+        &["Invalid seccomp filter file", "garbage.json"],
+    );
+    let allow =
+        r#"{"mismatch_action": "trap", "match_action": "allow", "filter": [{"syscall": "read"}]}"#;
+    let no_vcpu = dir.write(
+        "novcpu.json",
+        format!(r#"{{"main": {allow}, "devices": {allow}}}"#).as_bytes(),
+    );
+    assert_fails(
+        &["--kernel", "/k", "--seccomp-filter", path_str(&no_vcpu)],
+        2,
+        &["novcpu.json has no filter for the 'vcpu' thread"],
+    );
+    let bad_name = dir.write(
+        "badname.json",
+        br#"{"main": {"mismatch_action": "trap", "match_action": "allow",
+             "filter": [{"syscall": "no_such_call"}]}}"#,
+    );
+    assert_fails(
+        &["--kernel", "/k", "--seccomp-filter", path_str(&bad_name)],
+        2,
+        &["badname.json", "Invalid syscall name: no_such_call"],
+    );
+    assert_fails(
+        &[
+            "--kernel",
+            "/k",
+            "--seccomp-filter",
+            path_str(&no_vcpu),
+            "--no-seccomp",
+        ],
+        2,
+        &["--no-seccomp", "cannot be used with"],
+    );
+}

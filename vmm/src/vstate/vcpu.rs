@@ -4,6 +4,7 @@
 
 use std::cell::Cell;
 use std::os::unix::thread::JoinHandleExt;
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use kvm_bindings::{
@@ -11,6 +12,7 @@ use kvm_bindings::{
     KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use seccompiler::BpfProgram;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use super::memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -20,6 +22,7 @@ use crate::arch::msr::{boot_msrs, MsrError};
 use crate::arch::regs::{boot_fpu, boot_regs, boot_sregs, EntryPoint};
 use crate::devices::bus::Bus;
 use crate::exit::{ExitNotifier, VmExit};
+use crate::seccomp::{install_filter, SeccompError, ThreadLabel};
 
 /// Longest x86 instruction.
 const MAX_INSTRUCTION_LEN: usize = 15;
@@ -60,6 +63,9 @@ pub enum VcpuError {
     /// The vCPU thread could not be started.
     #[error("Cannot start the thread of vCPU {0}")]
     Thread(u8, #[source] std::io::Error),
+    /// The vCPU thread's seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// One vCPU of the VM, before it runs.
@@ -136,18 +142,38 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Starts the vCPU on its own thread; it runs until `exit` is notified.
+    /// Starts the vCPU's thread, which installs `filter` (if any) and then
+    /// waits for [`VcpuHandle::release`] before it first enters the guest;
+    /// it runs until `exit` is notified.
     ///
     /// # Errors
     /// [`VcpuError`] when the kick signal or the thread cannot be set up.
-    pub fn start(self, io: VcpuIo) -> Result<VcpuHandle, VcpuError> {
+    pub fn start(self, io: VcpuIo, filter: Option<BpfProgram>) -> Result<VcpuHandle, VcpuError> {
         install_kick_handler()?;
         let index = self.index;
+        let (ready_tx, ready) = mpsc::sync_channel(1);
+        let (go, go_rx) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || self.run(io))
+            .spawn(move || {
+                let installed = match &filter {
+                    Some(filter) => install_filter(filter, ThreadLabel::vcpu(index)),
+                    None => Ok(()),
+                };
+                let installed_ok = installed.is_ok();
+                let _ = ready_tx.send(installed);
+                // A handle dropped without release ends the thread here.
+                if installed_ok && go_rx.recv().is_ok() {
+                    self.run(io);
+                }
+            })
             .map_err(|e| VcpuError::Thread(index, e))?;
-        Ok(VcpuHandle { thread })
+        Ok(VcpuHandle {
+            index,
+            thread,
+            ready,
+            go: Some(go),
+        })
     }
 
     fn run(mut self, io: VcpuIo) {
@@ -295,16 +321,45 @@ pub struct VcpuIo {
     pub exit: ExitNotifier,
 }
 
-/// A running vCPU thread.
+/// A started vCPU thread.
 #[derive(Debug)]
 pub struct VcpuHandle {
+    index: u8,
     thread: JoinHandle<()>,
+    /// Whether the thread installed its filter.
+    ready: mpsc::Receiver<Result<(), SeccompError>>,
+    /// Lets the thread enter the guest; dropped to end it instead.
+    go: Option<mpsc::Sender<()>>,
 }
 
 impl VcpuHandle {
+    /// Waits until the thread has installed its seccomp filter.
+    ///
+    /// # Errors
+    /// [`VcpuError::Seccomp`] if the kernel refused it, or
+    /// [`VcpuError::Thread`] if the thread ended first.
+    pub fn wait_ready(&self) -> Result<(), VcpuError> {
+        match self.ready.recv() {
+            Ok(installed) => installed.map_err(VcpuError::from),
+            Err(_) => Err(VcpuError::Thread(
+                self.index,
+                std::io::Error::other("it ended before it was ready"),
+            )),
+        }
+    }
+
+    /// Lets the vCPU enter the guest.
+    pub fn release(&mut self) {
+        if let Some(go) = self.go.take() {
+            let _ = go.send(());
+        }
+    }
+
     /// Kicks the vCPU out of the guest and waits for its thread. Call after
     /// the VM's end was notified, or the vCPU re-enters the guest.
-    pub fn stop(self) {
+    pub fn stop(mut self) {
+        // A vCPU never released ends without entering the guest.
+        self.go = None;
         // Repeat the kick until the thread is gone: a kick that lands while
         // the thread is between checks is absorbed by `immediate_exit`.
         while !self.thread.is_finished() {
