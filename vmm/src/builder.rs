@@ -27,7 +27,7 @@ use crate::config::VmConfig;
 use crate::device_manager::mmio::{allocate_slots, attach_virtio_device, MmioDeviceError};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::{Bus, BusError};
-use crate::devices::legacy::console_file::{ConsoleFile, DEFAULT_CONSOLE_MAX_BYTES};
+use crate::devices::legacy::console_file::ConsoleFile;
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{EventFdTrigger, SerialDevice, SerialOutput};
 use crate::devices::virtio::block::{Block, BlockError};
@@ -399,7 +399,7 @@ fn serial_output(config: &VmConfig) -> Result<SerialOutput, BuildMicrovmError> {
                     path: path.clone(),
                     source,
                 })?;
-            Box::new(ConsoleFile::new(file, DEFAULT_CONSOLE_MAX_BYTES))
+            Box::new(ConsoleFile::new(file, config.console_max_bytes))
         }
     })
 }

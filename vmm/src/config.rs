@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::arch::cpuid::CpuTemplate;
 use crate::arch::layout::MAX_VCPUS;
 use crate::device_manager::mmio::MAX_VIRTIO_DEVICES;
+use crate::devices::legacy::console_file::DEFAULT_CONSOLE_MAX_BYTES;
 
 mod devices;
 
@@ -25,14 +26,18 @@ pub const MIN_MEMORY_MIB: u64 = 32;
 /// the i8042 so a guest reboot ends the VM, reboot a second after a panic.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 
+/// The least a `file:` serial console may be limited to.
+pub const MIN_CONSOLE_MAX_BYTES: u64 = 4096;
+
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum SerialTarget {
     /// The VMM's standard output.
     #[default]
     Stdout,
-    /// A file, created or truncated, holding at most the newest MiB of
-    /// output (see [`crate::devices::legacy::console_file`]).
+    /// A file, created or truncated, holding at most the newest
+    /// `console-max-bytes` of output (see
+    /// [`crate::devices::legacy::console_file`]).
     File(PathBuf),
     /// Nowhere.
     None,
@@ -76,6 +81,8 @@ pub struct ConfigLayer {
     pub memory: Option<u64>,
     /// Serial console target.
     pub serial: Option<SerialTarget>,
+    /// The most a `file:` serial console keeps, in bytes.
+    pub console_max_bytes: Option<u64>,
     /// CPU template.
     pub cpu_template: Option<CpuTemplate>,
     /// Whether the guest gets a virtio-rng device.
@@ -130,6 +137,7 @@ impl ConfigLayer {
             vcpus: over.vcpus.or(self.vcpus),
             memory: over.memory.or(self.memory),
             serial: over.serial.or(self.serial),
+            console_max_bytes: over.console_max_bytes.or(self.console_max_bytes),
             cpu_template: over.cpu_template.or(self.cpu_template),
             rng: over.rng.or(self.rng),
             disk: over.disk.or(self.disk),
@@ -167,6 +175,10 @@ impl ConfigLayer {
             fs: self.fs.unwrap_or_default(),
         }
         .check()?;
+        let console_max_bytes = self.console_max_bytes.unwrap_or(DEFAULT_CONSOLE_MAX_BYTES);
+        if console_max_bytes < MIN_CONSOLE_MAX_BYTES {
+            return Err(ConfigError::ConsoleMaxBytes(console_max_bytes));
+        }
         let rng = self.rng.unwrap_or(false);
         let count = devices.count() + usize::from(rng);
         if count > MAX_VIRTIO_DEVICES {
@@ -179,6 +191,7 @@ impl ConfigLayer {
             vcpus: vcpus as u8,
             memory_mib,
             serial: self.serial.unwrap_or_default(),
+            console_max_bytes,
             cpu_template: self.cpu_template.unwrap_or_default(),
             rng,
             devices,
@@ -201,6 +214,8 @@ pub struct VmConfig {
     pub memory_mib: u64,
     /// Serial console target.
     pub serial: SerialTarget,
+    /// The most a `file:` serial console keeps, in bytes.
+    pub console_max_bytes: u64,
     /// CPU template (possibly `auto`).
     pub cpu_template: CpuTemplate,
     /// A virtio-rng device, fed from the host's `getrandom`.
@@ -235,6 +250,9 @@ pub enum ConfigError {
     /// More virtio devices than interrupt lines.
     #[error("Too many virtio devices: {0}, the most is {MAX_VIRTIO_DEVICES}")]
     TooManyDevices(usize),
+    /// A console limit too small to hold a line of a kernel's oops.
+    #[error("Invalid console-max-bytes {0}: it must be at least {MIN_CONSOLE_MAX_BYTES}")]
+    ConsoleMaxBytes(u64),
     /// A serial target that is none of the known forms.
     #[error("Invalid serial target '{0}': expected stdout, none or file:PATH")]
     Serial(String),
@@ -300,6 +318,7 @@ mod tests {
             vcpus = 2
             memory = 512
             serial = "file:/tmp/console.log"
+            console-max-bytes = 65536
             cpu-template = "emulated-supervisor"
             rng = true
             [[disk]]
@@ -325,6 +344,7 @@ mod tests {
         assert_eq!(config.vcpus, 2);
         assert_eq!(config.memory_mib, 512);
         assert_eq!(config.serial, SerialTarget::File("/tmp/console.log".into()));
+        assert_eq!(config.console_max_bytes, 65536);
         assert_eq!(config.cpu_template, CpuTemplate::EmulatedSupervisor);
         assert!(config.rng);
         let devices = &config.devices;

@@ -43,9 +43,12 @@ struct Cli {
     /// Guest memory in MiB.
     #[arg(long, value_name = "MIB")]
     memory: Option<u64>,
-    /// Serial console: stdout, file:PATH (keeps the newest MiB) or none.
+    /// Serial console: stdout, file:PATH or none.
     #[arg(long, value_name = "TARGET")]
     serial: Option<SerialTarget>,
+    /// The most a file console keeps (its newest output), in bytes.
+    #[arg(long, value_name = "BYTES")]
+    console_max_bytes: Option<u64>,
     /// CPU template; `auto` probes the host.
     #[arg(long, value_name = "NAME")]
     cpu_template: Option<CpuTemplate>,
@@ -86,6 +89,7 @@ impl Cli {
             vcpus: self.vcpus,
             memory: self.memory,
             serial: self.serial.clone(),
+            console_max_bytes: self.console_max_bytes,
             cpu_template: self.cpu_template,
             rng: self.rng.then_some(true),
             disk: (!self.disk.is_empty()).then(|| self.disk.clone()),

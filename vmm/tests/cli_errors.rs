@@ -55,6 +55,20 @@ fn test_bad_flag_values() {
 }
 
 #[test]
+fn test_console_limit_too_small() {
+    assert_fails(
+        &["--kernel", "/k", "--console-max-bytes", "100"],
+        2,
+        &["console-max-bytes 100", "at least 4096"],
+    );
+    assert_fails(
+        &["--kernel", "/k", "--console-max-bytes", "lots"],
+        2,
+        &["--console-max-bytes"],
+    );
+}
+
+#[test]
 fn test_vcpu_count_out_of_range() {
     assert_fails(&["--kernel", "/k", "--vcpus", "0"], 2, &["vCPU count 0"]);
     assert_fails(

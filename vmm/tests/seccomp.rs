@@ -278,3 +278,42 @@ fn test_linux_guest_with_devices_runs_under_the_filters() {
         "written by the vmpod guest\n"
     );
 }
+
+/// A guest that prints more than its console file may hold: the file keeps
+/// the newest output within its limit, and the vCPU thread that writes it
+/// (and drops the older half, several times) does so under its filter.
+#[test]
+fn test_bounded_console_file_under_the_vcpu_filter() {
+    if !kvm_available("test_bounded_console_file_under_the_vcpu_filter") {
+        return;
+    }
+    let dir = TestDir::new("seccomp-console");
+    let message: String = (0..1500)
+        .map(|n| format!("console line {n:05}\n"))
+        .collect();
+    let kernel = dir.write(
+        "kernel.elf",
+        &elf_kernel(&Program::new().print_and_reset(&message), false),
+    );
+    let console = dir.path().join("console.log");
+    let serial = format!("file:{}", console.display());
+    let out = run_vmpod_vm(
+        &[
+            "--kernel",
+            path_str(&kernel),
+            "--memory",
+            "64",
+            "--serial",
+            &serial,
+            "--console-max-bytes",
+            "4096",
+        ],
+        TIMEOUT,
+    );
+    assert_eq!(out.status, Some(0), "{out:?}");
+    let kept = std::fs::read_to_string(&console).unwrap();
+    assert!(kept.len() <= 4096, "{} bytes kept", kept.len());
+    assert!(kept.len() >= 2048, "{} bytes kept", kept.len());
+    assert!(kept.ends_with("console line 01499\n"), "{kept:?}");
+    assert!(kept.starts_with("console line "), "{kept:?}");
+}
