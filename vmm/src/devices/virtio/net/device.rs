@@ -156,10 +156,12 @@ impl Net {
         self.backend.as_raw_fd()
     }
 
-    /// Whether a received frame waits for guest buffers (the back end is
-    /// then not worth watching).
+    /// Whether no frame can be delivered now: one waits for guest buffers,
+    /// or the driver has not activated the device. The back end is then not
+    /// worth watching: its level-triggered readiness would wake the loop for
+    /// nothing until the guest posts buffers (which it signals).
     pub fn rx_blocked(&self) -> bool {
-        self.rx_pending.is_some()
+        self.rx_pending.is_some() || self.active.is_none()
     }
 
     /// Sends every frame the guest queued for transmission.

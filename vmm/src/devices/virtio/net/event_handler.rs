@@ -71,3 +71,61 @@ impl MutEventSubscriber for Net {
         self.update_tap_watch(ops);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::sync::{Arc, Mutex};
+
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+
+    use super::*;
+    use crate::devices::virtio::test_utils::{guest_memory, queue_set, DriverQueue, PairBackend};
+
+    type Manager = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
+
+    fn host_send(host: &OwnedFd, frame: &[u8]) {
+        // SAFETY: the pointer and length describe the live `frame`.
+        let n = unsafe { libc::send(host.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        assert_eq!(n, frame.len() as isize);
+    }
+
+    /// Events the loop dispatches in `rounds` turns that do not wait.
+    fn wake_ups(manager: &mut Manager, rounds: usize) -> usize {
+        (0..rounds)
+            .map(|_| manager.run_with_timeout(0).unwrap())
+            .sum()
+    }
+
+    #[test]
+    fn test_frames_before_activation_or_buffers_do_not_spin_the_loop() {
+        let (ours, host) = PairBackend::pair();
+        let net = Net::with_backend(Box::new(ours), None).unwrap();
+        let net = Arc::new(Mutex::new(net));
+        let mut manager: Manager = EventManager::new().unwrap();
+        manager.add_subscriber(net.clone());
+        // The guest has not set the device up yet; frames arrive anyway.
+        host_send(&host, &[0u8; 64]);
+        assert_eq!(
+            wake_ups(&mut manager, 100),
+            0,
+            "woken for a frame it cannot take"
+        );
+
+        // Activated, but with no receive buffers: one frame is taken and
+        // waits, and the tap is no longer watched.
+        let mem = guest_memory();
+        let (rx, tx) = (DriverQueue::new(0), DriverQueue::new(DriverQueue::SPAN));
+        net.lock()
+            .unwrap()
+            .activate(queue_set(mem, vec![rx.queue(), tx.queue()]))
+            .unwrap();
+        net.lock().unwrap().queue_events()[RX_QUEUE]
+            .write(1)
+            .unwrap();
+        host_send(&host, &[0u8; 64]);
+        assert!(wake_ups(&mut manager, 100) <= 2);
+        assert!(net.lock().unwrap().rx_blocked());
+        assert!(net.lock().unwrap().counters().rx_deferred >= 1);
+    }
+}
