@@ -153,8 +153,10 @@ pub fn is_bootstrap(input: &[u8], flags: &Flags) -> bool {
 }
 
 /// What a `delete` after a dead shim removes: the container's part of the
-/// share; and when the container is the pod's own or the pod's last, the VM
-/// process and the pod's directory.
+/// share (from its record); and when the container is the pod's own or the
+/// last with a record (the pod's state, outside the share the guest
+/// writes), the VM process and the pod's directory. Retry-safe: a delete
+/// that failed part way can be sent again and finishes the job.
 ///
 /// # Errors
 /// A mount or directory that could not be removed.
@@ -167,14 +169,14 @@ pub async fn clean_up_after_shim(bundle: &Path, container_id: &str) -> std::io::
     let pod = PodDir {
         root: PathBuf::from(pod_root),
     };
-    ContainerShare::new(&pod.shared(), container_id)
+    ContainerShare::new(&pod.root, container_id)
         .remove()
         .map_err(|err| std::io::Error::other(vmpod_sys::error::chain(&err)))?;
     let own = pod
         .root
         .file_name()
         .is_some_and(|name| name == container_id);
-    let last = std::fs::read_dir(pod.shared()).map_or(true, |mut entries| entries.next().is_none());
+    let last = crate::share::layout::recorded_containers(&pod.root)?.is_empty();
     if own || last {
         kill_vmm(&pod);
         if let Ok(record) = std::fs::read(pod.network_record()) {
