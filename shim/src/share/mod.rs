@@ -18,7 +18,10 @@ use std::path::{Path, PathBuf};
 
 use containerd_shim::protos::types::mount::Mount as ContainerdMount;
 use vmpod_sys::mount::move_mount_onto;
-use vmpod_sys::openat::{create_file_beneath, mkdir_beneath, open_trusted_dir, remove_beneath};
+use vmpod_sys::openat::{
+    create_file_beneath, mkdir_beneath, open_dir, open_trusted_dir, remove_beneath,
+    BENEATH_SAME_MOUNT,
+};
 
 use crate::pod::GUEST_SHARE;
 use layout::{detach_all, MOUNTS_DIR, RECORDS_DIR};
@@ -229,12 +232,12 @@ impl ContainerShare {
                 for point in record.mounted.iter().rev() {
                     let path = Path::new(point);
                     let (parent, name) = split(path);
-                    let unmounted = vmpod_sys::openat::open_dir(
-                        mounts.as_fd(),
-                        parent,
-                        vmpod_sys::openat::BENEATH_SAME_MOUNT,
-                    )
-                    .and_then(|dir| detach_all(dir.as_fd(), &mounts_path.join(parent), name));
+                    let unmounted = match open_dir(mounts.as_fd(), parent, BENEATH_SAME_MOUNT) {
+                        Ok(dir) => detach_all(dir.as_fd(), &mounts_path.join(parent), name),
+                        // Its directory went in an earlier try.
+                        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+                        Err(err) => Err(err),
+                    };
                     unmounted.map_err(|source| ShareError::Unmount {
                         path: mounts_path.join(point).display().to_string(),
                         source,
@@ -299,9 +302,14 @@ impl ContainerShare {
         } else {
             create_file_beneath(session.mounts.as_fd(), Path::new(path), 0o644)
         };
-        made.map_err(|source| ShareError::Create {
-            path: self.pod.join(MOUNTS_DIR).join(path).display().to_string(),
-            source,
+        made.or_else(|source| {
+            // Nothing was made: what is there is not the shim's to remove.
+            session.record.made.pop();
+            self.save(&session.record)?;
+            Err(ShareError::Create {
+                path: self.pod.join(MOUNTS_DIR).join(path).display().to_string(),
+                source,
+            })
         })
     }
 
@@ -315,12 +323,18 @@ impl ContainerShare {
         mount: &OwnedFd,
         target: &OwnedFd,
     ) -> Result<(), ShareError> {
-        if !session.record.mounted.iter().any(|done| done == point) {
+        let first = !session.record.mounted.iter().any(|done| done == point);
+        if first {
             session.record.mounted.push(point.to_owned());
             self.save(&session.record)?;
         }
-        move_mount_onto(mount.as_fd(), target.as_fd())
-            .map_err(|err| self.mount_failed(what, point, err))
+        move_mount_onto(mount.as_fd(), target.as_fd()).or_else(|err| {
+            if first {
+                session.record.mounted.pop();
+                self.save(&session.record)?;
+            }
+            Err(self.mount_failed(what, point, err))
+        })
     }
 
     fn save(&self, record: &Record) -> Result<(), ShareError> {
@@ -339,6 +353,9 @@ impl ContainerShare {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
 
 /// A relative path's parent (`.` for none) and last component.
 fn split(path: &Path) -> (&Path, &str) {
