@@ -395,6 +395,56 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn test_delete_after_a_dead_shim_goes_by_the_records_and_can_be_retried() {
+        let base = std::env::temp_dir().join(format!("vmpod-shim-cleanup-{}", std::process::id()));
+        let pod = PodDir::new(&base.join("state"), "default", "pod1");
+        pod.create(crate::share::layout::ShareLimits {
+            size_mib: 1,
+            inodes: 64,
+        })
+        .unwrap();
+        std::fs::create_dir_all(base.join("root")).unwrap();
+        for id in ["pod1", "c2"] {
+            let bundle = base.join(id);
+            std::fs::create_dir_all(&bundle).unwrap();
+            std::fs::write(
+                bundle.join(POD_DIR_FILE),
+                pod.root.as_os_str().as_encoded_bytes(),
+            )
+            .unwrap();
+            ContainerShare::new(&pod.root, id)
+                .mount_rootfs(&[], &base.join("root"), false)
+                .unwrap();
+        }
+        // The guest's view cannot be written; were it, a name there would
+        // not keep the pod: the records decide.
+        assert!(std::fs::create_dir(pod.shared().join("c3")).is_err());
+        clean_up_after_shim(&base.join("c2"), "c2").await.unwrap();
+        assert!(pod.mounts().join("pod1/rootfs").is_dir());
+        assert!(!pod.mounts().join("c2").exists());
+        assert!(!base.join("c2").join(POD_DIR_FILE).exists());
+        let stray = pod.mounts().join("pod1/stray");
+        std::fs::write(&stray, "").unwrap();
+        assert!(clean_up_after_shim(&base.join("pod1"), "pod1")
+            .await
+            .is_err());
+        assert!(base.join("pod1").join(POD_DIR_FILE).exists());
+        std::fs::remove_file(&stray).unwrap();
+        clean_up_after_shim(&base.join("pod1"), "pod1")
+            .await
+            .unwrap();
+        clean_up_after_shim(&base.join("pod1"), "pod1")
+            .await
+            .unwrap();
+        assert!(!pod.root.exists());
+        let base_real = std::fs::canonicalize(&base).unwrap();
+        assert!(vmpod_sys::mountinfo::points_below(&base_real)
+            .unwrap()
+            .is_empty());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[tokio::test]
     async fn test_the_task_api_is_served_under_both_names() {
         // The publisher dials containerd's ttrpc socket at once: a listener
         // stands in for it.
