@@ -52,14 +52,7 @@ pub fn clone_tree(path: &Path, recursive: bool) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: a NUL-terminated path that outlives the call; the result is
     // checked.
-    owned_fd(unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            c_path.as_ptr(),
-            libc::c_uint::try_from(flags).unwrap_or(flags),
-        )
-    })
+    owned_fd(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c_path.as_ptr(), flags) })
 }
 
 /// Sets the `MOUNT_ATTR_*` bits `set` and clears `clear` on the mount open
