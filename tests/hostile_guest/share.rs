@@ -276,10 +276,16 @@ fn test_a_hostile_guest_cannot_steer_the_hosts_file_operations() {
     canaries.assert_unchanged("after a container joined the attacked pod");
     let written = canaries.path("rw-source/written");
     let deadline = std::time::Instant::now() + crate::fixture::GUEST_DEADLINE;
-    while !written.exists() && std::time::Instant::now() < deadline {
+    // The file may show before its line does.
+    let read = || std::fs::read_to_string(&written).unwrap_or_default();
+    while read() != "from-guest\n" && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    assert_eq!(std::fs::read_to_string(&written).unwrap(), "from-guest\n");
+    assert_eq!(
+        read(),
+        "from-guest\n",
+        "the guest's write through its rw bind"
+    );
     assert!(attacker_dir
         .join("mounts")
         .join(VICTIM)
