@@ -141,6 +141,7 @@ fn attack(f: &Fixture, canaries: &Canaries) -> String {
     );
     f.ok("exec attack", &out);
     let lines = text(&out.stdout);
+    eprintln!("the attack, as the guest saw it:\n{lines}");
     assert!(
         lines.contains("attack over"),
         "{lines}\n{}",
