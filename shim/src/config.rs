@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::share::layout::ShareLimits;
+
 /// Where the configuration is read from unless `VMPOD_CONFIG` names a file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vmpod/config.toml";
 /// The environment variable naming another configuration file. containerd
@@ -81,6 +83,8 @@ struct RawConfig {
     cpu_template: Option<String>,
     log_level: Option<String>,
     agent_timeout: Option<u64>,
+    share_size: Option<u32>,
+    share_inodes: Option<u32>,
 }
 
 /// The checked configuration.
@@ -108,6 +112,9 @@ pub struct Config {
     pub log_level: String,
     /// How long a pod VM may take from launch until its agent serves.
     pub agent_timeout: Duration,
+    /// The bounds of each pod's share tmpfs (`share-size` MiB,
+    /// `share-inodes`).
+    pub share_limits: ShareLimits,
 }
 
 /// The size of one pod VM.
@@ -183,6 +190,7 @@ impl Config {
                 format!("{agent_timeout} s is not within 1..=3600"),
             ));
         }
+        let share_limits = check.share_limits(raw.share_size, raw.share_inodes)?;
         Ok(Config {
             kernel: raw.kernel,
             initrd: raw.initrd,
@@ -195,6 +203,7 @@ impl Config {
             cpu_template,
             log_level,
             agent_timeout: Duration::from_secs(agent_timeout),
+            share_limits,
         })
     }
 
@@ -237,6 +246,12 @@ impl Config {
     }
 }
 
+/// `share-size` (MiB) and `share-inodes`: the default bounds of a pod's
+/// share tmpfs, and what they may be. The shim alone writes there (mount
+/// points); the bounds are a backstop, not the guest's disk.
+const SHARE_SIZE_MIB: (u32, std::ops::RangeInclusive<u32>) = (1, 1..=1024);
+const SHARE_INODES: (u32, std::ops::RangeInclusive<u32>) = (4096, 64..=1 << 20);
+
 /// The checks of one file's values; errors name the file and the key.
 struct Checker<'a> {
     path: &'a str,
@@ -249,6 +264,29 @@ impl Checker<'_> {
             key,
             message,
         }
+    }
+
+    /// `share-size` and `share-inodes`, within their ranges.
+    fn share_limits(
+        &self,
+        size: Option<u32>,
+        inodes: Option<u32>,
+    ) -> Result<ShareLimits, ConfigError> {
+        let size_mib = size.unwrap_or(SHARE_SIZE_MIB.0);
+        if !SHARE_SIZE_MIB.1.contains(&size_mib) {
+            return Err(self.invalid(
+                "share-size",
+                format!("{size_mib} MiB is not within {:?}", SHARE_SIZE_MIB.1),
+            ));
+        }
+        let inodes = inodes.unwrap_or(SHARE_INODES.0);
+        if !SHARE_INODES.1.contains(&inodes) {
+            return Err(self.invalid(
+                "share-inodes",
+                format!("{inodes} is not within {:?}", SHARE_INODES.1),
+            ));
+        }
+        Ok(ShareLimits { size_mib, inodes })
     }
 
     /// `value` must be a file.
@@ -351,6 +389,21 @@ mod tests {
         assert_eq!(config.log_level, "info");
         assert_eq!(config.state_dir, PathBuf::from("/run/vmpod"));
         assert_eq!(config.agent_timeout, Duration::from_secs(300));
+        assert_eq!(
+            config.share_limits,
+            ShareLimits {
+                size_mib: 1,
+                inodes: 4096
+            }
+        );
+        let config = parse(&format!("{}share-size = 8\nshare-inodes = 64\n", base())).unwrap();
+        assert_eq!(
+            config.share_limits,
+            ShareLimits {
+                size_mib: 8,
+                inodes: 64
+            }
+        );
     }
 
     #[test]
@@ -372,6 +425,16 @@ mod tests {
                 "state-dir = \"run\"",
                 "state-dir: run is not an absolute path",
             ),
+            ("share-size = 0", "share-size: 0 MiB is not within 1..=1024"),
+            (
+                "share-size = 2048",
+                "share-size: 2048 MiB is not within 1..=1024",
+            ),
+            (
+                "share-inodes = 8",
+                "share-inodes: 8 is not within 64..=1048576",
+            ),
+            ("share-inodes = -1", "line 4: invalid value"),
             ("colour = 1", "line 4: unknown field `colour`"),
             ("vcpus = \"two\"", "line 4: invalid type: string \"two\""),
             ("vcpus = 300", "line 4:"),

@@ -153,8 +153,10 @@ pub fn is_bootstrap(input: &[u8], flags: &Flags) -> bool {
 }
 
 /// What a `delete` after a dead shim removes: the container's part of the
-/// share; and when the container is the pod's own or the pod's last, the VM
-/// process and the pod's directory.
+/// share (from its record); and when the container is the pod's own or the
+/// last with a record (the pod's state, outside the share the guest
+/// writes), the VM process and the pod's directory. Retry-safe: a delete
+/// that failed part way can be sent again and finishes the job.
 ///
 /// # Errors
 /// A mount or directory that could not be removed.
@@ -167,14 +169,14 @@ pub async fn clean_up_after_shim(bundle: &Path, container_id: &str) -> std::io::
     let pod = PodDir {
         root: PathBuf::from(pod_root),
     };
-    ContainerShare::new(&pod.shared(), container_id)
+    ContainerShare::new(&pod.root, container_id)
         .remove()
         .map_err(|err| std::io::Error::other(vmpod_sys::error::chain(&err)))?;
     let own = pod
         .root
         .file_name()
         .is_some_and(|name| name == container_id);
-    let last = std::fs::read_dir(pod.shared()).map_or(true, |mut entries| entries.next().is_none());
+    let last = crate::share::layout::recorded_containers(&pod.root)?.is_empty();
     if own || last {
         kill_vmm(&pod);
         if let Ok(record) = std::fs::read(pod.network_record()) {
@@ -391,6 +393,56 @@ impl Write for LogWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn test_delete_after_a_dead_shim_goes_by_the_records_and_can_be_retried() {
+        let base = std::env::temp_dir().join(format!("vmpod-shim-cleanup-{}", std::process::id()));
+        let pod = PodDir::new(&base.join("state"), "default", "pod1");
+        pod.create(crate::share::layout::ShareLimits {
+            size_mib: 1,
+            inodes: 64,
+        })
+        .unwrap();
+        std::fs::create_dir_all(base.join("root")).unwrap();
+        for id in ["pod1", "c2"] {
+            let bundle = base.join(id);
+            std::fs::create_dir_all(&bundle).unwrap();
+            std::fs::write(
+                bundle.join(POD_DIR_FILE),
+                pod.root.as_os_str().as_encoded_bytes(),
+            )
+            .unwrap();
+            ContainerShare::new(&pod.root, id)
+                .mount_rootfs(&[], &base.join("root"), false)
+                .unwrap();
+        }
+        // The guest's view cannot be written; were it, a name there would
+        // not keep the pod: the records decide.
+        assert!(std::fs::create_dir(pod.shared().join("c3")).is_err());
+        clean_up_after_shim(&base.join("c2"), "c2").await.unwrap();
+        assert!(pod.mounts().join("pod1/rootfs").is_dir());
+        assert!(!pod.mounts().join("c2").exists());
+        assert!(!base.join("c2").join(POD_DIR_FILE).exists());
+        let stray = pod.mounts().join("pod1/stray");
+        std::fs::write(&stray, "").unwrap();
+        assert!(clean_up_after_shim(&base.join("pod1"), "pod1")
+            .await
+            .is_err());
+        assert!(base.join("pod1").join(POD_DIR_FILE).exists());
+        std::fs::remove_file(&stray).unwrap();
+        clean_up_after_shim(&base.join("pod1"), "pod1")
+            .await
+            .unwrap();
+        clean_up_after_shim(&base.join("pod1"), "pod1")
+            .await
+            .unwrap();
+        assert!(!pod.root.exists());
+        let base_real = std::fs::canonicalize(&base).unwrap();
+        assert!(vmpod_sys::mountinfo::points_below(&base_real)
+            .unwrap()
+            .is_empty());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 
     #[tokio::test]
     async fn test_the_task_api_is_served_under_both_names() {

@@ -18,6 +18,7 @@ use vmpod_agent_api::{AgentClient, SandboxConfig, AGENT_VSOCK_PORT, API_VERSION}
 
 use crate::config::{Config, VmSize};
 use crate::network::{NetworkError, PodNetwork};
+use crate::share::{self, layout::ShareLimits, ShareError};
 use logs::{forward_agent_logs, tail};
 
 /// The guest's vsock CID.
@@ -166,21 +167,40 @@ impl PodDir {
         self.root.join("vmm.pid")
     }
 
-    /// Unmounts everything below the pod's directory and removes it.
+    /// Where the shim mounts the containers' file systems: host-private;
+    /// the guest sees it through [`PodDir::shared`] (see
+    /// [`crate::share::layout`]).
+    pub fn mounts(&self) -> PathBuf {
+        self.root.join(share::layout::MOUNTS_DIR)
+    }
+
+    /// Makes the pod's directory (0700, and its missing parents) with its
+    /// share: a `mounts/` tmpfs within `limits` and its read-only view
+    /// `shared/`.
     ///
     /// # Errors
-    /// The first mount or file that cannot be removed.
+    /// The directory is there already (`AlreadyExists`), or a step of the
+    /// share failed (its message names it); nothing is left behind.
+    pub fn create(&self, limits: ShareLimits) -> std::io::Result<()> {
+        share::layout::create(&self.root, limits).map_err(|err| match err {
+            ShareError::Create { source, .. }
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                source
+            }
+            err => std::io::Error::other(err),
+        })
+    }
+
+    /// Unmounts the pod's share (with every container's mounts) and
+    /// removes the directory without crossing a mount; the namespace
+    /// directory goes with its last pod. Retry-safe: what is gone already
+    /// is success.
+    ///
+    /// # Errors
+    /// A mount that cannot be detached, or a file that cannot be removed.
     pub fn remove(&self) -> std::io::Result<()> {
-        vmpod_sys::mountinfo::unmount_below(&self.root)?;
-        match std::fs::remove_dir_all(&self.root) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
-            _ => {}
-        }
-        // The namespace directory goes with its last pod.
-        if let Some(parent) = self.root.parent() {
-            let _ = std::fs::remove_dir(parent);
-        }
-        Ok(())
+        share::layout::remove(&self.root).map_err(std::io::Error::other)
     }
 }
 
@@ -224,8 +244,8 @@ impl Pod {
                 path: dir.root.display().to_string(),
             });
         }
-        let host = |what: &'static str, path: &Path| host_error(id, what, path);
-        std::fs::create_dir_all(dir.shared()).map_err(host("create", &dir.shared()))?;
+        dir.create(config.share_limits)
+            .map_err(host_error(id, "create", &dir.root))?;
         let network = match Self::set_up_network(id, &dir, netns).await {
             Ok(network) => network,
             Err(err) => {

@@ -8,5 +8,7 @@ pub mod error;
 pub mod id;
 pub mod ifname;
 pub mod mac;
+pub mod mount;
 pub mod mountinfo;
 pub mod netns;
+pub mod openat;

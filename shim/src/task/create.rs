@@ -50,10 +50,9 @@ impl TaskService {
         let pod = self
             .pod_for(&pod_id, &req.id, &annotations, netns.as_deref())
             .await?;
-        let share = ContainerShare::new(&pod.shared, &req.id);
-        let pod_dir = pod.shared.parent().unwrap_or(Path::new(""));
+        let share = ContainerShare::new(&pod.dir, &req.id);
         if let Err(err) =
-            create_in_pod(&req, spec, pod.handle.agent.as_ref(), &share, pod_dir).await
+            create_in_pod(&req, spec, pod.handle.agent.as_ref(), &share, &pod.dir).await
         {
             self.roll_back_create(&req, &share, pod.launched).await;
             return Err(err);
@@ -111,9 +110,13 @@ async fn create_in_pod(
         .root()
         .as_ref()
         .map_or_else(|| bundle.join("rootfs"), |root| bundle.join(root.path()));
+    let readonly = spec
+        .root()
+        .as_ref()
+        .and_then(|root| root.readonly())
+        .unwrap_or(false);
     share
-        .mount_rootfs(&req.rootfs, &root)
-        .await
+        .mount_rootfs(&req.rootfs, &root, readonly)
         .map_err(|err| host_status(Code::INTERNAL, &err))?;
     let guest_spec =
         spec::for_guest(spec, share).map_err(|err| host_status(Code::INVALID_ARGUMENT, &err))?;

@@ -241,6 +241,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn test_a_delete_that_failed_part_way_can_be_retried_to_the_end() {
+        let harness = Harness::new();
+        harness.created("c1").await;
+        let pod = harness.shared("c1").parent().unwrap().to_owned();
+        // Something the shim did not make, in a directory it did: the
+        // container's removal fails after its mounts went.
+        let stray = pod.join("mounts/c1/stray");
+        std::fs::write(&stray, "").unwrap();
+        let (code, message) = refusal(harness.service.delete_process(delete("c1", "")).await);
+        assert_eq!(code, Code::INTERNAL);
+        assert!(message.starts_with("remove "), "{message}");
+        assert!(harness.events.all::<TaskDelete>().is_empty());
+        assert_eq!(harness.launcher.shut_downs.load(Ordering::SeqCst), 0);
+        std::fs::remove_file(&stray).unwrap();
+        harness
+            .service
+            .delete_process(delete("c1", ""))
+            .await
+            .unwrap();
+        assert_eq!(harness.launcher.shut_downs.load(Ordering::SeqCst), 1);
+        assert!(!pod.exists());
+        let state = std::fs::canonicalize(pod.parent().unwrap().parent().unwrap()).unwrap();
+        assert!(vmpod_sys::mountinfo::points_below(&state)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
     async fn test_delete_of_an_exec_forgets_it_unless_it_runs() {
         let harness = Harness::new();
         harness.started("c1").await;

@@ -26,6 +26,7 @@ use vmpod_agent_api::{ClientError, ProcessId};
 use super::{lock, Agent, EventSink, Launcher, PodHandle, PodVm, TaskService};
 use crate::config::{Config, VmSize};
 use crate::pod::{PodDir, PodError};
+use crate::share::layout::ShareLimits;
 
 /// The pid the fake VM's `vmpod-vm` has.
 pub(super) const VMM_PID: u32 = 4242;
@@ -313,7 +314,7 @@ impl FakeLauncher {
 impl Launcher for FakeLauncher {
     async fn launch(
         &self,
-        _config: &Config,
+        config: &Config,
         namespace: &str,
         id: &str,
         size: VmSize,
@@ -323,8 +324,8 @@ impl Launcher for FakeLauncher {
             return Err(err);
         }
         lock(&self.launches).push(size);
-        let dir = self.root.join(namespace).join(id);
-        std::fs::create_dir_all(dir.join("shared")).unwrap();
+        let dir = PodDir::new(&self.root, namespace, id);
+        dir.create(config.share_limits).unwrap();
         Ok(Box::new(FakePod {
             id: id.to_owned(),
             dir,
@@ -338,11 +339,12 @@ impl Launcher for FakeLauncher {
     }
 }
 
-/// A fake pod VM: its directory and its handle.
+/// A fake pod VM: its directory (the real one, with its share) and its
+/// handle.
 #[derive(Debug)]
 struct FakePod {
     id: String,
-    dir: PathBuf,
+    dir: PodDir,
     handle: PodHandle,
     shut_downs: Arc<AtomicUsize>,
 }
@@ -353,8 +355,8 @@ impl PodVm for FakePod {
         &self.id
     }
 
-    fn shared(&self) -> PathBuf {
-        self.dir.join("shared")
+    fn dir(&self) -> PathBuf {
+        self.dir.root.clone()
     }
 
     fn handle(&self) -> PodHandle {
@@ -363,7 +365,7 @@ impl PodVm for FakePod {
 
     async fn shut_down(self: Box<Self>) -> std::io::Result<()> {
         self.shut_downs.fetch_add(1, Ordering::SeqCst);
-        std::fs::remove_dir_all(&self.dir)
+        self.dir.remove()
     }
 }
 
@@ -387,12 +389,21 @@ pub(super) struct Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        // As a pod's directory: unmounted below, removed, and the common
-        // parent with the last harness.
-        let _ = PodDir {
-            root: self.dir.clone(),
+        // The pods a test left, as the shim removes them; then the
+        // harness's own directory (with what a failed test left mounted).
+        let namespace = self.dir.join("state").join("default");
+        for pod in std::fs::read_dir(&namespace)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = PodDir { root: pod.path() }.remove();
         }
-        .remove();
+        let _ = vmpod_sys::mountinfo::unmount_below(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(parent) = self.dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
 }
 
@@ -420,6 +431,10 @@ impl Harness {
             cpu_template: "auto".into(),
             log_level: "info".into(),
             agent_timeout: Duration::from_secs(1),
+            share_limits: ShareLimits {
+                size_mib: 1,
+                inodes: 256,
+            },
         };
         let agent = Arc::new(FakeAgent::new());
         let events = Arc::new(RecordingEvents::default());

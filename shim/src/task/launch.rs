@@ -33,8 +33,9 @@ pub struct PodHandle {
 pub trait PodVm: Send + Sync + std::fmt::Debug {
     /// The pod's id (its first container's).
     fn id(&self) -> &str;
-    /// The host directory shared with the guest: containers' parts go below.
-    fn shared(&self) -> PathBuf;
+    /// The pod's host directory: its share's containers' parts go below
+    /// (see [`crate::share`]).
+    fn dir(&self) -> PathBuf;
     /// What requests need of the running VM.
     fn handle(&self) -> PodHandle;
     /// Stops the VM and removes what it had on the host.
@@ -87,8 +88,8 @@ impl PodVm for Pod {
         &self.id
     }
 
-    fn shared(&self) -> PathBuf {
-        self.dir.shared()
+    fn dir(&self) -> PathBuf {
+        self.dir.root.clone()
     }
 
     fn handle(&self) -> PodHandle {
@@ -108,8 +109,8 @@ impl PodVm for Pod {
 pub(super) struct PodForCreate {
     /// Its VM.
     pub(super) handle: PodHandle,
-    /// Its shared directory.
-    pub(super) shared: PathBuf,
+    /// Its host directory.
+    pub(super) dir: PathBuf,
     /// Whether this create launched it (and so stops it when it fails).
     pub(super) launched: bool,
 }
@@ -141,7 +142,7 @@ impl TaskService {
             }
             return Ok(PodForCreate {
                 handle: self.handle()?,
-                shared: pod.shared(),
+                dir: pod.dir(),
                 launched: false,
             });
         }
@@ -160,13 +161,13 @@ impl TaskService {
             .await
             .map_err(launch_status)?;
         let handle = launched.handle();
-        let shared = launched.shared();
+        let dir = launched.dir();
         *pod = Some(launched);
         *lock(&self.handle) = Some(handle.clone());
         self.watch_pod(&handle);
         Ok(PodForCreate {
             handle,
-            shared,
+            dir,
             launched: true,
         })
     }

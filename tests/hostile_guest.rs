@@ -1,0 +1,17 @@
+// SPDX-License-Identifier: Apache-2.0
+//! A hostile guest against the host, on real pods under the real
+//! containerd: a privileged container stands in for a compromised guest
+//! kernel and attacks what the host shares with the guest (the pod's
+//! virtio-fs share, mounted again inside the container), then the host
+//! checks that nothing outside the pod changed and that deleting the pods
+//! leaves nothing behind. A pod boot costs about a minute on emulating
+//! hosts, so the checks of one concern share one or two pods.
+// An integration test crate is a test module as a whole.
+#![allow(clippy::tests_outside_test_module)]
+
+// The fixture of the shim's containerd tests; this binary uses part of it.
+#[allow(dead_code)]
+#[path = "shim_containerd/fixture.rs"]
+mod fixture;
+#[path = "hostile_guest/share.rs"]
+mod share;
