@@ -21,6 +21,7 @@ use crate::cgroup::{self, CgroupError, CgroupPath};
 use crate::ids::{IdError, IdLease, IdRange};
 use crate::privileges::{self, Limits, PrivilegeError};
 use crate::root::{RootError, RootSpec};
+use crate::tap::{self, TapError};
 
 /// Everything a jail is made of.
 #[derive(Debug, Clone)]
@@ -37,6 +38,8 @@ pub struct JailSpec {
     pub cgroup: Option<CgroupPath>,
     /// The network namespace to enter, if any.
     pub netns: Option<PathBuf>,
+    /// Taps of that namespace handed to the jail's uid and gid.
+    pub taps: Vec<String>,
     /// The root.
     pub root: RootSpec,
     /// The VMM's resource limits.
@@ -64,6 +67,9 @@ pub enum JailError {
     /// A namespace could not be entered or made.
     #[error("{0}")]
     Namespace(String, #[source] std::io::Error),
+    /// A tap could not be handed to the jail's id.
+    #[error("handing a tap to the jail")]
+    Tap(#[source] TapError),
     /// The root could not be built or entered.
     #[error("the jail's root")]
     Root(#[source] RootError),
@@ -144,6 +150,9 @@ fn confine_and_run(
             ));
         }
     }
+    for name in &spec.taps {
+        tap::hand_over(name, id).map_err(JailError::Tap)?;
+    }
     let flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWPID;
     // SAFETY: unshare with flags; the jailer is single-threaded.
     if unsafe { libc::unshare(flags) } != 0 {
@@ -162,15 +171,13 @@ fn confine_and_run(
     }
     spec.root.build().map_err(JailError::Root)?;
     let (status_read, status_write) = pipe()?;
-    // SAFETY: getpid has no preconditions.
-    let jailer = unsafe { libc::getpid() };
     // SAFETY: the jailer is single-threaded; the child only runs this
     // crate's code and ends with _exit.
     match unsafe { libc::fork() } {
         -1 => Err(JailError::Process("fork", std::io::Error::last_os_error())),
         0 => {
             drop(status_read);
-            let code = match init(spec, exec, id, jailer, status_write) {
+            let code = match init(spec, exec, id, status_write) {
                 Ok(()) => 0,
                 Err(err) => {
                     eprintln!("vmpod-jailer: error: {}", vmpod_sys::error::chain(&err));
@@ -243,14 +250,15 @@ fn decode(status: i32) -> Ended {
 
 /// The jail's init (PID 1): enters the root, forks the VMM, reaps every
 /// process until the VMM ends, and reports its raw wait status.
-fn init(
-    spec: &JailSpec,
-    exec: &File,
-    id: u32,
-    jailer: libc::pid_t,
-    mut report: File,
-) -> Result<(), JailError> {
-    privileges::die_with_parent(jailer).map_err(JailError::Privileges)?;
+fn init(spec: &JailSpec, exec: &File, id: u32, mut report: File) -> Result<(), JailError> {
+    privileges::die_with_parent(None).map_err(JailError::Privileges)?;
+    if peer_closed(&report) {
+        // The jailer died before the parent-death signal was armed.
+        return Err(JailError::Process(
+            "the jailer ended",
+            std::io::ErrorKind::BrokenPipe.into(),
+        ));
+    }
     spec.root.enter().map_err(JailError::Root)?;
     let hostname = b"vmpod";
     // SAFETY: sethostname reads `hostname.len()` bytes, in the jail's UTS
@@ -286,6 +294,18 @@ fn init(
     }
 }
 
+/// Whether the reading end of the pipe `writer` writes to is closed.
+fn peer_closed(writer: &File) -> bool {
+    let mut poll = libc::pollfd {
+        fd: writer.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: poll on one pollfd we own, without waiting.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    ready == 1 && poll.revents & libc::POLLERR != 0
+}
+
 /// The VMM's argv: its name, then the arguments.
 fn c_strings(exec: &std::path::Path, args: &[OsString]) -> Result<Vec<CString>, JailError> {
     let nul = |_| {
@@ -310,7 +330,7 @@ fn exec_vmm(spec: &JailSpec, exec: &File, id: u32, argv: &[CString]) -> JailErro
         return JailError::Privileges(err);
     }
     // After the uid change, which clears the parent-death signal.
-    if let Err(err) = privileges::die_with_parent(init) {
+    if let Err(err) = privileges::die_with_parent(Some(init)) {
         return JailError::Privileges(err);
     }
     let mut pointers: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();

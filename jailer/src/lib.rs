@@ -8,3 +8,4 @@ pub mod ids;
 pub mod launch;
 pub mod privileges;
 pub mod root;
+pub mod tap;

@@ -43,6 +43,10 @@ struct Cli {
     /// The network namespace to run in (a bind-mounted namespace file).
     #[arg(long, value_name = "PATH")]
     netns: Option<PathBuf>,
+    /// A persistent tap of that namespace to give to the jail's uid/gid, so
+    /// that vmpod-vm can attach it without CAP_NET_ADMIN; repeat for more.
+    #[arg(long, value_name = "NAME")]
+    tap: Vec<String>,
     /// A host file or directory bound read-only at JAIL; repeat for more.
     #[arg(long, value_name = "HOST:JAIL")]
     ro_bind: Vec<Bind>,
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         lock_dir: cli.lock_dir,
         cgroup: cli.cgroup,
         netns: cli.netns,
+        taps: cli.tap,
         root: RootSpec {
             dir: cli.root,
             read_only: cli.ro_bind,
@@ -127,6 +132,9 @@ fn check(cli: &Cli) -> Result<(), String> {
                 bind.jail.display()
             ));
         }
+    }
+    if let Some(tap) = cli.tap.iter().find(|tap| !vmpod_sys::ifname::is_valid(tap)) {
+        return Err(format!("--tap {tap:?}: not an interface name"));
     }
     if cli.args.is_empty() {
         return Err("no vmpod-vm arguments after --".into());

@@ -61,7 +61,8 @@ fn check(what: &'static str, rc: libc::c_long) -> Result<(), PrivilegeError> {
     }
 }
 
-/// Sets the resource limits (soft and hard) and forbids core dumps (a core
+/// Sets the resource limits (soft and hard; at most the current hard
+/// limit) and forbids core dumps (a core
 /// of the VMM would write the guest's memory to the host's disk).
 ///
 /// # Errors
@@ -80,6 +81,16 @@ pub fn set_limits(limits: Limits) -> Result<(), PrivilegeError> {
         ),
         (libc::RLIMIT_CORE, 0, "setrlimit(RLIMIT_CORE)"),
     ] {
+        // Above the hard limit needs CAP_SYS_RESOURCE, which the jailer
+        // may not have: the limit is then the hard one.
+        // SAFETY: getrlimit writes into the struct it is given.
+        let mut current: libc::rlimit = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        check(
+            what,
+            unsafe { libc::getrlimit(resource, &mut current) }.into(),
+        )?;
+        let value = value.min(current.rlim_max);
         let limit = libc::rlimit {
             rlim_cur: value,
             rlim_max: value,
@@ -137,15 +148,17 @@ pub fn drop_to(id: u32) -> Result<(), PrivilegeError> {
 
 /// Makes the calling process die with its parent, which must be `parent`
 /// (if it is not any more, it died before the call: the process exits).
+/// `None`: the parent is in an ancestor PID namespace, where `getppid`
+/// cannot see it; the caller checks otherwise.
 ///
 /// # Errors
 /// [`PrivilegeError::Call`] if prctl refuses.
-pub fn die_with_parent(parent: libc::pid_t) -> Result<(), PrivilegeError> {
+pub fn die_with_parent(parent: Option<libc::pid_t>) -> Result<(), PrivilegeError> {
     // SAFETY: prctl with integer arguments.
     let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     check("prctl(PR_SET_PDEATHSIG)", rc.into())?;
     // SAFETY: getppid has no preconditions.
-    if unsafe { libc::getppid() } != parent {
+    if parent.is_some_and(|parent| unsafe { libc::getppid() } != parent) {
         // SAFETY: _exit ends the process without running its destructors.
         unsafe { libc::_exit(1) };
     }
