@@ -83,13 +83,13 @@ pub fn set_limits(limits: Limits) -> Result<(), PrivilegeError> {
     ] {
         // Above the hard limit needs CAP_SYS_RESOURCE, which the jailer
         // may not have: the limit is then the hard one.
+        let mut current = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         // SAFETY: getrlimit writes into the struct it is given.
-        let mut current: libc::rlimit = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        check(
-            what,
-            unsafe { libc::getrlimit(resource, &mut current) }.into(),
-        )?;
+        let rc = unsafe { libc::getrlimit(resource, &mut current) };
+        check(what, rc.into())?;
         let value = value.min(current.rlim_max);
         let limit = libc::rlimit {
             rlim_cur: value,
