@@ -36,7 +36,7 @@ pub struct JailSpec {
     pub lock_dir: PathBuf,
     /// The cgroup to join, if any.
     pub cgroup: Option<CgroupPath>,
-    /// The network namespace to enter, if any.
+    /// The network namespace to enter; none: a new, empty one.
     pub netns: Option<PathBuf>,
     /// Taps of that namespace handed to the jail's uid and gid.
     pub taps: Vec<String>,
@@ -153,11 +153,17 @@ fn confine_and_run(
     for name in &spec.taps {
         tap::hand_over(name, id).map_err(JailError::Tap)?;
     }
-    let flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWPID;
+    let mut flags =
+        libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWPID;
+    if netns.is_none() {
+        // No pod network: a namespace of its own, with loopback only (its
+        // sockets are Unix sockets with paths, which cross namespaces).
+        flags |= libc::CLONE_NEWNET;
+    }
     // SAFETY: unshare with flags; the jailer is single-threaded.
     if unsafe { libc::unshare(flags) } != 0 {
         return Err(JailError::Namespace(
-            "unsharing the mount, IPC, UTS and PID namespaces".into(),
+            "unsharing the mount, IPC, UTS, PID (and network) namespaces".into(),
             std::io::Error::last_os_error(),
         ));
     }

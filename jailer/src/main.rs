@@ -40,7 +40,8 @@ struct Cli {
     /// The pod's cgroup: an OCI cgroupsPath (/a/b or slice:prefix:name).
     #[arg(long, value_name = "PATH", value_parser = parse_cgroup)]
     cgroup: Option<CgroupPath>,
-    /// The network namespace to run in (a bind-mounted namespace file).
+    /// The network namespace to run in (a bind-mounted namespace file);
+    /// without it, a new one with loopback only.
     #[arg(long, value_name = "PATH")]
     netns: Option<PathBuf>,
     /// A persistent tap of that namespace to give to the jail's uid/gid, so

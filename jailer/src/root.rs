@@ -60,8 +60,9 @@ impl FromStr for Bind {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
+        // The jail side never holds a colon; a host path may.
         let (host, jail) = text
-            .split_once(':')
+            .rsplit_once(':')
             .ok_or_else(|| format!("{text:?} is not HOST:JAIL"))?;
         let (host, jail) = (PathBuf::from(host), PathBuf::from(jail));
         if !host.is_absolute() {
@@ -278,9 +279,9 @@ mod tests {
     #[test]
     fn test_binds_parse_and_bad_ones_are_named() {
         assert_eq!(
-            "/var/k:/kernel".parse::<Bind>(),
+            "/var/k:8:/kernel".parse::<Bind>(),
             Ok(Bind {
-                host: "/var/k".into(),
+                host: "/var/k:8".into(),
                 jail: "/kernel".into()
             })
         );

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use vmpod_jailer::ids::IdRange;
 
 /// Where the configuration is read from unless `VMPOD_CONFIG` names a file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vmpod/config.toml";
@@ -81,6 +82,10 @@ struct RawConfig {
     cpu_template: Option<String>,
     log_level: Option<String>,
     agent_timeout: Option<u64>,
+    // The jail (vmpod-jailer): docs/shim.md, "The jail".
+    jailer: Option<PathBuf>,
+    jail_ids: Option<String>,
+    unconfined: Option<bool>,
 }
 
 /// The checked configuration.
@@ -108,7 +113,26 @@ pub struct Config {
     pub log_level: String,
     /// How long a pod VM may take from launch until its agent serves.
     pub agent_timeout: Duration,
+    /// How `vmpod-vm` is confined; `None`: it runs unconfined, as the
+    /// shim's root (`unconfined = true`).
+    pub jail: Option<Jail>,
 }
+
+/// The jail `vmpod-vm` runs in (keys `jailer` and `jail-ids`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jail {
+    /// The `vmpod-jailer` binary.
+    pub jailer: PathBuf,
+    /// The uids/gids pods' VMMs run as, one per live pod.
+    pub ids: IdRange,
+}
+
+/// The ids `jail-ids` defaults to: far above host users and the usual
+/// subordinate-id ranges of user namespaces.
+const DEFAULT_JAIL_IDS: IdRange = IdRange {
+    first: 2_000_000_000,
+    last: 2_000_065_535,
+};
 
 /// The size of one pod VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +207,7 @@ impl Config {
                 format!("{agent_timeout} s is not within 1..=3600"),
             ));
         }
+        let jail = check.jail(raw.jailer, raw.jail_ids, raw.unconfined, &vmm)?;
         Ok(Config {
             kernel: raw.kernel,
             initrd: raw.initrd,
@@ -195,6 +220,7 @@ impl Config {
             cpu_template,
             log_level,
             agent_timeout: Duration::from_secs(agent_timeout),
+            jail,
         })
     }
 
@@ -258,6 +284,29 @@ impl Checker<'_> {
         } else {
             Err(self.invalid(key, format!("{} is not a file", value.display())))
         }
+    }
+
+    /// `jailer`, `jail-ids` and `unconfined`: the jail, or none. A missing
+    /// `jailer` is `vmpod-jailer` beside `vmm`.
+    fn jail(
+        &self,
+        jailer: Option<PathBuf>,
+        ids: Option<String>,
+        unconfined: Option<bool>,
+        vmm: &Path,
+    ) -> Result<Option<Jail>, ConfigError> {
+        if unconfined == Some(true) {
+            return Ok(None);
+        }
+        let jailer = jailer.unwrap_or_else(|| vmm.with_file_name("vmpod-jailer"));
+        self.file("jailer", &jailer)?;
+        let ids = match ids {
+            Some(ids) => ids
+                .parse::<IdRange>()
+                .map_err(|message| self.invalid("jail-ids", message))?,
+            None => DEFAULT_JAIL_IDS,
+        };
+        Ok(Some(Jail { jailer, ids }))
     }
 
     /// `vcpus` and `max-vcpus`, defaulted and within their bounds.
@@ -332,7 +381,7 @@ mod tests {
     fn base() -> String {
         let exe = std::env::current_exe().unwrap();
         let exe = exe.display();
-        format!("kernel = \"{exe}\"\ninitrd = \"{exe}\"\nvmm = \"{exe}\"\n")
+        format!("kernel = \"{exe}\"\ninitrd = \"{exe}\"\nvmm = \"{exe}\"\njailer = \"{exe}\"\n")
     }
 
     fn parse(text: &str) -> Result<Config, String> {
@@ -351,6 +400,32 @@ mod tests {
         assert_eq!(config.log_level, "info");
         assert_eq!(config.state_dir, PathBuf::from("/run/vmpod"));
         assert_eq!(config.agent_timeout, Duration::from_secs(300));
+        let jail = config.jail.unwrap();
+        assert_eq!(jail.ids, DEFAULT_JAIL_IDS);
+        assert_eq!(jail.jailer, std::env::current_exe().unwrap());
+    }
+
+    #[test]
+    fn test_the_jail_keys() {
+        let config = parse(&format!("{}jail-ids = \"1000-1009\"\n", base())).unwrap();
+        assert_eq!(
+            config.jail.unwrap().ids,
+            IdRange {
+                first: 1000,
+                last: 1009
+            }
+        );
+        let config = parse(&format!("{}unconfined = true\n", base())).unwrap();
+        assert_eq!(config.jail, None);
+        // Unconfined, the jailer need not exist.
+        let no_jailer = base().replace("jailer = \"", "jailer = \"/nonexistent");
+        assert!(parse(&format!("{no_jailer}unconfined = true\n")).is_ok());
+        let err = parse(&no_jailer).unwrap_err();
+        assert!(err.contains("jailer: /nonexistent"), "{err}");
+        // Without the key, vmpod-jailer beside vmm (not built there).
+        let beside_vmm: String = base().lines().take(3).map(|l| format!("{l}\n")).collect();
+        let err = parse(&beside_vmm).unwrap_err();
+        assert!(err.contains("/vmpod-jailer is not a file"), "{err}");
     }
 
     #[test]
@@ -372,9 +447,18 @@ mod tests {
                 "state-dir = \"run\"",
                 "state-dir: run is not an absolute path",
             ),
-            ("colour = 1", "line 4: unknown field `colour`"),
-            ("vcpus = \"two\"", "line 4: invalid type: string \"two\""),
-            ("vcpus = 300", "line 4:"),
+            ("jail-ids = \"0-5\"", "jail-ids: \"0-5\" is not FIRST-LAST"),
+            (
+                "jail-ids = \"9-5\"",
+                "jail-ids: \"9-5\": the last id is below the first",
+            ),
+            (
+                "unconfined = \"yes\"",
+                "line 5: invalid type: string \"yes\"",
+            ),
+            ("colour = 1", "line 5: unknown field `colour`"),
+            ("vcpus = \"two\"", "line 5: invalid type: string \"two\""),
+            ("vcpus = 300", "line 5:"),
         ];
         for (extra, expected) in cases {
             let err = parse(&format!("{}{extra}\n", base())).unwrap_err();
