@@ -42,8 +42,8 @@ const JAIL_ROOT: [&str; 7] = [
     "initrd",
     "kernel",
     "proc",
+    "run",
     "share",
-    "sockets",
 ];
 
 /// The pod's jailer (what the pid file names) and its jailed `vmpod-vm`.
@@ -113,7 +113,7 @@ fn assert_jail_root(vmm: u32) {
     assert_eq!(listing(&root.join("dev")), ["kvm", "net", "urandom"]);
     assert_eq!(listing(&root.join("dev/net")), ["tun"]);
     assert_eq!(
-        listing(&root.join("sockets")),
+        listing(&root.join("run")),
         ["vsock.sock", "vsock.sock_1025"]
     );
     // Its /proc is its PID namespace's: the jail's init and itself.
@@ -178,7 +178,8 @@ fn assert_jail_gone(f: &Fixture, cgroup: &str, when: &str) {
 #[test]
 fn test_a_pods_vmm_is_jailed_and_leaves_nothing() {
     let test = "test_a_pods_vmm_is_jailed_and_leaves_nothing";
-    let Some(f) = fixture(test, "") else {
+    // Short: the fixture's directory is in the pod's socket paths.
+    let Some(f) = fixture("jailed", "") else {
         return;
     };
     if !containerd_or_skip(test, &["ip", "tc"]) {
@@ -242,8 +243,7 @@ fn test_a_pods_vmm_is_jailed_and_leaves_nothing() {
 
 #[test]
 fn test_delete_after_a_killed_shim_removes_the_jail() {
-    let test = "test_delete_after_a_killed_shim_removes_the_jail";
-    let Some(f) = fixture(test, "") else {
+    let Some(f) = fixture("jail-dead", "") else {
         return;
     };
     let cgroup = format!("/vmpod-confinement-{}/cf-dead", std::process::id());

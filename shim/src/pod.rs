@@ -146,7 +146,7 @@ impl PodDir {
     /// The VMM's sockets: the only directory of the pod's that a jailed
     /// VMM can write (its jail binds it).
     pub fn sockets(&self) -> PathBuf {
-        self.root.join("sockets")
+        self.root.join("run")
     }
 
     /// The VMM's hybrid-vsock socket.
@@ -417,6 +417,7 @@ fn vmm_command(
         Some(jail) => {
             // The jail binds the console: it must exist.
             std::fs::File::create(dir.console()).map_err(host("create", &dir.console()))?;
+            jail::share_propagates(id, dir)?;
             jail::command(config, jail, dir, size, network, cgroup)
         }
         None => {

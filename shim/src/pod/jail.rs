@@ -49,7 +49,7 @@ fn jail_paths() -> VmPaths {
         kernel: "/kernel".into(),
         initrd: "/initrd".into(),
         console: "/console.log".into(),
-        vsock: "/sockets/vsock.sock".into(),
+        vsock: "/run/vsock.sock".into(),
         share: "/share".into(),
     }
 }
@@ -184,6 +184,45 @@ pub(super) fn command(
         .arg("--")
         .args(vmm_args(config, size, &paths, nets));
     command
+}
+
+/// Makes the pod's share a shared mount (a bind of itself where it is not
+/// a mount point yet), so that what the shim mounts into it after the VM
+/// started — a later container's rootfs — propagates into the jail, whose
+/// mount namespace is a slave of the host's. The bind goes with the pod's
+/// directory ([`PodDir::remove`] unmounts everything below it).
+pub(super) fn share_propagates(id: &str, dir: &PodDir) -> Result<(), Box<PodError>> {
+    let share = dir.shared();
+    let failed = |err| Box::new(super::host_error(id, "make a shared mount of", &share)(err));
+    let canonical = share.canonicalize().map_err(failed)?;
+    let mounted = vmpod_sys::mountinfo::mounts()
+        .map_err(failed)?
+        .iter()
+        .any(|mount| mount.point == canonical);
+    let path = std::ffi::CString::new(canonical.as_os_str().as_bytes())
+        .map_err(|err| failed(err.into()))?;
+    let mount = |source: *const libc::c_char, flags| {
+        // SAFETY: mount(2) with NUL-terminated strings alive for the call
+        // (or null where mount accepts it).
+        let rc = unsafe {
+            libc::mount(
+                source,
+                path.as_ptr(),
+                std::ptr::null(),
+                flags,
+                std::ptr::null(),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(failed(std::io::Error::last_os_error()))
+        }
+    };
+    if !mounted {
+        mount(path.as_ptr(), libc::MS_BIND)?;
+    }
+    mount(std::ptr::null(), libc::MS_SHARED)
 }
 
 /// Moves the shim into the pod's cgroup and records its directories for
