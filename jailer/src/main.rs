@@ -71,8 +71,29 @@ fn parse_cgroup(text: &str) -> Result<CgroupPath, String> {
     CgroupPath::parse(text).map_err(|err| err.to_string())
 }
 
+/// The command line, or exit: help and version as clap prints them, an
+/// error on one line (clap lists missing flags on lines of their own).
+fn parse_cli() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|err| {
+        if !err.use_stderr() {
+            err.exit();
+        }
+        let text = err.render().to_string();
+        let message: Vec<&str> = text
+            .lines()
+            .take_while(|line| !line.trim().is_empty())
+            .map(str::trim)
+            .collect();
+        eprintln!("{}", message.join(" "));
+        ExitCode::from(2)
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     if let Err(message) = check(&cli) {
         eprintln!("vmpod-jailer: error: {message}");
         return ExitCode::from(2);
