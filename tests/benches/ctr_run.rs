@@ -221,8 +221,11 @@ fn print_figures(
 fn main() {
     let work = std::env::temp_dir().join(format!("vmpod-bench-ctr-{}", std::process::id()));
     let memory_mib = 256;
-    let containerd = Containerd::with_vmpod_shim(&work, &format!("memory = {memory_mib}\n"), true)
-        .expect("containerd (run bench/ctr-run.sh)");
+    // More shim config lines, e.g. `unconfined = true` (bench/confinement.sh).
+    let extra = std::env::var("VMPOD_BENCH_CONFIG").unwrap_or_default();
+    let containerd =
+        Containerd::with_vmpod_shim(&work, &format!("memory = {memory_mib}\n{extra}\n"), true)
+            .expect("containerd (run bench/ctr-run.sh)");
     let image = containerd.import_busybox().expect("busybox image");
     // Runs the host fault left out, said and summed up at the end.
     let bench = Bench {
