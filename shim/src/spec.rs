@@ -160,6 +160,33 @@ mod tests {
     }
 
     #[test]
+    fn test_the_pods_cgroup_is_the_checked_cgroups_path() {
+        let with = |path: &str| {
+            cgroup(&spec(serde_json::json!({
+                "ociVersion": "1.0.2",
+                "linux": {"cgroupsPath": path}
+            })))
+            .map(|cgroup| cgroup.map(|c| c.relative().display().to_string()))
+            .map_err(|err| err.to_string())
+        };
+        assert_eq!(with("/default/p1"), Ok(Some("default/p1".into())));
+        assert_eq!(
+            with("kubepods.slice:cri-containerd:abc"),
+            Ok(Some("kubepods.slice/cri-containerd-abc.scope".into()))
+        );
+        assert_eq!(with(""), Ok(None));
+        assert_eq!(
+            cgroup(&spec(serde_json::json!({"ociVersion": "1.0.2"}))).unwrap(),
+            None
+        );
+        let err = with("default/p1").unwrap_err();
+        assert!(
+            err.starts_with("cgroup path \"default/p1\": neither"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn test_cri_annotations_group_containers_into_their_sandbox() {
         let annotated = |kind: &str, sandbox: &str| {
             spec(serde_json::json!({
