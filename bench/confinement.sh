@@ -3,7 +3,7 @@
 # What the jail costs, confined (vmpod-jailer) against unconfined, in the
 # same run. Run as root on a host with /dev/kvm, from anywhere:
 #
-#   bench/confinement.sh
+#   bench/confinement.sh [tiny|ctr]   (both without an argument)
 #
 # 1. launch -> first guest instruction: bench/boot.py's tiny PVH guest
 #    (its first instruction writes '!' to COM1, then it resets), ms from just
@@ -24,7 +24,9 @@ eval "$setup"
 export VMPOD_KERNEL_DIR VMPOD_TEST_INITRD VMPOD_TEST_INIT VMPOD_AGENT_INITRD
 cargo build --release -p containerd-shim-vmpod-v2 -p vmm -p vmpod-jailer
 bin=target/x86_64-unknown-linux-gnu/release
+part=${1:-all}
 
+if [ "$part" != ctr ]; then
 echo "== 1. launch -> first guest instruction (ms), unconfined vs jailed"
 python3 - "$bin" "${VMPOD_BENCH_TINY_RUNS:-20}" <<'PY'
 import os, shutil, statistics, subprocess, sys, tempfile
@@ -70,6 +72,8 @@ for hierarchy in subprocess.run(["sh", "-c", "grep -E ' - cgroup2? ' /proc/self/
             pass
 shutil.rmtree(work)
 PY
+fi
+[ "$part" = tiny ] && exit 0
 
 echo "== 2. ctr run --rm true, jailed (the default) then unconfined"
 export VMPOD_BENCH_VMPOD_RUNS="${VMPOD_BENCH_VMPOD_RUNS:-1}" VMPOD_BENCH_RUNC_RUNS="${VMPOD_BENCH_RUNC_RUNS:-3}"
