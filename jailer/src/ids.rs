@@ -2,8 +2,8 @@
 //! Per-pod user and group ids: each jailed VMM runs as its own id (the uid
 //! and gid are the same number), leased from a configured range. A lease is
 //! an `flock` on the file `<lock dir>/<id>`, held for the jail's life by the
-//! jailer's processes and released by the kernel when they end, so two live
-//! pods never share an id, even after a crash. The files of ended leases are
+//! jailer and released by the kernel when it ends (its jail dies with it),
+//! so two live pods never share an id, even after a crash. The files of ended leases are
 //! removed by whoever finds them unlocked ([`remove_stale`]); a lease checks,
 //! once locked, that its file is still the one named in the directory.
 

@@ -117,7 +117,7 @@ pub fn run(spec: &JailSpec) -> Result<Ended, JailError> {
         .transpose()?;
     let made_root = !spec.root.dir.exists();
     let lease = IdLease::take(spec.ids, &spec.lock_dir).map_err(JailError::Id)?;
-    let ended = confine_and_run(spec, &exec, netns.as_ref(), lease.id);
+    let ended = confine_and_run(spec, &exec, netns.as_ref(), &lease);
     lease.release();
     if made_root {
         let dir = std::ffi::CString::new(spec.root.dir.as_os_str().as_bytes()).ok();
@@ -136,8 +136,9 @@ fn confine_and_run(
     spec: &JailSpec,
     exec: &File,
     netns: Option<&File>,
-    id: u32,
+    lease: &IdLease,
 ) -> Result<Ended, JailError> {
+    let id = lease.id;
     if let Some(path) = &spec.cgroup {
         cgroup::join(path, std::process::id()).map_err(JailError::Cgroup)?;
     }
@@ -183,6 +184,12 @@ fn confine_and_run(
         -1 => Err(JailError::Process("fork", std::io::Error::last_os_error())),
         0 => {
             drop(status_read);
+            // Only the jailer holds the lease: killed, it frees the id at
+            // once, and whoever waited for it may remove the file.
+            // SAFETY: closes the child's copy of the lease's descriptor; the
+            // child ends with _exit, which runs no destructor that would
+            // close it again.
+            unsafe { libc::close(lease.file().as_raw_fd()) };
             let code = match init(spec, exec, id, status_write) {
                 Ok(()) => 0,
                 Err(err) => {

@@ -214,13 +214,23 @@ impl RootSpec {
         )
     }
 
-    /// Mounts the jail's `/proc` (from inside its new PID namespace), enters
-    /// the root with `pivot_root`, lets go of the host's tree and makes the
+    /// In a mount namespace of its own, mounts the jail's `/proc` (from
+    /// inside its new PID namespace), enters the root with `pivot_root`, lets go of the host's tree and makes the
     /// root's own tmpfs read-only.
     ///
     /// # Errors
     /// [`RootError`] naming the step.
     pub fn enter(&self) -> Result<(), RootError> {
+        // A mount namespace of the jail's own (a copy of the jailer's, still
+        // a slave of the host's): pivot_root moves the root of every process
+        // of the namespace, and the jailer must keep the host's tree to clean
+        // up after the jail.
+        // SAFETY: unshare with a flag; the calling process is single-threaded.
+        if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+            return Err(io_error("unshare the mount namespace of", &self.dir)(
+                std::io::Error::last_os_error(),
+            ));
+        }
         let proc = self.inside(Path::new("/proc"));
         mount(
             Some(Path::new("proc")),

@@ -490,6 +490,7 @@ fn spawn_vmm(
     let (exit_tx, exit_rx) = watch::channel(None);
     let (kill_tx, kill_rx) = oneshot::channel::<()>();
     let (id, dir) = (id.to_owned(), dir.clone());
+    let jailed_in = config.jail.as_ref().map(|_| config.state_dir.clone());
     tokio::spawn(async move {
         let (status, bidden) = tokio::select! {
             status = child.wait() => (status, false),
@@ -512,6 +513,9 @@ fn spawn_vmm(
         }
         let _ = tokio::task::spawn_blocking(move || {
             jail::leave_pod_cgroup(&id, &dir, placed.as_ref());
+            if let Some(state_dir) = jailed_in {
+                jail::remove_stale_leases(&id, &state_dir);
+            }
         })
         .await;
         let _ = exit_tx.send(Some(status));

@@ -271,6 +271,14 @@ pub(super) fn leave_pod_cgroup(id: &str, dir: &PodDir, joined: Option<&Joined>) 
     let _ = std::fs::remove_file(dir.root.join(CGROUP_RECORD));
 }
 
+/// Removes the id leases no live jail holds: the pod's own, once its jailer
+/// was killed (a jailer that ends by itself removes its lease).
+pub(super) fn remove_stale_leases(id: &str, state_dir: &Path) {
+    if let Err(err) = vmpod_jailer::ids::remove_stale(&state_dir.join(JAIL_IDS)) {
+        tracing::warn!(pod = id, "removing stale id leases: {err}");
+    }
+}
+
 /// After a killed shim (its VM killed too): removes the pod's cgroup that
 /// the record names, and the id leases no live jail holds.
 ///
