@@ -32,6 +32,7 @@ use proc::{
 };
 use vmpod_integration_tests::containerd::{containerd_or_skip, NAMESPACE};
 use vmpod_integration_tests::netns::PodNetns;
+use vmpod_shim::pod::JAIL_IDS;
 
 /// The jail's ids when the config leaves `jail-ids` out.
 const DEFAULT_IDS: std::ops::RangeInclusive<u32> = 2_000_000_000..=2_000_065_535;
@@ -148,8 +149,8 @@ fn assert_cgroup_and_limits(f: &Fixture, vmm: u32, cgroup: &str) {
 }
 
 /// Nothing of the jail is left: the pod directory (with the jail's root),
-/// the cgroup in every hierarchy, the id leases.
-fn assert_jail_gone(f: &Fixture, cgroup: &str, when: &str) {
+/// the cgroup in every hierarchy, the id's lease.
+fn assert_jail_gone(f: &Fixture, cgroup: &str, id: u32, when: &str) {
     f.assert_nothing_left(when);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -157,13 +158,14 @@ fn assert_jail_gone(f: &Fixture, cgroup: &str, when: &str) {
             .into_iter()
             .filter(|d| d.exists())
             .collect();
-        let leases = listing(&f.pods.join("jail-ids"));
-        if cgroups.is_empty() && leases.is_empty() {
+        let lease = Path::new(JAIL_IDS).join(id.to_string());
+        if cgroups.is_empty() && !lease.exists() {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "{when}: left: cgroups {cgroups:?}, id leases {leases:?}"
+            "{when}: left: cgroups {cgroups:?}, id lease {}",
+            lease.display()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -199,7 +201,7 @@ fn test_a_pods_vmm_is_jailed_and_leaves_nothing() {
     assert_namespaces(vmm, &net.pod.path());
     assert_jail_root(vmm);
     assert_cgroup_and_limits(&f, vmm, &cgroup);
-    let lease = f.pods.join("jail-ids").join(id.to_string());
+    let lease = Path::new(JAIL_IDS).join(id.to_string());
     assert!(lease.is_file(), "{}", lease.display());
     // The tap was handed to the jail's id, or the VMM could not have
     // attached it without CAP_NET_ADMIN.
@@ -238,7 +240,7 @@ fn test_a_pods_vmm_is_jailed_and_leaves_nothing() {
     f.wait_status("cf-pod", Some("STOPPED"));
     f.ok("task rm", &f.ctr(&["task", "rm", "cf-pod"]));
     f.ok("container rm", &f.ctr(&["container", "rm", "cf-pod"]));
-    assert_jail_gone(&f, &cgroup, "after delete");
+    assert_jail_gone(&f, &cgroup, id, "after delete");
 }
 
 #[test]
@@ -254,6 +256,7 @@ fn test_delete_after_a_killed_shim_removes_the_jail() {
         &["sleep", "3600"],
     );
     let (jailer, vmm) = jail_processes(&f, "cf-dead");
+    let id = assert_threads_confined(vmm);
     assert_ne!(namespace(vmm, "net"), namespace(std::process::id(), "net"));
     let shims = f.containerd.shim_pids();
     assert_eq!(shims.len(), 1, "{shims:?}");
@@ -270,5 +273,5 @@ fn test_delete_after_a_killed_shim_removes_the_jail() {
     }
     let _ = f.ctr(&["task", "rm", "cf-dead"]);
     f.ok("container rm", &f.ctr(&["container", "rm", "cf-dead"]));
-    assert_jail_gone(&f, &cgroup, "after delete following a killed shim");
+    assert_jail_gone(&f, &cgroup, id, "after delete following a killed shim");
 }

@@ -177,10 +177,7 @@ pub async fn clean_up_after_shim(bundle: &Path, container_id: &str) -> std::io::
     let last = std::fs::read_dir(pod.shared()).map_or(true, |mut entries| entries.next().is_none());
     if own || last {
         kill_vmm(&pod);
-        // <state-dir>/<namespace>/<pod>: the leases are in <state-dir>.
-        if let Some(state_dir) = pod.root.parent().and_then(Path::parent) {
-            kill_jail_leftovers(&pod, state_dir)?;
-        }
+        kill_jail_leftovers(&pod)?;
         if let Ok(record) = std::fs::read(pod.network_record()) {
             match serde_json::from_slice::<PodNetwork>(&record) {
                 Ok(network) => tear_down_network(container_id, Some(&network)).await,

@@ -22,7 +22,7 @@ use crate::config::{Config, VmSize};
 use crate::network::{NetworkError, PodNetwork};
 use logs::{forward_agent_logs, tail};
 
-pub use jail::{kill_jail_leftovers, CGROUP_RECORD};
+pub use jail::{kill_jail_leftovers, CGROUP_RECORD, JAIL_IDS};
 
 /// The guest's vsock CID.
 const GUEST_CID: u32 = 3;
@@ -490,7 +490,7 @@ fn spawn_vmm(
     let (exit_tx, exit_rx) = watch::channel(None);
     let (kill_tx, kill_rx) = oneshot::channel::<()>();
     let (id, dir) = (id.to_owned(), dir.clone());
-    let jailed_in = config.jail.as_ref().map(|_| config.state_dir.clone());
+    let jailed = config.jail.is_some();
     tokio::spawn(async move {
         let (status, bidden) = tokio::select! {
             status = child.wait() => (status, false),
@@ -513,8 +513,8 @@ fn spawn_vmm(
         }
         let _ = tokio::task::spawn_blocking(move || {
             jail::leave_pod_cgroup(&id, &dir, placed.as_ref());
-            if let Some(state_dir) = jailed_in {
-                jail::remove_stale_leases(&id, &state_dir);
+            if jailed {
+                jail::remove_stale_leases(&id);
             }
         })
         .await;

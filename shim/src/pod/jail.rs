@@ -22,8 +22,9 @@ const JAIL_ROOT: &str = "root";
 /// The pod's cgroup directories, one a line, for `delete` after a killed
 /// shim (a file of the pod's directory).
 pub const CGROUP_RECORD: &str = "cgroup";
-/// The jails' id leases, in the state directory.
-const JAIL_IDS: &str = "jail-ids";
+/// The jails' id leases: one directory for the host, whatever a shim's
+/// `state-dir`, as the ids are the host's.
+pub const JAIL_IDS: &str = "/run/vmpod-jailer/ids";
 /// vmpod-vm's own address space besides the guest's RAM (VmPeak measured
 /// at 216 MiB above a 256 MiB guest with one vCPU; each thread's malloc
 /// arena reserves up to 64 MiB more): a bound with room.
@@ -148,7 +149,7 @@ pub(super) fn command(
         .arg("--ids")
         .arg(jail.ids.to_string())
         .arg("--lock-dir")
-        .arg(config.state_dir.join(JAIL_IDS))
+        .arg(JAIL_IDS)
         .arg("--address-space")
         .arg(address_space_mib(size).to_string())
         .arg("--open-files")
@@ -273,8 +274,8 @@ pub(super) fn leave_pod_cgroup(id: &str, dir: &PodDir, joined: Option<&Joined>) 
 
 /// Removes the id leases no live jail holds: the pod's own, once its jailer
 /// was killed (a jailer that ends by itself removes its lease).
-pub(super) fn remove_stale_leases(id: &str, state_dir: &Path) {
-    if let Err(err) = vmpod_jailer::ids::remove_stale(&state_dir.join(JAIL_IDS)) {
+pub(super) fn remove_stale_leases(id: &str) {
+    if let Err(err) = vmpod_jailer::ids::remove_stale(Path::new(JAIL_IDS)) {
         tracing::warn!(pod = id, "removing stale id leases: {err}");
     }
 }
@@ -284,7 +285,7 @@ pub(super) fn remove_stale_leases(id: &str, state_dir: &Path) {
 ///
 /// # Errors
 /// A cgroup directory that cannot be removed.
-pub fn kill_jail_leftovers(pod: &PodDir, state_dir: &Path) -> std::io::Result<()> {
+pub fn kill_jail_leftovers(pod: &PodDir) -> std::io::Result<()> {
     if let Ok(record) = std::fs::read(pod.root.join(CGROUP_RECORD)) {
         let dirs: Vec<PathBuf> = record
             .split(|&b| b == b'\n')
@@ -294,6 +295,6 @@ pub fn kill_jail_leftovers(pod: &PodDir, state_dir: &Path) -> std::io::Result<()
         cgroup::remove(&dirs)
             .map_err(|err| std::io::Error::other(vmpod_sys::error::chain(&err)))?;
     }
-    vmpod_jailer::ids::remove_stale(&state_dir.join(JAIL_IDS))?;
+    vmpod_jailer::ids::remove_stale(Path::new(JAIL_IDS))?;
     Ok(())
 }
