@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use vmpod_jailer::ids::IdRange;
 
 use crate::share::layout::ShareLimits;
 
@@ -85,6 +86,10 @@ struct RawConfig {
     agent_timeout: Option<u64>,
     share_size: Option<u32>,
     share_inodes: Option<u32>,
+    // The jail (vmpod-jailer): docs/shim.md, "The jail".
+    jailer: Option<PathBuf>,
+    jail_ids: Option<String>,
+    unconfined: Option<bool>,
 }
 
 /// The checked configuration.
@@ -115,7 +120,26 @@ pub struct Config {
     /// The bounds of each pod's share tmpfs (`share-size` MiB,
     /// `share-inodes`).
     pub share_limits: ShareLimits,
+    /// How `vmpod-vm` is confined; `None`: it runs unconfined, as the
+    /// shim's root (`unconfined = true`).
+    pub jail: Option<Jail>,
 }
+
+/// The jail `vmpod-vm` runs in (keys `jailer` and `jail-ids`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jail {
+    /// The `vmpod-jailer` binary.
+    pub jailer: PathBuf,
+    /// The uids/gids pods' VMMs run as, one per live pod.
+    pub ids: IdRange,
+}
+
+/// The ids `jail-ids` defaults to: far above host users and the usual
+/// subordinate-id ranges of user namespaces.
+const DEFAULT_JAIL_IDS: IdRange = IdRange {
+    first: 2_000_000_000,
+    last: 2_000_065_535,
+};
 
 /// The size of one pod VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +215,7 @@ impl Config {
             ));
         }
         let share_limits = check.share_limits(raw.share_size, raw.share_inodes)?;
+        let jail = check.jail(raw.jailer, raw.jail_ids, raw.unconfined, &vmm)?;
         Ok(Config {
             kernel: raw.kernel,
             initrd: raw.initrd,
@@ -204,6 +229,7 @@ impl Config {
             log_level,
             agent_timeout: Duration::from_secs(agent_timeout),
             share_limits,
+            jail,
         })
     }
 
@@ -298,6 +324,29 @@ impl Checker<'_> {
         }
     }
 
+    /// `jailer`, `jail-ids` and `unconfined`: the jail, or none. A missing
+    /// `jailer` is `vmpod-jailer` beside `vmm`.
+    fn jail(
+        &self,
+        jailer: Option<PathBuf>,
+        ids: Option<String>,
+        unconfined: Option<bool>,
+        vmm: &Path,
+    ) -> Result<Option<Jail>, ConfigError> {
+        if unconfined == Some(true) {
+            return Ok(None);
+        }
+        let jailer = jailer.unwrap_or_else(|| vmm.with_file_name("vmpod-jailer"));
+        self.file("jailer", &jailer)?;
+        let ids = match ids {
+            Some(ids) => ids
+                .parse::<IdRange>()
+                .map_err(|message| self.invalid("jail-ids", message))?,
+            None => DEFAULT_JAIL_IDS,
+        };
+        Ok(Some(Jail { jailer, ids }))
+    }
+
     /// `vcpus` and `max-vcpus`, defaulted and within their bounds.
     fn vcpus(&self, vcpus: Option<u8>, max_vcpus: Option<u8>) -> Result<(u8, u8), ConfigError> {
         let max_vcpus = max_vcpus.unwrap_or(MAX_VCPUS);
@@ -370,7 +419,7 @@ mod tests {
     fn base() -> String {
         let exe = std::env::current_exe().unwrap();
         let exe = exe.display();
-        format!("kernel = \"{exe}\"\ninitrd = \"{exe}\"\nvmm = \"{exe}\"\n")
+        format!("kernel = \"{exe}\"\ninitrd = \"{exe}\"\nvmm = \"{exe}\"\njailer = \"{exe}\"\n")
     }
 
     fn parse(text: &str) -> Result<Config, String> {
@@ -404,6 +453,32 @@ mod tests {
                 inodes: 64
             }
         );
+        let jail = config.jail.unwrap();
+        assert_eq!(jail.ids, DEFAULT_JAIL_IDS);
+        assert_eq!(jail.jailer, std::env::current_exe().unwrap());
+    }
+
+    #[test]
+    fn test_the_jail_keys() {
+        let config = parse(&format!("{}jail-ids = \"1000-1009\"\n", base())).unwrap();
+        assert_eq!(
+            config.jail.unwrap().ids,
+            IdRange {
+                first: 1000,
+                last: 1009
+            }
+        );
+        let config = parse(&format!("{}unconfined = true\n", base())).unwrap();
+        assert_eq!(config.jail, None);
+        // Unconfined, the jailer need not exist.
+        let no_jailer = base().replace("jailer = \"", "jailer = \"/nonexistent");
+        assert!(parse(&format!("{no_jailer}unconfined = true\n")).is_ok());
+        let err = parse(&no_jailer).unwrap_err();
+        assert!(err.contains("jailer: /nonexistent"), "{err}");
+        // Without the key, vmpod-jailer beside vmm (not built there).
+        let beside_vmm: String = base().lines().take(3).map(|l| format!("{l}\n")).collect();
+        let err = parse(&beside_vmm).unwrap_err();
+        assert!(err.contains("/vmpod-jailer is not a file"), "{err}");
     }
 
     #[test]
@@ -434,10 +509,19 @@ mod tests {
                 "share-inodes = 8",
                 "share-inodes: 8 is not within 64..=1048576",
             ),
-            ("share-inodes = -1", "line 4: invalid value"),
-            ("colour = 1", "line 4: unknown field `colour`"),
-            ("vcpus = \"two\"", "line 4: invalid type: string \"two\""),
-            ("vcpus = 300", "line 4:"),
+            ("share-inodes = -1", "line 5: invalid value"),
+            ("jail-ids = \"0-5\"", "jail-ids: \"0-5\" is not FIRST-LAST"),
+            (
+                "jail-ids = \"9-5\"",
+                "jail-ids: \"9-5\": the last id is below the first",
+            ),
+            (
+                "unconfined = \"yes\"",
+                "line 5: invalid type: string \"yes\"",
+            ),
+            ("colour = 1", "line 5: unknown field `colour`"),
+            ("vcpus = \"two\"", "line 5: invalid type: string \"two\""),
+            ("vcpus = 300", "line 5:"),
         ];
         for (extra, expected) in cases {
             let err = parse(&format!("{}{extra}\n", base())).unwrap_err();

@@ -29,7 +29,7 @@ use ttrpc::asynchronous::Server;
 
 use crate::config::Config;
 use crate::network::PodNetwork;
-use crate::pod::{tear_down_network, PodDir};
+use crate::pod::{kill_jail_leftovers, tear_down_network, PodDir};
 use crate::process::timestamp;
 use crate::share::ContainerShare;
 use crate::spec;
@@ -179,6 +179,7 @@ pub async fn clean_up_after_shim(bundle: &Path, container_id: &str) -> std::io::
     let last = crate::share::layout::recorded_containers(&pod.root)?.is_empty();
     if own || last {
         kill_vmm(&pod);
+        kill_jail_leftovers(&pod)?;
         if let Ok(record) = std::fs::read(pod.network_record()) {
             match serde_json::from_slice::<PodNetwork>(&record) {
                 Ok(network) => tear_down_network(container_id, Some(&network)).await,
@@ -196,8 +197,9 @@ pub async fn clean_up_after_shim(bundle: &Path, container_id: &str) -> std::io::
     })
 }
 
-/// Kills the pod's `vmpod-vm` if it still runs: the pid file names it, and
-/// its command line must name the pod's vsock socket (the pid may be reused).
+/// Kills the pod's `vmpod-vm` if it still runs: the pid file names it (or
+/// its jailer, whose death ends the jail), and its command line must name a
+/// path in the pod's directory (the pid may be reused).
 fn kill_vmm(pod: &PodDir) {
     let Some(pid) = std::fs::read_to_string(pod.vmm_pid_file())
         .ok()
@@ -207,9 +209,8 @@ fn kill_vmm(pod: &PodDir) {
         return;
     };
     let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
-        let vsock = pod.vsock();
-        let vsock = vsock.as_os_str().as_encoded_bytes();
-        cmdline.windows(vsock.len()).any(|window| window == vsock)
+        let inside = [pod.root.as_os_str().as_encoded_bytes(), b"/"].concat();
+        cmdline.windows(inside.len()).any(|window| window == inside)
     });
     if !ours {
         return;

@@ -4,6 +4,7 @@
 //! when a step fails; the VM dies with the shim (parent-death signal), and the
 //! directory is what `delete` finds to clean up after a killed shim.
 
+mod jail;
 mod logs;
 
 use std::path::{Path, PathBuf};
@@ -15,11 +16,14 @@ use tokio::process::Command;
 use tokio::sync::{oneshot, watch};
 use vmpod_agent_api::messages::Mount;
 use vmpod_agent_api::{AgentClient, SandboxConfig, AGENT_VSOCK_PORT, API_VERSION};
+use vmpod_jailer::cgroup::{CgroupError, CgroupPath};
 
 use crate::config::{Config, VmSize};
 use crate::network::{NetworkError, PodNetwork};
 use crate::share::{self, layout::ShareLimits, ShareError};
 use logs::{forward_agent_logs, tail};
+
+pub use jail::{kill_jail_leftovers, CGROUP_RECORD, JAIL_IDS};
 
 /// The guest's vsock CID.
 const GUEST_CID: u32 = 3;
@@ -65,6 +69,15 @@ pub enum PodError {
         status: String,
         /// The end of its log or of the guest console.
         log: String,
+    },
+    /// The shim could not join the pod's cgroup.
+    #[error("pod {pod}: joining its cgroup")]
+    Cgroup {
+        /// The pod's id.
+        pod: String,
+        /// The cgroup step that failed.
+        #[source]
+        source: CgroupError,
     },
     /// The agent did not serve within the configured time.
     #[error("pod {pod}: the agent did not serve within {seconds} s (agent-timeout): {log}")]
@@ -131,14 +144,20 @@ impl PodDir {
         }
     }
 
+    /// The VMM's sockets: the only directory of the pod's that a jailed
+    /// VMM can write (its jail binds it).
+    pub fn sockets(&self) -> PathBuf {
+        self.root.join("run")
+    }
+
     /// The VMM's hybrid-vsock socket.
     pub fn vsock(&self) -> PathBuf {
-        self.root.join("vsock.sock")
+        self.sockets().join("vsock.sock")
     }
 
     /// Where the agent's log connections arrive (`<vsock>_<port>`).
     fn log_socket(&self) -> PathBuf {
-        self.root.join(format!("vsock.sock_{AGENT_LOG_PORT}"))
+        self.sockets().join(format!("vsock.sock_{AGENT_LOG_PORT}"))
     }
 
     /// The host directory shared with the guest over virtio-fs.
@@ -175,8 +194,8 @@ impl PodDir {
     }
 
     /// Makes the pod's directory (0700, and its missing parents) with its
-    /// share: a `mounts/` tmpfs within `limits` and its read-only view
-    /// `shared/`.
+    /// share (a `mounts/` tmpfs within `limits` and its read-only view
+    /// `shared/`) and the VMM's sockets' directory `run/`.
     ///
     /// # Errors
     /// The directory is there already (`AlreadyExists`), or a step of the
@@ -189,7 +208,12 @@ impl PodDir {
                 source
             }
             err => std::io::Error::other(err),
-        })
+        })?;
+        if let Err(err) = std::fs::create_dir(self.sockets()) {
+            let _ = self.remove();
+            return Err(err);
+        }
+        Ok(())
     }
 
     /// Unmounts the pod's share (with every container's mounts) and
@@ -223,7 +247,7 @@ pub struct Pod {
 }
 
 impl Pod {
-    /// Starts the pod VM of `id` with the network of the namespace at
+    /// Starts the pod VM of `id` in the pod's `cgroup` (if any) with the network of the namespace at
     /// `netns` (none: loopback only), waits for its agent, creates the
     /// sandbox and configures the guest's network. On failure nothing of it
     /// is left: no process, socket, directory, tap or tc filter.
@@ -236,6 +260,7 @@ impl Pod {
         id: &str,
         size: VmSize,
         netns: Option<&Path>,
+        cgroup: Option<&CgroupPath>,
     ) -> Result<Pod, PodError> {
         let dir = PodDir::new(&config.state_dir, namespace, id);
         if dir.root.exists() {
@@ -253,7 +278,7 @@ impl Pod {
                 return Err(err);
             }
         };
-        match Self::start(config, id, &dir, size, network.as_ref()).await {
+        match Self::start(config, id, &dir, size, network.as_ref(), cgroup).await {
             Ok(Started {
                 agent,
                 vmm_pid,
@@ -327,6 +352,7 @@ impl Pod {
         dir: &PodDir,
         size: VmSize,
         network: Option<&PodNetwork>,
+        cgroup: Option<&CgroupPath>,
     ) -> Result<Started, PodError> {
         let log_listener = UnixListener::bind(dir.log_socket()).map_err(host_error(
             id,
@@ -334,12 +360,12 @@ impl Pod {
             &dir.log_socket(),
         ))?;
         tokio::spawn(forward_agent_logs(log_listener, id.to_owned()));
-        let command = vmm_command(config, id, dir, size, network).map_err(|err| *err)?;
+        let command = vmm_command(config, id, dir, size, network, cgroup).map_err(|err| *err)?;
         let Vmm {
             pid: vmm_pid,
             exit: vm_exit,
             kill,
-        } = spawn_vmm(command, config, id, dir).map_err(|err| *err)?;
+        } = spawn_vmm(command, config, id, dir, cgroup).map_err(|err| *err)?;
         let ready = match connect(config, id, dir, vm_exit.clone()).await {
             Ok(agent) => configure_guest_network(id, &agent, network)
                 .await
@@ -396,7 +422,8 @@ pub async fn tear_down_network(id: &str, network: Option<&PodNetwork>) {
     }
 }
 
-/// The `vmpod-vm` command line of the pod: its kernel, size, console,
+/// The `vmpod-vm` command line of the pod — through `vmpod-jailer` unless
+/// the configuration says `unconfined` — with its kernel, size, console,
 /// vsock, share and network; its output goes to the pod's `vmm.log`, and it
 /// dies with the shim. (The error is boxed, as [`PodError`] is large.)
 fn vmm_command(
@@ -405,34 +432,32 @@ fn vmm_command(
     dir: &PodDir,
     size: VmSize,
     network: Option<&PodNetwork>,
+    cgroup: Option<&CgroupPath>,
 ) -> Result<Command, Box<PodError>> {
     let host = |what: &'static str, path: &Path| host_error(id, what, path);
     let vmm_log = std::fs::File::create(dir.vmm_log()).map_err(host("create", &dir.vmm_log()))?;
     let vmm_log_err = vmm_log.try_clone().map_err(host("open", &dir.vmm_log()))?;
-    let mut command = Command::new(&config.vmm);
-    command
-        .arg("--kernel")
-        .arg(&config.kernel)
-        .arg("--initrd")
-        .arg(&config.initrd)
-        .args(["--vcpus", &size.vcpus.to_string()])
-        .args(["--memory", &size.memory_mib.to_string()])
-        .args(["--cpu-template", &config.cpu_template])
-        // The console keeps the kernel's messages (not `quiet`): a guest
-        // process's fatal trap shows there (README, "Known host faults").
-        .arg("--cmdline")
-        .arg(format!(
-            "console=ttyS0 reboot=k panic=1 vmpod.log_port={AGENT_LOG_PORT}"
-        ))
-        .arg("--serial")
-        .arg(format!("file:{}", dir.console().display()))
-        .arg("--vsock")
-        .arg(format!("cid={GUEST_CID},socket={}", dir.vsock().display()))
-        .arg("--fs")
-        .arg(format!("tag={SHARE_TAG},dir={}", dir.shared().display()));
-    for net in network.map(PodNetwork::vmm_args).unwrap_or_default() {
-        command.arg("--net").arg(net);
-    }
+    let mut command = match &config.jail {
+        Some(jail) => {
+            // The jail binds the console: it must exist.
+            std::fs::File::create(dir.console()).map_err(host("create", &dir.console()))?;
+            jail::share_propagates(id, dir)?;
+            jail::command(config, jail, dir, size, network, cgroup)
+        }
+        None => {
+            let mut command = Command::new(&config.vmm);
+            let paths = jail::VmPaths {
+                kernel: config.kernel.clone(),
+                initrd: config.initrd.clone(),
+                console: dir.console(),
+                vsock: dir.vsock(),
+                share: dir.shared(),
+            };
+            let nets = network.map(PodNetwork::vmm_args).unwrap_or_default();
+            command.args(jail::vmm_args(config, size, &paths, nets));
+            command
+        }
+    };
     command
         .stdin(Stdio::null())
         .stdout(vmm_log)
@@ -451,16 +476,35 @@ fn vmm_command(
     Ok(command)
 }
 
-/// Spawns `vmpod-vm`, records its pid in the pod's directory and watches it.
+/// Moves the shim into the pod's cgroup (if the spec names one), spawns
+/// `vmpod-vm` (or its jailer), records its pid in the pod's directory and
+/// watches it. When it ends, the shim leaves and removes the cgroup; when
+/// it ends unbidden, the end of its log is logged.
 fn spawn_vmm(
     mut command: Command,
     config: &Config,
     id: &str,
     dir: &PodDir,
+    cgroup: Option<&CgroupPath>,
 ) -> Result<Vmm, Box<PodError>> {
-    let mut child = command
-        .spawn()
-        .map_err(host_error(id, "start", &config.vmm))?;
+    let placed = cgroup
+        .map(|path| jail::join_pod_cgroup(id, dir, path))
+        .transpose()?;
+    let started = command.spawn().map_err(host_error(
+        id,
+        "start",
+        config
+            .jail
+            .as_ref()
+            .map_or(&config.vmm, |jail| &jail.jailer),
+    ));
+    let mut child = match started {
+        Ok(child) => child,
+        Err(err) => {
+            jail::leave_pod_cgroup(id, dir, placed.as_ref());
+            return Err(Box::new(err));
+        }
+    };
     let vmm_pid = child.id().unwrap_or_default();
     std::fs::write(dir.vmm_pid_file(), vmm_pid.to_string()).map_err(host_error(
         id,
@@ -469,18 +513,35 @@ fn spawn_vmm(
     ))?;
     let (exit_tx, exit_rx) = watch::channel(None);
     let (kill_tx, kill_rx) = oneshot::channel::<()>();
+    let (id, dir) = (id.to_owned(), dir.clone());
+    let jailed = config.jail.is_some();
     tokio::spawn(async move {
-        let status = tokio::select! {
-            status = child.wait() => status,
+        let (status, bidden) = tokio::select! {
+            status = child.wait() => (status, false),
             _ = kill_rx => {
                 let _ = child.start_kill();
-                child.wait().await
+                (child.wait().await, true)
             }
         };
         let status = match status {
             Ok(status) => status.to_string(),
             Err(err) => format!("cannot wait: {err}"),
         };
+        if !bidden {
+            // A seccomp kill or a crash says why there.
+            tracing::warn!(
+                pod = id,
+                "vmpod-vm ended ({status}); its log ends: {}",
+                tail(&dir.vmm_log()).unwrap_or_default()
+            );
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            jail::leave_pod_cgroup(&id, &dir, placed.as_ref());
+            if jailed {
+                jail::remove_stale_leases(&id);
+            }
+        })
+        .await;
         let _ = exit_tx.send(Some(status));
     });
     Ok(Vmm {

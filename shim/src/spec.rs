@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use vmpod_jailer::cgroup::{CgroupError, CgroupPath};
 
 use crate::share::{ContainerShare, ShareError};
 
@@ -28,6 +29,9 @@ pub enum SpecError {
     /// A bind mount's source cannot be shared with the guest.
     #[error(transparent)]
     Share(#[from] ShareError),
+    /// `linux.cgroupsPath` cannot be a pod's cgroup.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
     /// The adapted spec cannot be written as JSON.
     #[error("spec: {0}")]
     Encode(String),
@@ -72,6 +76,22 @@ pub fn network_namespace(spec: &Spec) -> Option<PathBuf> {
         .find(|namespace| namespace.typ() == LinuxNamespaceType::Network)?
         .path()
         .clone()
+}
+
+/// The pod's cgroup, which the shim and `vmpod-vm` join (Kata's
+/// `sandbox_cgroup_only`): the spec's `linux.cgroupsPath`, checked; none
+/// when the spec has none.
+///
+/// # Errors
+/// [`SpecError::Cgroup`] naming the path and its fault.
+pub fn cgroup(spec: &Spec) -> Result<Option<CgroupPath>, SpecError> {
+    let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) else {
+        return Ok(None);
+    };
+    if path.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(CgroupPath::parse(&path.to_string_lossy())?))
 }
 
 /// The spec as the agent gets it: OCI hooks dropped (they name host
@@ -136,6 +156,33 @@ mod tests {
         assert_eq!(
             network_namespace(&spec(serde_json::json!({"ociVersion": "1.0.2"}))),
             None
+        );
+    }
+
+    #[test]
+    fn test_the_pods_cgroup_is_the_checked_cgroups_path() {
+        let with = |path: &str| {
+            cgroup(&spec(serde_json::json!({
+                "ociVersion": "1.0.2",
+                "linux": {"cgroupsPath": path}
+            })))
+            .map(|cgroup| cgroup.map(|c| c.relative().display().to_string()))
+            .map_err(|err| err.to_string())
+        };
+        assert_eq!(with("/default/p1"), Ok(Some("default/p1".into())));
+        assert_eq!(
+            with("kubepods.slice:cri-containerd:abc"),
+            Ok(Some("kubepods.slice/cri-containerd-abc.scope".into()))
+        );
+        assert_eq!(with(""), Ok(None));
+        assert_eq!(
+            cgroup(&spec(serde_json::json!({"ociVersion": "1.0.2"}))).unwrap(),
+            None
+        );
+        let err = with("default/p1").unwrap_err();
+        assert!(
+            err.starts_with("cgroup path \"default/p1\": neither"),
+            "{err}"
         );
     }
 

@@ -30,6 +30,23 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// The descendants of `pid`, nearest first.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let parent = all[i];
+        all.extend(
+            std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|child| child.parse::<u32>().ok()),
+        );
+        i += 1;
+    }
+    all.split_off(1)
+}
+
 /// `VmRSS` of `pid`, KiB.
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -141,7 +158,7 @@ impl Bench {
 
     /// The RSS in KiB of one running pod's shim and of its `vmpod-vm`
     /// without its guest RAM.
-    fn running_pod_rss_kib(&self, work: &Path, memory_mib: u64) -> (u64, u64) {
+    fn running_pod_rss_kib(&self, memory_mib: u64) -> (u64, u64) {
         let out = self.containerd.ctr(&[
             "run",
             "-d",
@@ -159,12 +176,12 @@ impl Bench {
         );
         std::thread::sleep(Duration::from_secs(2));
         let shim_pid = *self.containerd.shim_pids().first().expect("the pod's shim");
-        let vmm_pid = vmpod_integration_tests::containerd::processes_named("vmpod-vm")
+        // The shim's descendant: its child, or its jailer's grandchild.
+        let vmm_pid = descendants(shim_pid)
             .into_iter()
             .find(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
-                    String::from_utf8_lossy(&cmdline).contains(&work.display().to_string())
-                })
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim_end() == "vmpod-vm")
             })
             .expect("the pod's vmpod-vm");
         let shim_kib = rss_kib(shim_pid);
@@ -221,8 +238,11 @@ fn print_figures(
 fn main() {
     let work = std::env::temp_dir().join(format!("vmpod-bench-ctr-{}", std::process::id()));
     let memory_mib = 256;
-    let containerd = Containerd::with_vmpod_shim(&work, &format!("memory = {memory_mib}\n"), true)
-        .expect("containerd (run bench/ctr-run.sh)");
+    // More shim config lines, e.g. `unconfined = true` (bench/confinement.sh).
+    let extra = std::env::var("VMPOD_BENCH_CONFIG").unwrap_or_default();
+    let containerd =
+        Containerd::with_vmpod_shim(&work, &format!("memory = {memory_mib}\n{extra}\n"), true)
+            .expect("containerd (run bench/ctr-run.sh)");
     let image = containerd.import_busybox().expect("busybox image");
     // Runs the host fault left out, said and summed up at the end.
     let bench = Bench {
@@ -239,7 +259,7 @@ fn main() {
         })
         .collect();
     let (mut vmpod, mut boots) = bench.vmpod_runs(runs("VMPOD_BENCH_VMPOD_RUNS", 3));
-    let rss = bench.running_pod_rss_kib(&work, memory_mib);
+    let rss = bench.running_pod_rss_kib(memory_mib);
     // The fault summary is printed when `_faults` drops, after the figures.
     let Bench {
         mut containerd,

@@ -31,6 +31,15 @@ pub const GUEST_DEADLINE: Duration = Duration::from_secs(120);
 /// How long the exit event of a process seen stopped may lag behind.
 const EXIT_EVENT_LAG: Duration = Duration::from_secs(10);
 
+/// The children of process `pid` (its main thread's).
+pub fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .collect()
+}
+
 /// containerd with the vmpod shim, a busybox image and the shim's config.
 pub struct Fixture {
     pub containerd: Containerd,
@@ -192,16 +201,33 @@ impl Fixture {
         }
     }
 
-    /// `vmpod-vm` processes of this fixture's pods.
+    /// `vmpod-vm` processes of this fixture's pods: an unconfined one names
+    /// the pods' directory on its command line; a jailed one (whose paths
+    /// are the jail's) is the grandchild of a `vmpod-jailer` that does.
     pub fn vmm_pids(&self) -> Vec<u32> {
         let pods = self.pods.display().to_string();
-        processes_named("vmpod-vm")
+        let names_pods = |pid: &u32| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| text(&cmdline).contains(&pods))
+        };
+        let mut pids: Vec<u32> = processes_named("vmpod-vm")
             .into_iter()
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|cmdline| text(&cmdline).contains(&pods))
-            })
-            .collect()
+            .filter(names_pods)
+            .collect();
+        for jailer in processes_named("vmpod-jailer")
+            .into_iter()
+            .filter(names_pods)
+        {
+            for init in children(jailer) {
+                pids.extend(children(init).into_iter().filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|comm| comm.trim_end() == "vmpod-vm")
+                }));
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids
     }
 
     /// Nothing of any pod is left: no VM, no shim, no mount, no socket, no

@@ -47,8 +47,16 @@ impl TaskService {
         let pod_id = spec::pod_id(&spec, &req.id);
         let annotations = spec.annotations().clone().unwrap_or_default();
         let netns = spec::network_namespace(&spec);
+        let cgroup =
+            spec::cgroup(&spec).map_err(|err| host_status(Code::INVALID_ARGUMENT, &err))?;
         let pod = self
-            .pod_for(&pod_id, &req.id, &annotations, netns.as_deref())
+            .pod_for(
+                &pod_id,
+                &req.id,
+                &annotations,
+                netns.as_deref(),
+                cgroup.as_ref(),
+            )
             .await?;
         let share = ContainerShare::new(&pod.dir, &req.id);
         if let Err(err) =

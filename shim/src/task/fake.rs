@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use ttrpc::Code;
 use vmpod_agent_api::messages::{Mount, StatsContainerResponse, WaitProcessResponse};
 use vmpod_agent_api::{ClientError, ProcessId};
+use vmpod_jailer::cgroup::CgroupPath;
 
 use super::{lock, Agent, EventSink, Launcher, PodHandle, PodVm, TaskService};
 use crate::config::{Config, VmSize};
@@ -319,6 +320,7 @@ impl Launcher for FakeLauncher {
         id: &str,
         size: VmSize,
         _netns: Option<&Path>,
+        _cgroup: Option<&CgroupPath>,
     ) -> Result<Box<dyn PodVm>, PodError> {
         if let Some(err) = lock(&self.failure).take() {
             return Err(err);
@@ -435,6 +437,7 @@ impl Harness {
                 size_mib: 1,
                 inodes: 256,
             },
+            jail: None,
         };
         let agent = Arc::new(FakeAgent::new());
         let events = Arc::new(RecordingEvents::default());

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::watch;
 use ttrpc::Code;
+use vmpod_jailer::cgroup::CgroupPath;
 
 use super::error::{launch_status, status};
 use super::{lock, Agent, TaskService};
@@ -60,6 +61,7 @@ pub trait Launcher: Send + Sync + std::fmt::Debug {
         id: &str,
         size: VmSize,
         netns: Option<&Path>,
+        cgroup: Option<&CgroupPath>,
     ) -> Result<Box<dyn PodVm>, PodError>;
 }
 
@@ -76,8 +78,9 @@ impl Launcher for VmLauncher {
         id: &str,
         size: VmSize,
         netns: Option<&Path>,
+        cgroup: Option<&CgroupPath>,
     ) -> Result<Box<dyn PodVm>, PodError> {
-        let pod = Pod::launch(config, namespace, id, size, netns).await?;
+        let pod = Pod::launch(config, namespace, id, size, netns, cgroup).await?;
         Ok(Box::new(pod))
     }
 }
@@ -124,6 +127,7 @@ impl TaskService {
         container_id: &str,
         annotations: &HashMap<String, String>,
         netns: Option<&Path>,
+        cgroup: Option<&CgroupPath>,
     ) -> Result<PodForCreate, ttrpc::Error> {
         let config = self
             .config
@@ -157,7 +161,7 @@ impl TaskService {
             .map_err(|err| status(Code::INVALID_ARGUMENT, err))?;
         let launched = self
             .launcher
-            .launch(config, &self.namespace, pod_id, size, netns)
+            .launch(config, &self.namespace, pod_id, size, netns, cgroup)
             .await
             .map_err(launch_status)?;
         let handle = launched.handle();

@@ -163,6 +163,23 @@ impl Fs {
     }
 }
 
+/// fuse-backend-rs serves the guest's root with the serving thread's own
+/// effective ids (it switches to other ids only, and back to 0 after): a
+/// VMM jailed as its own uid (vmpod-jailer, `CAP_SETUID`/`CAP_SETGID` kept)
+/// takes 0 first, so that root's files are root's. Run as root, a no-op.
+fn serve_as_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        // SAFETY: raw setresgid/setresuid change this thread's ids only
+        // (libc's wrappers would change every thread's); a failure leaves
+        // the ids as they were.
+        unsafe {
+            libc::syscall(libc::SYS_setresgid, -1, 0, -1);
+            libc::syscall(libc::SYS_setresuid, -1, 0, -1);
+        }
+    }
+}
+
 /// Answers one request; returns the used length.
 fn serve<M>(
     server: &Server<PassthroughFs>,
@@ -189,6 +206,7 @@ where
         counters.failed += 1;
         return 0;
     };
+    serve_as_root();
     match server.handle_message(reader, writer.into(), None, None) {
         Ok(written) => {
             counters.served += 1;
