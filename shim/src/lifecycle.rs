@@ -312,7 +312,8 @@ pub async fn serve(args: &[OsString]) -> Result<(), ServeError> {
         _ = terminate.recv() => tracing::info!("SIGTERM"),
         _ = interrupt.recv() => tracing::info!("SIGINT"),
     }
-    service.shut_down_pod().await;
+    // A failure is logged; `delete` after the shim removes the rest.
+    let _ = service.shut_down_pod().await;
     let _ = server.shutdown().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())

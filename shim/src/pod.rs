@@ -392,9 +392,12 @@ impl Pod {
     /// mounted below it). The sandbox is destroyed first when the agent still
     /// answers, so that containers end before their VM.
     ///
+    /// Retry-safe: a second call after a failure only removes what is
+    /// left of the directory.
+    ///
     /// # Errors
     /// The directory could not be removed.
-    pub async fn shut_down(mut self) -> std::io::Result<()> {
+    pub async fn shut_down(&mut self) -> std::io::Result<()> {
         if self.vm_exit.borrow().is_none() {
             let _ =
                 tokio::time::timeout(Duration::from_secs(10), self.agent.destroy_sandbox()).await;
@@ -403,7 +406,9 @@ impl Pod {
             let _ = kill.send(());
         }
         let _ = self.vm_exit.wait_for(Option::is_some).await;
-        tear_down_network(&self.id, self.network.as_ref()).await;
+        if let Some(network) = self.network.take() {
+            tear_down_network(&self.id, Some(&network)).await;
+        }
         self.dir.remove()
     }
 }

@@ -95,7 +95,8 @@ impl TaskService {
         }
         let _ = std::fs::remove_file(Path::new(&req.bundle).join(POD_DIR_FILE));
         if launched {
-            self.shut_down_pod().await;
+            // A failure is logged; the pod stays for Shutdown to retry.
+            let _ = self.shut_down_pod().await;
         }
     }
 }

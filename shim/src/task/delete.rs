@@ -14,6 +14,11 @@ use super::error::{agent_status, host_status, not_found};
 use super::{TaskService, POD_DIR_FILE};
 use crate::process::{Exit, LOST_STATUS};
 
+/// The pod's directory could not be removed with its last container.
+#[derive(Debug, thiserror::Error)]
+#[error("removing the pod's directory")]
+struct PodRemoval(#[source] std::io::Error);
+
 /// How long a Delete whose agent call failed waits to learn that the VM
 /// ended (then the failure is the VM's death, not the agent's refusal).
 const VM_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -59,19 +64,27 @@ impl TaskService {
         share
             .remove()
             .map_err(|err| host_status(Code::INTERNAL, &err))?;
-        let (exit, bundle, now_empty) = {
+        let last = {
+            let containers = self.containers();
+            containers.len() == 1 && containers.contains_key(id)
+        };
+        // The pod goes before its last container's record: when removing it
+        // fails, the container stays, and a retried Delete finishes both.
+        if last {
+            self.shut_down_pod()
+                .await
+                .map_err(|err| host_status(Code::INTERNAL, &PodRemoval(err)))?;
+        }
+        let (exit, bundle) = {
             let mut containers = self.containers();
             let container = containers.remove(id).ok_or_else(|| not_found(id))?;
             let exit = container
                 .init
                 .exit()
                 .unwrap_or_else(|| Exit::now(if was_created { 0 } else { LOST_STATUS }));
-            (exit, container.bundle, containers.is_empty())
+            (exit, container.bundle)
         };
         let _ = std::fs::remove_file(Path::new(&bundle).join(POD_DIR_FILE));
-        if now_empty {
-            self.shut_down_pod().await;
-        }
         let event = TaskDelete {
             container_id: id.to_owned(),
             pid: vmm_pid,
@@ -266,6 +279,37 @@ mod tests {
         assert!(vmpod_sys::mountinfo::points_below(&state)
             .unwrap()
             .is_empty());
+    }
+
+    #[tokio::test]
+    async fn test_a_delete_whose_pod_removal_failed_can_be_retried_to_the_end() {
+        let harness = Harness::new();
+        harness.created("c1").await;
+        let pod = harness.shared("c1").parent().unwrap().to_owned();
+        harness
+            .launcher
+            .failed_shut_downs
+            .store(1, Ordering::SeqCst);
+        let (code, message) = refusal(harness.service.delete_process(delete("c1", "")).await);
+        assert_eq!(code, Code::INTERNAL);
+        assert_eq!(
+            message,
+            "removing the pod's directory: injected removal failure"
+        );
+        assert!(harness.events.all::<TaskDelete>().is_empty());
+        assert!(
+            harness.status("c1", "").is_ok(),
+            "the container must stay for the retry"
+        );
+        harness
+            .service
+            .delete_process(delete("c1", ""))
+            .await
+            .unwrap();
+        assert_eq!(harness.launcher.shut_downs.load(Ordering::SeqCst), 2);
+        assert_eq!(harness.events.all::<TaskDelete>().len(), 1);
+        assert!(!pod.exists());
+        assert_eq!(refusal(harness.status("c1", "")).0, Code::NOT_FOUND);
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -300,6 +300,8 @@ pub(super) struct FakeLauncher {
     pub(super) launches: Mutex<Vec<VmSize>>,
     /// How many pod VMs were shut down.
     pub(super) shut_downs: Arc<AtomicUsize>,
+    /// How many shut-downs fail before one succeeds.
+    pub(super) failed_shut_downs: Arc<AtomicIsize>,
     /// What the next launch fails with.
     pub(super) failure: Mutex<Option<PodError>>,
 }
@@ -337,6 +339,7 @@ impl Launcher for FakeLauncher {
                 vm_exit: self.vm_exit.subscribe(),
             },
             shut_downs: self.shut_downs.clone(),
+            failed_shut_downs: self.failed_shut_downs.clone(),
         }))
     }
 }
@@ -349,6 +352,7 @@ struct FakePod {
     dir: PodDir,
     handle: PodHandle,
     shut_downs: Arc<AtomicUsize>,
+    failed_shut_downs: Arc<AtomicIsize>,
 }
 
 #[async_trait]
@@ -365,8 +369,12 @@ impl PodVm for FakePod {
         self.handle.clone()
     }
 
-    async fn shut_down(self: Box<Self>) -> std::io::Result<()> {
+    async fn shut_down(&mut self) -> std::io::Result<()> {
         self.shut_downs.fetch_add(1, Ordering::SeqCst);
+        if self.failed_shut_downs.fetch_sub(1, Ordering::SeqCst) > 0 {
+            return Err(std::io::Error::other("injected removal failure"));
+        }
+        self.failed_shut_downs.store(0, Ordering::SeqCst);
         self.dir.remove()
     }
 }
@@ -447,6 +455,7 @@ impl Harness {
             vm_exit: watch::channel(None).0,
             launches: Mutex::new(Vec::new()),
             shut_downs: Arc::new(AtomicUsize::new(0)),
+            failed_shut_downs: Arc::new(AtomicIsize::new(0)),
             failure: Mutex::new(None),
         });
         let exit_signal = Arc::new(ExitSignal::default());

@@ -39,11 +39,12 @@ pub trait PodVm: Send + Sync + std::fmt::Debug {
     fn dir(&self) -> PathBuf;
     /// What requests need of the running VM.
     fn handle(&self) -> PodHandle;
-    /// Stops the VM and removes what it had on the host.
+    /// Stops the VM and removes what it had on the host. Retry-safe: after
+    /// a failure, a second call finishes what the first left.
     ///
     /// # Errors
     /// The pod's directory could not be removed.
-    async fn shut_down(self: Box<Self>) -> std::io::Result<()>;
+    async fn shut_down(&mut self) -> std::io::Result<()>;
 }
 
 /// Boots pod VMs.
@@ -103,8 +104,8 @@ impl PodVm for Pod {
         }
     }
 
-    async fn shut_down(self: Box<Self>) -> std::io::Result<()> {
-        Pod::shut_down(*self).await
+    async fn shut_down(&mut self) -> std::io::Result<()> {
+        Pod::shut_down(self).await
     }
 }
 
@@ -177,15 +178,22 @@ impl TaskService {
     }
 
     /// Stops the pod VM and removes its directory. Called on the last delete
-    /// and when the shim is told to stop.
-    pub async fn shut_down_pod(&self) {
-        let pod = self.pod.lock().await.take();
+    /// and when the shim is told to stop. The pod is kept when its removal
+    /// fails, so that a retried Delete finishes it.
+    ///
+    /// # Errors
+    /// The pod's directory could not be removed (also logged).
+    pub async fn shut_down_pod(&self) -> std::io::Result<()> {
+        let mut pod = self.pod.lock().await;
         lock(&self.handle).take();
-        if let Some(pod) = pod {
-            let id = pod.id().to_owned();
-            if let Err(err) = pod.shut_down().await {
-                tracing::warn!(pod = id, "removing the pod's directory: {err}");
-            }
+        let Some(running) = pod.as_mut() else {
+            return Ok(());
+        };
+        if let Err(err) = running.shut_down().await {
+            tracing::warn!(pod = running.id(), "removing the pod's directory: {err}");
+            return Err(err);
         }
+        *pod = None;
+        Ok(())
     }
 }

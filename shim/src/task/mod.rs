@@ -198,7 +198,8 @@ impl TaskService {
     /// Shutdown: with no container left, the pod VM goes and the shim exits.
     async fn shut_down_if_empty(&self) {
         if self.containers().is_empty() {
-            self.shut_down_pod().await;
+            // A failure is logged; `delete` after the shim removes the rest.
+            let _ = self.shut_down_pod().await;
             self.exit_signal.signal();
         }
     }
