@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Failures lose nothing (the shim killed, the VM killed), and bad input
-//! fails in one line before any VM boots.
+//! fails in one line before any VM boots; a VMM stopped by its seccomp
+//! filter is reported in one line with its own message.
 
 use std::time::Duration;
 
@@ -137,4 +138,54 @@ fn test_bad_input_fails_in_one_line_before_any_vm() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
     let _ = bad.ctr(&["container", "rm", "vb-config"]);
     bad.assert_nothing_left("after a bad config");
+    drop(bad);
+
+    // A VMM its seccomp filter stops (here a filter without the device
+    // thread's epoll_wait, through a wrapper): containerd's error carries
+    // vmpod-vm's own line naming the thread and the call.
+    let work = std::env::temp_dir().join(format!("vmpod-seccomp-stop-{}", std::process::id()));
+    let vmm = write_stopping_vmm(&work);
+    let extra = format!("vmm = \"{}\"\nunconfined = true\n", vmm.display());
+    let stopped = fixture(&format!("{test}-seccomp"), &extra).expect("prerequisites checked");
+    let out = stopped.run(&["--rm"], "vb-seccomp", &["true"]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("vmpod-vm exited (exit status: 3) before the agent served")
+            && stderr.contains(
+                "the devices thread made system call 232 (epoll_wait), which its seccomp \
+                 filter does not allow"
+            ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    let _ = stopped.ctr(&["container", "rm", "vb-seccomp"]);
+    stopped.assert_nothing_left("after a seccomp stop");
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// A `vmpod-vm` that runs the real one with the built-in filters less the
+/// device thread's `epoll_wait`, in `work`; its path.
+fn write_stopping_vmm(work: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let builtin = concat!(env!("CARGO_MANIFEST_DIR"), "/../vmm/seccomp/x86_64.json");
+    let mut filters: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(builtin).unwrap()).unwrap();
+    filters["devices"]["filter"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|rule| rule["syscall"] != "epoll_wait");
+    std::fs::create_dir_all(work).unwrap();
+    let json = work.join("filters.json");
+    std::fs::write(&json, filters.to_string()).unwrap();
+    let real = vmpod_integration_tests::vmpod_vm_binary().unwrap();
+    let wrapper = work.join("vmpod-vm");
+    let script = format!(
+        "#!/bin/sh\nexec {} --seccomp-filter {} \"$@\"\n",
+        real.display(),
+        json.display()
+    );
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    wrapper
 }

@@ -166,24 +166,17 @@ pub fn compile(rules: &[Rule]) -> Result<Vec<Insn>, RuleError> {
 }
 
 /// Tests the rules that name `access`, last first; the first that matches
-/// jumps to `allowed` or `deny`, none matching goes to `deny`.
+/// jumps to `allowed` or `deny`, none matching goes to `deny`. Only the rules
+/// that can change the outcome are emitted (see [`deciding_rules`]).
 fn decide(asm: &mut Assembler, rules: &[Rule], access: Access, allowed: Label, deny: Label) {
-    for rule in rules
-        .iter()
-        .rev()
-        .filter(|rule| rule.access.contains(access))
-    {
+    let (deciding, fallback) = deciding_rules(rules, access);
+    for rule in deciding.iter().rev() {
         let kind = match rule.kind {
             DeviceKind::All => None,
             DeviceKind::Block => Some(DEV_BLOCK),
             DeviceKind::Char => Some(DEV_CHAR),
         };
         let verdict = if rule.allow { allowed } else { deny };
-        if kind.is_none() && rule.major.is_none() && rule.minor.is_none() {
-            // Matches every device: the rules before it never decide.
-            asm.jump(JUMP, 0, 0, verdict);
-            return;
-        }
         let next = asm.label();
         if let Some(kind) = kind {
             asm.jump(JUMP_NE, TYPE, kind, next);
@@ -198,7 +191,34 @@ fn decide(asm: &mut Assembler, rules: &[Rule], access: Access, allowed: Label, d
         asm.jump(JUMP, 0, 0, verdict);
         asm.bind(next);
     }
-    asm.jump(JUMP, 0, 0, deny);
+    asm.jump(JUMP, 0, 0, if fallback { allowed } else { deny });
+}
+
+/// The rules naming `access` that can change its outcome, in the spec's
+/// order, and the outcome when none of them matches. Rules before the last
+/// rule matching every device never decide; that rule (or, without one, a
+/// refusal) is the fallback; and the rules right after it with the same
+/// verdict, up to the first with the other, decide nothing the fallback
+/// does not. A privileged container's spec (allow everything, then each of
+/// the host's devices, then the defaults) is one jump, not hundreds of
+/// tests the guest kernel's verifier would walk through.
+fn deciding_rules(rules: &[Rule], access: Access) -> (Vec<Rule>, bool) {
+    let named: Vec<Rule> = rules
+        .iter()
+        .filter(|rule| rule.access.contains(access))
+        .copied()
+        .collect();
+    let matches_all =
+        |rule: &Rule| rule.kind == DeviceKind::All && rule.major.is_none() && rule.minor.is_none();
+    let (after, fallback) = match named.iter().rposition(matches_all) {
+        Some(at) => (named.get(at + 1..).unwrap_or_default(), named[at].allow),
+        None => (&named[..], false),
+    };
+    let first_other = after
+        .iter()
+        .position(|rule| rule.allow != fallback)
+        .unwrap_or(after.len());
+    (after[first_other..].to_vec(), fallback)
 }
 
 #[cfg(test)]
@@ -269,6 +289,40 @@ mod tests {
         let program = compile(&[]).unwrap();
         assert_well_formed(&program);
         assert_eq!(program.len(), 6 + 3 * 3 + 4);
+    }
+
+    #[test]
+    fn test_rules_that_cannot_change_the_outcome_are_left_out() {
+        let allow_all = rule(true, DeviceKind::All, None, Access::ALL);
+        // --privileged: allow everything, then each host device, then the
+        // defaults: the same program as allow-all alone.
+        let mut privileged = vec![allow_all];
+        privileged.extend((0..100).map(|n| Rule {
+            minor: Some(n),
+            ..rule(true, DeviceKind::Char, Some(1), Access::ALL)
+        }));
+        privileged.extend(DEFAULT_RULES);
+        let program = compile(&privileged).unwrap();
+        assert_well_formed(&program);
+        assert_eq!(program, compile(&[allow_all]).unwrap());
+        assert_eq!(program.len(), 6 + 3 * 3 + 2);
+        // An allow after a deny that follows allow-all still decides, and so
+        // does that deny.
+        let c11 = |allow, access| Rule {
+            minor: Some(1),
+            ..rule(allow, DeviceKind::Char, Some(1), access)
+        };
+        let rules = [allow_all, c11(false, Access::ALL), c11(true, Access::READ)];
+        let (deciding, fallback) = deciding_rules(&rules, Access::READ);
+        assert_eq!((deciding, fallback), (rules[1..].to_vec(), true));
+        let (deciding, _) = deciding_rules(&rules, Access::WRITE);
+        assert_eq!(deciding, vec![rules[1]]);
+        // Leading refusals decide nothing the default refusal does not.
+        let rules = [c11(false, Access::ALL), c11(true, Access::ALL)];
+        assert_eq!(
+            deciding_rules(&rules, Access::MKNOD),
+            (vec![rules[1]], false)
+        );
     }
 
     #[test]
