@@ -117,6 +117,15 @@ fn seccomp_filters(cli: &Cli) -> Result<Option<SeccompFilters>, SeccompError> {
     Ok(Some(filters))
 }
 
+/// The status of a failure: the user's input, or the host.
+fn exit_code(input_error: bool) -> u8 {
+    if input_error {
+        EXIT_USAGE
+    } else {
+        EXIT_RUNTIME
+    }
+}
+
 fn fail(code: u8, error: &anyhow::Error) -> ExitCode {
     eprintln!("vmpod-vm: error: {error:#}");
     ExitCode::from(code)
@@ -152,26 +161,12 @@ fn main() -> ExitCode {
 
     let filters = match seccomp_filters(&cli) {
         Ok(filters) => filters,
-        Err(e) => {
-            let code = if e.is_input_error() {
-                EXIT_USAGE
-            } else {
-                EXIT_RUNTIME
-            };
-            return fail(code, &e.into());
-        }
+        Err(e) => return fail(exit_code(e.is_input_error()), &e.into()),
     };
 
     let microvm = match build_microvm(&config, launched) {
         Ok(microvm) => microvm,
-        Err(e) => {
-            let code = if e.is_input_error() {
-                EXIT_USAGE
-            } else {
-                EXIT_RUNTIME
-            };
-            return fail(code, &e.into());
-        }
+        Err(e) => return fail(exit_code(e.is_input_error()), &e.into()),
     };
     tracing::info!(
         "starting {} vCPU(s), {} MiB, CPU template {}, command line: {}",

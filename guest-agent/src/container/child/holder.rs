@@ -72,21 +72,5 @@ fn empty_root(fds: &ChildFds) {
         Some(c"size=4k,mode=0500"),
     );
     check(fds, rc, Step::PivotRoot, 0);
-    // SAFETY: (the four calls) NUL-terminated constant paths.
-    unsafe {
-        check(fds, libc::chdir(c"/dev".as_ptr()), Step::PivotRoot, 1);
-        check(
-            fds,
-            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int,
-            Step::PivotRoot,
-            2,
-        );
-        check(
-            fds,
-            libc::umount2(c".".as_ptr(), libc::MNT_DETACH),
-            Step::PivotRoot,
-            3,
-        );
-        check(fds, libc::chdir(c"/".as_ptr()), Step::PivotRoot, 4);
-    }
+    super::init::pivot_into(fds, c"/dev", 1);
 }

@@ -4,6 +4,7 @@
 //! read-only paths), hostname and sysctls. Each runs in the cloned child
 //! (see `mod.rs`): system calls on the plan's data, no allocation.
 
+use std::ffi::CStr;
 use std::os::fd::{AsRawFd, RawFd};
 
 use super::{check, close, errno, fail, make_dir, mount, open, write_once, ChildFds, Step};
@@ -144,26 +145,33 @@ pub(super) fn set_hostname(plan: &InitPlan, fds: &ChildFds) {
     }
 }
 
-/// pivot_root(".", "."): the old root ends up stacked on the new one and
-/// is detached at once (as runc does).
+/// The container's root file system becomes its root.
 pub(super) fn pivot_root(plan: &InitPlan, fds: &ChildFds) {
-    // SAFETY: (the four calls) NUL-terminated paths: the plan's root and
-    // constants.
+    pivot_into(fds, &plan.rootfs, 0);
+}
+
+/// Makes `dir` the root with pivot_root(".", "."): the old root ends up
+/// stacked on the new one and is detached at once (as runc does). The four
+/// calls report as
+/// [`Step::PivotRoot`] from index `first` on. The sandbox's PID holder
+/// pivots the same way into its empty root.
+pub(super) fn pivot_into(fds: &ChildFds, dir: &CStr, first: usize) {
+    // SAFETY: (the four calls) NUL-terminated paths: `dir` and constants.
     unsafe {
-        check(fds, libc::chdir(plan.rootfs.as_ptr()), Step::PivotRoot, 0);
+        check(fds, libc::chdir(dir.as_ptr()), Step::PivotRoot, first);
         check(
             fds,
             libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int,
             Step::PivotRoot,
-            1,
+            first + 1,
         );
         check(
             fds,
             libc::umount2(c".".as_ptr(), libc::MNT_DETACH),
             Step::PivotRoot,
-            2,
+            first + 2,
         );
-        check(fds, libc::chdir(c"/".as_ptr()), Step::PivotRoot, 3);
+        check(fds, libc::chdir(c"/".as_ptr()), Step::PivotRoot, first + 3);
     }
 }
 

@@ -355,7 +355,7 @@ impl VirtioDevice for Net {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::os::fd::OwnedFd;
 
     use super::*;
@@ -371,7 +371,7 @@ mod tests {
         (net, host)
     }
 
-    fn host_send(host: &OwnedFd, frame: &[u8]) {
+    pub(in super::super) fn host_send(host: &OwnedFd, frame: &[u8]) {
         // SAFETY: the pointer and length describe the live `frame`.
         let n = unsafe { libc::send(host.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
         assert_eq!(n, frame.len() as isize);

@@ -74,21 +74,15 @@ impl MutEventSubscriber for Net {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{AsRawFd, OwnedFd};
     use std::sync::{Arc, Mutex};
 
     use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 
+    use super::super::device::tests::host_send;
     use super::*;
     use crate::devices::virtio::test_utils::{guest_memory, queue_set, DriverQueue, PairBackend};
 
     type Manager = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
-
-    fn host_send(host: &OwnedFd, frame: &[u8]) {
-        // SAFETY: the pointer and length describe the live `frame`.
-        let n = unsafe { libc::send(host.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        assert_eq!(n, frame.len() as isize);
-    }
 
     /// Events the loop dispatches in `rounds` turns that do not wait.
     fn wake_ups(manager: &mut Manager, rounds: usize) -> usize {
