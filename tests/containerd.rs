@@ -98,7 +98,8 @@ impl Containerd {
     /// containerd with this build's vmpod shim, configured for a run under
     /// `work`: the guest kernel and agent initrd that `./test.sh` builds
     /// (named by the environment), pods in `work/pods`, a generous
-    /// `agent-timeout`, then the TOML lines `extra`.
+    /// `agent-timeout`, then the TOML lines `extra` (a key set there
+    /// replaces its default).
     ///
     /// # Errors
     /// A message naming what is missing or failed.
@@ -113,16 +114,29 @@ impl Containerd {
         }
         fs::create_dir_all(work).map_err(|e| format!("mkdir {}: {e}", work.display()))?;
         let config = work.join("config.toml");
-        write_file(
-            &config,
-            format!(
-                "kernel = \"{}\"\ninitrd = \"{}\"\nstate-dir = \"{}\"\nagent-timeout = 600\n{extra}",
-                guest.vmlinux.display(),
-                initrd.display(),
-                work.join("pods").display()
-            )
-            .as_bytes(),
-        )?;
+        let defaults = [
+            (
+                "kernel",
+                format!("{:?}", guest.vmlinux.display().to_string()),
+            ),
+            ("initrd", format!("{:?}", initrd.display().to_string())),
+            (
+                "state-dir",
+                format!("{:?}", work.join("pods").display().to_string()),
+            ),
+            ("agent-timeout", "600".to_string()),
+        ];
+        let set_by_extra = |key: &str| {
+            extra
+                .lines()
+                .any(|line| line.split('=').next().map(str::trim) == Some(key))
+        };
+        let mut toml = String::new();
+        for (key, value) in defaults.iter().filter(|(key, _)| !set_by_extra(key)) {
+            toml.push_str(&format!("{key} = {value}\n"));
+        }
+        toml.push_str(extra);
+        write_file(&config, toml.as_bytes())?;
         Containerd::start(ContainerdOptions {
             shim: Some(shim),
             env: vec![("VMPOD_CONFIG".into(), config.display().to_string())],
