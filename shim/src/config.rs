@@ -4,7 +4,6 @@
 //! annotations may size a VM within. Every key is checked when the shim
 //! starts, so a bad file fails the first request with one line naming the key.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,17 +11,13 @@ use serde::Deserialize;
 use vmpod_jailer::ids::IdRange;
 
 use crate::share::layout::ShareLimits;
+use crate::sizing::SizeLimits;
 
 /// Where the configuration is read from unless `VMPOD_CONFIG` names a file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vmpod/config.toml";
 /// The environment variable naming another configuration file. containerd
 /// passes its environment on to shims, so it is set where containerd starts.
 pub const CONFIG_PATH_ENV: &str = "VMPOD_CONFIG";
-
-/// Pod annotation asking for a number of vCPUs (at most `max-vcpus`).
-pub const VCPUS_ANNOTATION: &str = "io.vmpod.vm.vcpus";
-/// Pod annotation asking for guest memory in MiB (at most `max-memory`).
-pub const MEMORY_ANNOTATION: &str = "io.vmpod.vm.memory";
 
 /// The CPU templates `vmpod-vm --cpu-template` knows.
 const CPU_TEMPLATES: [&str; 4] = ["auto", "host", "baseline", "emulated-supervisor"];
@@ -141,15 +136,6 @@ const DEFAULT_JAIL_IDS: IdRange = IdRange {
     last: 2_000_065_535,
 };
 
-/// The size of one pod VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VmSize {
-    /// vCPUs.
-    pub vcpus: u8,
-    /// Guest memory, MiB.
-    pub memory_mib: u32,
-}
-
 impl Config {
     /// Reads the file `VMPOD_CONFIG` names, or [`DEFAULT_CONFIG_PATH`].
     ///
@@ -233,42 +219,15 @@ impl Config {
         })
     }
 
-    /// The VM size for a pod whose first container carries `annotations`:
-    /// the defaults, or what [`VCPUS_ANNOTATION`] and [`MEMORY_ANNOTATION`]
-    /// ask for within the maxima.
-    ///
-    /// # Errors
-    /// A one-line message naming the annotation at fault.
-    pub fn vm_size(&self, annotations: &HashMap<String, String>) -> Result<VmSize, String> {
-        let mut size = VmSize {
+    /// The VM sizes this configuration allows (see [`crate::sizing`]).
+    pub fn size_limits(&self) -> SizeLimits {
+        SizeLimits {
             vcpus: self.vcpus,
+            max_vcpus: self.max_vcpus,
             memory_mib: self.memory_mib,
-        };
-        if let Some(value) = annotations.get(VCPUS_ANNOTATION) {
-            size.vcpus = value
-                .parse()
-                .ok()
-                .filter(|vcpus| (1..=self.max_vcpus).contains(vcpus))
-                .ok_or_else(|| {
-                    format!(
-                        "annotation {VCPUS_ANNOTATION}={value:?}: not a number within 1..={} (max-vcpus)",
-                        self.max_vcpus
-                    )
-                })?;
+            max_memory_mib: self.max_memory_mib,
+            min_memory_mib: MIN_MEMORY_MIB,
         }
-        if let Some(value) = annotations.get(MEMORY_ANNOTATION) {
-            size.memory_mib = value
-                .parse()
-                .ok()
-                .filter(|mib| (MIN_MEMORY_MIB..=self.max_memory_mib).contains(mib))
-                .ok_or_else(|| {
-                    format!(
-                        "annotation {MEMORY_ANNOTATION}={value:?}: not a number of MiB within {MIN_MEMORY_MIB}..={} (max-memory)",
-                        self.max_memory_mib
-                    )
-                })?;
-        }
-        Ok(size)
     }
 }
 
@@ -545,45 +504,5 @@ mod tests {
                 .starts_with("config /nonexistent/config.toml: No such file"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn test_annotations_size_the_vm_within_the_maxima() {
-        let config = parse(&format!("{}max-vcpus = 2\nmax-memory = 512\n", base())).unwrap();
-        let annotations = |pairs: &[(&str, &str)]| {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<HashMap<_, _>>()
-        };
-        assert_eq!(
-            config.vm_size(&annotations(&[])).unwrap(),
-            VmSize {
-                vcpus: 1,
-                memory_mib: 256
-            }
-        );
-        assert_eq!(
-            config
-                .vm_size(&annotations(&[
-                    (VCPUS_ANNOTATION, "2"),
-                    (MEMORY_ANNOTATION, "512")
-                ]))
-                .unwrap(),
-            VmSize {
-                vcpus: 2,
-                memory_mib: 512
-            }
-        );
-        for (key, value) in [
-            (VCPUS_ANNOTATION, "3"),
-            (VCPUS_ANNOTATION, "0"),
-            (VCPUS_ANNOTATION, "many"),
-            (MEMORY_ANNOTATION, "1024"),
-            (MEMORY_ANNOTATION, "16"),
-        ] {
-            let err = config.vm_size(&annotations(&[(key, value)])).unwrap_err();
-            assert!(err.starts_with(&format!("annotation {key}=")), "{err}");
-        }
     }
 }

@@ -17,6 +17,8 @@ pub mod pod;
 pub mod process;
 /// What of the host a container reaches through the pod's share.
 pub mod share;
+/// How big a pod's VM is, and whether a container fits in it.
+pub mod sizing;
 /// The bundle's OCI spec made fit for the guest.
 pub mod spec;
 /// containerd's Task API for one pod.

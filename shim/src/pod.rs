@@ -18,9 +18,10 @@ use vmpod_agent_api::messages::Mount;
 use vmpod_agent_api::{AgentClient, SandboxConfig, AGENT_VSOCK_PORT, API_VERSION};
 use vmpod_jailer::cgroup::{CgroupError, CgroupPath};
 
-use crate::config::{Config, VmSize};
+use crate::config::Config;
 use crate::network::{NetworkError, PodNetwork};
 use crate::share::{self, layout::ShareLimits, ShareError};
+use crate::sizing::VmSize;
 use logs::{forward_agent_logs, tail};
 
 pub use jail::{kill_jail_leftovers, CGROUP_RECORD, JAIL_IDS};
@@ -241,6 +242,8 @@ pub struct Pod {
     pub vmm_pid: u32,
     /// Set once `vmpod-vm` has ended: how.
     pub vm_exit: watch::Receiver<Option<String>>,
+    /// Its vCPUs and memory, fixed at boot.
+    pub size: VmSize,
     /// The taps and redirects of the pod's network namespace, if it has one.
     network: Option<PodNetwork>,
     kill: Option<oneshot::Sender<()>>,
@@ -290,6 +293,7 @@ impl Pod {
                 agent,
                 vmm_pid,
                 vm_exit,
+                size,
                 network,
                 kill: Some(kill),
             }),

@@ -13,8 +13,9 @@ use tokio::process::Command;
 use vmpod_jailer::cgroup::{self, CgroupPath, Joined};
 
 use super::{PodDir, PodError, AGENT_LOG_PORT, GUEST_CID, SHARE_TAG};
-use crate::config::{Config, Jail, VmSize};
+use crate::config::{Config, Jail};
 use crate::network::PodNetwork;
+use crate::sizing::VmSize;
 
 /// The jail's root, in the pod's directory: a mount point only inside the
 /// jail's mount namespace, an empty directory on the host.

@@ -15,6 +15,7 @@ use vmpod_agent_api::messages::Mount;
 use vmpod_agent_api::ProcessId;
 
 use super::error::{agent_status, check_id, host_status, status, MAX_ID_LEN};
+use super::launch::PodRequest;
 use super::state::Container;
 use super::{Agent, TaskService, POD_DIR_FILE};
 use crate::io::StdioPaths;
@@ -49,14 +50,19 @@ impl TaskService {
         let netns = spec::network_namespace(&spec);
         let cgroup =
             spec::cgroup(&spec).map_err(|err| host_status(Code::INVALID_ARGUMENT, &err))?;
+        let resources = spec
+            .linux()
+            .as_ref()
+            .and_then(|linux| linux.resources().as_ref());
         let pod = self
-            .pod_for(
-                &pod_id,
-                &req.id,
-                &annotations,
-                netns.as_deref(),
-                cgroup.as_ref(),
-            )
+            .pod_for(&PodRequest {
+                pod_id: &pod_id,
+                container_id: &req.id,
+                annotations: &annotations,
+                resources,
+                netns: netns.as_deref(),
+                cgroup: cgroup.as_ref(),
+            })
             .await?;
         let share = ContainerShare::new(&pod.dir, &req.id);
         if let Err(err) =
@@ -179,8 +185,8 @@ mod tests {
     use containerd_shim::api::Status;
 
     use super::*;
-    use crate::config::VmSize;
     use crate::pod::PodError;
+    use crate::sizing::VmSize;
     use crate::spec::{CONTAINER_TYPE_ANNOTATION, SANDBOX_ID_ANNOTATION};
     use crate::task::fake::{minimal_spec, refusal, Harness, VMM_PID};
     use crate::task::lock;
@@ -321,7 +327,7 @@ mod tests {
     async fn test_annotations_size_the_pod_vm_within_the_maxima() {
         let harness = Harness::new();
         let mut spec = minimal_spec();
-        spec["annotations"] = serde_json::json!({crate::config::VCPUS_ANNOTATION: "3"});
+        spec["annotations"] = serde_json::json!({crate::sizing::VCPUS_ANNOTATION: "3"});
         let (code, message) = refusal(
             harness
                 .create_in("c1", &harness.bundle_with("c1", spec.clone()))
@@ -332,7 +338,7 @@ mod tests {
             message.starts_with("annotation io.vmpod.vm.vcpus=\"3\""),
             "{message}"
         );
-        spec["annotations"] = serde_json::json!({crate::config::VCPUS_ANNOTATION: "2"});
+        spec["annotations"] = serde_json::json!({crate::sizing::VCPUS_ANNOTATION: "2"});
         harness
             .create_in("c1", &harness.bundle_with("c1", spec))
             .await
@@ -344,6 +350,47 @@ mod tests {
                 memory_mib: 256
             }]
         );
+    }
+
+    #[tokio::test]
+    async fn test_a_container_must_fit_its_pod_vm() {
+        let harness = Harness::new();
+        // A lone container's limits size its pod: the defaults plus them.
+        let mut first = minimal_spec();
+        first["linux"]["resources"] = serde_json::json!({"memory": {"limit": 128 << 20}});
+        harness
+            .create_in("pod1", &harness.bundle_with("pod1", first))
+            .await
+            .unwrap();
+        assert_eq!(
+            *lock(&harness.launcher.launches),
+            [VmSize {
+                vcpus: 1,
+                memory_mib: 384
+            }]
+        );
+        let mut too_big = in_pod("pod1");
+        too_big["linux"]["resources"] = serde_json::json!({"memory": {"limit": 512 << 20}});
+        let (code, message) = refusal(
+            harness
+                .create_in("c2", &harness.bundle_with("c2", too_big))
+                .await,
+        );
+        assert_eq!(code, Code::INVALID_ARGUMENT);
+        assert!(
+            message.starts_with(
+                "container \"c2\": its memory limit of 512 MiB exceeds its pod VM's 384 MiB"
+            ),
+            "{message}"
+        );
+        assert!(!harness.shared("pod1").join("c2").exists());
+        assert_eq!(harness.events.all::<TaskCreate>().len(), 1);
+        let mut fits = in_pod("pod1");
+        fits["linux"]["resources"] = serde_json::json!({"memory": {"limit": 384 << 20}});
+        harness
+            .create_in("c3", &harness.bundle_with("c3", fits))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

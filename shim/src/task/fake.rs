@@ -25,9 +25,10 @@ use vmpod_agent_api::{ClientError, ProcessId};
 use vmpod_jailer::cgroup::CgroupPath;
 
 use super::{lock, Agent, EventSink, Launcher, PodHandle, PodVm, TaskService};
-use crate::config::{Config, VmSize};
+use crate::config::Config;
 use crate::pod::{PodDir, PodError};
 use crate::share::layout::ShareLimits;
+use crate::sizing::VmSize;
 
 /// The pid the fake VM's `vmpod-vm` has.
 pub(super) const VMM_PID: u32 = 4242;
@@ -337,6 +338,7 @@ impl Launcher for FakeLauncher {
                 agent: self.agent.clone(),
                 vmm_pid: VMM_PID,
                 vm_exit: self.vm_exit.subscribe(),
+                size,
             },
             shut_downs: self.shut_downs.clone(),
             failed_shut_downs: self.failed_shut_downs.clone(),

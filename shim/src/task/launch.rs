@@ -9,14 +9,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use oci_spec::runtime::LinuxResources;
 use tokio::sync::watch;
 use ttrpc::Code;
 use vmpod_jailer::cgroup::CgroupPath;
 
 use super::error::{launch_status, status};
 use super::{lock, Agent, TaskService};
-use crate::config::{Config, VmSize};
+use crate::config::Config;
 use crate::pod::{Pod, PodError};
+use crate::sizing::{self, VmSize};
 
 /// The pod's running VM, as requests need it.
 #[derive(Debug, Clone)]
@@ -27,6 +29,8 @@ pub struct PodHandle {
     pub vmm_pid: u32,
     /// Set once `vmpod-vm` has ended: how.
     pub vm_exit: watch::Receiver<Option<String>>,
+    /// Its vCPUs and memory, which every container of the pod must fit.
+    pub size: VmSize,
 }
 
 /// A launched pod VM.
@@ -101,6 +105,7 @@ impl PodVm for Pod {
             agent: Arc::new(self.agent.clone()),
             vmm_pid: self.vmm_pid,
             vm_exit: self.vm_exit.clone(),
+            size: self.size,
         }
     }
 
@@ -119,17 +124,39 @@ pub(super) struct PodForCreate {
     pub(super) launched: bool,
 }
 
+/// What a create asks of its pod, from the container's spec.
+pub(super) struct PodRequest<'a> {
+    /// The pod (the CRI sandbox id, or the container's own id).
+    pub(super) pod_id: &'a str,
+    /// The container being created.
+    pub(super) container_id: &'a str,
+    /// The container's annotations: what sizes a new pod VM.
+    pub(super) annotations: &'a HashMap<String, String>,
+    /// The container's limits, which must fit the pod VM.
+    pub(super) resources: Option<&'a LinuxResources>,
+    /// The network namespace a new pod VM serves.
+    pub(super) netns: Option<&'a Path>,
+    /// The cgroup a new pod VM runs in.
+    pub(super) cgroup: Option<&'a CgroupPath>,
+}
+
 impl TaskService {
     /// Boots the pod VM if this is the pod's first container; refuses a
-    /// container of another pod, or one whose pod does not run.
+    /// container of another pod, one whose pod does not run, and one whose
+    /// limits do not fit the pod VM.
     pub(super) async fn pod_for(
         &self,
-        pod_id: &str,
-        container_id: &str,
-        annotations: &HashMap<String, String>,
-        netns: Option<&Path>,
-        cgroup: Option<&CgroupPath>,
+        request: &PodRequest<'_>,
     ) -> Result<PodForCreate, ttrpc::Error> {
+        let PodRequest {
+            pod_id,
+            container_id,
+            annotations,
+            resources,
+            netns,
+            cgroup,
+        } = *request;
+        let refuse = |err: String| status(Code::INVALID_ARGUMENT, err);
         let config = self
             .config
             .as_ref()
@@ -145,8 +172,10 @@ impl TaskService {
                     ),
                 ));
             }
+            let handle = self.handle()?;
+            sizing::check_fits(container_id, handle.size, resources).map_err(refuse)?;
             return Ok(PodForCreate {
-                handle: self.handle()?,
+                handle,
                 dir: pod.dir(),
                 launched: false,
             });
@@ -157,9 +186,8 @@ impl TaskService {
                 format!("container {container_id:?} names pod {pod_id:?}, which does not run"),
             ));
         }
-        let size = config
-            .vm_size(annotations)
-            .map_err(|err| status(Code::INVALID_ARGUMENT, err))?;
+        let size = sizing::vm_size(config.size_limits(), annotations, resources).map_err(refuse)?;
+        sizing::check_fits(container_id, size, resources).map_err(refuse)?;
         let launched = self
             .launcher
             .launch(config, &self.namespace, pod_id, size, netns, cgroup)
