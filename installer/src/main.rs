@@ -54,8 +54,30 @@ enum Command {
     },
 }
 
+/// The command line, or exit: help and version as clap prints them, an
+/// error on one line (status 2).
+fn parse_cli() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|err| {
+        if !err.use_stderr() {
+            err.exit();
+        }
+        let text = err.render().to_string();
+        let message: Vec<&str> = text
+            .lines()
+            .take_while(|line| !line.trim().is_empty())
+            .map(str::trim)
+            .collect();
+        eprintln!("vmpod: {}", message.join(" "));
+        ExitCode::from(2)
+    })
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse().command) {
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    match run(cli.command) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("vmpod: {err:#}");

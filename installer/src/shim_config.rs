@@ -40,7 +40,7 @@ pub struct ShimConfigError {
 /// # Errors
 /// `existing` is not TOML.
 pub fn configure(existing: Option<&str>) -> Result<String, ShimConfigError> {
-    let text = existing.unwrap_or(HEADER);
+    let text = existing.unwrap_or("");
     let mut doc: DocumentMut = text.parse().map_err(|err: toml_edit::TomlError| {
         let offset = err.span().map_or(0, |span| span.start);
         ShimConfigError {
@@ -58,7 +58,10 @@ pub fn configure(existing: Option<&str>) -> Result<String, ShimConfigError> {
     for (key, path) in keys {
         set_if_changed(doc.as_table_mut(), key, path.display().to_string().into());
     }
-    Ok(doc.to_string())
+    Ok(match existing {
+        Some(_) => doc.to_string(),
+        None => format!("{HEADER}{doc}"),
+    })
 }
 
 #[cfg(test)]
@@ -68,6 +71,7 @@ mod tests {
     #[test]
     fn test_a_new_config_points_at_the_installed_files() {
         let text = configure(None).unwrap();
+        assert!(text.starts_with(HEADER), "{text}");
         let value: toml::Table = toml::from_str(&text).unwrap();
         assert_eq!(
             value["kernel"].as_str(),
