@@ -151,6 +151,35 @@ pub fn register(path: &str, existing: Option<&str>) -> Result<Registration, Cont
     }
 }
 
+/// The config `text` without vmpod's registration: for uninstalling from a
+/// config that changed after install, keeping the other changes. A config
+/// without it comes back as it was.
+///
+/// # Errors
+/// As [`register`].
+pub fn unregister(path: &str, text: &str) -> Result<String, ContainerdConfigError> {
+    let mut doc = parse(path, text)?;
+    match version_of(path, &mut doc)? {
+        Version::V2 => {
+            let mut table = Some(doc.as_table_mut() as &mut dyn toml_edit::TableLike);
+            for key in &V2_RUNTIMES[..V2_RUNTIMES.len() - 1] {
+                table = table
+                    .and_then(|t| t.get_mut(key))
+                    .and_then(Item::as_table_like_mut);
+            }
+            if let Some(runtimes) = table {
+                runtimes.remove(HANDLER);
+            }
+        }
+        Version::V3 => {
+            if let Some(imports) = doc.get_mut("imports").and_then(Item::as_array_mut) {
+                imports.retain(|import| import.as_str() != Some(DROP_IN_PATH));
+            }
+        }
+    }
+    Ok(doc.to_string())
+}
+
 /// Whether vmpod is registered in the config `text` (for version 3, in the
 /// main config's `imports`; the drop-in is checked as a file).
 ///

@@ -138,6 +138,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             for path in &done.removed {
                 println!("removed {}", path.display());
             }
+            for path in &done.unregistered {
+                println!(
+                    "removed vmpod from {} (changed since install: the other changes kept)",
+                    path.display()
+                );
+            }
             for path in &done.kept_dirs {
                 println!(
                     "kept {} (it holds files vmpod did not install)",

@@ -8,9 +8,13 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::PathBuf;
 
-use crate::files::{write_whole, FileError};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use crate::containerd;
+use crate::files::{sha256, write_whole, FileError};
 use crate::layout::{Root, RECORD};
-use crate::record::{Record, RecordError};
+use crate::record::{FileEntry, Record, RecordError};
 
 /// Why uninstall stopped. The record then lists what is still installed,
 /// so that running it again finishes the job.
@@ -33,8 +37,65 @@ pub struct Uninstalled {
     pub restored: Vec<PathBuf>,
     /// Files removed.
     pub removed: Vec<PathBuf>,
+    /// containerd's config, changed since install: vmpod's registration
+    /// taken out, the other changes kept (and the backup dropped).
+    pub unregistered: Vec<PathBuf>,
     /// Directories install made that hold something else now, kept.
     pub kept_dirs: Vec<PathBuf>,
+}
+
+/// Whether `entry` is containerd's main config and someone changed it
+/// after install (another runtime registered, say): restoring the backup
+/// would lose that change.
+fn changed_containerd_config(root: &Root, entry: &FileEntry) -> bool {
+    entry.path == Path::new(containerd::CONFIG_PATH)
+        && fs::read(root.join(&entry.path)).is_ok_and(|now| sha256(&now) != entry.sha256)
+}
+
+/// Takes vmpod's registration out of the changed config `entry`, keeping
+/// the rest, and drops the backup (its other settings are out of date).
+fn unregister(root: &Root, entry: &FileEntry) -> Result<(), FileError> {
+    let target = root.join(&entry.path);
+    let error = |what: &'static str| {
+        let path = target.display().to_string();
+        move |source| FileError { what, path, source }
+    };
+    let text = fs::read_to_string(&target).map_err(error("read"))?;
+    let text = containerd::unregister(containerd::CONFIG_PATH, &text)
+        .map_err(|err| error("edit")(std::io::Error::other(vmpod_sys::error::chain(&err))))?;
+    let mode = fs::metadata(&target)
+        .map_err(error("examine"))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    write_whole(&target, text.as_bytes(), mode)?;
+    if let Some(backup) = &entry.backup {
+        let backup = root.join(backup);
+        fs::remove_file(&backup).map_err(error("remove the backup of"))?;
+    }
+    Ok(())
+}
+
+/// Puts the node file of `entry` back as it was before install.
+fn revert(root: &Root, entry: &FileEntry, done: &mut Uninstalled) -> Result<(), FileError> {
+    let target = root.join(&entry.path);
+    let error = |what: &'static str| {
+        let path = target.display().to_string();
+        move |source| FileError { what, path, source }
+    };
+    if changed_containerd_config(root, entry) {
+        unregister(root, entry)?;
+        done.unregistered.push(entry.path.clone());
+    } else if let Some(backup) = &entry.backup {
+        fs::rename(root.join(backup), &target).map_err(error("restore"))?;
+        done.restored.push(entry.path.clone());
+    } else {
+        match fs::remove_file(&target) {
+            Err(err) if err.kind() != ErrorKind::NotFound => return Err(error("remove")(err)),
+            _ => done.removed.push(entry.path.clone()),
+        }
+    }
+    Ok(())
 }
 
 /// Uninstalls what the record beneath `root` lists; nothing to do (and no
@@ -51,27 +112,7 @@ pub fn uninstall(root: &Root) -> Result<Uninstalled, UninstallError> {
         ..Uninstalled::default()
     };
     while let Some(entry) = record.files.last().cloned() {
-        let target = root.join(&entry.path);
-        let result = match &entry.backup {
-            Some(backup) => fs::rename(root.join(backup), &target)
-                .map_err(|source| FileError {
-                    what: "restore",
-                    path: target.display().to_string(),
-                    source,
-                })
-                .map(|()| done.restored.push(entry.path.clone())),
-            None => match fs::remove_file(&target) {
-                Err(err) if err.kind() != ErrorKind::NotFound => Err(FileError {
-                    what: "remove",
-                    path: target.display().to_string(),
-                    source: err,
-                }),
-                _ => {
-                    done.removed.push(entry.path.clone());
-                    Ok(())
-                }
-            },
-        };
+        let result = revert(root, &entry, &mut done);
         if let Err(err) = result {
             let _ = write_whole(&root.join(RECORD), record.to_text().as_bytes(), 0o600);
             return Err(UninstallError::File(err));

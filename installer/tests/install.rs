@@ -365,3 +365,43 @@ fn test_check_of_this_host() {
     }
     assert!(text.contains("ok      cgroups: "), "{text}");
 }
+
+/// containerd's config edited after install (another runtime added):
+/// uninstall takes only vmpod out and keeps the edit.
+#[test]
+fn test_a_config_changed_since_install_keeps_the_change() {
+    let fixture = Fixture::new("changed");
+    fixture.write("/etc/containerd/config.toml", V2_CONFIG, 0o640);
+    assert_ok(&fixture.install(&[]));
+    let other = "\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.other]\n  runtime_type = \"io.containerd.other.v2\"\n";
+    let installed = fixture.read("/etc/containerd/config.toml");
+    fixture.write(
+        "/etc/containerd/config.toml",
+        &format!("{installed}{other}"),
+        0o640,
+    );
+    let out = fixture.uninstall();
+    assert_ok(&out);
+    assert!(
+        stdout(&out)
+            .contains("removed vmpod from /etc/containerd/config.toml (changed since install"),
+        "{}",
+        stdout(&out)
+    );
+    let text = fixture.read("/etc/containerd/config.toml");
+    assert!(text.ends_with(other), "{text}");
+    assert!(!text.contains("runtimes.vmpod"), "{text}");
+    for line in V2_CONFIG.lines() {
+        assert!(text.contains(line), "{line:?} lost: {text}");
+    }
+    assert_eq!(mode(&fixture, "/etc/containerd/config.toml"), 0o640);
+    let left: Vec<_> = fixture.snapshot().into_keys().collect();
+    assert_eq!(
+        left,
+        [
+            Path::new("etc"),
+            Path::new("etc/containerd"),
+            Path::new("etc/containerd/config.toml")
+        ]
+    );
+}

@@ -151,3 +151,16 @@ fn test_configs_vmpod_cannot_register_with_fail_in_one_line() {
         assert!(!message.contains('\n'), "{text:?}: {message}");
     }
 }
+
+#[test]
+fn test_unregistering_a_changed_config_keeps_the_other_changes() {
+    let reg = register("c", Some(V2)).unwrap();
+    let changed = format!("{}  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.other]\n    runtime_type = \"io.containerd.other.v2\"\n", reg.config);
+    let text = unregister("c", &changed).unwrap();
+    assert_eq!(registered("c", &text).unwrap(), (Version::V2, false));
+    assert!(text.contains("runtimes.other]"), "{text}");
+    assert!(text.contains("runtimes.runc]"), "{text}");
+    assert_eq!(unregister("c", V2).unwrap(), V2);
+    let reg = register("c", Some(V3)).unwrap();
+    assert_eq!(unregister("c", &reg.config).unwrap(), V3);
+}
