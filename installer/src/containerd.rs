@@ -12,6 +12,10 @@
 //!
 //! Any other version, or a config without `version` that has settings (a
 //! version 1 config), is refused rather than guessed at.
+//!
+//! A config's `runtimes` table replaces containerd's default one (runc)
+//! rather than adding to it, so where the config leaves runc to the
+//! default, runc's table is written beside vmpod's.
 
 use toml_edit::{Array, DocumentMut, Item, Table, Value};
 
@@ -130,6 +134,9 @@ pub fn register(path: &str, existing: Option<&str>) -> Result<Registration, Cont
     let version = version_of(path, &mut doc)?;
     match version {
         Version::V2 => {
+            if lacks_default_runc(doc.as_table(), &V2_RUNTIMES) {
+                add_runc(path, doc.as_table_mut(), &V2_RUNTIMES)?;
+            }
             add_runtime(path, doc.as_table_mut(), &V2_RUNTIMES)?;
             Ok(Registration {
                 version,
@@ -141,6 +148,9 @@ pub fn register(path: &str, existing: Option<&str>) -> Result<Registration, Cont
             add_import(path, doc.as_table_mut())?;
             let mut drop_in: DocumentMut = DROP_IN_HEADER.parse().expect("the header is TOML");
             insert_version(&mut drop_in, 3);
+            if lacks_default_runc(doc.as_table(), &V3_RUNTIMES) {
+                add_runc(DROP_IN_PATH, drop_in.as_table_mut(), &V3_RUNTIMES)?;
+            }
             add_runtime(DROP_IN_PATH, drop_in.as_table_mut(), &V3_RUNTIMES)?;
             Ok(Registration {
                 version,
@@ -255,9 +265,13 @@ fn insert_version(doc: &mut DocumentMut, version: i64) {
     }
 }
 
-/// Adds (or brings up to date) vmpod's runtime table at `keys`, making the
-/// tables above it as implicit tables (no header of their own).
-fn add_runtime(path: &str, root: &mut Table, keys: &[&str]) -> Result<(), ContainerdConfigError> {
+/// The table at `keys` beneath `root`, made (as implicit tables, without a
+/// header of their own) where missing.
+fn table_at<'t>(
+    path: &str,
+    root: &'t mut Table,
+    keys: &[&str],
+) -> Result<&'t mut Table, ContainerdConfigError> {
     let mut table = root;
     for (depth, key) in keys.iter().enumerate() {
         let item = table.entry(key).or_insert_with(|| {
@@ -273,6 +287,12 @@ fn add_runtime(path: &str, root: &mut Table, keys: &[&str]) -> Result<(), Contai
                 expected: "a table",
             })?;
     }
+    Ok(table)
+}
+
+/// Adds (or brings up to date) vmpod's runtime table at `keys`.
+fn add_runtime(path: &str, root: &mut Table, keys: &[&str]) -> Result<(), ContainerdConfigError> {
+    let table = table_at(path, root, keys)?;
     table.set_implicit(false);
     set_if_changed(table, "runtime_type", RUNTIME_TYPE.into());
     set_if_changed(
@@ -283,6 +303,36 @@ fn add_runtime(path: &str, root: &mut Table, keys: &[&str]) -> Result<(), Contai
     // A privileged pod's spec lists the host's devices, which do not exist
     // in the guest: leave them out, as Kata does.
     set_if_changed(table, "privileged_without_host_devices", true.into());
+    Ok(())
+}
+
+/// Whether the config `config` leaves the default runtime, runc, to
+/// containerd's defaults. A config's `runtimes` table replaces the default
+/// one instead of adding to it, so once vmpod's table is there runc would
+/// be gone and the CRI plugin would refuse to start (`no corresponding
+/// runtime configured in containerd.runtimes for default_runtime_name`).
+fn lacks_default_runc(config: &Table, keys: &[&str]) -> bool {
+    let lookup = |keys: &[&str]| -> Option<&dyn toml_edit::TableLike> {
+        let mut table: &dyn toml_edit::TableLike = config;
+        for key in keys {
+            table = table.get(key)?.as_table_like()?;
+        }
+        Some(table)
+    };
+    let default = lookup(&keys[..3])
+        .and_then(|containerd| containerd.get("default_runtime_name"))
+        .and_then(Item::as_str)
+        .unwrap_or("runc");
+    default == "runc" && lookup(&keys[..4]).is_none_or(|runtimes| runtimes.get("runc").is_none())
+}
+
+/// Adds runc's table as containerd's default has it, beside `keys`.
+fn add_runc(path: &str, root: &mut Table, keys: &[&str]) -> Result<(), ContainerdConfigError> {
+    let mut runc_keys = keys[..4].to_vec();
+    runc_keys.push("runc");
+    let table = table_at(path, root, &runc_keys)?;
+    table.set_implicit(false);
+    set_if_changed(table, "runtime_type", "io.containerd.runc.v2".into());
     Ok(())
 }
 

@@ -16,28 +16,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_ok, Fixture, BINARIES, V2_CONFIG};
+use common::{assert_ok, guest_artifacts, repo, skip, stripped_binaries, Fixture, V2_CONFIG};
 use serde_json::Value;
 use vmpod_installer::files::sha256;
 
 /// How long the entrypoint gets to install, and to uninstall.
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// `Err(why)` for a prerequisite the host lacks: a skip, or a failure where
-/// `./test.sh` builds everything (`VMPOD_REQUIRE_GUEST=1`).
-fn skip(test: &str, why: String) {
-    if std::env::var_os("VMPOD_REQUIRE_GUEST").is_some_and(|v| v == "1") {
-        panic!("{test}: {why}");
-    }
-    eprintln!("skipped {test}: {why}");
-}
 
 /// The manifests as JSON, through python3's yaml module.
 fn manifests() -> Result<Vec<Value>, String> {
@@ -107,49 +91,6 @@ fn test_manifests_are_a_runtime_class_and_a_daemonset() {
         env.contains(&("VMPOD_RESTART_CONTAINERD", "true")),
         "{env:?}"
     );
-}
-
-/// The guest kernel and agent initrd, as `./test.sh` names them or where
-/// setup.sh leaves them.
-fn guest_artifacts() -> Result<(PathBuf, PathBuf), String> {
-    let kernel_dir = std::env::var_os("VMPOD_KERNEL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/vmpod/guest-kernel/current"));
-    let initrd = std::env::var_os("VMPOD_AGENT_INITRD")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/vmpod-agent-initrd.cpio"));
-    for path in [kernel_dir.join("vmlinux"), initrd.clone()] {
-        if !path.is_file() {
-            return Err(format!(
-                "{} is not built (scripts/setup.sh)",
-                path.display()
-            ));
-        }
-    }
-    Ok((kernel_dir, initrd))
-}
-
-/// This build's binaries, stripped into `dir` (debug builds are large).
-fn stripped_binaries(dir: &Path) -> Result<(), String> {
-    let profile = Path::new(env!("CARGO_BIN_EXE_vmpod")).parent().unwrap();
-    fs::create_dir_all(dir).unwrap();
-    for name in BINARIES {
-        let built = profile.join(name);
-        if !built.is_file() {
-            return Err(format!(
-                "{} is not built (cargo build --workspace)",
-                built.display()
-            ));
-        }
-        let out = Command::new("strip")
-            .arg("-o")
-            .arg(dir.join(name))
-            .arg(&built)
-            .output()
-            .map_err(|e| format!("strip: {e}"))?;
-        assert_ok(&out);
-    }
-    Ok(())
 }
 
 fn read_json(path: &Path) -> Value {

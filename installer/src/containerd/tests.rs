@@ -164,3 +164,54 @@ fn test_unregistering_a_changed_config_keeps_the_other_changes() {
     let reg = register("c", Some(V3)).unwrap();
     assert_eq!(unregister("c", &reg.config).unwrap(), V3);
 }
+
+/// containerd's runtimes table replaces its default (runc) instead of
+/// adding to it: runc's table comes with vmpod's where the config had none.
+#[test]
+fn test_runc_stays_the_default_runtime() {
+    let runc = |text: &str, keys: &[&str]| -> Option<String> {
+        let value: toml::Table = toml::from_str(text).unwrap();
+        let mut item = toml::Value::Table(value);
+        for key in keys {
+            item = item.get(key)?.clone();
+        }
+        item.get("runc")?
+            .get("runtime_type")?
+            .as_str()
+            .map(str::to_owned)
+    };
+    let v2 = [
+        "plugins",
+        "io.containerd.grpc.v1.cri",
+        "containerd",
+        "runtimes",
+    ];
+    let v3 = [
+        "plugins",
+        "io.containerd.cri.v1.runtime",
+        "containerd",
+        "runtimes",
+    ];
+    let fresh = register("c", None).unwrap();
+    assert_eq!(
+        runc(&fresh.config, &v2).as_deref(),
+        Some("io.containerd.runc.v2")
+    );
+    assert_eq!(register("c", Some(&fresh.config)).unwrap(), fresh);
+    let reg = register("c", Some(V3)).unwrap();
+    assert_eq!(
+        runc(&reg.drop_in.unwrap(), &v3).as_deref(),
+        Some("io.containerd.runc.v2")
+    );
+    // The admin's runc is left alone, and so is another default runtime.
+    let reg = register("c", Some(V2)).unwrap();
+    assert_eq!(
+        reg.config.matches("runtimes.runc]").count(),
+        1,
+        "{}",
+        reg.config
+    );
+    let crun = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\ndefault_runtime_name = \"crun\"\n";
+    let reg = register("c", Some(crun)).unwrap();
+    assert_eq!(runc(&reg.config, &v2), None, "{}", reg.config);
+}
