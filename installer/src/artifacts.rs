@@ -4,7 +4,9 @@
 //! `--from`, the list is where this repository builds them: the running
 //! `vmpod`'s own directory (cargo's `target/<triple>/release/`), the guest
 //! kernel's cache (`$VMPOD_CACHE` or `/var/cache/vmpod`, then
-//! `guest-kernel/current/`) and `target/` (the agent initrd).
+//! `guest-kernel/current/`), `target/` (the agent initrd), and last this
+//! system's own `/usr/local/share/vmpod` (so that an installed `vmpod`
+//! re-installs what is installed).
 
 use std::path::{Path, PathBuf};
 
@@ -85,6 +87,7 @@ pub fn default_dirs() -> Result<Vec<PathBuf>, ArtifactError> {
     if let Some(target) = exe_dir.parent().and_then(Path::parent) {
         dirs.push(target.to_path_buf());
     }
+    dirs.push(PathBuf::from(crate::layout::SHARE_DIR));
     Ok(dirs)
 }
 
