@@ -30,8 +30,13 @@ trap uninstall TERM INT
 # What the node still lacks goes to the pod's log; it does not stop the pod.
 "$vmpod" check --root "$root" || true
 echo "vmpod-deploy: installed; uninstalls on SIGTERM"
+# SIGTERM interrupts the wait and runs uninstall, which exits; a sleep
+# that fails by itself is an error, not a reason to spin.
 while :; do
     sleep 3600 &
     sleeper=$!
-    wait "$sleeper" || true
+    if ! wait "$sleeper"; then
+        echo "vmpod-deploy: sleep failed" >&2
+        exit 1
+    fi
 done

@@ -169,6 +169,15 @@ pub(super) fn containerd_registration(root: &Root) -> Line {
         Ok(text) => text,
         Err(err) => return Line::missing(what, format!("{}: {err}", containerd::CONFIG_PATH)),
     };
+    if let Some(plugin) = disabled_cri_plugin(&text) {
+        return Line::missing(
+            what,
+            format!(
+                "{} disables the CRI plugin ({plugin:?} in disabled_plugins)",
+                containerd::CONFIG_PATH
+            ),
+        );
+    }
     match containerd::registered(containerd::CONFIG_PATH, &text) {
         Err(err) => Line::missing(what, vmpod_sys::error::chain(&err)),
         Ok((_, false)) => Line::missing(
@@ -198,6 +207,24 @@ pub(super) fn containerd_registration(root: &Root) -> Line {
             }
         }
     }
+}
+
+/// The CRI plugin's name in `disabled_plugins`, if the config turns it
+/// off (Docker's containerd package ships `disabled_plugins = ["cri"]`).
+fn disabled_cri_plugin(text: &str) -> Option<String> {
+    const CRI_NAMES: [&str; 3] = [
+        "cri",
+        "io.containerd.grpc.v1.cri",
+        "io.containerd.cri.v1.runtime",
+    ];
+    let config: toml::Table = toml::from_str(text).ok()?;
+    config
+        .get("disabled_plugins")?
+        .as_array()?
+        .iter()
+        .filter_map(|plugin| plugin.as_str())
+        .find(|plugin| CRI_NAMES.contains(plugin))
+        .map(str::to_owned)
 }
 
 /// Each file install puts on the node.
@@ -252,6 +279,26 @@ pub(super) fn socket_paths(root: &Root) -> Line {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_a_disabled_cri_plugin_is_found() {
+        assert_eq!(
+            disabled_cri_plugin("disabled_plugins = [\"cri\"]\n").as_deref(),
+            Some("cri")
+        );
+        assert_eq!(
+            disabled_cri_plugin(
+                "version = 2\ndisabled_plugins = [\"x\", \"io.containerd.grpc.v1.cri\"]\n"
+            )
+            .as_deref(),
+            Some("io.containerd.grpc.v1.cri")
+        );
+        assert_eq!(
+            disabled_cri_plugin("version = 2\ndisabled_plugins = [\"x\"]\n"),
+            None
+        );
+        assert_eq!(disabled_cri_plugin("version = 2\n"), None);
+    }
 
     #[test]
     fn test_containerd_versions_as_packages_print_them() {
