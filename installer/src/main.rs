@@ -124,6 +124,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             restart_containerd,
         } => {
             let root = Root::new(root);
+            if restart_containerd {
+                restart::find(&root, "systemctl")
+                    .context("uninstall: cannot restart containerd")?;
+            }
             let done = uninstall(&root).context("uninstall")?;
             if !done.was_installed {
                 println!(

@@ -200,4 +200,22 @@ fn test_bad_flags_and_a_bad_record() {
     let out = fixture.vmpod(&["uninstall", "--root", root.to_str().unwrap()]);
     assert_one_line_failure(&out, 1, "vmpod: uninstall: install record ");
     assert_refused(&fixture, &[], "install record ");
+    // Uninstalling with a restart on a root without systemctl: refused
+    // before anything is uninstalled.
+    let fixture = Fixture::new("uninstall-restart");
+    assert_ok(&fixture.install(&[]));
+    let installed = fixture.snapshot();
+    let root = fixture.root();
+    let out = fixture.vmpod(&[
+        "uninstall",
+        "--root",
+        root.to_str().unwrap(),
+        "--restart-containerd",
+    ]);
+    assert_one_line_failure(
+        &out,
+        1,
+        "vmpod: uninstall: cannot restart containerd: systemctl is not in",
+    );
+    assert_eq!(fixture.snapshot(), installed);
 }
