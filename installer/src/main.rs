@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use vmpod_installer::check;
+use vmpod_installer::containerd::Version;
 use vmpod_installer::install::{install, InstallOptions};
 use vmpod_installer::layout::Root;
 use vmpod_installer::restart;
@@ -92,75 +93,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             root,
             restart_containerd,
             from,
-        } => {
-            let opts = InstallOptions {
-                root: Root::new(root),
-                from,
-                restart_containerd,
-            };
-            let installed = install(&opts).context("install")?;
-            for entry in &installed.record.files {
-                let how = if entry.backup.is_some() {
-                    "replaced"
-                } else {
-                    "installed"
-                };
-                println!("{how} {}", entry.path.display());
-            }
-            println!(
-                "registered the runtime handler vmpod with containerd (config version {})",
-                match installed.containerd {
-                    vmpod_installer::containerd::Version::V2 => 2,
-                    vmpod_installer::containerd::Version::V3 => 3,
-                }
-            );
-            if restart_containerd {
-                println!("restarted containerd");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => run_install(InstallOptions {
+            root: Root::new(root),
+            from,
+            restart_containerd,
+        }),
         Command::Uninstall {
             root,
             restart_containerd,
-        } => {
-            let root = Root::new(root);
-            if restart_containerd {
-                restart::find(&root, "systemctl")
-                    .context("uninstall: cannot restart containerd")?;
-            }
-            let done = uninstall(&root).context("uninstall")?;
-            if !done.was_installed {
-                println!(
-                    "nothing to uninstall under {} (no install record)",
-                    root.dir().display()
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-            for path in &done.restored {
-                println!("restored {}", path.display());
-            }
-            for path in &done.removed {
-                println!("removed {}", path.display());
-            }
-            for path in &done.unregistered {
-                println!(
-                    "removed vmpod from {} (changed since install: the other changes kept)",
-                    path.display()
-                );
-            }
-            for path in &done.kept_dirs {
-                println!(
-                    "kept {} (it holds files vmpod did not install)",
-                    path.display()
-                );
-            }
-            if restart_containerd {
-                restart::restart_containerd(&root)
-                    .context("uninstalled, but restarting containerd failed")?;
-                println!("restarted containerd");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => run_uninstall(&Root::new(root), restart_containerd),
         Command::Check { root } => {
             let lines = check::run(&Root::new(root));
             for line in &lines {
@@ -173,4 +114,63 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+fn run_install(opts: InstallOptions) -> anyhow::Result<ExitCode> {
+    let installed = install(&opts).context("install")?;
+    for entry in &installed.record.files {
+        let how = if entry.backup.is_some() {
+            "replaced"
+        } else {
+            "installed"
+        };
+        println!("{how} {}", entry.path.display());
+    }
+    let version = match installed.containerd {
+        Version::V2 => 2,
+        Version::V3 => 3,
+    };
+    println!("registered the runtime handler vmpod with containerd (config version {version})");
+    if opts.restart_containerd {
+        println!("restarted containerd");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_uninstall(root: &Root, restart_containerd: bool) -> anyhow::Result<ExitCode> {
+    if restart_containerd {
+        restart::find(root, "systemctl").context("uninstall: cannot restart containerd")?;
+    }
+    let done = uninstall(root).context("uninstall")?;
+    if !done.was_installed {
+        println!(
+            "nothing to uninstall under {} (no install record)",
+            root.dir().display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for path in &done.restored {
+        println!("restored {}", path.display());
+    }
+    for path in &done.removed {
+        println!("removed {}", path.display());
+    }
+    for path in &done.unregistered {
+        println!(
+            "removed vmpod from {} (changed since install: the other changes kept)",
+            path.display()
+        );
+    }
+    for path in &done.kept_dirs {
+        println!(
+            "kept {} (it holds files vmpod did not install)",
+            path.display()
+        );
+    }
+    if restart_containerd {
+        restart::restart_containerd(root)
+            .context("uninstalled, but restarting containerd failed")?;
+        println!("restarted containerd");
+    }
+    Ok(ExitCode::SUCCESS)
 }
