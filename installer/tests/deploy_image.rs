@@ -23,13 +23,14 @@ use vmpod_installer::files::sha256;
 /// How long the entrypoint gets to install, and to uninstall.
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The manifests as JSON, through python3's yaml module.
+/// The manifests as JSON, through Debian's python3 and its yaml module
+/// (python3-yaml, which scripts/setup.sh installs).
 fn manifests() -> Result<Vec<Value>, String> {
     let script = "import json, sys, yaml\n\
         docs = [d for f in sys.argv[1:] for d in yaml.safe_load_all(open(f))]\n\
         print(json.dumps(docs))";
     let deploy = repo().join("deploy");
-    let out = Command::new("python3")
+    let out = Command::new("/usr/bin/python3")
         .args(["-c", script])
         .arg(deploy.join("runtimeclass.yaml"))
         .arg(deploy.join("daemonset.yaml"))
