@@ -119,6 +119,11 @@ impl Transaction {
             Err(err) => return Err(file_error("examine", &target)(err)),
         };
         let ours = self.record.file(node).is_some();
+        // Changed by someone else since vmpod wrote it: its backup no longer
+        // tells the whole story (see FileEntry::edited).
+        let edited = self.record.file(node).is_some_and(|entry| {
+            entry.edited || fs::read(&target).is_ok_and(|now| sha256(&now) != entry.sha256)
+        });
         let mut backup = self
             .record
             .file(node)
@@ -141,6 +146,7 @@ impl Transaction {
             path: node.to_path_buf(),
             sha256: sha256(contents),
             backup,
+            edited,
         };
         match self.record.files.iter_mut().find(|e| e.path == node) {
             Some(existing) => *existing = entry,

@@ -54,6 +54,11 @@ pub struct FileEntry {
     pub sha256: String,
     /// The copy of what was there before install (none: install made it).
     pub backup: Option<PathBuf>,
+    /// Someone else changed the file between two installs: for
+    /// containerd's config, uninstall then takes vmpod's registration out
+    /// instead of putting the backup back over their change.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub edited: bool,
 }
 
 impl Record {
@@ -105,6 +110,7 @@ mod tests {
                     path: "/usr/local/bin/vmpod-vm".into(),
                     sha256: "00ff".into(),
                     backup: None,
+                    edited: false,
                 },
                 FileEntry {
                     path: "/etc/containerd/config.toml".into(),
@@ -112,6 +118,7 @@ mod tests {
                     backup: Some(
                         "/var/lib/vmpod/installer/backup/etc/containerd/config.toml".into(),
                     ),
+                    edited: true,
                 },
             ],
             dirs: vec!["/etc/vmpod".into()],

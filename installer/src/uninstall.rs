@@ -45,11 +45,12 @@ pub struct Uninstalled {
 }
 
 /// Whether `entry` is containerd's main config and someone changed it
-/// after install (another runtime registered, say): restoring the backup
-/// would lose that change.
+/// after an install (another runtime registered, say): restoring the
+/// backup would lose that change.
 fn changed_containerd_config(root: &Root, entry: &FileEntry) -> bool {
     entry.path == Path::new(containerd::CONFIG_PATH)
-        && fs::read(root.join(&entry.path)).is_ok_and(|now| sha256(&now) != entry.sha256)
+        && (entry.edited
+            || fs::read(root.join(&entry.path)).is_ok_and(|now| sha256(&now) != entry.sha256))
 }
 
 /// Takes vmpod's registration out of the changed config `entry`, keeping

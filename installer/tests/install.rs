@@ -405,3 +405,33 @@ fn test_a_config_changed_since_install_keeps_the_change() {
         ]
     );
 }
+
+/// containerd's config edited between two installs: the second install
+/// keeps the edit, and so does uninstall.
+#[test]
+fn test_a_config_changed_between_installs_keeps_the_change() {
+    let fixture = Fixture::new("changed-reinstall");
+    fixture.write("/etc/containerd/config.toml", V2_CONFIG, 0o644);
+    assert_ok(&fixture.install(&[]));
+    let other = "\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.other]\n  runtime_type = \"io.containerd.other.v2\"\n";
+    let installed = fixture.read("/etc/containerd/config.toml");
+    fixture.write(
+        "/etc/containerd/config.toml",
+        &format!("{installed}{other}"),
+        0o644,
+    );
+    assert_ok(&fixture.install(&[]));
+    assert!(fixture
+        .read("/var/lib/vmpod/installer/record.toml")
+        .contains("edited = true"));
+    let out = fixture.uninstall();
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("removed vmpod from /etc/containerd/config.toml"),
+        "{}",
+        stdout(&out)
+    );
+    let text = fixture.read("/etc/containerd/config.toml");
+    assert!(text.contains("runtimes.other]"), "{text}");
+    assert!(!text.contains("runtimes.vmpod"), "{text}");
+}
