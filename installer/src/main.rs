@@ -1,0 +1,176 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `vmpod`: install, uninstall and check vmpod on a node (docs/install.md).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use vmpod_installer::check;
+use vmpod_installer::containerd::Version;
+use vmpod_installer::install::{install, InstallOptions};
+use vmpod_installer::layout::Root;
+use vmpod_installer::restart;
+use vmpod_installer::uninstall::uninstall;
+
+/// vmpod on a node: its files, its registration with containerd, and what
+/// the node lacks.
+#[derive(Debug, Parser)]
+#[command(name = "vmpod", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install the binaries, the guest kernel, the agent initrd and
+    /// /etc/vmpod/config.toml, and register the runtime with containerd.
+    Install {
+        /// Install beneath this directory instead of /.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Restart containerd (systemctl) once installed.
+        #[arg(long)]
+        restart_containerd: bool,
+        /// Take the artifacts from these directories, in order (default:
+        /// this executable's directory, the guest kernel's cache, target/).
+        #[arg(long, value_name = "DIR")]
+        from: Vec<PathBuf>,
+    },
+    /// Remove what install put there and restore the files it changed.
+    Uninstall {
+        /// Uninstall beneath this directory instead of /.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Restart containerd (systemctl) once uninstalled.
+        #[arg(long)]
+        restart_containerd: bool,
+    },
+    /// Report what the node lacks, one line per check; fails if anything does.
+    Check {
+        /// Check the node beneath this directory instead of /.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
+}
+
+/// The command line, or exit: help and version as clap prints them, an
+/// error on one line (status 2).
+fn parse_cli() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|err| {
+        if !err.use_stderr() {
+            err.exit();
+        }
+        let text = err.render().to_string();
+        let message: Vec<&str> = text
+            .lines()
+            .take_while(|line| !line.trim().is_empty())
+            .map(str::trim)
+            .collect();
+        eprintln!("vmpod: {}", message.join(" "));
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("vmpod: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Install {
+            root,
+            restart_containerd,
+            from,
+        } => run_install(InstallOptions {
+            root: Root::new(root),
+            from,
+            restart_containerd,
+        }),
+        Command::Uninstall {
+            root,
+            restart_containerd,
+        } => run_uninstall(&Root::new(root), restart_containerd),
+        Command::Check { root } => {
+            let lines = check::run(&Root::new(root));
+            for line in &lines {
+                println!("{line}");
+            }
+            Ok(if check::all_ok(&lines) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn run_install(opts: InstallOptions) -> anyhow::Result<ExitCode> {
+    let installed = install(&opts).context("install")?;
+    for entry in &installed.record.files {
+        let how = if entry.backup.is_some() {
+            "replaced"
+        } else {
+            "installed"
+        };
+        println!("{how} {}", entry.path.display());
+    }
+    let version = match installed.containerd {
+        Version::V2 => 2,
+        Version::V3 => 3,
+    };
+    println!("registered the runtime handler vmpod with containerd (config version {version})");
+    if opts.restart_containerd {
+        println!("restarted containerd");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_uninstall(root: &Root, restart_containerd: bool) -> anyhow::Result<ExitCode> {
+    if restart_containerd {
+        restart::find(root, "systemctl").context("uninstall: cannot restart containerd")?;
+    }
+    let done = uninstall(root).context("uninstall")?;
+    if !done.was_installed {
+        println!(
+            "nothing to uninstall under {} (no install record)",
+            root.dir().display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for path in &done.restored {
+        println!("restored {}", path.display());
+    }
+    for path in &done.removed {
+        println!("removed {}", path.display());
+    }
+    for path in &done.unregistered {
+        println!(
+            "removed vmpod from {} (changed since install: the other changes kept)",
+            path.display()
+        );
+    }
+    for path in &done.kept_dirs {
+        println!(
+            "kept {} (it holds files vmpod did not install)",
+            path.display()
+        );
+    }
+    if restart_containerd {
+        restart::restart_containerd(root)
+            .context("uninstalled, but restarting containerd failed")?;
+        println!("restarted containerd");
+    }
+    Ok(ExitCode::SUCCESS)
+}
