@@ -19,7 +19,7 @@
 
 use toml_edit::{Array, DocumentMut, Item, Table, Value};
 
-use vmpod_shim::config::{MEMORY_ANNOTATION, VCPUS_ANNOTATION};
+use vmpod_shim::sizing::POD_ANNOTATIONS;
 
 /// containerd's main config file on the node.
 pub const CONFIG_PATH: &str = "/etc/containerd/config.toml";
@@ -29,9 +29,6 @@ pub const DROP_IN_PATH: &str = "/etc/containerd/conf.d/vmpod.toml";
 pub const HANDLER: &str = "vmpod";
 /// The shim's runtime name; containerd runs `containerd-shim-vmpod-v2`.
 pub const RUNTIME_TYPE: &str = "io.containerd.vmpod.v2";
-/// The pod annotations containerd passes to the shim: the ones that size
-/// the pod's VM (containerd passes only the annotations a runtime lists).
-pub const POD_ANNOTATIONS: [&str; 2] = [VCPUS_ANNOTATION, MEMORY_ANNOTATION];
 
 /// The CRI plugin's runtimes, by config version.
 const V2_RUNTIMES: [&str; 5] = [

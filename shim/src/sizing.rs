@@ -33,15 +33,10 @@ pub const SANDBOX_CPU_PERIOD_ANNOTATION: &str = "io.kubernetes.cri.sandbox-cpu-p
 /// containerd's CRI plugin: the pod's summed memory limit in bytes.
 pub const SANDBOX_MEMORY_ANNOTATION: &str = "io.kubernetes.cri.sandbox-memory";
 
-/// The annotations containerd must pass to the shim (its runtime's
-/// `pod_annotations`) for a pod to size its VM.
-pub const POD_ANNOTATIONS: [&str; 5] = [
-    VCPUS_ANNOTATION,
-    MEMORY_ANNOTATION,
-    SANDBOX_CPU_QUOTA_ANNOTATION,
-    SANDBOX_CPU_PERIOD_ANNOTATION,
-    SANDBOX_MEMORY_ANNOTATION,
-];
+/// The pod annotations containerd's CRI plugin must copy into the specs
+/// (the runtime's `pod_annotations`) for a pod to name its VM's size; the
+/// sandbox sizing annotations it sets itself.
+pub const POD_ANNOTATIONS: [&str; 2] = [VCPUS_ANNOTATION, MEMORY_ANNOTATION];
 
 const MIB: u64 = 1 << 20;
 
