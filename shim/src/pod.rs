@@ -354,11 +354,8 @@ impl Pod {
         network: Option<&PodNetwork>,
         cgroup: Option<&CgroupPath>,
     ) -> Result<Started, PodError> {
-        let log_listener = UnixListener::bind(dir.log_socket()).map_err(host_error(
-            id,
-            "listen on",
-            &dir.log_socket(),
-        ))?;
+        let log_listener =
+            listen(&dir.log_socket()).map_err(host_error(id, "listen on", &dir.log_socket()))?;
         tokio::spawn(forward_agent_logs(log_listener, id.to_owned()));
         let command = vmm_command(config, id, dir, size, network, cgroup).map_err(|err| *err)?;
         let Vmm {
@@ -591,6 +588,14 @@ async fn configure_guest_network(
         .await
         .map_err(refused)?;
     Ok(())
+}
+
+/// A listener on the socket `path`, however deep the pod's directory lies
+/// (see `vmpod_sys::unix_socket`).
+fn listen(path: &Path) -> std::io::Result<UnixListener> {
+    let listener = vmpod_sys::unix_socket::bind(path)?;
+    listener.set_nonblocking(true)?;
+    UnixListener::from_std(listener)
 }
 
 /// A [`PodError::Host`] for `what` on `path`, from the io::Error it gets.

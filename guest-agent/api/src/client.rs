@@ -113,7 +113,11 @@ impl AgentClient {
             source,
         };
         let handshake_error = |reason: String| ClientError::Handshake { port, reason };
-        let mut stream = UnixStream::connect(uds).await.map_err(connect_error)?;
+        // The VMM's socket may lie deeper than a socket address holds.
+        let (dir, name) = vmpod_sys::unix_socket::split(uds).map_err(connect_error)?;
+        let address = dir.address(name).map_err(connect_error)?;
+        let mut stream = UnixStream::connect(&address).await.map_err(connect_error)?;
+        drop(dir);
         stream
             .write_all(format!("CONNECT {port}\n").as_bytes())
             .await
