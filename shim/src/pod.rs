@@ -21,6 +21,7 @@ use vmpod_jailer::cgroup::{CgroupError, CgroupPath};
 use crate::config::{Config, VmSize};
 use crate::network::{NetworkError, PodNetwork};
 use crate::share::{self, layout::ShareLimits, ShareError};
+use crate::spec::PodSpec;
 use logs::{forward_agent_logs, tail};
 
 pub use jail::{kill_jail_leftovers, CGROUP_RECORD, JAIL_IDS};
@@ -247,9 +248,10 @@ pub struct Pod {
 }
 
 impl Pod {
-    /// Starts the pod VM of `id` in the pod's `cgroup` (if any) with the network of the namespace at
-    /// `netns` (none: loopback only), waits for its agent, creates the
-    /// sandbox and configures the guest's network. On failure nothing of it
+    /// Starts the pod VM of `id` in the cgroup of its `spec` (if any) with
+    /// the network of its namespace (none: loopback only), waits for its
+    /// agent, creates the sandbox (with the spec's hostname and sysctls)
+    /// and configures the guest's network. On failure nothing of it
     /// is left: no process, socket, directory, tap or tc filter.
     ///
     /// # Errors
@@ -259,8 +261,7 @@ impl Pod {
         namespace: &str,
         id: &str,
         size: VmSize,
-        netns: Option<&Path>,
-        cgroup: Option<&CgroupPath>,
+        spec: &PodSpec,
     ) -> Result<Pod, PodError> {
         let dir = PodDir::new(&config.state_dir, namespace, id);
         if dir.root.exists() {
@@ -271,14 +272,14 @@ impl Pod {
         }
         dir.create(config.share_limits)
             .map_err(host_error(id, "create", &dir.root))?;
-        let network = match Self::set_up_network(id, &dir, netns).await {
+        let network = match Self::set_up_network(id, &dir, spec.netns.as_deref()).await {
             Ok(network) => network,
             Err(err) => {
                 let _ = dir.remove();
                 return Err(err);
             }
         };
-        match Self::start(config, id, &dir, size, network.as_ref(), cgroup).await {
+        match Self::start(config, id, &dir, size, network.as_ref(), spec).await {
             Ok(Started {
                 agent,
                 vmm_pid,
@@ -352,8 +353,9 @@ impl Pod {
         dir: &PodDir,
         size: VmSize,
         network: Option<&PodNetwork>,
-        cgroup: Option<&CgroupPath>,
+        spec: &PodSpec,
     ) -> Result<Started, PodError> {
+        let cgroup = spec.cgroup.as_ref();
         let log_listener =
             listen(&dir.log_socket()).map_err(host_error(id, "listen on", &dir.log_socket()))?;
         tokio::spawn(forward_agent_logs(log_listener, id.to_owned()));
@@ -363,7 +365,7 @@ impl Pod {
             exit: vm_exit,
             kill,
         } = spawn_vmm(command, config, id, dir, cgroup).map_err(|err| *err)?;
-        let ready = match connect(config, id, dir, vm_exit.clone()).await {
+        let ready = match connect(config, id, dir, spec, vm_exit.clone()).await {
             Ok(agent) => configure_guest_network(id, &agent, network)
                 .await
                 .map(|()| agent),
@@ -623,11 +625,13 @@ struct Started {
 }
 
 /// Connects to the agent of a booting VM (bounded by `agent-timeout`), checks
-/// its version and creates the sandbox.
+/// its version and creates the sandbox: the pod's hostname and sysctls
+/// (its UTS and IPC namespaces', see [`crate::spec::for_guest`]).
 async fn connect(
     config: &Config,
     id: &str,
     dir: &PodDir,
+    spec: &PodSpec,
     vm_exit: watch::Receiver<Option<String>>,
 ) -> Result<AgentClient, PodError> {
     let started = Instant::now();
@@ -679,10 +683,11 @@ async fn connect(
     agent
         .create_sandbox(&SandboxConfig {
             id: id.to_owned(),
-            hostname: String::new(),
+            hostname: spec.hostname.clone(),
             dns: Vec::new(),
             shared_mounts: vec![share],
             shared_pid_namespace: false,
+            sysctls: spec.sysctls.clone(),
         })
         .await
         .map_err(agent_error)?;

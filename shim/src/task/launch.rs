@@ -5,18 +5,18 @@
 //! in tests.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
 use ttrpc::Code;
-use vmpod_jailer::cgroup::CgroupPath;
 
 use super::error::{launch_status, status};
 use super::{lock, Agent, TaskService};
 use crate::config::{Config, VmSize};
 use crate::pod::{Pod, PodError};
+use crate::spec::PodSpec;
 
 /// The pod's running VM, as requests need it.
 #[derive(Debug, Clone)]
@@ -50,8 +50,8 @@ pub trait PodVm: Send + Sync + std::fmt::Debug {
 /// Boots pod VMs.
 #[async_trait]
 pub trait Launcher: Send + Sync + std::fmt::Debug {
-    /// Boots the VM of pod `id` in `namespace`, of `size`, with the network
-    /// of the namespace at `netns`; see [`Pod::launch`].
+    /// Boots the VM of pod `id` in `namespace`, of `size`, as the `spec` of
+    /// its first container says; see [`Pod::launch`].
     ///
     /// # Errors
     /// [`PodError`] naming the step that failed; nothing of the pod is left.
@@ -61,8 +61,7 @@ pub trait Launcher: Send + Sync + std::fmt::Debug {
         namespace: &str,
         id: &str,
         size: VmSize,
-        netns: Option<&Path>,
-        cgroup: Option<&CgroupPath>,
+        spec: &PodSpec,
     ) -> Result<Box<dyn PodVm>, PodError>;
 }
 
@@ -78,10 +77,9 @@ impl Launcher for VmLauncher {
         namespace: &str,
         id: &str,
         size: VmSize,
-        netns: Option<&Path>,
-        cgroup: Option<&CgroupPath>,
+        spec: &PodSpec,
     ) -> Result<Box<dyn PodVm>, PodError> {
-        let pod = Pod::launch(config, namespace, id, size, netns, cgroup).await?;
+        let pod = Pod::launch(config, namespace, id, size, spec).await?;
         Ok(Box::new(pod))
     }
 }
@@ -127,8 +125,7 @@ impl TaskService {
         pod_id: &str,
         container_id: &str,
         annotations: &HashMap<String, String>,
-        netns: Option<&Path>,
-        cgroup: Option<&CgroupPath>,
+        spec: &PodSpec,
     ) -> Result<PodForCreate, ttrpc::Error> {
         let config = self
             .config
@@ -162,7 +159,7 @@ impl TaskService {
             .map_err(|err| status(Code::INVALID_ARGUMENT, err))?;
         let launched = self
             .launcher
-            .launch(config, &self.namespace, pod_id, size, netns, cgroup)
+            .launch(config, &self.namespace, pod_id, size, spec)
             .await
             .map_err(launch_status)?;
         let handle = launched.handle();
