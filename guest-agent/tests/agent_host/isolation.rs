@@ -122,7 +122,8 @@ async fn test_shared_pid_namespace() {
 
 /// The pod's namespaces: CreateSandbox's hostname and sysctls are those of
 /// the pod's UTS and IPC namespaces (not the agent's), which containers
-/// join by their names below `POD_NAMESPACE_DIR`; a container of its own
+/// join by their names below `POD_NAMESPACE_DIR`, as they join its PID
+/// namespace (where they see each other); a container of its own
 /// namespaces keeps its own; a name of another kind and a sysctl of the
 /// whole system are refused in one line.
 #[tokio::test]
@@ -157,15 +158,38 @@ async fn test_pod_namespaces_hostname_and_sysctls() {
     let rootfs = agent.rootfs("root");
     let script =
         "hostname; cat /proc/sys/kernel/shmmni /proc/sys/net/ipv4/ip_unprivileged_port_start";
-    let mut joining = spec(&["sh", "-c", script], "");
-    joining["linux"]["namespaces"] = serde_json::json!([
-        {"type": "pid"}, {"type": "mount"},
-        {"type": "uts", "path": "/run/vmpod/pod-ns/uts"},
-        {"type": "ipc", "path": "/run/vmpod/pod-ns/ipc"}
-    ]);
-    let (status, stdout, stderr) = agent.run("joins", &joining, &rootfs).await;
+    let joined = |args: &[&str]| {
+        let mut joining = spec(args, "");
+        joining["linux"]["namespaces"] = serde_json::json!([
+            {"type": "mount"},
+            {"type": "pid", "path": "/run/vmpod/pod-ns/pid"},
+            {"type": "uts", "path": "/run/vmpod/pod-ns/uts"},
+            {"type": "ipc", "path": "/run/vmpod/pod-ns/ipc"}
+        ]);
+        joining
+    };
+    let (status, stdout, stderr) = agent
+        .run("joins", &joined(&["sh", "-c", script]), &rootfs)
+        .await;
     assert_eq!(status, 0, "{stderr}");
     assert_eq!(stdout, "the-pod\n1234\n80\n");
+    // Two containers in the pod's PID namespace see each other; its PID 1
+    // is the holder.
+    agent
+        .create("sleeper", &joined(&["sleep", "1000"]), &rootfs)
+        .await
+        .unwrap();
+    agent.client.start_container("sleeper").await.unwrap();
+    let (status, stdout, stderr) = agent
+        .run(
+            "looks",
+            &joined(&["sh", "-c", "echo self=$$; ps -o comm"]),
+            &rootfs,
+        )
+        .await;
+    assert_eq!(status, 0, "{stderr}");
+    assert!(!stdout.contains("self=1\n"), "{stdout}");
+    assert!(stdout.contains("sleep"), "{stdout}");
     let (status, stdout, stderr) = agent
         .run("own", &spec(&["sh", "-c", script], "own"), &rootfs)
         .await;
@@ -183,6 +207,12 @@ async fn test_pod_namespaces_hostname_and_sysctls() {
         "namespace path /run/vmpod/pod-ns/ipc names no namespace of the pod"
     );
     agent.client.remove_container("joins", false).await.unwrap();
+    agent
+        .client
+        .remove_container("sleeper", true)
+        .await
+        .unwrap();
+    agent.client.remove_container("looks", false).await.unwrap();
     agent.client.remove_container("own", false).await.unwrap();
     agent.client.destroy_sandbox().await.unwrap();
 }
