@@ -5,7 +5,9 @@
 //! so the checks share few pods: one for the task API (output, exit codes,
 //! stdin, a terminal, exec, signals, pause/resume, metrics, a second container
 //! joining the pod, a failed create rolling back, delete), two for the
-//! failures (the shim killed, the VM killed), and one for the pod's network.
+//! failures (the shim killed, the VM killed), one for the pod's network, and
+//! one for a pod as CRI makes it (64-digit ids, a deep `state-dir`, the
+//! sandbox's hostname, sysctls and namespaces).
 //! Bad input is checked without a boot: it fails before any VM starts.
 //!
 //! A step whose guest process died of the host fault some KVM hosts show
@@ -15,6 +17,8 @@
 // An integration test crate is a test module as a whole.
 #![allow(clippy::tests_outside_test_module)]
 
+#[path = "shim_containerd/cri_pod.rs"]
+mod cri_pod;
 #[path = "shim_containerd/failures.rs"]
 mod failures;
 #[path = "shim_containerd/fixture.rs"]

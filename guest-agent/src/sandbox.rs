@@ -3,6 +3,7 @@
 //! pod's cgroup) and its containers. Every API request lands here.
 
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -10,6 +11,7 @@ use vmpod_agent_api::messages::Mount;
 use vmpod_sys::error::Chain;
 
 use crate::container::cgroup::{Cgroup, CgroupError};
+use crate::container::plan::{plan_pod_sysctls, PodNamespaces};
 use crate::container::{unmount, Container, ContainerError, Placement};
 use crate::reaper::{Exit, ExitWatch, Reaper};
 use crate::stdio::Streams;
@@ -74,8 +76,23 @@ struct Pod {
     id: String,
     cgroup: Cgroup,
     shared_mounts: Vec<PathBuf>,
-    /// PID 1 of the shared PID namespace: its pidfd and /proc/<pid>/ns/pid.
-    pid_holder: Option<(std::os::fd::OwnedFd, PathBuf)>,
+    /// The pidfd of the holder of the pod's namespaces.
+    holder: std::os::fd::OwnedFd,
+    /// Where its namespaces are, for containers to join.
+    namespaces: PodNamespaces,
+}
+
+/// What CreateSandbox sets up.
+#[derive(Debug, Clone, Default)]
+pub struct PodSettings {
+    /// The pod's hostname (its UTS namespace's and the guest's).
+    pub hostname: String,
+    /// Lines of the pod's resolv.conf.
+    pub dns: Vec<String>,
+    /// Every new PID namespace asked for is the pod's.
+    pub shared_pid_namespace: bool,
+    /// Namespaced sysctls, written in the pod's namespaces.
+    pub sysctls: HashMap<String, String>,
 }
 
 #[derive(Debug, Default)]
@@ -120,75 +137,74 @@ impl Sandbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sets up the pod: its cgroup, hostname and shared mounts.
+    /// Sets up the pod: its cgroup, hostname, shared mounts, and the holder
+    /// of its UTS, IPC and PID namespaces with its sysctls.
     ///
     /// # Errors
     ///
-    /// [`SandboxError`]: a second sandbox, a bad id or mount.
+    /// [`SandboxError`]: a second sandbox, a bad id, hostname, sysctl or
+    /// mount.
     pub fn create(
         &self,
         id: &str,
-        hostname: &str,
-        dns: &[String],
+        settings: &PodSettings,
         shared_mounts: &[Mount],
-        shared_pid_namespace: bool,
     ) -> Result<(), SandboxError> {
         let mut state = self.lock();
         if let Some(pod) = &state.pod {
             return Err(SandboxError::SandboxExists(pod.id.clone()));
         }
         crate::container::validate_id("sandbox", id)?;
+        let hostname = settings.hostname.as_str();
         if hostname.len() > 64 {
             return Err(SandboxError::InvalidSandbox(format!(
                 "hostname {hostname:?} is longer than 64 bytes"
             )));
         }
-        if dns.iter().any(|line| line.contains('\n')) {
+        if settings.dns.iter().any(|line| line.contains('\n')) {
             return Err(SandboxError::InvalidSandbox(
                 "a dns line contains a newline".into(),
             ));
         }
-        self.write_pod_files(hostname, dns)?;
+        let sysctls = plan_pod_sysctls(&settings.sysctls)
+            .map_err(|err| SandboxError::InvalidSandbox(err.to_string()))?;
+        let hostname_c = c_path(hostname, "hostname")?;
+        self.write_pod_files(hostname, &settings.dns)?;
         let cgroup = Cgroup::create(&self.paths.cgroup_root, &format!("vmpod-{id}"))?;
         cgroup.delegate_controllers();
         let mut mounted = Vec::new();
+        let undo = |mounted: &[PathBuf], cgroup: &Cgroup| {
+            for path in mounted.iter().rev() {
+                unmount(path);
+            }
+            let _ = cgroup.remove();
+        };
         for mount in shared_mounts {
             match mount_shared(mount) {
                 Ok(path) => mounted.push(path),
                 Err(err) => {
-                    for path in mounted.iter().rev() {
-                        unmount(path);
-                    }
-                    let _ = cgroup.remove();
+                    undo(&mounted, &cgroup);
                     return Err(err);
                 }
             }
         }
-        let pid_holder = if shared_pid_namespace {
-            match crate::container::spawn::spawn_pid_holder(&self.reaper) {
-                Ok((pid, pidfd, _exit)) => {
-                    Some((pidfd, PathBuf::from(format!("/proc/{pid}/ns/pid"))))
-                }
+        let (pid, holder, _exit) =
+            match crate::container::spawn::spawn_pod_holder(&hostname_c, &sysctls, &self.reaper) {
+                Ok(spawned) => spawned,
                 Err(err) => {
-                    for path in mounted.iter().rev() {
-                        unmount(path);
-                    }
-                    let _ = cgroup.remove();
+                    undo(&mounted, &cgroup);
                     return Err(SandboxError::Container(ContainerError::Spawn(err)));
                 }
-            }
-        } else {
-            None
-        };
-        if !hostname.is_empty() {
-            // SAFETY: pointer and length of a live string.
-            unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) };
-        }
+            };
         state.pod = Some(Pod {
             id: id.to_owned(),
             cgroup,
             shared_mounts: mounted,
-            pid_holder,
+            holder,
+            namespaces: PodNamespaces {
+                dir: Some(PathBuf::from(format!("/proc/{pid}/ns"))),
+                shared_pid: settings.shared_pid_namespace,
+            },
         });
         Ok(())
     }
@@ -240,19 +256,16 @@ impl Sandbox {
             if let Err(err) = pod.cgroup.remove() {
                 tracing::warn!("removing the sandbox cgroup: {}", Chain(&err));
             }
-            if let Some((pidfd, _)) = &pod.pid_holder {
-                use std::os::fd::AsRawFd;
-                // SAFETY: pidfd_send_signal on our pidfd, no siginfo.
-                unsafe {
-                    libc::syscall(
-                        libc::SYS_pidfd_send_signal,
-                        pidfd.as_raw_fd(),
-                        libc::SIGKILL,
-                        std::ptr::null::<libc::siginfo_t>(),
-                        0,
-                    )
-                };
-            }
+            // SAFETY: pidfd_send_signal on our pidfd, no siginfo.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pod.holder.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
             let _ = std::fs::remove_dir_all(self.pod_files_dir());
         }
     }
@@ -308,7 +321,7 @@ impl Sandbox {
             let placement = Placement {
                 state_dir: &sandbox.paths.state_dir,
                 sandbox_cgroup: pod.cgroup.path(),
-                shared_pid: pod.pid_holder.as_ref().map(|(_, path)| path.as_path()),
+                pod_namespaces: &pod.namespaces,
             };
             let container = Container::create(&id, &spec, &rootfs, placement, &sandbox.reaper)?;
             state.containers.insert(id, container);

@@ -16,7 +16,7 @@ use vmpod_agent_api::service::{create_agent_service, AgentService};
 use crate::container::ContainerError;
 use crate::listen::{ListenAddress, ListenError};
 use crate::network::{Network, NetworkError};
-use crate::sandbox::{Sandbox, SandboxError};
+use crate::sandbox::{PodSettings, Sandbox, SandboxError};
 use crate::stdio::StdioError;
 
 /// How often GetOOMEvent looks at the containers' `memory.events`.
@@ -110,14 +110,14 @@ impl AgentService for Agent {
         _: &TtrpcContext,
         req: api::CreateSandboxRequest,
     ) -> Reply<api::Empty> {
+        let settings = PodSettings {
+            hostname: req.hostname,
+            dns: req.dns,
+            shared_pid_namespace: req.shared_pid_namespace,
+            sysctls: req.sysctls,
+        };
         self.sandbox
-            .create(
-                &req.sandbox_id,
-                &req.hostname,
-                &req.dns,
-                &req.shared_mounts,
-                req.shared_pid_namespace,
-            )
+            .create(&req.sandbox_id, &settings, &req.shared_mounts)
             .map_err(|e| status(&e))?;
         Ok(api::Empty::new())
     }

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::network::{NetworkError, PodNetwork};
 use crate::share::{self, layout::ShareLimits, ShareError};
 use crate::sizing::VmSize;
+use crate::spec::PodSpec;
 use logs::{forward_agent_logs, tail};
 
 pub use jail::{kill_jail_leftovers, CGROUP_RECORD, JAIL_IDS};
@@ -250,9 +251,10 @@ pub struct Pod {
 }
 
 impl Pod {
-    /// Starts the pod VM of `id` in the pod's `cgroup` (if any) with the network of the namespace at
-    /// `netns` (none: loopback only), waits for its agent, creates the
-    /// sandbox and configures the guest's network. On failure nothing of it
+    /// Starts the pod VM of `id` in the cgroup of its `spec` (if any) with
+    /// the network of its namespace (none: loopback only), waits for its
+    /// agent, creates the sandbox (with the spec's hostname and sysctls)
+    /// and configures the guest's network. On failure nothing of it
     /// is left: no process, socket, directory, tap or tc filter.
     ///
     /// # Errors
@@ -262,8 +264,7 @@ impl Pod {
         namespace: &str,
         id: &str,
         size: VmSize,
-        netns: Option<&Path>,
-        cgroup: Option<&CgroupPath>,
+        spec: &PodSpec,
     ) -> Result<Pod, PodError> {
         let dir = PodDir::new(&config.state_dir, namespace, id);
         if dir.root.exists() {
@@ -274,14 +275,14 @@ impl Pod {
         }
         dir.create(config.share_limits)
             .map_err(host_error(id, "create", &dir.root))?;
-        let network = match Self::set_up_network(id, &dir, netns).await {
+        let network = match Self::set_up_network(id, &dir, spec.netns.as_deref()).await {
             Ok(network) => network,
             Err(err) => {
                 let _ = dir.remove();
                 return Err(err);
             }
         };
-        match Self::start(config, id, &dir, size, network.as_ref(), cgroup).await {
+        match Self::start(config, id, &dir, size, network.as_ref(), spec).await {
             Ok(Started {
                 agent,
                 vmm_pid,
@@ -356,13 +357,11 @@ impl Pod {
         dir: &PodDir,
         size: VmSize,
         network: Option<&PodNetwork>,
-        cgroup: Option<&CgroupPath>,
+        spec: &PodSpec,
     ) -> Result<Started, PodError> {
-        let log_listener = UnixListener::bind(dir.log_socket()).map_err(host_error(
-            id,
-            "listen on",
-            &dir.log_socket(),
-        ))?;
+        let cgroup = spec.cgroup.as_ref();
+        let log_listener =
+            listen(&dir.log_socket()).map_err(host_error(id, "listen on", &dir.log_socket()))?;
         tokio::spawn(forward_agent_logs(log_listener, id.to_owned()));
         let command = vmm_command(config, id, dir, size, network, cgroup).map_err(|err| *err)?;
         let Vmm {
@@ -370,7 +369,7 @@ impl Pod {
             exit: vm_exit,
             kill,
         } = spawn_vmm(command, config, id, dir, cgroup).map_err(|err| *err)?;
-        let ready = match connect(config, id, dir, vm_exit.clone()).await {
+        let ready = match connect(config, id, dir, spec, vm_exit.clone()).await {
             Ok(agent) => configure_guest_network(id, &agent, network)
                 .await
                 .map(|()| agent),
@@ -597,6 +596,14 @@ async fn configure_guest_network(
     Ok(())
 }
 
+/// A listener on the socket `path`, however deep the pod's directory lies
+/// (see `vmpod_sys::unix_socket`).
+fn listen(path: &Path) -> std::io::Result<UnixListener> {
+    let listener = vmpod_sys::unix_socket::bind(path)?;
+    listener.set_nonblocking(true)?;
+    UnixListener::from_std(listener)
+}
+
 /// A [`PodError::Host`] for `what` on `path`, from the io::Error it gets.
 fn host_error(
     pod: &str,
@@ -622,11 +629,13 @@ struct Started {
 }
 
 /// Connects to the agent of a booting VM (bounded by `agent-timeout`), checks
-/// its version and creates the sandbox.
+/// its version and creates the sandbox: the pod's hostname and sysctls
+/// (its UTS and IPC namespaces', see [`crate::spec::for_guest`]).
 async fn connect(
     config: &Config,
     id: &str,
     dir: &PodDir,
+    spec: &PodSpec,
     vm_exit: watch::Receiver<Option<String>>,
 ) -> Result<AgentClient, PodError> {
     let started = Instant::now();
@@ -678,10 +687,11 @@ async fn connect(
     agent
         .create_sandbox(&SandboxConfig {
             id: id.to_owned(),
-            hostname: String::new(),
+            hostname: spec.hostname.clone(),
             dns: Vec::new(),
             shared_mounts: vec![share],
             shared_pid_namespace: false,
+            sysctls: spec.sysctls.clone(),
         })
         .await
         .map_err(agent_error)?;

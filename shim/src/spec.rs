@@ -3,9 +3,11 @@
 //! for the guest: host paths mean nothing inside the VM. And which pod a
 //! container belongs to, from its CRI annotations.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
+use vmpod_agent_api::POD_NAMESPACE_DIR;
 use vmpod_jailer::cgroup::{CgroupError, CgroupPath};
 
 use crate::share::{ContainerShare, ShareError};
@@ -32,6 +34,16 @@ pub enum SpecError {
     /// `linux.cgroupsPath` cannot be a pod's cgroup.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// A namespace `path` that is not the pod's namespace of that kind.
+    #[error("linux.namespaces: {kind} path {path} is not this pod's (/proc/{vmm_pid}/ns/{kind})")]
+    Namespace {
+        /// The namespace's kind (`uts`, `ipc`, `pid`).
+        kind: &'static str,
+        /// The path the spec gives.
+        path: String,
+        /// The pod's task pid, whose namespaces containers may name.
+        vmm_pid: u32,
+    },
     /// The adapted spec cannot be written as JSON.
     #[error("spec: {0}")]
     Encode(String),
@@ -61,6 +73,47 @@ pub fn pod_id(spec: &Spec, container_id: &str) -> String {
         (Some("container"), Some(sandbox)) if !sandbox.is_empty() => sandbox.clone(),
         _ => container_id.to_owned(),
     }
+}
+
+/// What the spec of a pod's first container (CRI's sandbox) says of the
+/// pod as a whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodSpec {
+    /// The pod's network namespace ([`network_namespace`]).
+    pub netns: Option<PathBuf>,
+    /// The pod's cgroup ([`cgroup`]).
+    pub cgroup: Option<CgroupPath>,
+    /// The pod's hostname: its UTS namespace's in the guest.
+    pub hostname: String,
+    /// `linux.sysctl`: written in the pod's namespaces in the guest.
+    pub sysctls: HashMap<String, String>,
+}
+
+/// The pod's settings in `spec`, should its container be the pod's first.
+///
+/// # Errors
+/// [`SpecError::Cgroup`] naming the path and its fault.
+pub fn pod_spec(spec: &Spec) -> Result<PodSpec, SpecError> {
+    Ok(PodSpec {
+        netns: network_namespace(spec),
+        cgroup: cgroup(spec)?,
+        hostname: spec.hostname().clone().unwrap_or_default(),
+        sysctls: spec
+            .linux()
+            .as_ref()
+            .and_then(|linux| linux.sysctl().clone())
+            .unwrap_or_default(),
+    })
+}
+
+/// How a container relates to its pod, for [`for_guest`].
+#[derive(Debug, Clone, Copy)]
+pub struct Membership {
+    /// The pod's first container (CRI's sandbox), whose spec made the pod.
+    pub sandbox: bool,
+    /// The pod's task pid (`vmpod-vm`'s, what containerd was told): the
+    /// `/proc/<pid>/ns/` paths CRI gives a sandbox's containers name it.
+    pub vmm_pid: u32,
 }
 
 /// The pod's network namespace: the path of the spec's `network`
@@ -95,37 +148,85 @@ pub fn cgroup(spec: &Spec) -> Result<Option<CgroupPath>, SpecError> {
 }
 
 /// The spec as the agent gets it: OCI hooks dropped (they name host
-/// binaries; the VM boundary is the isolation), namespaces given by host
-/// paths dropped (the container then shares the pod VM's), the network
-/// namespace dropped (a pod's containers share its network, which is the
-/// VM's: its interfaces are the pod's), and bind-mount sources shared into
-/// the guest.
+/// binaries; the VM boundary is the isolation), namespaces mapped for the
+/// guest ([`guest_namespaces`]), and bind-mount sources shared into the
+/// guest. The sandbox's hostname and sysctls are the pod's (CreateSandbox
+/// applies them), so its own spec drops them.
 ///
 /// # Errors
 /// [`SpecError`]; bind mounts already made are left for the share's removal.
-pub fn for_guest(mut spec: Spec, share: &ContainerShare) -> Result<Vec<u8>, SpecError> {
+pub fn for_guest(
+    mut spec: Spec,
+    share: &ContainerShare,
+    member: Membership,
+) -> Result<Vec<u8>, SpecError> {
     if spec.hooks().is_some() {
         tracing::warn!("OCI hooks are not run in a pod VM; dropping them");
         spec.set_hooks(None);
     }
     if let Some(mut linux) = spec.linux().clone() {
         if let Some(namespaces) = linux.namespaces().clone() {
-            let (kept, dropped): (Vec<_>, Vec<_>) = namespaces.into_iter().partition(|namespace| {
-                namespace.path().is_none() && namespace.typ() != LinuxNamespaceType::Network
-            });
-            for namespace in dropped {
-                tracing::debug!(
-                    "sharing the pod VM's {:?} namespace instead of {:?}",
-                    namespace.typ(),
-                    namespace.path()
-                );
-            }
-            linux.set_namespaces(Some(kept));
+            linux.set_namespaces(Some(guest_namespaces(namespaces, member)?));
+        }
+        if member.sandbox {
+            linux.set_sysctl(None);
         }
         spec.set_linux(Some(linux));
     }
+    if member.sandbox {
+        spec.set_hostname(None);
+    }
     share.share_bind_mounts(&mut spec)?;
     serde_json::to_vec(&spec).map_err(|err| SpecError::Encode(err.to_string()))
+}
+
+/// `linux.namespaces` for the guest. The pod's UTS, IPC and PID namespaces
+/// are the agent's pod namespaces ([`POD_NAMESPACE_DIR`]): a container
+/// names them as CRI does, by the host path `/proc/<pod's pid>/ns/<kind>`
+/// (any other path of those kinds fails), and the sandbox's new UTS and
+/// IPC namespaces are them. The network namespace is dropped (a pod's
+/// containers share its network, which is the VM's: its interfaces are
+/// the pod's), as are other namespaces given by host paths (the container
+/// shares the pod VM's).
+fn guest_namespaces(
+    namespaces: Vec<LinuxNamespace>,
+    member: Membership,
+) -> Result<Vec<LinuxNamespace>, SpecError> {
+    let mut kept = Vec::new();
+    for mut namespace in namespaces {
+        let kind = match namespace.typ() {
+            LinuxNamespaceType::Uts => Some("uts"),
+            LinuxNamespaceType::Ipc => Some("ipc"),
+            LinuxNamespaceType::Pid => Some("pid"),
+            _ => None,
+        };
+        let pods = |kind: &str| PathBuf::from(format!("{POD_NAMESPACE_DIR}/{kind}"));
+        match (namespace.path().clone(), kind) {
+            (_, _) if namespace.typ() == LinuxNamespaceType::Network => {}
+            (Some(path), Some(kind)) => {
+                if path != Path::new(&format!("/proc/{}/ns/{kind}", member.vmm_pid)) {
+                    return Err(SpecError::Namespace {
+                        kind,
+                        path: path.display().to_string(),
+                        vmm_pid: member.vmm_pid,
+                    });
+                }
+                namespace.set_path(Some(pods(kind)));
+                kept.push(namespace);
+            }
+            (None, Some(kind)) if member.sandbox && kind != "pid" => {
+                namespace.set_path(Some(pods(kind)));
+                kept.push(namespace);
+            }
+            (Some(path), None) => tracing::debug!(
+                "sharing the pod VM's {:?} namespace instead of {}",
+                namespace.typ(),
+                path.display()
+            ),
+            (None, _) => kept.push(namespace),
+        }
+    }
+    Ok(kept)
 }
 
 #[cfg(test)]
@@ -206,31 +307,127 @@ mod tests {
         );
     }
 
-    #[test]
-    fn test_host_paths_are_dropped_for_the_guest() {
+    const MEMBER: Membership = Membership {
+        sandbox: false,
+        vmm_pid: 4242,
+    };
+
+    /// The spec `for_guest` makes of `json` for `member`, as JSON.
+    fn guest(json: serde_json::Value, member: Membership) -> Result<serde_json::Value, String> {
         let dir = std::env::temp_dir().join(format!("vmpod-shim-spec-{}", std::process::id()));
         let share = ContainerShare::new(&dir, "c1");
-        let adapted = for_guest(
-            spec(serde_json::json!({
+        for_guest(spec(json), &share, member)
+            .map(|bytes| serde_json::from_slice(&bytes).unwrap())
+            .map_err(|err| err.to_string())
+    }
+
+    #[test]
+    fn test_host_paths_are_dropped_for_the_guest() {
+        let adapted = guest(
+            serde_json::json!({
                 "ociVersion": "1.0.2",
                 "hooks": {"prestart": [{"path": "/usr/bin/true"}]},
                 "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
                 "linux": {"namespaces": [
                     {"type": "pid"},
-                    {"type": "ipc", "path": "/proc/1/ns/ipc"},
+                    {"type": "cgroup", "path": "/proc/1/ns/cgroup"},
                     {"type": "network"}
                 ]}
-            })),
-            &share,
+            }),
+            MEMBER,
         )
         .unwrap();
-        let adapted: serde_json::Value = serde_json::from_slice(&adapted).unwrap();
         assert!(adapted.get("hooks").is_none(), "{adapted}");
         assert_eq!(
             adapted["linux"]["namespaces"],
             serde_json::json!([{"type": "pid"}])
         );
         assert_eq!(adapted["mounts"][0]["source"], "proc");
+    }
+
+    #[test]
+    fn test_cri_namespace_paths_join_the_pods_namespaces() {
+        let adapted = guest(
+            serde_json::json!({
+                "ociVersion": "1.0.2",
+                "hostname": "own",
+                "linux": {"namespaces": [
+                    {"type": "pid", "path": "/proc/4242/ns/pid"},
+                    {"type": "ipc", "path": "/proc/4242/ns/ipc"},
+                    {"type": "uts", "path": "/proc/4242/ns/uts"},
+                    {"type": "network", "path": "/proc/4242/ns/net"},
+                    {"type": "mount"}
+                ]}
+            }),
+            MEMBER,
+        )
+        .unwrap();
+        assert_eq!(
+            adapted["linux"]["namespaces"],
+            serde_json::json!([
+                {"type": "pid", "path": "/run/vmpod/pod-ns/pid"},
+                {"type": "ipc", "path": "/run/vmpod/pod-ns/ipc"},
+                {"type": "uts", "path": "/run/vmpod/pod-ns/uts"},
+                {"type": "mount"}
+            ])
+        );
+        assert_eq!(adapted["hostname"], "own", "a member keeps its spec");
+    }
+
+    #[test]
+    fn test_the_sandbox_makes_the_pods_namespaces() {
+        let json = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "hostname": "web-0",
+            "linux": {
+                "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+                "sysctl": {"net.ipv4.ip_forward": "1"}
+            }
+        });
+        let pod = pod_spec(&spec(json.clone())).unwrap();
+        assert_eq!(pod.hostname, "web-0");
+        assert_eq!(pod.sysctls["net.ipv4.ip_forward"], "1");
+        let sandbox = Membership {
+            sandbox: true,
+            ..MEMBER
+        };
+        let adapted = guest(json, sandbox).unwrap();
+        assert_eq!(
+            adapted["linux"]["namespaces"],
+            serde_json::json!([
+                {"type": "pid"},
+                {"type": "ipc", "path": "/run/vmpod/pod-ns/ipc"},
+                {"type": "uts", "path": "/run/vmpod/pod-ns/uts"},
+                {"type": "mount"}
+            ])
+        );
+        assert!(adapted.get("hostname").is_none(), "{adapted}");
+        assert!(adapted["linux"].get("sysctl").is_none(), "{adapted}");
+    }
+
+    #[test]
+    fn test_a_namespace_path_not_of_the_pod_fails_in_one_line() {
+        for (kind, path) in [
+            ("uts", "/proc/1/ns/uts"),
+            ("ipc", "/proc/4242/ns/uts"),
+            ("pid", "/var/run/netns/pod"),
+            ("uts", "/proc/4242/ns/uts/../uts"),
+        ] {
+            let err = guest(
+                serde_json::json!({
+                    "ociVersion": "1.0.2",
+                    "linux": {"namespaces": [{"type": kind, "path": path}]}
+                }),
+                MEMBER,
+            )
+            .unwrap_err();
+            assert_eq!(
+                err,
+                format!(
+                    "linux.namespaces: {kind} path {path} is not this pod's (/proc/4242/ns/{kind})"
+                )
+            );
+        }
     }
 
     #[test]
@@ -244,6 +441,7 @@ mod tests {
                             "source": "/nonexistent/vmpod", "options": ["rbind"]}],
             })),
             &share,
+            MEMBER,
         )
         .unwrap_err();
         assert_eq!(

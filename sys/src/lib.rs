@@ -12,3 +12,4 @@ pub mod mount;
 pub mod mountinfo;
 pub mod netns;
 pub mod openat;
+pub mod unix_socket;

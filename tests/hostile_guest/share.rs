@@ -209,7 +209,6 @@ fn mount_flags(path: &Path) -> libc::c_ulong {
 
 #[test]
 fn test_a_hostile_guest_cannot_steer_the_hosts_file_operations() {
-    // Short: the pods' socket paths live below the fixture's directory.
     let test = "hostile_share";
     let _machine = crate::one_attack_at_a_time();
     let Some(f) = fixture(test, "") else {

@@ -146,7 +146,6 @@ fn wait_for(child: Child, timeout: Duration) -> Output {
 
 #[test]
 fn test_a_vsock_flood_from_the_guest_keeps_the_vmm_bounded_and_serving() {
-    // Short: the pod's socket paths live below the fixture's directory.
     let test = "hostile_vsock";
     let _machine = crate::one_attack_at_a_time();
     let build = std::env::temp_dir().join(format!("vmpod-{test}-kernel-{}", std::process::id()));

@@ -146,7 +146,6 @@ fn test_bad_input_fails_in_one_line_before_any_vm() {
     let work = std::env::temp_dir().join(format!("vmpod-seccomp-stop-{}", std::process::id()));
     let vmm = write_stopping_vmm(&work);
     let extra = format!("vmm = \"{}\"\nunconfined = true\n", vmm.display());
-    // A short name: socket paths under the pod directory must fit SUN_LEN.
     let stopped = fixture("vb-seccomp", &extra).expect("prerequisites checked");
     let out = stopped.run(&["--rm"], "vb-seccomp", &["true"]);
     let stderr = text(&out.stderr);

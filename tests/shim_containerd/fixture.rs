@@ -77,6 +77,11 @@ fn agent_initrd_or_skip(test: &str) -> bool {
     }
 }
 
+/// The directory [`fixture`] gives `test` (its `work`), removed with it.
+pub fn work_dir(test: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("vmpod-shim-{test}-{}", std::process::id()))
+}
+
 /// Starts containerd for `test` with a shim config made of `extra` on top of
 /// the guest artifacts; `None` when the test must skip (printed).
 pub fn fixture(test: &str, extra: &str) -> Option<Fixture> {
@@ -84,7 +89,7 @@ pub fn fixture(test: &str, extra: &str) -> Option<Fixture> {
     if !agent_initrd_or_skip(test) || !containerd_or_skip(test, &["script"]) {
         return None;
     }
-    let work = std::env::temp_dir().join(format!("vmpod-shim-{test}-{}", std::process::id()));
+    let work = work_dir(test);
     let _ = std::fs::remove_dir_all(&work);
     let pods = work.join("pods");
     let containerd = Containerd::with_vmpod_shim(&work, extra, false).expect("containerd");
@@ -127,6 +132,19 @@ impl Fixture {
             text(&out.stderr),
             self.containerd.log_tail(40)
         );
+    }
+
+    /// The PID column of `ctr task ls` for `id`: what containerd was told
+    /// (0: no such task).
+    pub fn task_pid(&self, id: &str) -> u32 {
+        let out = self.ctr(&["task", "ls"]);
+        text(&out.stdout)
+            .lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields.first() == Some(&id)).then(|| fields.get(1)?.parse().ok())?
+            })
+            .unwrap_or(0)
     }
 
     /// The status column of `ctr task ls` for `id` (None: no such task).

@@ -303,7 +303,8 @@ fn test_missing_or_unusable_dev_kvm() {
 #[test]
 fn test_bad_device_flags() {
     let k = ["--kernel", "/k"];
-    let cases: [(&[&str], &[&str]); 10] = [
+    let long_name = format!("cid=3,socket=/run/{}", "s".repeat(72));
+    let cases: [(&[&str], &[&str]); 11] = [
         (&["--disk", "path=a,size=1"], &["--disk", "'size'"]),
         (&["--net", "tap=t,mtu=9"], &["Invalid MTU '9'"]),
         (
@@ -318,6 +319,10 @@ fn test_bad_device_flags() {
         ),
         (&["--vsock", "cid=2,socket=/s"], &["Invalid vsock CID '2'"]),
         (&["--vsock", "cid=3"], &["'socket=' is required"]),
+        (
+            &["--vsock", &long_name],
+            &["names no file of at most 71 bytes"],
+        ),
         (&["--fs", "tag=,dir=/d"], &["'tag=' is required"]),
         (&["--fs", "tag=t,dir=/d,rw"], &["--fs", "'rw'"]),
     ];

@@ -113,7 +113,11 @@ impl AgentClient {
             source,
         };
         let handshake_error = |reason: String| ClientError::Handshake { port, reason };
-        let mut stream = UnixStream::connect(uds).await.map_err(connect_error)?;
+        // The VMM's socket may lie deeper than a socket address holds.
+        let (dir, name) = vmpod_sys::unix_socket::split(uds).map_err(connect_error)?;
+        let address = dir.address(name).map_err(connect_error)?;
+        let mut stream = UnixStream::connect(&address).await.map_err(connect_error)?;
+        drop(dir);
         stream
             .write_all(format!("CONNECT {port}\n").as_bytes())
             .await
@@ -193,6 +197,7 @@ impl AgentClient {
         req.dns = sandbox.dns.clone();
         req.shared_mounts = sandbox.shared_mounts.clone();
         req.shared_pid_namespace = sandbox.shared_pid_namespace;
+        req.sysctls = sandbox.sysctls.clone();
         self.inner
             .create_sandbox(bounded(), &req)
             .await
@@ -569,8 +574,10 @@ pub struct SandboxConfig {
     pub dns: Vec<String>,
     /// File systems mounted in the guest before any container.
     pub shared_mounts: Vec<Mount>,
-    /// One PID namespace for all the pod's containers.
+    /// One PID namespace for all the pod's containers: the pod's.
     pub shared_pid_namespace: bool,
+    /// The pod's namespaced sysctls.
+    pub sysctls: std::collections::HashMap<String, String>,
 }
 
 fn container_request(container_id: &str) -> ContainerRequest {

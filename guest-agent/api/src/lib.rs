@@ -28,8 +28,16 @@ pub mod service {
 
 pub use client::{AgentClient, ClientError, ProcessId, SandboxConfig};
 
-/// Bumped on incompatible changes to `protos/agent.proto`.
-pub const API_VERSION: u32 = 2;
+/// Bumped on incompatible changes to `protos/agent.proto` or to what its
+/// fields mean (3: the pod's sysctls and namespaces).
+pub const API_VERSION: u32 = 3;
+
+/// A container's spec names `<this>/uts`, `<this>/ipc` or `<this>/pid` as a
+/// namespace's `path` to join the pod's namespace of that kind (as CRI's
+/// containers join their sandbox's). The agent makes them at CreateSandbox
+/// (the pod's hostname and sysctls are theirs) and resolves these names
+/// itself: they are no files.
+pub const POD_NAMESPACE_DIR: &str = "/run/vmpod/pod-ns";
 
 /// The vsock port the agent listens on unless its command line says
 /// otherwise.

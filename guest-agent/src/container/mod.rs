@@ -215,8 +215,8 @@ pub struct Placement<'a> {
     pub state_dir: &'a Path,
     /// The sandbox's cgroup (container cgroups go below).
     pub sandbox_cgroup: &'a Path,
-    /// The sandbox's shared PID namespace, if it has one.
-    pub shared_pid: Option<&'a Path>,
+    /// The pod's namespaces.
+    pub pod_namespaces: &'a plan::PodNamespaces,
 }
 
 fn json<T: serde::de::DeserializeOwned>(
@@ -348,7 +348,7 @@ impl Container {
         rootfs::mount(rootfs, &root)?;
         rollback.rootfs = Some(root.clone());
         tracing::debug!("container {id}: root file system mounted");
-        let plan = plan::plan_init(spec, &root, placement.shared_pid)?;
+        let plan = plan::plan_init(spec, &root, placement.pod_namespaces)?;
         tracing::debug!("container {id}: planned");
         let cgroup = Cgroup::create(placement.sandbox_cgroup, id)?;
         rollback.cgroup = Some(cgroup.clone());

@@ -4,6 +4,7 @@
 //! an exec), with the reaper's registry locked so the exit cannot be
 //! missed; then the report pipe protocol with the child.
 
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -70,7 +71,10 @@ pub struct Spawned {
 /// What the child runs after the clone.
 enum Role<'a> {
     Init(&'a InitPlan),
-    PidHolder,
+    PodHolder {
+        hostname: &'a CStr,
+        sysctls: &'a [(CString, CString)],
+    },
     Exec {
         ns: &'a [(RawFd, libc::c_int)],
         process: &'a ProcessPlan,
@@ -126,7 +130,9 @@ fn clone_into(
         match role {
             Role::Init(plan) => child::run_init(plan, fds),
             Role::Exec { ns, process } => child::run_exec(ns, process, fds),
-            Role::PidHolder => child::hold_pid_namespace(fds),
+            Role::PodHolder { hostname, sysctls } => {
+                child::hold_pod_namespaces(fds, hostname, sysctls)
+            }
         }
     }
     if pid < 0 {
@@ -341,14 +347,19 @@ pub fn spawn_exec(
     }
 }
 
-/// Starts the process that holds a sandbox's shared PID namespace (its
-/// PID 1, which only waits, confined: `child/holder.rs`); containers then
-/// join that namespace.
+/// Starts the process that holds a sandbox's UTS, IPC and PID namespaces
+/// (the PID one's PID 1, which only waits, confined: `child/holder.rs`),
+/// having set the pod's `hostname` and written its `sysctls` in them;
+/// containers then join them.
 ///
 /// # Errors
 ///
 /// [`SpawnError`]: the clone, or the holder's failed step.
-pub fn spawn_pid_holder(reaper: &Reaper) -> Result<(libc::pid_t, OwnedFd, ExitWatch), SpawnError> {
+pub fn spawn_pod_holder(
+    hostname: &CStr,
+    sysctls: &[(CString, CString)],
+    reaper: &Reaper,
+) -> Result<(libc::pid_t, OwnedFd, ExitWatch), SpawnError> {
     let (report_read, report_write) = pipe().map_err(os("creating the report pipe"))?;
     let fds = ChildFds {
         report: report_write.as_raw_fd(),
@@ -357,10 +368,11 @@ pub fn spawn_pid_holder(reaper: &Reaper) -> Result<(libc::pid_t, OwnedFd, ExitWa
         console: -1,
         trace: false,
     };
+    let flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
     let spawned = clone_on_own_thread(
         None,
-        &Role::PidHolder,
-        (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64,
+        &Role::PodHolder { hostname, sysctls },
+        flags as u64,
         None,
         &fds,
         reaper,
@@ -371,6 +383,16 @@ pub fn spawn_pid_holder(reaper: &Reaper) -> Result<(libc::pid_t, OwnedFd, ExitWa
     let mut reports = File::from(report_read);
     match read_report(&mut reports)? {
         Some(report) if report.step() == Some(Step::Ready) => Ok(spawned),
+        Some(report) if report.step() == Some(Step::Sysctl) => Err(SpawnError::Child {
+            step: format!(
+                "writing {}",
+                sysctls
+                    .get(report.index as usize)
+                    .map(|(path, _)| path.to_string_lossy())
+                    .unwrap_or_default()
+            ),
+            source: std::io::Error::from_raw_os_error(report.errno),
+        }),
         Some(report) => Err(child_error(&report, None, None)),
         None => Err(SpawnError::Vanished),
     }

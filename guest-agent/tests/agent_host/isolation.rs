@@ -120,6 +120,103 @@ async fn test_shared_pid_namespace() {
     agent.client.destroy_sandbox().await.unwrap();
 }
 
+/// The pod's namespaces: CreateSandbox's hostname and sysctls are those of
+/// the pod's UTS and IPC namespaces (not the agent's), which containers
+/// join by their names below `POD_NAMESPACE_DIR`, as they join its PID
+/// namespace (where they see each other); a container of its own
+/// namespaces keeps its own; a name of another kind and a sysctl of the
+/// whole system are refused in one line.
+#[tokio::test]
+async fn test_pod_namespaces_hostname_and_sysctls() {
+    let agent: HostAgent = agent_or_skip!("podns");
+    let sysctls = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let pod = |sysctls| vmpod_agent_api::SandboxConfig {
+        id: "pod".into(),
+        hostname: "the-pod".into(),
+        sysctls,
+        ..Default::default()
+    };
+    assert_eq!(
+        refused(
+            agent
+                .client
+                .create_sandbox(&pod(sysctls(&[("vm.swappiness", "1")])))
+        )
+        .await,
+        "linux.sysctl: \"vm.swappiness\" is not a namespaced sysctl"
+    );
+    let good = sysctls(&[
+        ("kernel.shmmni", "1234"),
+        ("net.ipv4.ip_unprivileged_port_start", "80"),
+    ]);
+    agent.client.create_sandbox(&pod(good)).await.unwrap();
+    let rootfs = agent.rootfs("root");
+    let script =
+        "hostname; cat /proc/sys/kernel/shmmni /proc/sys/net/ipv4/ip_unprivileged_port_start";
+    let joined = |args: &[&str]| {
+        let mut joining = spec(args, "");
+        joining["linux"]["namespaces"] = serde_json::json!([
+            {"type": "mount"},
+            {"type": "pid", "path": "/run/vmpod/pod-ns/pid"},
+            {"type": "uts", "path": "/run/vmpod/pod-ns/uts"},
+            {"type": "ipc", "path": "/run/vmpod/pod-ns/ipc"}
+        ]);
+        joining
+    };
+    let (status, stdout, stderr) = agent
+        .run("joins", &joined(&["sh", "-c", script]), &rootfs)
+        .await;
+    assert_eq!(status, 0, "{stderr}");
+    assert_eq!(stdout, "the-pod\n1234\n80\n");
+    // Two containers in the pod's PID namespace see each other; its PID 1
+    // is the holder.
+    agent
+        .create("sleeper", &joined(&["sleep", "1000"]), &rootfs)
+        .await
+        .unwrap();
+    agent.client.start_container("sleeper").await.unwrap();
+    let (status, stdout, stderr) = agent
+        .run(
+            "looks",
+            &joined(&["sh", "-c", "echo self=$$; ps -o comm"]),
+            &rootfs,
+        )
+        .await;
+    assert_eq!(status, 0, "{stderr}");
+    assert!(!stdout.contains("self=1\n"), "{stdout}");
+    assert!(stdout.contains("sleep"), "{stdout}");
+    let (status, stdout, stderr) = agent
+        .run("own", &spec(&["sh", "-c", script], "own"), &rootfs)
+        .await;
+    assert_eq!(status, 0, "{stderr}");
+    let own: Vec<&str> = stdout.lines().collect();
+    assert_eq!(own[..1], ["own"], "{stdout}");
+    assert_ne!(own[1], "1234", "a new IPC namespace has its defaults");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_ne!(host.trim(), "the-pod", "the agent's hostname changed");
+    let mut wrong = spec(&["true"], "");
+    wrong["linux"]["namespaces"] =
+        serde_json::json!([{"type": "uts", "path": "/run/vmpod/pod-ns/ipc"}]);
+    assert_eq!(
+        refused(agent.create("wrong", &wrong, &rootfs)).await,
+        "namespace path /run/vmpod/pod-ns/ipc names no namespace of the pod"
+    );
+    agent.client.remove_container("joins", false).await.unwrap();
+    agent
+        .client
+        .remove_container("sleeper", true)
+        .await
+        .unwrap();
+    agent.client.remove_container("looks", false).await.unwrap();
+    agent.client.remove_container("own", false).await.unwrap();
+    agent.client.destroy_sandbox().await.unwrap();
+}
+
 /// The spec's seccomp profile holds in the container and in its execs:
 /// denied calls get the profile's errno, argument conditions are checked;
 /// the agent's vsock filter comes with or without a profile.

@@ -47,9 +47,8 @@ impl TaskService {
             .map_err(|err| host_status(Code::INVALID_ARGUMENT, &err))?;
         let pod_id = spec::pod_id(&spec, &req.id);
         let annotations = spec.annotations().clone().unwrap_or_default();
-        let netns = spec::network_namespace(&spec);
-        let cgroup =
-            spec::cgroup(&spec).map_err(|err| host_status(Code::INVALID_ARGUMENT, &err))?;
+        let pod_spec =
+            spec::pod_spec(&spec).map_err(|err| host_status(Code::INVALID_ARGUMENT, &err))?;
         let resources = spec
             .linux()
             .as_ref()
@@ -60,13 +59,23 @@ impl TaskService {
                 container_id: &req.id,
                 annotations: &annotations,
                 resources,
-                netns: netns.as_deref(),
-                cgroup: cgroup.as_ref(),
+                spec: &pod_spec,
             })
             .await?;
+        let member = spec::Membership {
+            sandbox: pod_id == req.id,
+            vmm_pid: pod.handle.vmm_pid,
+        };
         let share = ContainerShare::new(&pod.dir, &req.id);
-        if let Err(err) =
-            create_in_pod(&req, spec, pod.handle.agent.as_ref(), &share, &pod.dir).await
+        if let Err(err) = create_in_pod(
+            &req,
+            spec,
+            member,
+            pod.handle.agent.as_ref(),
+            &share,
+            &pod.dir,
+        )
+        .await
         {
             self.roll_back_create(&req, &share, pod.launched).await;
             return Err(err);
@@ -111,6 +120,7 @@ impl TaskService {
 async fn create_in_pod(
     req: &CreateTaskRequest,
     spec: oci_spec::runtime::Spec,
+    member: spec::Membership,
     agent: &dyn Agent,
     share: &ContainerShare,
     pod_dir: &Path,
@@ -133,8 +143,8 @@ async fn create_in_pod(
     share
         .mount_rootfs(&req.rootfs, &root, readonly)
         .map_err(|err| host_status(Code::INTERNAL, &err))?;
-    let guest_spec =
-        spec::for_guest(spec, share).map_err(|err| host_status(Code::INVALID_ARGUMENT, &err))?;
+    let guest_spec = spec::for_guest(spec, share, member)
+        .map_err(|err| host_status(Code::INVALID_ARGUMENT, &err))?;
     let mut rootfs = Mount::new();
     rootfs.source = share.guest_rootfs();
     rootfs.fstype = "bind".into();

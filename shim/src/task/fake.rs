@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::spec::PodSpec;
 use async_trait::async_trait;
 use containerd_shim::api::{
     CreateTaskRequest, CreateTaskResponse, ExecProcessRequest, StartRequest, StateRequest, Status,
@@ -22,7 +23,6 @@ use tokio::sync::{mpsc, watch};
 use ttrpc::Code;
 use vmpod_agent_api::messages::{Mount, StatsContainerResponse, WaitProcessResponse};
 use vmpod_agent_api::{ClientError, ProcessId};
-use vmpod_jailer::cgroup::CgroupPath;
 
 use super::{lock, Agent, EventSink, Launcher, PodHandle, PodVm, TaskService};
 use crate::config::Config;
@@ -322,8 +322,7 @@ impl Launcher for FakeLauncher {
         namespace: &str,
         id: &str,
         size: VmSize,
-        _netns: Option<&Path>,
-        _cgroup: Option<&CgroupPath>,
+        _spec: &PodSpec,
     ) -> Result<Box<dyn PodVm>, PodError> {
         if let Some(err) = lock(&self.failure).take() {
             return Err(err);

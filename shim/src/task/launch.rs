@@ -5,20 +5,20 @@
 //! in tests.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use oci_spec::runtime::LinuxResources;
 use tokio::sync::watch;
 use ttrpc::Code;
-use vmpod_jailer::cgroup::CgroupPath;
 
 use super::error::{launch_status, status};
 use super::{lock, Agent, TaskService};
 use crate::config::Config;
 use crate::pod::{Pod, PodError};
 use crate::sizing::{self, VmSize};
+use crate::spec::PodSpec;
 
 /// The pod's running VM, as requests need it.
 #[derive(Debug, Clone)]
@@ -54,8 +54,8 @@ pub trait PodVm: Send + Sync + std::fmt::Debug {
 /// Boots pod VMs.
 #[async_trait]
 pub trait Launcher: Send + Sync + std::fmt::Debug {
-    /// Boots the VM of pod `id` in `namespace`, of `size`, with the network
-    /// of the namespace at `netns`; see [`Pod::launch`].
+    /// Boots the VM of pod `id` in `namespace`, of `size`, as the `spec` of
+    /// its first container says; see [`Pod::launch`].
     ///
     /// # Errors
     /// [`PodError`] naming the step that failed; nothing of the pod is left.
@@ -65,8 +65,7 @@ pub trait Launcher: Send + Sync + std::fmt::Debug {
         namespace: &str,
         id: &str,
         size: VmSize,
-        netns: Option<&Path>,
-        cgroup: Option<&CgroupPath>,
+        spec: &PodSpec,
     ) -> Result<Box<dyn PodVm>, PodError>;
 }
 
@@ -82,10 +81,9 @@ impl Launcher for VmLauncher {
         namespace: &str,
         id: &str,
         size: VmSize,
-        netns: Option<&Path>,
-        cgroup: Option<&CgroupPath>,
+        spec: &PodSpec,
     ) -> Result<Box<dyn PodVm>, PodError> {
-        let pod = Pod::launch(config, namespace, id, size, netns, cgroup).await?;
+        let pod = Pod::launch(config, namespace, id, size, spec).await?;
         Ok(Box::new(pod))
     }
 }
@@ -134,10 +132,8 @@ pub(super) struct PodRequest<'a> {
     pub(super) annotations: &'a HashMap<String, String>,
     /// The container's limits, which must fit the pod VM.
     pub(super) resources: Option<&'a LinuxResources>,
-    /// The network namespace a new pod VM serves.
-    pub(super) netns: Option<&'a Path>,
-    /// The cgroup a new pod VM runs in.
-    pub(super) cgroup: Option<&'a CgroupPath>,
+    /// What a new pod VM is launched with (network, cgroup, hostname).
+    pub(super) spec: &'a PodSpec,
 }
 
 impl TaskService {
@@ -153,8 +149,7 @@ impl TaskService {
             container_id,
             annotations,
             resources,
-            netns,
-            cgroup,
+            spec,
         } = *request;
         let refuse = |err: String| status(Code::INVALID_ARGUMENT, err);
         let config = self
@@ -190,7 +185,7 @@ impl TaskService {
         sizing::check_fits(container_id, size, resources).map_err(refuse)?;
         let launched = self
             .launcher
-            .launch(config, &self.namespace, pod_id, size, netns, cgroup)
+            .launch(config, &self.namespace, pod_id, size, spec)
             .await
             .map_err(launch_status)?;
         let handle = launched.handle();

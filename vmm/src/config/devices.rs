@@ -12,9 +12,11 @@ pub use vmpod_sys::mac::MacAddr;
 
 /// Longest virtio-fs tag (the config space field's size).
 pub const MAX_FS_TAG_LEN: usize = 36;
-/// Longest Unix socket path (`sun_path` less the NUL); vsock adds `_<port>`
-/// for guest-initiated connections, which must fit too.
-pub const MAX_VSOCK_SOCKET_LEN: usize = 107 - "_4294967295".len();
+/// Longest file name of the vsock socket: any directory works (see
+/// `vmpod_sys::unix_socket`), but the name with the `_<port>` that
+/// guest-initiated connections add must fit a socket address.
+pub const MAX_VSOCK_SOCKET_NAME_LEN: usize =
+    vmpod_sys::unix_socket::MAX_NAME_LEN - "_4294967295".len();
 /// The MTU range a virtio-net device offers: IPv4's minimum up to what
 /// one frame buffer holds.
 pub const NET_MTU_RANGE: std::ops::RangeInclusive<u16> = 68..=65535;
@@ -75,9 +77,11 @@ pub enum DeviceConfigError {
     /// A guest CID that is reserved or not a number.
     #[error("Invalid vsock CID '{0}': a number from {MIN_GUEST_CID} to 4294967294")]
     Cid(String),
-    /// A socket path too long for `sun_path`.
-    #[error("The vsock socket path {0} is too long: at most {MAX_VSOCK_SOCKET_LEN} bytes")]
-    SocketPathTooLong(PathBuf),
+    /// A socket file name too long for a socket address.
+    #[error(
+        "The vsock socket path {0} names no file of at most {MAX_VSOCK_SOCKET_NAME_LEN} bytes"
+    )]
+    SocketNameTooLong(PathBuf),
     /// A virtio-fs tag the guest could not mount by.
     #[error("Invalid virtio-fs tag '{0}': 1 to {MAX_FS_TAG_LEN} bytes, no NUL")]
     FsTag(String),
@@ -267,8 +271,12 @@ impl VsockConfig {
         if self.cid < MIN_GUEST_CID || self.cid == u32::MAX {
             return Err(DeviceConfigError::Cid(self.cid.to_string()));
         }
-        if self.socket.as_os_str().len() > MAX_VSOCK_SOCKET_LEN {
-            return Err(DeviceConfigError::SocketPathTooLong(self.socket));
+        let name = self
+            .socket
+            .file_name()
+            .map_or(usize::MAX, |name| name.len());
+        if name > MAX_VSOCK_SOCKET_NAME_LEN {
+            return Err(DeviceConfigError::SocketNameTooLong(self.socket));
         }
         Ok(self)
     }
@@ -484,9 +492,23 @@ mod tests {
             );
         }
         assert!("cid=3".parse::<VsockConfig>().is_err());
-        let long = format!("cid=3,socket=/{}", "s".repeat(MAX_VSOCK_SOCKET_LEN));
+        let deep = format!("/{}/v.sock", "d".repeat(300));
+        let vsock: VsockConfig = format!("cid=3,socket={deep}").parse().unwrap();
+        assert_eq!(vsock.socket, PathBuf::from(deep), "any directory will do");
+        let long = format!(
+            "cid=3,socket=/{}",
+            "s".repeat(MAX_VSOCK_SOCKET_NAME_LEN + 1)
+        );
         let err = long.parse::<VsockConfig>().unwrap_err();
-        assert!(err.to_string().contains("too long"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "The vsock socket path {} names no file of at most 71 bytes",
+                &long[13..]
+            )
+        );
+        let err = "cid=3,socket=/".parse::<VsockConfig>().unwrap_err();
+        assert!(err.to_string().contains("names no file"), "{err}");
     }
 
     #[test]

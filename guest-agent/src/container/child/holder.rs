@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-//! PID 1 of a sandbox's shared PID namespace. Every container of the pod
-//! sees it as /proc/1, so nothing of the agent's must be reachable through
+//! The holder of a sandbox's namespaces — UTS, IPC and PID, whose hostname
+//! and sysctls it sets first — and PID 1 of the PID one. Every container sharing the
+//! pod's PID namespace sees it as /proc/1, so nothing of the agent's must be reachable through
 //! it: it keeps none of the agent's descriptors, its root is an empty
 //! read-only tmpfs in a mount namespace of its own (so /proc/1/root and
 //! /proc/1/cwd lead nowhere), it is not dumpable (only CAP_SYS_PTRACE
@@ -8,15 +9,32 @@
 //! write, exit), so a process that does trace it cannot make it do
 //! anything for it.
 
+use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
 
-use super::{check, mount, report, ChildFds, Step};
+use super::{check, close, fail, mount, open, report, write_once, ChildFds, Step};
 
-/// Confines the holder, reports Ready and waits for ever: in a read on a
-/// pipe whose write end it holds itself (pause(2) is not allowed in strict
-/// mode). The agent ends it with SIGKILL at DestroySandbox.
-pub fn hold_pid_namespace(fds: &ChildFds) -> ! {
+/// Sets the pod's `hostname` (if any) and writes its `sysctls` (paths
+/// under /proc/sys, values) in its namespaces, confines the holder,
+/// reports Ready and waits for ever: in a read on a pipe whose write end
+/// it holds itself (pause(2) is not allowed in strict mode). The agent
+/// ends it with SIGKILL at DestroySandbox.
+pub fn hold_pod_namespaces(fds: &ChildFds, hostname: &CStr, sysctls: &[(CString, CString)]) -> ! {
     close_all_but(fds.report);
+    if !hostname.is_empty() {
+        let name = hostname.to_bytes();
+        // SAFETY: pointer and length of a live string.
+        let rc = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
+        check(fds, rc, Step::Hostname, 0);
+    }
+    for (i, (path, value)) in sysctls.iter().enumerate() {
+        let fd = open(path, libc::O_WRONLY | libc::O_CLOEXEC, 0);
+        check(fds, fd, Step::Sysctl, i);
+        if !write_once(fd, value) {
+            fail(fds, Step::Sysctl, i);
+        }
+        close(fd);
+    }
     empty_root(fds);
     // SAFETY: prctl with integer arguments.
     let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };

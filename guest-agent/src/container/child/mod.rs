@@ -16,7 +16,7 @@ mod process;
 use std::ffi::CStr;
 use std::os::fd::RawFd;
 
-pub use self::holder::hold_pid_namespace;
+pub use self::holder::hold_pod_namespaces;
 use super::plan::{InitPlan, ProcessPlan};
 
 /// A step of the child's set-up, as reported on the pipe: the report names

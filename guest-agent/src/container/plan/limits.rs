@@ -64,6 +64,24 @@ pub(super) fn plan_sysctls(
         .collect()
 }
 
+/// The pod's sysctls (CreateSandbox) as (path under /proc/sys, value),
+/// ordered by name: those of the namespaces a pod has (IPC, UTS, and the
+/// network, which is the VM's).
+///
+/// # Errors
+/// [`PlanError::Sysctl`] for one that would change the whole guest.
+pub fn plan_pod_sysctls(
+    sysctls: &std::collections::HashMap<String, String>,
+) -> Result<Vec<(CString, CString)>, PlanError> {
+    let pod = (libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET) as u64;
+    let mut sorted: Vec<_> = sysctls.iter().collect();
+    sorted.sort();
+    sorted
+        .into_iter()
+        .map(|(key, value)| sysctl(key, value, pod))
+        .collect()
+}
+
 /// A sysctl as its /proc/sys path, if it belongs to a namespace the
 /// container has of its own (as runc checks).
 fn sysctl(key: &str, value: &str, clone_flags: u64) -> Result<(CString, CString), PlanError> {
@@ -106,6 +124,36 @@ mod tests {
         assert_eq!(limits[0].0, libc::RLIMIT_NOFILE);
         assert_eq!((limits[0].1.rlim_cur, limits[0].1.rlim_max), (1024, 4096));
         assert_eq!(limits[1].0, libc::RLIMIT_CORE);
+    }
+
+    #[test]
+    fn test_pod_sysctls_are_those_of_the_pods_namespaces_in_order() {
+        let sysctls = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<std::collections::HashMap<_, _>>()
+        };
+        let planned = plan_pod_sysctls(&sysctls(&[
+            ("net.ipv4.ip_unprivileged_port_start", "0"),
+            ("kernel.shmmni", "1024"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            planned,
+            [
+                (c"/proc/sys/kernel/shmmni".into(), c"1024".into()),
+                (
+                    c"/proc/sys/net/ipv4/ip_unprivileged_port_start".into(),
+                    c"0".into()
+                ),
+            ]
+        );
+        let err = plan_pod_sysctls(&sysctls(&[("vm.swappiness", "1")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "linux.sysctl: \"vm.swappiness\" is not a namespaced sysctl"
+        );
     }
 
     #[test]

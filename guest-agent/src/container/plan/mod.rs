@@ -21,7 +21,9 @@ use std::path::Path;
 use oci_spec::runtime::Spec;
 
 pub use self::devices::{DeviceNode, DeviceStep, DEFAULT_DEVICES, DEFAULT_DEV_LINKS};
+pub use self::limits::plan_pod_sysctls;
 pub use self::mounts::MountStep;
+pub use self::namespaces::PodNamespaces;
 pub use self::process::{plan_process, CStrArray, CapSets, ProcessPlan};
 use super::paths::{resolve_in_root, PathError};
 
@@ -63,6 +65,10 @@ pub enum PlanError {
         #[source]
         source: std::io::Error,
     },
+    /// A name below `POD_NAMESPACE_DIR` that is not one of the pod's
+    /// namespaces of the entry's type.
+    #[error("namespace path {0} names no namespace of the pod")]
+    PodNamespace(String),
     /// A hostname without a UTS namespace of its own.
     #[error("hostname is set but the spec has no new uts namespace")]
     HostnameWithoutUts,
@@ -152,17 +158,14 @@ fn path_cstring(field: &'static str, path: &Path) -> Result<CString, PlanError> 
 
 /// The plan for a container's init process, on the root file system
 /// mounted at `rootfs` (a host path). Mount points that lie in the image
-/// are created here, after resolving them inside it. With `shared_pid`, a
-/// new PID namespace asked for is the sandbox's shared one instead.
+/// are created here, after resolving them inside it. Namespaces named
+/// below `POD_NAMESPACE_DIR` are the `pod`'s; with its shared PID
+/// namespace, a new PID namespace asked for is the pod's instead.
 ///
 /// # Errors
 ///
 /// [`PlanError`] naming the field at fault.
-pub fn plan_init(
-    spec: &Spec,
-    rootfs: &Path,
-    shared_pid: Option<&Path>,
-) -> Result<InitPlan, PlanError> {
+pub fn plan_init(spec: &Spec, rootfs: &Path, pod: &PodNamespaces) -> Result<InitPlan, PlanError> {
     let process = spec.process().as_ref().ok_or(PlanError::NoProcess)?;
     let mut process = plan_process(process)?;
     let linux = spec.linux().clone().unwrap_or_default();
@@ -170,7 +173,7 @@ pub fn plan_init(
         process.seccomp = super::seccomp::compile(profile)?;
     }
     process.seccomp.push(super::seccomp::vsock_filter()?);
-    let namespaces = namespaces::plan_namespaces(&linux, shared_pid)?;
+    let namespaces = namespaces::plan_namespaces(&linux, pod)?;
     let hostname = namespaces::plan_hostname(spec, namespaces.clone_flags)?;
     let (mounts, mounted) = mounts::plan_mounts(spec, rootfs)?;
     let device_nodes = devices::plan_device_nodes(&linux, rootfs, &mounted)?;
@@ -276,7 +279,7 @@ mod tests {
                 "readonlyPaths": ["/proc/sys"]
             }
         }));
-        let plan = plan_init(&spec, &root, None).unwrap();
+        let plan = plan_init(&spec, &root, &PodNamespaces::default()).unwrap();
         let new = (libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWPID) as u64;
         assert_eq!(plan.clone_flags, new);
         assert_eq!(plan.hostname.as_deref(), Some(c"web"));
@@ -304,7 +307,7 @@ mod tests {
         let mut spec = spec;
         spec.set_process(None);
         assert!(matches!(
-            plan_init(&spec, &root, None),
+            plan_init(&spec, &root, &PodNamespaces::default()),
             Err(PlanError::NoProcess)
         ));
         std::fs::remove_dir_all(root).unwrap();

@@ -5,11 +5,30 @@
 
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{Linux, LinuxNamespaceType, Spec};
+use vmpod_agent_api::POD_NAMESPACE_DIR;
 
 use super::{cstring, PlanError};
+
+/// The pod's namespaces, which its holder process keeps (see
+/// `Sandbox::create`).
+#[derive(Debug, Clone, Default)]
+pub struct PodNamespaces {
+    /// The holder's `/proc/<pid>/ns`; none before CreateSandbox.
+    pub dir: Option<PathBuf>,
+    /// Whether a container asking for a new PID namespace gets the pod's.
+    pub shared_pid: bool,
+}
+
+impl PodNamespaces {
+    /// The pod's namespace of the kind whose `/proc/<pid>/ns` entry is
+    /// `kind`.
+    fn path(&self, kind: &str) -> Option<PathBuf> {
+        self.dir.as_ref().map(|dir| dir.join(kind))
+    }
+}
 
 /// What `linux.namespaces` asks for.
 #[derive(Debug)]
@@ -24,12 +43,10 @@ pub(super) struct Namespaces {
 
 /// The namespaces of `linux`. The container always gets a mount namespace
 /// of its own (the agent's mounts must not change under it) and a PID
-/// namespace other than the agent's. With `shared_pid`, a new PID namespace
-/// is that one instead.
-pub(super) fn plan_namespaces(
-    linux: &Linux,
-    shared_pid: Option<&Path>,
-) -> Result<Namespaces, PlanError> {
+/// namespace other than the agent's. A path below [`POD_NAMESPACE_DIR`]
+/// joins the `pod`'s namespace of that kind; with the pod's `shared_pid`, a
+/// new PID namespace is the pod's instead.
+pub(super) fn plan_namespaces(linux: &Linux, pod: &PodNamespaces) -> Result<Namespaces, PlanError> {
     let mut clone_flags = libc::CLONE_NEWNS as u64;
     let mut join = Vec::new();
     let mut join_pid = None;
@@ -38,7 +55,10 @@ pub(super) fn plan_namespaces(
         match namespace.path() {
             None => clone_flags |= flag as u64,
             Some(path) => {
-                let fd = open_namespace(path)?;
+                let fd = match path.strip_prefix(POD_NAMESPACE_DIR) {
+                    Ok(kind) => open_namespace(&pod_namespace(path, kind, flag, pod)?)?,
+                    Err(_) => open_namespace(path)?,
+                };
                 if flag == libc::CLONE_NEWPID {
                     join_pid = Some(fd);
                 } else if flag != libc::CLONE_NEWNS {
@@ -54,9 +74,9 @@ pub(super) fn plan_namespaces(
     if new_pid {
         clone_flags |= libc::CLONE_NEWPID as u64;
     }
-    if let (Some(path), true) = (shared_pid, new_pid) {
+    if let (Some(path), true) = (pod.path("pid").filter(|_| pod.shared_pid), new_pid) {
         clone_flags &= !(libc::CLONE_NEWPID as u64);
-        join_pid = Some(open_namespace(path)?);
+        join_pid = Some(open_namespace(&path)?);
     }
     Ok(Namespaces {
         clone_flags,
@@ -77,6 +97,28 @@ pub(super) fn plan_hostname(spec: &Spec, clone_flags: u64) -> Result<Option<CStr
         return Err(PlanError::HostnameWithoutUts);
     }
     Ok(hostname)
+}
+
+/// The pod's namespace that `path` (`<POD_NAMESPACE_DIR>/<kind>`) names for
+/// a namespace of type `flag`: only its UTS, IPC and PID namespaces are
+/// the pod's.
+fn pod_namespace(
+    path: &Path,
+    kind: &Path,
+    flag: libc::c_int,
+    pod: &PodNamespaces,
+) -> Result<PathBuf, PlanError> {
+    let expected = match flag {
+        libc::CLONE_NEWUTS => "uts",
+        libc::CLONE_NEWIPC => "ipc",
+        libc::CLONE_NEWPID => "pid",
+        _ => "",
+    };
+    let not_the_pods = || PlanError::PodNamespace(path.display().to_string());
+    if expected.is_empty() || kind != Path::new(expected) {
+        return Err(not_the_pods());
+    }
+    pod.path(expected).ok_or_else(not_the_pods)
 }
 
 /// A namespace to join, by its path (`/proc/PID/ns/KIND`, a bind mount).
@@ -111,12 +153,61 @@ mod tests {
         serde_json::from_value(json).unwrap()
     }
 
+    /// A pod whose namespaces are this process's, its PID one shared.
+    fn shared() -> PodNamespaces {
+        PodNamespaces {
+            dir: Some("/proc/self/ns".into()),
+            shared_pid: true,
+        }
+    }
+
+    #[test]
+    fn test_the_pods_namespaces_are_joined_by_their_names() {
+        let linux = linux(serde_json::json!({
+            "namespaces": [
+                {"type": "uts", "path": "/run/vmpod/pod-ns/uts"},
+                {"type": "ipc", "path": "/run/vmpod/pod-ns/ipc"},
+                {"type": "pid", "path": "/run/vmpod/pod-ns/pid"}
+            ]
+        }));
+        let pod = PodNamespaces {
+            shared_pid: false,
+            ..shared()
+        };
+        let planned = plan_namespaces(&linux, &pod).unwrap();
+        assert_eq!(planned.clone_flags, libc::CLONE_NEWNS as u64);
+        let joined: Vec<libc::c_int> = planned.join.iter().map(|(_, flag)| *flag).collect();
+        assert_eq!(joined, [libc::CLONE_NEWUTS, libc::CLONE_NEWIPC]);
+        assert!(planned.join_pid.is_some());
+    }
+
+    #[test]
+    fn test_a_pod_namespace_name_of_another_kind_or_without_a_pod_is_refused() {
+        for (kind, path) in [
+            ("uts", "/run/vmpod/pod-ns/ipc"),
+            ("network", "/run/vmpod/pod-ns/net"),
+            ("ipc", "/run/vmpod/pod-ns/ipc/x"),
+        ] {
+            let linux = linux(serde_json::json!({"namespaces": [{"type": kind, "path": path}]}));
+            let err = plan_namespaces(&linux, &shared()).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("namespace path {path} names no namespace of the pod")
+            );
+        }
+        let linux = linux(serde_json::json!({
+            "namespaces": [{"type": "uts", "path": "/run/vmpod/pod-ns/uts"}]
+        }));
+        let err = plan_namespaces(&linux, &PodNamespaces::default()).unwrap_err();
+        assert!(err.to_string().ends_with("names no namespace of the pod"));
+    }
+
     #[test]
     fn test_new_namespaces_become_clone_flags() {
         let linux = linux(serde_json::json!({
             "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}]
         }));
-        let planned = plan_namespaces(&linux, None).unwrap();
+        let planned = plan_namespaces(&linux, &PodNamespaces::default()).unwrap();
         let expected =
             libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET | libc::CLONE_NEWIPC;
         assert_eq!(planned.clone_flags, expected as u64);
@@ -133,7 +224,7 @@ mod tests {
                 {"type": "mount", "path": "/proc/self/ns/mnt"}
             ]
         }));
-        let planned = plan_namespaces(&linux, None).unwrap();
+        let planned = plan_namespaces(&linux, &PodNamespaces::default()).unwrap();
         assert_eq!(planned.clone_flags, libc::CLONE_NEWNS as u64);
         assert_eq!(planned.join.len(), 1, "the mount namespace is always new");
         assert_eq!(planned.join[0].1, libc::CLONE_NEWNET);
@@ -143,8 +234,7 @@ mod tests {
     #[test]
     fn test_new_pid_namespace_is_the_shared_one_when_the_pod_shares() {
         let linux = linux(serde_json::json!({"namespaces": [{"type": "pid"}]}));
-        let shared = Path::new("/proc/self/ns/pid");
-        let planned = plan_namespaces(&linux, Some(shared)).unwrap();
+        let planned = plan_namespaces(&linux, &shared()).unwrap();
         assert_eq!(planned.clone_flags, libc::CLONE_NEWNS as u64);
         assert!(planned.join_pid.is_some());
     }
@@ -152,11 +242,10 @@ mod tests {
     #[test]
     fn test_a_spec_without_a_pid_namespace_never_gets_the_agents() {
         let linux = linux(serde_json::json!({"namespaces": [{"type": "network"}]}));
-        let planned = plan_namespaces(&linux, None).unwrap();
+        let planned = plan_namespaces(&linux, &PodNamespaces::default()).unwrap();
         let expected = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET;
         assert_eq!(planned.clone_flags, expected as u64);
-        let shared = Path::new("/proc/self/ns/pid");
-        let planned = plan_namespaces(&linux, Some(shared)).unwrap();
+        let planned = plan_namespaces(&linux, &shared()).unwrap();
         let expected = libc::CLONE_NEWNS | libc::CLONE_NEWNET;
         assert_eq!(planned.clone_flags, expected as u64);
         assert!(planned.join_pid.is_some(), "not the pod's PID namespace");
@@ -166,7 +255,7 @@ mod tests {
     fn test_user_and_time_namespaces_and_missing_paths_are_refused() {
         for kind in ["user", "time"] {
             let linux = linux(serde_json::json!({"namespaces": [{"type": kind}]}));
-            let err = plan_namespaces(&linux, None).unwrap_err();
+            let err = plan_namespaces(&linux, &PodNamespaces::default()).unwrap_err();
             assert_eq!(
                 err.to_string(),
                 format!("{kind} namespaces are not supported")
@@ -175,7 +264,7 @@ mod tests {
         let linux = linux(serde_json::json!({
             "namespaces": [{"type": "network", "path": "/nonexistent/ns"}]
         }));
-        let err = plan_namespaces(&linux, None).unwrap_err();
+        let err = plan_namespaces(&linux, &PodNamespaces::default()).unwrap_err();
         assert_eq!(err.to_string(), "namespace path /nonexistent/ns");
         assert_eq!(
             vmpod_sys::error::chain(&err),

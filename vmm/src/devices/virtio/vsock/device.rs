@@ -312,6 +312,11 @@ pub(super) mod tests {
                 std::env::temp_dir().join(format!("vmpod-vsock-{}-{name}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
+            Self::in_dir(dir, limit)
+        }
+
+        /// A device whose socket `v.sock` is in `dir`, which exists.
+        pub(in super::super) fn in_dir(dir: PathBuf, limit: usize) -> Self {
             let device =
                 Vsock::with_connection_limit(GUEST_CID, &dir.join("v.sock"), limit).unwrap();
             let device = Arc::new(Mutex::new(device));
@@ -409,7 +414,7 @@ pub(super) mod tests {
 
         /// A host process connects and sends `line`.
         pub(in super::super) fn host_connect(&mut self, line: &[u8]) -> UnixStream {
-            let mut stream = UnixStream::connect(self.path()).unwrap();
+            let mut stream = vmpod_sys::unix_socket::connect(&self.path()).unwrap();
             stream
                 .set_read_timeout(Some(Duration::from_secs(2)))
                 .unwrap();

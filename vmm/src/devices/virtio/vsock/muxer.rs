@@ -8,6 +8,7 @@
 //! queues.
 
 use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use vmm_sys_util::timerfd::TimerFd;
+use vmpod_sys::unix_socket::SocketDir;
 
 use super::connection::{Conn, Handshake, HostRead, Reply, State};
 use super::device::{VsockCounters, VsockError};
@@ -38,6 +40,11 @@ pub(super) enum RxSource {
 pub(super) struct Muxer {
     cid: u64,
     path: PathBuf,
+    /// The socket's directory, through which the `<name>_<port>` sockets
+    /// are reached whatever the directory's length.
+    dir: SocketDir,
+    /// The socket's file name.
+    name: OsString,
     listener: UnixListener,
     /// Fires when the oldest unanswered host connection times out.
     timer: TimerFd,
@@ -69,11 +76,22 @@ impl Muxer {
             path: path.to_path_buf(),
             source,
         };
-        let listener = UnixListener::bind(path).map_err(listen_error)?;
+        let name = path.file_name().unwrap_or_default().to_owned();
+        let parent = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        // Opened now, if needed at all: connects to `<name>_<port>` then
+        // make no system call but the socket's (the device's seccomp filter).
+        let dir =
+            SocketDir::open(parent, name.len() + "_4294967295".len()).map_err(listen_error)?;
+        let listener = dir.bind(&name).map_err(listen_error)?;
         listener.set_nonblocking(true).map_err(listen_error)?;
         Ok(Muxer {
             cid,
             path: path.to_path_buf(),
+            dir,
+            name,
             listener,
             timer: TimerFd::new().map_err(VsockError::Timer)?,
             conns: HashMap::new(),
@@ -320,9 +338,9 @@ impl Muxer {
         if self.conns.len() >= self.max_connections {
             return self.send_reset(local, peer);
         }
-        let mut target = self.path.clone().into_os_string();
+        let mut target = self.name.clone();
         target.push(format!("_{local}"));
-        let stream = match UnixStream::connect(&target) {
+        let stream = match self.dir.connect(&target) {
             Ok(stream) if stream.set_nonblocking(true).is_ok() => stream,
             _ => return self.send_reset(local, peer),
         };
@@ -452,6 +470,35 @@ mod tests {
         // Nobody listens on port 9.
         h.send(h.guest_header(op::REQUEST, 40001, 9, 0), &[]);
         assert_eq!(h.received()[0].0.op, op::RST);
+    }
+
+    #[test]
+    fn test_sockets_in_a_directory_longer_than_an_address() {
+        let top = std::env::temp_dir().join(format!("vmpod-vsock-{}-deep", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        let dir = top.join("d".repeat(120)).join("run");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut h = Harness::in_dir(dir, MAX_CONNECTIONS);
+        assert!(h.path().as_os_str().len() > 108);
+        // Host to guest, through the long socket path.
+        let _stream = h.host_connect(b"CONNECT 52\n");
+        let request = h.received()[0].0;
+        assert_eq!((request.op, request.dst_port), (op::REQUEST, 52));
+        // Guest to host, to the long `<path>_<port>`.
+        let mut target = h.path().into_os_string();
+        target.push("_5679");
+        let listener = vmpod_sys::unix_socket::bind(Path::new(&target)).unwrap();
+        h.send(h.guest_header(op::REQUEST, 40000, 5679, 0), &[]);
+        assert_eq!(h.received()[0].0.op, op::RESPONSE);
+        let (mut accepted, _) = listener.accept().unwrap();
+        h.send(h.guest_header(op::RW, 40000, 5679, 4), b"deep");
+        assert_eq!(read_some(&mut accepted, 4), b"deep");
+        drop(h);
+        assert!(
+            !Path::new(&target).with_file_name("v.sock").exists(),
+            "the device's socket is removed"
+        );
+        std::fs::remove_dir_all(top).unwrap();
     }
 
     #[test]
