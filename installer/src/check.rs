@@ -74,7 +74,6 @@ pub fn run(root: &Root) -> Vec<Line> {
     lines.push(node::containerd_version(root));
     lines.push(node::containerd_registration(root));
     lines.extend(node::installed_files(root));
-    lines.push(node::socket_paths(root));
     lines
 }
 

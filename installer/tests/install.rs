@@ -317,19 +317,6 @@ fn test_check_reports_one_line_per_check() {
         text.contains("ok      containerd runtime vmpod: registered in /etc/containerd/config.toml (version 2)\n"),
         "{text}"
     );
-    assert!(
-        text.contains("ok      socket paths: state-dir /run/vmpod:"),
-        "{text}"
-    );
-    // A state directory too long for a CRI pod's sockets.
-    let config = fixture.read("/etc/vmpod/config.toml");
-    fixture.write(
-        "/etc/vmpod/config.toml",
-        &format!("{config}state-dir = \"/var/run/a-rather-long-state-directory\"\n"),
-        0o644,
-    );
-    let text = stdout(&fixture.vmpod(&["check", "--root", root]));
-    assert!(text.contains("missing socket paths: state-dir /var/run/a-rather-long-state-directory: a CRI pod's socket path would be 130 bytes, over 107\n"), "{text}");
 }
 
 /// The running host, as the node: its devices and containerd, where it has them.

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The checks of the node beneath the root: devices, cgroups, containerd,
-//! the installed files and the pods' socket paths.
+//! the installed files.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -20,15 +20,6 @@ const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
 const KVM_API_VERSION: libc::c_int = 12;
 /// The oldest containerd vmpod runs under (shim v2 protocol, CRI v1).
 const MIN_CONTAINERD: (u32, u32) = (1, 6);
-/// The CRI plugin's containerd namespace.
-const CRI_NAMESPACE: &str = "k8s.io";
-/// A CRI pod id: 64 hex digits.
-const CRI_ID_LEN: usize = 64;
-/// The longest socket path beneath a pod's directory (docs/shim.md,
-/// "Pods"): where the agent's log connections arrive.
-const POD_SOCKET: &str = "run/vsock.sock_1025";
-/// Longest Unix socket path (`sun_path` less its NUL).
-const MAX_SOCKET_PATH: usize = 107;
 
 /// Opens `path` read-write, as a device is used.
 fn open_rw(path: &Path) -> std::io::Result<std::fs::File> {
@@ -249,31 +240,6 @@ pub(super) fn installed_files(root: &Root) -> Vec<Line> {
             }
         })
         .collect()
-}
-
-/// The pods' socket paths beneath the shim's `state-dir` fit a Unix
-/// socket address for a CRI pod (namespace `k8s.io`, a 64-digit id).
-pub(super) fn socket_paths(root: &Root) -> Line {
-    let what = "socket paths";
-    let text = std::fs::read_to_string(root.join(shim_config::CONFIG_PATH)).unwrap_or_default();
-    let state_dir = toml::from_str::<toml::Table>(&text)
-        .ok()
-        .and_then(|table| {
-            table
-                .get("state-dir")
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| "/run/vmpod".to_owned());
-    let longest = format!(
-        "{state_dir}/{CRI_NAMESPACE}/{}/{POD_SOCKET}",
-        "0".repeat(CRI_ID_LEN)
-    );
-    if longest.len() <= MAX_SOCKET_PATH {
-        Line::ok(what, format!("state-dir {state_dir}: a CRI pod's longest socket path is {} of {MAX_SOCKET_PATH} bytes", longest.len()))
-    } else {
-        Line::missing(what, format!("state-dir {state_dir}: a CRI pod's socket path would be {} bytes, over {MAX_SOCKET_PATH}", longest.len()))
-    }
 }
 
 #[cfg(test)]
