@@ -9,6 +9,8 @@ mod logs;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::UnixListener;
@@ -245,6 +247,8 @@ pub struct Pod {
     pub vm_exit: watch::Receiver<Option<String>>,
     /// Its vCPUs and memory, fixed at boot.
     pub size: VmSize,
+    /// Set when the shim stops the VM, so that its end is no surprise.
+    pub stopping: Arc<AtomicBool>,
     /// The taps and redirects of the pod's network namespace, if it has one.
     network: Option<PodNetwork>,
     kill: Option<oneshot::Sender<()>>,
@@ -295,6 +299,7 @@ impl Pod {
                 vmm_pid,
                 vm_exit,
                 size,
+                stopping: Arc::new(AtomicBool::new(false)),
                 network,
                 kill: Some(kill),
             }),
@@ -405,6 +410,7 @@ impl Pod {
             let _ =
                 tokio::time::timeout(Duration::from_secs(10), self.agent.destroy_sandbox()).await;
         }
+        self.stopping.store(true, Ordering::SeqCst);
         if let Some(kill) = self.kill.take() {
             let _ = kill.send(());
         }

@@ -3,6 +3,7 @@
 //! that publish the ones no request causes: a container's OOM, and the exits
 //! of processes the VM's end takes with it.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -115,7 +116,12 @@ async fn end_with_vm(handle: PodHandle, containers: Containers, events: Arc<dyn 
     else {
         return;
     };
-    tracing::warn!("the pod VM ended: {}", why.unwrap_or_default());
+    let why = why.unwrap_or_default();
+    if handle.stopping.load(Ordering::SeqCst) {
+        tracing::info!("the pod VM stopped: {why}");
+    } else {
+        tracing::warn!("the pod VM ended: {why}");
+    }
     let mut exits = Vec::new();
     for (container_id, container) in lock(&containers).iter() {
         for (exec_id, process) in container.processes() {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -338,6 +338,7 @@ impl Launcher for FakeLauncher {
                 vmm_pid: VMM_PID,
                 vm_exit: self.vm_exit.subscribe(),
                 size,
+                stopping: Arc::new(AtomicBool::new(false)),
             },
             shut_downs: self.shut_downs.clone(),
             failed_shut_downs: self.failed_shut_downs.clone(),
@@ -371,6 +372,7 @@ impl PodVm for FakePod {
     }
 
     async fn shut_down(&mut self) -> std::io::Result<()> {
+        self.handle.stopping.store(true, Ordering::SeqCst);
         self.shut_downs.fetch_add(1, Ordering::SeqCst);
         if self.failed_shut_downs.fetch_sub(1, Ordering::SeqCst) > 0 {
             return Err(std::io::Error::other("injected removal failure"));

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -31,6 +32,8 @@ pub struct PodHandle {
     pub vm_exit: watch::Receiver<Option<String>>,
     /// Its vCPUs and memory, which every container of the pod must fit.
     pub size: VmSize,
+    /// Set once the shim stops the VM: its end is then expected.
+    pub stopping: Arc<AtomicBool>,
 }
 
 /// A launched pod VM.
@@ -104,6 +107,7 @@ impl PodVm for Pod {
             vmm_pid: self.vmm_pid,
             vm_exit: self.vm_exit.clone(),
             size: self.size,
+            stopping: self.stopping.clone(),
         }
     }
 
