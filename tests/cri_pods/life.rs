@@ -1,0 +1,407 @@
+// SPDX-License-Identifier: Apache-2.0
+//! One pod's life in the kubelet's order: RunPodSandbox, PodSandboxStatus,
+//! containers created and started, their status, ExecSync, the CRI log,
+//! stats, StopContainer with a grace period, RemoveContainer,
+//! StopPodSandbox, RemovePodSandbox; then nothing is left. Checks of what
+//! a container sees (hostname, DNS, address, outputs) are gathered and
+//! reported together after the teardown, so that one wrong value does not
+//! hide the others or the teardown's checks.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1::{
+    ContainerFilter, ContainerState, ContainerStatsFilter, ContainerStatsRequest, DnsConfig,
+    ListContainerStatsRequest, ListContainersRequest, ListPodSandboxRequest, PodSandboxState,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StopContainerRequest,
+    StopPodSandboxRequest, VersionRequest,
+};
+use vmpod_integration_tests::containerd::BUSYBOX_IMAGE;
+use vmpod_integration_tests::cri::pod::{container_config, sandbox_config};
+use vmpod_integration_tests::cri::CriHarness;
+
+use crate::calls::{fail, log_lines, Pod};
+
+/// The pod's hostname, set by the sandbox config.
+const HOSTNAME: &str = "cri-pod-host";
+/// A DNS server of the pod's resolv.conf (TEST-NET-1: never asked).
+const DNS_SERVER: &str = "192.0.2.53";
+/// The pod's DNS search domain.
+const DNS_SEARCH: &str = "vmpod.test";
+/// The pod's resolver option.
+const DNS_OPTION: &str = "ndots:2";
+/// The main container: both streams, then a TERM handler that exits 7.
+const MAIN: &str = "echo out-line; echo err-line >&2; \
+                    trap 'echo got-term; exit 7' TERM; while true; do sleep 1; done";
+/// What `main` exits with on SIGTERM.
+const MAIN_TERM_EXIT: i32 = 7;
+/// A container that ignores SIGTERM: StopContainer must SIGKILL it.
+const STUBBORN: &str = "trap '' TERM; while true; do sleep 1; done";
+/// The grace period `stubborn` gets.
+const STUBBORN_GRACE: Duration = Duration::from_secs(2);
+/// A container that ends at once with [`QUICK_EXIT`].
+const QUICK: &str = "echo bye; exit 5";
+/// Its exit code.
+const QUICK_EXIT: i32 = 5;
+/// A grace period no stop of a container that obeys SIGTERM reaches.
+const LONG_GRACE: i64 = 60;
+/// ExecSync's timeout in the timeout check, and the command outliving it.
+const EXEC_TIMEOUT_S: i64 = 2;
+
+/// Checks whose failures are gathered and reported at the end.
+#[derive(Default)]
+struct Checks(Vec<String>);
+
+impl Checks {
+    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            let what = what();
+            eprintln!("FAILED CHECK: {what}");
+            self.0.push(what);
+        }
+    }
+}
+
+/// The whole life of one pod with `handler`.
+pub fn pod_life(harness: &CriHarness, handler: &str) {
+    let client = harness.client();
+    let version = client
+        .runtime(|mut c| async move { c.version(VersionRequest::default()).await })
+        .unwrap_or_else(|e| fail(harness, "Version", &e));
+    assert_eq!(version.runtime_name, "containerd");
+    assert_eq!(version.runtime_api_version, "v1");
+
+    let mut checks = Checks::default();
+    let pod = run_pod(harness, handler);
+    let netns = pod.netns_path();
+    let ip = pod_ip(&pod);
+
+    let bad = pod.create(container_config(
+        "bad",
+        "docker.io/vmpod/no-such:image",
+        &["true"],
+    ));
+    let bad = bad.expect_err("CreateContainer of a missing image succeeded");
+    checks.check(
+        bad.message().contains("docker.io/vmpod/no-such:image") && !bad.message().contains('\n'),
+        || {
+            format!(
+                "a missing image: {:?} is not one line naming it",
+                bad.message()
+            )
+        },
+    );
+
+    let main = pod.create_and_start(container_config("main", BUSYBOX_IMAGE, &["sh", "-c", MAIN]));
+    let status = pod.wait_state(&main, ContainerState::ContainerRunning);
+    assert!(status.started_at > 0, "main: no start time: {status:?}");
+    assert!(
+        status.log_path.ends_with("main_0.log"),
+        "main: log path {}",
+        status.log_path
+    );
+    let stubborn = pod.create_and_start(container_config(
+        "stubborn",
+        BUSYBOX_IMAGE,
+        &["sh", "-c", STUBBORN],
+    ));
+    pod.wait_state(&stubborn, ContainerState::ContainerRunning);
+
+    check_execs(&pod, &main, &ip, &mut checks);
+    check_stats(&pod, &[&main, &stubborn], &mut checks);
+    let quick = pod.create_and_start(container_config(
+        "quick",
+        BUSYBOX_IMAGE,
+        &["sh", "-c", QUICK],
+    ));
+    let exited = pod.wait_state(&quick, ContainerState::ContainerExited);
+    checks.check(
+        exited.exit_code == QUICK_EXIT && exited.reason == "Error",
+        || {
+            format!(
+                "quick: exit code {} reason {:?}, want {QUICK_EXIT} \"Error\"",
+                exited.exit_code, exited.reason
+            )
+        },
+    );
+    checks.check(
+        exited.finished_at >= exited.started_at && exited.started_at > 0,
+        || {
+            format!(
+                "quick: started {} finished {}",
+                exited.started_at, exited.finished_at
+            )
+        },
+    );
+
+    stop_containers(&pod, &main, &stubborn, &mut checks);
+    check_logs(&pod, &mut checks);
+    remove_pod(&pod, [main, stubborn, quick]);
+    harness.assert_nothing_left(&format!("after the {handler} pod"), &[netns]);
+    assert!(
+        checks.0.is_empty(),
+        "{handler} pod: {} checks failed:\n{}",
+        checks.0.len(),
+        checks.0.join("\n")
+    );
+}
+
+/// RunPodSandbox with `handler`, a hostname, DNS and a log directory;
+/// PodSandboxStatus says READY with that handler.
+fn run_pod<'a>(harness: &'a CriHarness, handler: &str) -> Pod<'a> {
+    let name = format!("cri-{handler}");
+    let log_dir = harness.log_dir(&name).expect("log directory");
+    let dns = DnsConfig {
+        servers: vec![DNS_SERVER.to_string()],
+        searches: vec![DNS_SEARCH.to_string()],
+        options: vec![DNS_OPTION.to_string()],
+    };
+    let config = sandbox_config(&name, HOSTNAME, &log_dir, dns);
+    let request = RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: handler.to_string(),
+    };
+    let start = Instant::now();
+    let id = harness
+        .client()
+        .runtime(|mut c| async move { c.run_pod_sandbox(request).await })
+        .unwrap_or_else(|e| fail(harness, "RunPodSandbox", &e))
+        .pod_sandbox_id;
+    eprintln!("{handler}: RunPodSandbox took {:?}", start.elapsed());
+    let pod = Pod {
+        harness,
+        id,
+        config,
+    };
+    let status = pod.status().status.expect("a sandbox status");
+    assert_eq!(
+        status.state,
+        PodSandboxState::SandboxReady as i32,
+        "{status:?}"
+    );
+    assert_eq!(status.runtime_handler, handler);
+    pod
+}
+
+/// The pod's IP from PodSandboxStatus: the CNI's, in 192.0.2.0/24, not
+/// the bridge's.
+fn pod_ip(pod: &Pod) -> String {
+    let status = pod.status().status.expect("a sandbox status");
+    let ip = status.network.map(|n| n.ip).unwrap_or_default();
+    let addr: Ipv4Addr = ip.parse().unwrap_or_else(|_| panic!("pod IP {ip:?}"));
+    assert_eq!(
+        addr.octets()[..3],
+        [192, 0, 2],
+        "pod IP {ip} outside 192.0.2.0/24"
+    );
+    assert_ne!(addr.octets()[3], 1, "pod IP {ip} is the gateway's");
+    ip
+}
+
+/// ExecSync: output streams and exit code, what the container sees of
+/// the pod (hostname, resolv.conf, its address), and the timeout.
+fn check_execs(pod: &Pod, main: &str, ip: &str, checks: &mut Checks) {
+    let out = pod
+        .exec(
+            main,
+            &["sh", "-c", "echo exec-out; echo exec-err >&2; exit 3"],
+            0,
+        )
+        .unwrap_or_else(|e| fail(pod.harness, "ExecSync", &e));
+    checks.check(
+        out.stdout == b"exec-out\n" && out.stderr == b"exec-err\n" && out.exit_code == 3,
+        || format!("ExecSync: {out:?}, want exec-out/exec-err/3"),
+    );
+    let hostname = pod.exec_ok(main, &["hostname"]);
+    checks.check(hostname.trim() == HOSTNAME, || {
+        format!(
+            "hostname in the container: {:?}, want {HOSTNAME:?}",
+            hostname.trim()
+        )
+    });
+    let resolv = pod.exec_ok(main, &["cat", "/etc/resolv.conf"]);
+    checks.check(
+        resolv
+            .lines()
+            .any(|l| l == format!("nameserver {DNS_SERVER}"))
+            && resolv.lines().any(|l| l == format!("search {DNS_SEARCH}"))
+            && resolv.lines().any(|l| l == format!("options {DNS_OPTION}")),
+        || format!("resolv.conf: {resolv:?}"),
+    );
+    let addresses = pod.exec_ok(main, &["ip", "-4", "-o", "addr", "show", "eth0"]);
+    checks.check(addresses.contains(&format!("inet {ip}/24")), || {
+        format!("eth0 in the container: {addresses:?}, want {ip}/24")
+    });
+    let start = Instant::now();
+    let timed_out = pod.exec(main, &["sleep", "30"], EXEC_TIMEOUT_S);
+    let took = start.elapsed();
+    checks.check(
+        timed_out
+            .as_ref()
+            .is_err_and(|e| e.message().contains("timeout"))
+            && took < Duration::from_secs(25),
+        || format!("ExecSync past its {EXEC_TIMEOUT_S} s timeout: {timed_out:?} after {took:?}"),
+    );
+}
+
+/// ContainerStats of a running container and ListContainerStats of the
+/// pod: CPU time and memory, as containerd decodes the runtime's metrics.
+fn check_stats(pod: &Pod, running: &[&str], checks: &mut Checks) {
+    let client = pod.harness.client();
+    let request = ContainerStatsRequest {
+        container_id: running[0].to_string(),
+    };
+    let stats = client
+        .runtime(|mut c| async move { c.container_stats(request).await })
+        .unwrap_or_else(|e| fail(pod.harness, "ContainerStats", &e))
+        .stats
+        .expect("stats");
+    let cpu = stats
+        .cpu
+        .as_ref()
+        .and_then(|c| c.usage_core_nano_seconds.as_ref())
+        .map_or(0, |v| v.value);
+    let memory = stats
+        .memory
+        .as_ref()
+        .and_then(|m| m.working_set_bytes.as_ref())
+        .map_or(0, |v| v.value);
+    checks.check(cpu > 0 && memory > 0, || {
+        format!("ContainerStats: CPU {cpu} ns, working set {memory} B: {stats:?}")
+    });
+    let request = ListContainerStatsRequest {
+        filter: Some(ContainerStatsFilter {
+            pod_sandbox_id: pod.id.clone(),
+            ..Default::default()
+        }),
+    };
+    let listed = client
+        .runtime(|mut c| async move { c.list_container_stats(request).await })
+        .unwrap_or_else(|e| fail(pod.harness, "ListContainerStats", &e))
+        .stats;
+    let ids: Vec<&str> = listed
+        .iter()
+        .filter_map(|s| s.attributes.as_ref())
+        .map(|a| a.id.as_str())
+        .collect();
+    checks.check(running.iter().all(|id| ids.contains(id)), || {
+        format!("ListContainerStats of the pod: {ids:?}, want {running:?}")
+    });
+}
+
+/// StopContainer: `main` ends on SIGTERM with its own code well inside
+/// its grace period; `stubborn` is SIGKILLed when its grace period ends.
+fn stop_containers(pod: &Pod, main: &str, stubborn: &str, checks: &mut Checks) {
+    let stop = |id: &str, timeout: i64| {
+        let request = StopContainerRequest {
+            container_id: id.to_string(),
+            timeout,
+        };
+        let start = Instant::now();
+        pod.harness
+            .client()
+            .runtime(|mut c| async move { c.stop_container(request).await })
+            .unwrap_or_else(|e| fail(pod.harness, "StopContainer", &e));
+        start.elapsed()
+    };
+    let took = stop(main, LONG_GRACE);
+    let status = pod.wait_state(main, ContainerState::ContainerExited);
+    checks.check(
+        status.exit_code == MAIN_TERM_EXIT && took < Duration::from_secs(30),
+        || {
+            format!(
+                "main stopped after {took:?} with {}, want {MAIN_TERM_EXIT} (its TERM handler)",
+                status.exit_code
+            )
+        },
+    );
+    let grace = i64::try_from(STUBBORN_GRACE.as_secs()).unwrap_or(2);
+    let took = stop(stubborn, grace);
+    let status = pod.wait_state(stubborn, ContainerState::ContainerExited);
+    checks.check(
+        status.exit_code == 128 + libc::SIGKILL && took >= STUBBORN_GRACE,
+        || {
+            format!(
+                "stubborn stopped after {took:?} with {}, want SIGKILL after {STUBBORN_GRACE:?}",
+                status.exit_code
+            )
+        },
+    );
+}
+
+/// The CRI log files in the kubelet's format: each stream's lines of
+/// `main` and `quick`, with the TERM handler's line.
+fn check_logs(pod: &Pod, checks: &mut Checks) {
+    let dir = Path::new(&pod.config.log_directory);
+    let read = |name: &str| {
+        let log = std::fs::read_to_string(dir.join(format!("{name}_0.log"))).unwrap_or_default();
+        log_lines(&log)
+    };
+    let line = |stream: &str, text: &str| (stream.to_string(), text.to_string());
+    let main = read("main");
+    for want in [
+        line("stdout", "out-line"),
+        line("stderr", "err-line"),
+        line("stdout", "got-term"),
+    ] {
+        checks.check(main.contains(&want), || {
+            format!("main's log: {main:?} lacks {want:?}")
+        });
+    }
+    let quick = read("quick");
+    checks.check(quick == [line("stdout", "bye")], || {
+        format!("quick's log: {quick:?}")
+    });
+}
+
+/// RemoveContainer of `containers`, StopPodSandbox (NOTREADY after it),
+/// RemovePodSandbox; nothing of the pod is listed after.
+fn remove_pod(pod: &Pod, containers: [String; 3]) {
+    let client = pod.harness.client();
+    for id in containers {
+        let request = RemoveContainerRequest { container_id: id };
+        client
+            .runtime(|mut c| async move { c.remove_container(request).await })
+            .unwrap_or_else(|e| fail(pod.harness, "RemoveContainer", &e));
+    }
+    let request = ListContainersRequest {
+        filter: Some(ContainerFilter {
+            pod_sandbox_id: pod.id.clone(),
+            ..Default::default()
+        }),
+    };
+    let listed = client
+        .runtime(|mut c| async move { c.list_containers(request).await })
+        .unwrap_or_else(|e| fail(pod.harness, "ListContainers", &e));
+    assert!(
+        listed.containers.is_empty(),
+        "containers left: {:?}",
+        listed.containers
+    );
+    let request = StopPodSandboxRequest {
+        pod_sandbox_id: pod.id.clone(),
+    };
+    client
+        .runtime(|mut c| async move { c.stop_pod_sandbox(request).await })
+        .unwrap_or_else(|e| fail(pod.harness, "StopPodSandbox", &e));
+    let status = pod.status().status.expect("a sandbox status");
+    assert_eq!(
+        status.state,
+        PodSandboxState::SandboxNotready as i32,
+        "after StopPodSandbox"
+    );
+    let request = RemovePodSandboxRequest {
+        pod_sandbox_id: pod.id.clone(),
+    };
+    client
+        .runtime(|mut c| async move { c.remove_pod_sandbox(request).await })
+        .unwrap_or_else(|e| fail(pod.harness, "RemovePodSandbox", &e));
+    let listed = client
+        .runtime(|mut c| async move {
+            c.list_pod_sandbox(ListPodSandboxRequest { filter: None })
+                .await
+        })
+        .unwrap_or_else(|e| fail(pod.harness, "ListPodSandbox", &e));
+    assert!(listed.items.is_empty(), "pods left: {:?}", listed.items);
+}
