@@ -14,7 +14,10 @@ use crate::containerd::{CRI_PLUGIN, RUNTIME};
 /// build's shim) and `runc` (containerd's own, for comparison, and the
 /// default), `sandbox_image` = `pause_image`, CNI from Debian's plugins
 /// with its configuration in `cni_conf_dir`; the streaming server on the
-/// loopback of containerd's network namespace.
+/// loopback of containerd's network namespace. `restrict_oom_score_adj`:
+/// containers get no lower an OOM score than containerd's own (the
+/// sandbox's -998 needs CAP_SYS_RESOURCE, which a host in a container may
+/// lack).
 pub fn plugin_toml(pause_image: &str, cni_conf_dir: &Path) -> Result<String, String> {
     let conf_dir = cni_conf_dir
         .to_str()
@@ -27,6 +30,7 @@ pub fn plugin_toml(pause_image: &str, cni_conf_dir: &Path) -> Result<String, Str
          \x20 stream_server_port = \"10010\"\n\
          \x20 enable_selinux = false\n\
          \x20 disable_apparmor = true\n\
+         \x20 restrict_oom_score_adj = true\n\
          \n\
          [{cri}.containerd]\n\
          \x20 snapshotter = \"overlayfs\"\n\
