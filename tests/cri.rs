@@ -364,15 +364,20 @@ fn short_state_dir() -> PathBuf {
 fn pod_leftovers(pods: &Path) -> Vec<String> {
     let mut left = Vec::new();
     let named = pods.display().to_string();
-    let vmms: Vec<u32> = processes_named("vmpod-vm")
-        .into_iter()
-        .filter(|pid| {
-            fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(&named))
-        })
-        .collect();
-    if !vmms.is_empty() {
-        left.push(format!("vmpod-vm {vmms:?}"));
+    // An unconfined vmpod-vm names the pods' directory on its command
+    // line; a jailed one's paths are the jail's, but its vmpod-jailer,
+    // which lives as long as it, names the directory.
+    for program in ["vmpod-vm", "vmpod-jailer"] {
+        let pids: Vec<u32> = processes_named(program)
+            .into_iter()
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(&named))
+            })
+            .collect();
+        if !pids.is_empty() {
+            left.push(format!("{program} {pids:?}"));
+        }
     }
     let mounts = count_mounts_below(pods);
     if mounts != 0 {
