@@ -152,21 +152,6 @@ impl Pod<'_> {
             .client()
             .runtime(|mut c| async move { c.exec_sync(request).await })
     }
-
-    /// ExecSync that must succeed; returns its stdout, checking its exit
-    /// code is 0.
-    pub fn exec_ok(&self, id: &str, cmd: &[&str]) -> String {
-        let out = self
-            .exec(id, cmd, 0)
-            .unwrap_or_else(|e| fail(self.harness, &format!("ExecSync {cmd:?}"), &e));
-        assert_eq!(
-            out.exit_code,
-            0,
-            "ExecSync {cmd:?}: stderr {:?}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
 }
 
 /// The lines of a CRI log file (`<RFC 3339 time> <stream> <P|F> <text>`)
