@@ -138,12 +138,16 @@ pub fn pod_life(harness: &CriHarness, handler: &str) {
             )
         },
     );
+    // Not finished >= started: containerd 1.6 stamps the start when
+    // StartContainer's task start returns, which for a container that
+    // ends at once may be after its exit (seen with vmpod, whose start
+    // answers slowly).
     checks.check(
-        exited.finished_at >= exited.started_at && exited.started_at > 0,
+        exited.started_at > 0 && exited.finished_at > exited.created_at,
         || {
             format!(
-                "quick: started {} finished {}",
-                exited.started_at, exited.finished_at
+                "quick: created {} started {} finished {}",
+                exited.created_at, exited.started_at, exited.finished_at
             )
         },
     );
