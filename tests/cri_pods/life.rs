@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1::{
     ContainerFilter, ContainerState, ContainerStatsFilter, ContainerStatsRequest, DnsConfig,
     ListContainerStatsRequest, ListContainersRequest, ListPodSandboxRequest, PodSandboxState,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StopContainerRequest,
-    StopPodSandboxRequest, VersionRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, ReopenContainerLogRequest,
+    RunPodSandboxRequest, StopContainerRequest, StopPodSandboxRequest, VersionRequest,
 };
 use vmpod_integration_tests::containerd::BUSYBOX_IMAGE;
 use vmpod_integration_tests::cri::pod::{container_config, sandbox_config};
@@ -123,6 +123,7 @@ pub fn pod_life(harness: &CriHarness, handler: &str) {
 
     check_execs(&pod, &main, &ip, &mut checks);
     check_stats(&pod, &[&main, &stubborn], &mut checks);
+    rotate_log(&pod, &main);
     let quick = pod.create_and_start(container_config(
         "quick",
         BUSYBOX_IMAGE,
@@ -344,26 +345,47 @@ fn stop_containers(pod: &Pod, main: &str, stubborn: &str, checks: &mut Checks) {
     );
 }
 
+/// Rotates `main`'s log as the kubelet does: once its first lines are
+/// there, renames the file and asks for ReopenContainerLog; the TERM
+/// handler's line then goes to a new file.
+fn rotate_log(pod: &Pod, main: &str) {
+    let log = Path::new(&pod.config.log_directory).join("main_0.log");
+    let deadline = Instant::now() + crate::calls::GUEST_DEADLINE;
+    while log_lines(&std::fs::read_to_string(&log).unwrap_or_default()).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "main's first lines never reached {log:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::fs::rename(&log, log.with_extension("log.1")).expect("rotate main's log");
+    let request = ReopenContainerLogRequest {
+        container_id: main.to_string(),
+    };
+    pod.harness
+        .client()
+        .runtime(|mut c| async move { c.reopen_container_log(request).await })
+        .unwrap_or_else(|e| fail(pod.harness, "ReopenContainerLog", &e));
+}
+
 /// The CRI log files in the kubelet's format: each stream's lines of
-/// `main` and `quick`, with the TERM handler's line.
+/// `main` in its rotated file and the TERM handler's in the reopened one,
+/// and `quick`'s.
 fn check_logs(pod: &Pod, checks: &mut Checks) {
     let dir = Path::new(&pod.config.log_directory);
-    let read = |name: &str| {
-        let log = std::fs::read_to_string(dir.join(format!("{name}_0.log"))).unwrap_or_default();
-        log_lines(&log)
-    };
+    let read = |file: &str| log_lines(&std::fs::read_to_string(dir.join(file)).unwrap_or_default());
     let line = |stream: &str, text: &str| (stream.to_string(), text.to_string());
-    let main = read("main");
-    for want in [
-        line("stdout", "out-line"),
-        line("stderr", "err-line"),
-        line("stdout", "got-term"),
-    ] {
-        checks.check(main.contains(&want), || {
-            format!("main's log: {main:?} lacks {want:?}")
-        });
-    }
-    let quick = read("quick");
+    let rotated = read("main_0.log.1");
+    checks.check(
+        rotated == [line("stdout", "out-line"), line("stderr", "err-line")]
+            || rotated == [line("stderr", "err-line"), line("stdout", "out-line")],
+        || format!("main's rotated log: {rotated:?}"),
+    );
+    let reopened = read("main_0.log");
+    checks.check(reopened == [line("stdout", "got-term")], || {
+        format!("main's log after ReopenContainerLog: {reopened:?}")
+    });
+    let quick = read("quick_0.log");
     checks.check(quick == [line("stdout", "bye")], || {
         format!("quick's log: {quick:?}")
     });
