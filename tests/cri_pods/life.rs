@@ -124,6 +124,23 @@ pub fn pod_life(harness: &CriHarness, handler: &str) {
     check_execs(&pod, &main, &ip, &mut checks);
     check_stats(&pod, &[&main, &stubborn], &mut checks);
     rotate_log(&pod, &main);
+    let quick = run_quick(&pod, &mut checks);
+
+    stop_containers(&pod, &main, &stubborn, &mut checks);
+    check_logs(&pod, &mut checks);
+    remove_pod(&pod, [main, stubborn, quick]);
+    harness.assert_nothing_left(&format!("after the {handler} pod"), &[netns]);
+    assert!(
+        checks.0.is_empty(),
+        "{handler} pod: {} checks failed:\n{}",
+        checks.0.len(),
+        checks.0.join("\n")
+    );
+}
+
+/// `quick`, which ends at once: ContainerStatus reports it exited with
+/// its code; returns its id.
+fn run_quick(pod: &Pod, checks: &mut Checks) -> String {
     let quick = pod.create_and_start(container_config(
         "quick",
         BUSYBOX_IMAGE,
@@ -152,17 +169,7 @@ pub fn pod_life(harness: &CriHarness, handler: &str) {
             )
         },
     );
-
-    stop_containers(&pod, &main, &stubborn, &mut checks);
-    check_logs(&pod, &mut checks);
-    remove_pod(&pod, [main, stubborn, quick]);
-    harness.assert_nothing_left(&format!("after the {handler} pod"), &[netns]);
-    assert!(
-        checks.0.is_empty(),
-        "{handler} pod: {} checks failed:\n{}",
-        checks.0.len(),
-        checks.0.join("\n")
-    );
+    quick
 }
 
 /// RunPodSandbox with `handler`, a hostname, DNS and a log directory;
