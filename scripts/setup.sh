@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 need=()
 for pkg in build-essential flex bison bc libelf-dev libssl-dev cpio \
            linux-source-6.1 file util-linux e2fsprogs iproute2 busybox-static \
-           containerd bsdutils python3-yaml; do
+           containerd bsdutils python3-yaml containernetworking-plugins \
+           protobuf-compiler; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -54,12 +54,14 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 const HOST_STATE: &str = "/run/containerd";
 /// Longest path of a Unix socket (`sun_path` less its NUL).
 const MAX_SOCKET_PATH: usize = 107;
-/// Plugins the tests do not use, disabled so that containerd starts fast
+/// containerd's CRI plugin, disabled unless [`ContainerdOptions::cri`].
+pub const CRI_PLUGIN: &str = "io.containerd.grpc.v1.cri";
+/// Plugins the tests do not use (CRI's unless asked for), disabled so that containerd starts fast
 /// and touches nothing outside its directories (`opt` would create
 /// `/opt/containerd`). The v1 runtime stays: 1.6's tasks service
 /// requires it.
 const DISABLED_PLUGINS: [&str; 10] = [
-    "io.containerd.grpc.v1.cri",
+    CRI_PLUGIN,
     "io.containerd.internal.v1.opt",
     "io.containerd.internal.v1.restart",
     "io.containerd.internal.v1.tracing",
@@ -83,6 +85,10 @@ pub struct ContainerdOptions {
     /// Log at info level instead of debug, for benchmarks: containerd then
     /// also does not ask the shims for debug logs.
     pub quiet: bool,
+    /// containerd's CRI plugin, enabled with these TOML lines appended to
+    /// the config (its `[plugins."io.containerd.grpc.v1.cri"]` tables;
+    /// [`crate::cri`] writes them); `None` disables it.
+    pub cri: Option<String>,
 }
 
 /// A running containerd, stopped (with everything it started) on drop.
@@ -104,6 +110,20 @@ impl Containerd {
     /// # Errors
     /// A message naming what is missing or failed.
     pub fn with_vmpod_shim(work: &Path, extra: &str, quiet: bool) -> Result<Containerd, String> {
+        Containerd::start(Containerd::vmpod_shim_options(work, extra, quiet)?)
+    }
+
+    /// The options [`Containerd::with_vmpod_shim`] starts containerd with
+    /// (the shim's config written to `work/config.toml`), for a caller
+    /// that adds to them.
+    ///
+    /// # Errors
+    /// A message naming what is missing or failed.
+    pub fn vmpod_shim_options(
+        work: &Path,
+        extra: &str,
+        quiet: bool,
+    ) -> Result<ContainerdOptions, String> {
         let guest = crate::GuestArtifacts::from_env()?;
         let initrd = std::env::var_os("VMPOD_AGENT_INITRD")
             .map(PathBuf::from)
@@ -137,10 +157,11 @@ impl Containerd {
         }
         toml.push_str(extra);
         write_file(&config, toml.as_bytes())?;
-        Containerd::start(ContainerdOptions {
+        Ok(ContainerdOptions {
             shim: Some(shim),
             env: vec![("VMPOD_CONFIG".into(), config.display().to_string())],
             quiet,
+            cri: None,
         })
     }
 
@@ -188,7 +209,7 @@ impl Containerd {
                 .map_err(|e| format!("cannot link the shim: {e}"))?;
         }
         let config = self.dir.join("config.toml");
-        fs::write(&config, self.config(opts.quiet)?)
+        fs::write(&config, self.config(opts)?)
             .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
         let log = fs::File::create(self.log_path())
             .map_err(|e| format!("cannot create containerd's log: {e}"))?;
@@ -217,9 +238,14 @@ impl Containerd {
         Ok(())
     }
 
-    fn config(&self, quiet: bool) -> Result<String, String> {
-        let disabled = DISABLED_PLUGINS.map(|p| format!("\"{p}\"")).join(", ");
-        Ok(format!(
+    fn config(&self, opts: &ContainerdOptions) -> Result<String, String> {
+        let disabled = DISABLED_PLUGINS
+            .iter()
+            .filter(|p| opts.cri.is_none() || **p != CRI_PLUGIN)
+            .map(|p| format!("\"{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut config = format!(
             "version = 2\n\
              root = {root}\n\
              state = {state}\n\
@@ -234,8 +260,13 @@ impl Containerd {
             state = toml_path(&self.state())?,
             grpc = toml_path(&self.address)?,
             ttrpc = toml_path(&self.ttrpc_address())?,
-            level = if quiet { "info" } else { "debug" },
-        ))
+            level = if opts.quiet { "info" } else { "debug" },
+        );
+        if let Some(cri) = &opts.cri {
+            config.push('\n');
+            config.push_str(cri);
+        }
+        Ok(config)
     }
 
     fn wait_ready(&mut self) -> Result<(), String> {
@@ -324,10 +355,16 @@ impl Containerd {
     /// `ctr --address SOCK --namespace vmpod-test ARGS`, not yet run: for
     /// a caller that wants it on its own terminal.
     pub fn ctr_command(&self, args: &[&str]) -> Command {
+        self.ctr_command_in(NAMESPACE, args)
+    }
+
+    /// [`Containerd::ctr_command`] in containerd namespace `namespace`
+    /// (CRI's is `k8s.io`).
+    pub fn ctr_command_in(&self, namespace: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new("ctr");
         cmd.arg("--address")
             .arg(&self.address)
-            .args(["--namespace", NAMESPACE])
+            .args(["--namespace", namespace])
             .args(args);
         cmd
     }
@@ -338,7 +375,15 @@ impl Containerd {
     /// # Panics
     /// If ctr cannot be run at all (the prerequisites say it is there).
     pub fn ctr(&self, args: &[&str]) -> Output {
-        self.ctr_command(args)
+        self.ctr_in(NAMESPACE, args)
+    }
+
+    /// [`Containerd::ctr`] in containerd namespace `namespace`.
+    ///
+    /// # Panics
+    /// If ctr cannot be run at all.
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Output {
+        self.ctr_command_in(namespace, args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run ctr: {e}"))
     }
@@ -404,7 +449,7 @@ mod tests {
             child: None,
             stopped: true,
         };
-        let config = containerd.config(false).unwrap();
+        let config = containerd.config(&ContainerdOptions::default()).unwrap();
         assert!(config.contains("root = \"/tmp/vmpod-containerd-x/root\""));
         assert!(config.contains("address = \"/tmp/vmpod-containerd-x/sock/containerd.sock.ttrpc\""));
         assert!(config.contains("\"io.containerd.grpc.v1.cri\""));

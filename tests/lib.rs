@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Helpers shared by vmpod's cross-component tests: finding the built
-//! artifacts, running a command with a deadline, and a real containerd
-//! ([`containerd`]).
+//! artifacts, running a command with a deadline, a real containerd
+//! ([`containerd`]) and its CRI path ([`cri`]).
 
 pub mod containerd;
+pub mod cri;
 pub mod events;
 pub mod host_faults;
 pub mod netns;

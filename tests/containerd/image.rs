@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::json;
 
-use super::{write_file, Containerd, BUSYBOX, BUSYBOX_IMAGE};
+use super::{write_file, Containerd, BUSYBOX, BUSYBOX_IMAGE, NAMESPACE};
 
 impl Containerd {
     /// Builds a single-layer OCI image of Debian's static busybox (one
@@ -19,14 +19,30 @@ impl Containerd {
     /// # Errors
     /// A message naming the step that failed.
     pub fn import_busybox(&self) -> Result<String, String> {
+        self.import_busybox_as(NAMESPACE, BUSYBOX_IMAGE, &["sh"])
+    }
+
+    /// [`Containerd::import_busybox`] into containerd namespace
+    /// `namespace` as image `name`, whose command is `cmd` (CRI's images
+    /// live in `k8s.io`, and its pause image is busybox waiting for a
+    /// signal); returns `name`.
+    ///
+    /// # Errors
+    /// A message naming the step that failed.
+    pub fn import_busybox_as(
+        &self,
+        namespace: &str,
+        name: &str,
+        cmd: &[&str],
+    ) -> Result<String, String> {
         let work = self.dir.join("busybox-image");
         let _ = fs::remove_dir_all(&work);
         let layout = work.join("oci");
         let blobs = layout.join("blobs/sha256");
         fs::create_dir_all(&blobs).map_err(|e| format!("mkdir {}: {e}", blobs.display()))?;
         let layer = busybox_layer(&work, &blobs)?;
-        let manifest = busybox_manifest(&work, &blobs, &layer)?;
-        write_index(&layout, &manifest)?;
+        let manifest = busybox_manifest(&work, &blobs, &layer, cmd)?;
+        write_index(&layout, &manifest, name)?;
         let archive = work.join("image.tar");
         run_tool(
             Command::new("tar")
@@ -36,19 +52,22 @@ impl Containerd {
                 .arg(&archive)
                 .args(["oci-layout", "index.json", "blobs"]),
         )?;
-        self.import_image(&archive)?;
+        self.import_image(&archive, namespace, name)?;
         fs::remove_dir_all(&work).map_err(|e| format!("rm -r {}: {e}", work.display()))?;
-        Ok(BUSYBOX_IMAGE.to_string())
+        Ok(name.to_string())
     }
 
-    /// Imports the image archive at `archive` and checks that it is there
-    /// as [`BUSYBOX_IMAGE`].
-    fn import_image(&self, archive: &Path) -> Result<(), String> {
+    /// Imports the image archive at `archive` into `namespace` and checks
+    /// that it is there as `name`.
+    fn import_image(&self, archive: &Path, namespace: &str, name: &str) -> Result<(), String> {
         let archive_arg = archive
             .to_str()
             .ok_or_else(|| format!("{} is not UTF-8", archive.display()))?;
         let platform = format!("linux/{}", oci_arch());
-        let import = self.ctr(&["images", "import", "--platform", &platform, archive_arg]);
+        let import = self.ctr_in(
+            namespace,
+            &["images", "import", "--platform", &platform, archive_arg],
+        );
         if !import.status.success() {
             return Err(format!(
                 "ctr images import failed ({}): {}",
@@ -56,10 +75,10 @@ impl Containerd {
                 String::from_utf8_lossy(&import.stderr)
             ));
         }
-        let list = self.ctr(&["images", "ls", "-q"]);
+        let list = self.ctr_in(namespace, &["images", "ls", "-q"]);
         let names = String::from_utf8_lossy(&list.stdout);
-        if !names.lines().any(|name| name == BUSYBOX_IMAGE) {
-            return Err(format!("{BUSYBOX_IMAGE} is not among the images: {names}"));
+        if !names.lines().any(|listed| listed == name) {
+            return Err(format!("{name} is not among the images: {names}"));
         }
         Ok(())
     }
@@ -93,15 +112,15 @@ fn busybox_layer(work: &Path, blobs: &Path) -> Result<Blob, String> {
     add_blob(blobs, &layer)
 }
 
-/// The image's config and manifest for `layer`, in `blobs`; returns the
-/// manifest.
-fn busybox_manifest(work: &Path, blobs: &Path, layer: &Blob) -> Result<Blob, String> {
+/// The image's config (command `cmd`) and manifest for `layer`, in
+/// `blobs`; returns the manifest.
+fn busybox_manifest(work: &Path, blobs: &Path, layer: &Blob, cmd: &[&str]) -> Result<Blob, String> {
     let config = json!({
         "architecture": oci_arch(),
         "os": "linux",
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": ["sh"],
+            "Cmd": cmd,
             "WorkingDir": "/"
         },
         "rootfs": {"type": "layers", "diff_ids": [layer.digest]}
@@ -124,9 +143,9 @@ fn busybox_manifest(work: &Path, blobs: &Path, layer: &Blob) -> Result<Blob, Str
     add_json_blob(blobs, work, &manifest)
 }
 
-/// The OCI layout's `index.json`, naming `manifest` [`BUSYBOX_IMAGE`],
-/// and its `oci-layout`.
-fn write_index(layout: &Path, manifest: &Blob) -> Result<(), String> {
+/// The OCI layout's `index.json`, naming `manifest` `name`, and its
+/// `oci-layout`.
+fn write_index(layout: &Path, manifest: &Blob, name: &str) -> Result<(), String> {
     // ctr names an image after io.containerd.image.name; with only the
     // OCI ref name ("test") it would be "import-<date>:test".
     let index = json!({
@@ -138,7 +157,7 @@ fn write_index(layout: &Path, manifest: &Blob) -> Result<(), String> {
             "size": manifest.size,
             "platform": {"architecture": oci_arch(), "os": "linux"},
             "annotations": {
-                "io.containerd.image.name": BUSYBOX_IMAGE,
+                "io.containerd.image.name": name,
                 "org.opencontainers.image.ref.name": "test"
             }
         }]
