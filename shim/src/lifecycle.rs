@@ -415,7 +415,7 @@ mod tests {
             )
             .unwrap();
             ContainerShare::new(&pod.root, id)
-                .mount_rootfs(&[], &base.join("root"), false)
+                .mount_rootfs(&[], &base.join("root"), None)
                 .unwrap();
         }
         // The guest's view cannot be written; were it, a name there would

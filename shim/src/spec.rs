@@ -10,7 +10,7 @@ use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
 use vmpod_agent_api::POD_NAMESPACE_DIR;
 use vmpod_jailer::cgroup::{CgroupError, CgroupPath};
 
-use crate::share::{ContainerShare, ShareError};
+use crate::share::{ContainerShare, MountPoint, ShareError};
 
 /// CRI's annotation saying whether a container is a pod's sandbox or one of its containers.
 pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
@@ -73,6 +73,30 @@ pub fn pod_id(spec: &Spec, container_id: &str) -> String {
         (Some("container"), Some(sandbox)) if !sandbox.is_empty() => sandbox.clone(),
         _ => container_id.to_owned(),
     }
+}
+
+/// Where the spec's mounts go in the container's root: a bind of a host
+/// file needs a file there, everything else a directory.
+pub fn mount_points(spec: &Spec) -> Vec<MountPoint> {
+    spec.mounts()
+        .iter()
+        .flatten()
+        .map(|mount| {
+            let options = mount.options().clone().unwrap_or_default();
+            let is_bind = options.iter().any(|o| o == "bind" || o == "rbind")
+                || mount.typ().as_deref() == Some("bind");
+            let is_file = is_bind
+                && mount
+                    .source()
+                    .as_ref()
+                    .and_then(|source| std::fs::metadata(source).ok())
+                    .is_some_and(|metadata| !metadata.is_dir());
+            MountPoint {
+                destination: mount.destination().clone(),
+                is_dir: !is_file,
+            }
+        })
+        .collect()
 }
 
 /// What the spec of a pod's first container (CRI's sandbox) says of the

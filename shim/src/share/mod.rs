@@ -26,6 +26,7 @@ use vmpod_sys::openat::{
 use crate::pod::GUEST_SHARE;
 use layout::{detach_all, MOUNTS_DIR, RECORDS_DIR};
 use record::{Made, Record};
+pub use rootfs::MountPoint;
 
 /// Failures of the host mounts; the cause is the error's source (print
 /// the whole with [`vmpod_sys::error::chain`]).
@@ -114,8 +115,9 @@ impl ContainerShare {
 
     /// Mounts containerd's `mounts` (in order, each on the last) at the
     /// container's rootfs in the share. With no mounts, the directory
-    /// `prepared_root` is bound there instead. Read-only on the host too
-    /// with `readonly` (the spec's `root.readonly`).
+    /// `prepared_root` is bound there instead. With `readonly` (the spec's
+    /// `root.readonly`) the root is read-only on the host too, after the
+    /// mount points it names are made in it.
     ///
     /// # Errors
     /// [`ShareError`]; what was mounted is unmounted again.
@@ -123,7 +125,7 @@ impl ContainerShare {
         &self,
         mounts: &[ContainerdMount],
         prepared_root: &Path,
-        readonly: bool,
+        readonly: Option<&[MountPoint]>,
     ) -> Result<(), ShareError> {
         let result = self.try_mount_rootfs(mounts, prepared_root, readonly);
         if result.is_err() {
@@ -142,22 +144,29 @@ impl ContainerShare {
         &self,
         mounts: &[ContainerdMount],
         prepared_root: &Path,
-        readonly: bool,
+        readonly: Option<&[MountPoint]>,
     ) -> Result<(), ShareError> {
         let mut session = self.open()?;
         self.make(&mut session, &self.id, true)?;
         let point = format!("{}/rootfs", self.id);
         let target = self.make(&mut session, &point, true)?;
+        let seal = |what: &str, root: &OwnedFd| match readonly {
+            Some(points) => rootfs::seal_read_only(root.as_fd(), points)
+                .map_err(|err| self.mount_failed(what, &point, err)),
+            None => Ok(()),
+        };
         if mounts.is_empty() {
             let what = prepared_root.display().to_string();
-            let mount = rootfs::bind(prepared_root, &["rbind".to_owned()], readonly)
+            let mount = rootfs::bind(prepared_root, &["rbind".to_owned()], false)
                 .map_err(|err| self.mount_failed(&what, &point, err))?;
+            seal(&what, &mount)?;
             return self.attach(&mut session, &what, &point, &mount, &target);
         }
         for mount in mounts {
             let what = format!("{} ({})", mount.source, mount.type_);
-            let detached = rootfs::detached(mount, readonly)
+            let detached = rootfs::detached(mount, false)
                 .map_err(|err| self.mount_failed(&what, &point, err))?;
+            seal(&what, &detached)?;
             self.attach(&mut session, &what, &point, &detached, &target)?;
         }
         Ok(())

@@ -5,14 +5,25 @@
 //! Each is `nosuid,nodev` on the host, and read-only where the mount or the
 //! spec's `root.readonly` asks.
 
-use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
 
 use containerd_shim::protos::types::mount::Mount as ContainerdMount;
 use vmpod_sys::mount::{
     clone_tree, set_attributes, FsContext, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID,
     MOUNT_ATTR_RDONLY,
 };
+
+/// Where a mount of the container's spec goes in its root, and whether
+/// it is a directory (else a file: a bind of a file, e.g. CRI's
+/// `/etc/resolv.conf`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountPoint {
+    /// The mount's destination, absolute in the container.
+    pub destination: PathBuf,
+    /// A directory, or a file.
+    pub is_dir: bool,
+}
 
 /// The attributes every host mount into the share has.
 pub(super) const ALWAYS: u64 = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
@@ -86,6 +97,65 @@ fn configure(context: &FsContext, fs_type: &str, option: &str) -> std::io::Resul
             .try_for_each(|layer| context.set("lowerdir+", layer.as_bytes())),
         Some((key, value)) => context.set(key, value.as_bytes()),
         None => context.set_flag(option),
+    }
+}
+
+/// Makes the root at `root` (a detached mount) read-only, after making the
+/// `points` its spec's mounts need and it lacks: the guest cannot make them
+/// in a read-only root (runc makes them before it turns the root
+/// read-only). A point whose path crosses a symlink or a mount is left to
+/// the agent, which resolves it within the root as runc does.
+///
+/// # Errors
+/// mount_setattr(2)'s.
+pub(super) fn seal_read_only(root: BorrowedFd<'_>, points: &[MountPoint]) -> std::io::Result<()> {
+    for point in points {
+        if let Err(err) = make_mount_point(root, point) {
+            tracing::debug!(
+                "mount point {} left to the agent: {err}",
+                point.destination.display()
+            );
+        }
+    }
+    set_attributes(root, MOUNT_ATTR_RDONLY, 0, 0, true)
+}
+
+/// Makes `point` below `root` and the directories above it where they
+/// are missing; what exists stays as it is.
+fn make_mount_point(root: BorrowedFd<'_>, point: &MountPoint) -> std::io::Result<()> {
+    let mut path = PathBuf::new();
+    for component in point.destination.components() {
+        match component {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(name) => path.push(name),
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a path with ..",
+                ))
+            }
+        }
+    }
+    let mut above = PathBuf::new();
+    if let Some(parent) = path.parent() {
+        for name in parent.iter() {
+            above.push(name);
+            exists_ok(vmpod_sys::openat::mkdir_beneath(root, &above, 0o755))?;
+        }
+    }
+    if point.is_dir {
+        exists_ok(vmpod_sys::openat::mkdir_beneath(root, &path, 0o755))
+    } else {
+        exists_ok(vmpod_sys::openat::create_file_beneath(root, &path, 0o644))
+    }
+}
+
+/// Success, or EEXIST.
+fn exists_ok(result: std::io::Result<OwnedFd>) -> std::io::Result<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(err),
     }
 }
 

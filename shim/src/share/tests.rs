@@ -120,7 +120,9 @@ fn test_mounts_are_nosuid_nodev_and_ro_binds_read_only_on_the_host() {
     std::fs::write(pod.host("secret/token"), "t0ken").unwrap();
     std::fs::write(pod.host("hosts"), "127.0.0.1 localhost\n").unwrap();
     let share = pod.share("c1");
-    share.mount_rootfs(&[], &pod.host("root"), true).unwrap();
+    share
+        .mount_rootfs(&[], &pod.host("root"), Some(&[]))
+        .unwrap();
     let mut spec = spec(serde_json::json!([
         {"destination": "/secret", "type": "bind",
          "source": pod.host("secret"), "options": ["rbind", "ro"]},
@@ -178,7 +180,7 @@ fn test_a_symlink_at_a_mount_point_is_refused_and_not_followed() {
     std::os::unix::fs::symlink(&outside, pod.dir.mounts().join("c2")).unwrap();
     let share = pod.share("c2");
     let err = share
-        .mount_rootfs(&[], &pod.host("root"), false)
+        .mount_rootfs(&[], &pod.host("root"), None)
         .unwrap_err();
     assert!(
         err.to_string().starts_with("create ") && err.to_string().ends_with("/mounts/c2"),
@@ -194,7 +196,7 @@ fn test_a_symlink_at_a_mount_point_is_refused_and_not_followed() {
     assert!(recorded_containers(&pod.dir.root).unwrap().is_empty());
     std::fs::remove_file(pod.dir.mounts().join("c2")).unwrap();
     // A symlink where the bind mounts' directory goes.
-    share.mount_rootfs(&[], &pod.host("root"), false).unwrap();
+    share.mount_rootfs(&[], &pod.host("root"), None).unwrap();
     std::os::unix::fs::symlink(&outside, pod.dir.mounts().join("c2/mounts")).unwrap();
     std::fs::write(pod.host("hosts"), "hosts").unwrap();
     let mut spec = spec(serde_json::json!([
@@ -217,7 +219,7 @@ fn test_a_removal_that_failed_part_way_finishes_when_retried() {
     let pod = TestPod::new();
     std::fs::create_dir_all(pod.host("data")).unwrap();
     let share = pod.share("c1");
-    share.mount_rootfs(&[], &pod.host("root"), false).unwrap();
+    share.mount_rootfs(&[], &pod.host("root"), None).unwrap();
     let mut spec = spec(serde_json::json!([
         {"destination": "/data", "type": "bind", "source": pod.host("data"),
          "options": ["rbind"]},
@@ -245,10 +247,10 @@ fn test_the_pod_goes_whole_with_containers_still_mounted() {
     let pod = TestPod::new();
     std::fs::write(pod.host("root/kept"), "kept").unwrap();
     pod.share("c1")
-        .mount_rootfs(&[], &pod.host("root"), false)
+        .mount_rootfs(&[], &pod.host("root"), None)
         .unwrap();
     pod.share("c2")
-        .mount_rootfs(&[], &pod.host("root"), false)
+        .mount_rootfs(&[], &pod.host("root"), None)
         .unwrap();
     // Two rootfs, each in mounts/ and in the guest's view.
     assert_eq!(pod.mounted().len(), 6, "{:?}", pod.mounted());
@@ -272,7 +274,7 @@ fn test_a_bad_rootfs_mount_is_named_and_leaves_nothing() {
         ..Default::default()
     };
     let err = share
-        .mount_rootfs(&[mount], &pod.host("root"), false)
+        .mount_rootfs(&[mount], &pod.host("root"), None)
         .unwrap_err();
     assert!(
         err.to_string().starts_with("mount overlay (overlay) on "),
@@ -308,7 +310,7 @@ fn test_an_overlay_rootfs_is_mounted_layer_by_layer() {
         ..Default::default()
     };
     share
-        .mount_rootfs(&[mount], &pod.host("root"), false)
+        .mount_rootfs(&[mount], &pod.host("root"), None)
         .unwrap();
     let rootfs = pod.dir.shared().join("c1/rootfs");
     assert_eq!(std::fs::read_to_string(rootfs.join("a")).unwrap(), "2");
@@ -320,4 +322,36 @@ fn test_an_overlay_rootfs_is_mounted_layer_by_layer() {
     assert_ne!(flags(&rootfs) & libc::ST_NOSUID, 0);
     share.remove().unwrap();
     assert_eq!(pod.mounted().len(), 2);
+}
+
+#[test]
+fn test_a_read_only_root_gets_its_mount_points_before_it_is_sealed() {
+    let pod = TestPod::new();
+    std::fs::create_dir_all(pod.host("root/bin")).unwrap();
+    std::os::unix::fs::symlink("/bin", pod.host("root/linked")).unwrap();
+    let share = pod.share("c1");
+    let point = |destination: &str, is_dir: bool| MountPoint {
+        destination: destination.into(),
+        is_dir,
+    };
+    share
+        .mount_rootfs(
+            &[],
+            &pod.host("root"),
+            Some(&[
+                point("/etc/resolv.conf", false),
+                point("/dev/shm", true),
+                point("/bin", true),
+                point("/linked/escape", true),
+            ]),
+        )
+        .unwrap();
+    let rootfs = pod.dir.mounts().join("c1/rootfs");
+    assert!(rootfs.join("etc/resolv.conf").is_file());
+    assert!(rootfs.join("dev/shm").is_dir());
+    // Through a symlink: left to the agent, nothing made where it points.
+    assert!(!pod.host("root/bin/escape").exists());
+    let err = std::fs::create_dir(rootfs.join("more")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    share.remove().unwrap();
 }

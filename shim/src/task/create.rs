@@ -140,8 +140,9 @@ async fn create_in_pod(
         .as_ref()
         .and_then(|root| root.readonly())
         .unwrap_or(false);
+    let mount_points = readonly.then(|| spec::mount_points(&spec));
     share
-        .mount_rootfs(&req.rootfs, &root, readonly)
+        .mount_rootfs(&req.rootfs, &root, mount_points.as_deref())
         .map_err(|err| host_status(Code::INTERNAL, &err))?;
     let guest_spec = spec::for_guest(spec, share, member)
         .map_err(|err| host_status(Code::INVALID_ARGUMENT, &err))?;
