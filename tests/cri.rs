@@ -133,11 +133,12 @@ impl CriHarness {
         )
         .map_err(|e| format!("cannot write the CNI config: {e}"))?;
         let (mut opts, pods) = if vmpod_shim {
-            let pods = short_state_dir();
-            let _ = fs::remove_dir_all(&pods);
-            let extra = format!("state-dir = {:?}\n{extra}", pods.display().to_string());
-            let opts = Containerd::vmpod_shim_options(&work.join("shim"), &extra, false)?;
-            (opts, Some(pods))
+            // The shim's default state directory below `work`: CRI's
+            // 64-digit ids make the pods' socket paths long, which the shim
+            // takes at any length.
+            let shim = work.join("shim");
+            let opts = Containerd::vmpod_shim_options(&shim, extra, false)?;
+            (opts, Some(shim.join("pods")))
         } else {
             (ContainerdOptions::default(), None)
         };
@@ -350,14 +351,6 @@ impl Drop for CriHarness {
         }
         let _ = fs::remove_dir_all(&self.work);
     }
-}
-
-/// The vmpod shim's state directory for the CRI tests: short, because the
-/// shim puts the pod's sockets at `<state-dir>/k8s.io/<64-hex id>/run/`
-/// and `vmpod-vm` takes hybrid-vsock paths of at most 96 bytes (issue 16's
-/// first bug; with its fix the shim's default would do).
-fn short_state_dir() -> PathBuf {
-    PathBuf::from(format!("/tmp/vc{:02x}", std::process::id() & 0xff))
 }
 
 /// What is left of the vmpod pods under the state directory `pods`.

@@ -206,6 +206,9 @@ pub struct Container {
     start: Option<OwnedFd>,
     execs: HashMap<String, Process>,
     started: bool,
+    /// Whether it joined a PID namespace (the pod's) instead of having its
+    /// own, whose end would take its other processes with its init.
+    shares_pid_namespace: bool,
 }
 
 /// Where a container's pieces go.
@@ -364,6 +367,7 @@ impl Container {
             spawn::spawn_init(&plan, &cgroup_dir, child_side, console.as_ref(), reaper)?;
         let streams = agent_streams(pipes, master)?;
         tracing::debug!("container {id}: init process {} ready", spawned.pid);
+        let shares_pid_namespace = plan.join_pid.is_some();
         let InitPlan { process, .. } = plan;
         Ok(Container {
             id: id.to_owned(),
@@ -379,6 +383,7 @@ impl Container {
             start: Some(start),
             execs: HashMap::new(),
             started: false,
+            shares_pid_namespace,
         })
     }
 
@@ -416,7 +421,31 @@ impl Container {
         let start = self.start.take().ok_or_else(|| self.incorrect("start"))?;
         self.started = true;
         spawn::release(&mut self.init.spawned, start, &self.init_process)?;
+        if self.shares_pid_namespace {
+            self.end_with_init();
+        }
         Ok(())
+    }
+
+    /// Once the init of a container without a PID namespace of its own
+    /// ends, ends the container's other processes, as runc does: the kernel
+    /// ends a namespace's processes only with its PID 1, and a process left
+    /// behind (a `sleep &` of the init's) would hold the container's output
+    /// open, so that its exit never reached containerd.
+    fn end_with_init(&self) {
+        let mut exit = self.init.exit_watch();
+        let cgroup = self.cgroup.clone();
+        tokio::spawn(async move {
+            if exit.wait_for(Option::is_some).await.is_ok() {
+                let killed = tokio::task::spawn_blocking(move || cgroup.kill_all()).await;
+                if let Ok(Err(err)) = killed {
+                    tracing::warn!(
+                        "ending the processes its init left: {}",
+                        vmpod_sys::error::Chain(&err)
+                    );
+                }
+            }
+        });
     }
 
     /// The process `exec_id` (empty for init).

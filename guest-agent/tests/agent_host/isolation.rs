@@ -125,7 +125,8 @@ async fn test_shared_pid_namespace() {
 /// join by their names below `POD_NAMESPACE_DIR`, as they join its PID
 /// namespace (where they see each other); a container of its own
 /// namespaces keeps its own; a name of another kind and a sysctl of the
-/// whole system are refused in one line.
+/// whole system are refused in one line. A joining container's init takes
+/// what it left behind with it.
 #[tokio::test]
 async fn test_pod_namespaces_hostname_and_sysctls() {
     let agent: HostAgent = agent_or_skip!("podns");
@@ -190,6 +191,19 @@ async fn test_pod_namespaces_hostname_and_sysctls() {
     assert_eq!(status, 0, "{stderr}");
     assert!(!stdout.contains("self=1\n"), "{stdout}");
     assert!(stdout.contains("sleep"), "{stdout}");
+    // Its init's end ends what it left in the shared namespace, so that its
+    // output ends and its exit is whole (as runc does).
+    let (status, stdout, stderr) = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        agent.run(
+            "leaves",
+            &joined(&["sh", "-c", "sleep 1000 & echo left-one"]),
+            &rootfs,
+        ),
+    )
+    .await
+    .expect("the output of an init that left a process in the pod's PID namespace never ended");
+    assert_eq!((status, stdout.as_str()), (0, "left-one\n"), "{stderr}");
     let (status, stdout, stderr) = agent
         .run("own", &spec(&["sh", "-c", script], "own"), &rootfs)
         .await;
@@ -213,6 +227,11 @@ async fn test_pod_namespaces_hostname_and_sysctls() {
         .await
         .unwrap();
     agent.client.remove_container("looks", false).await.unwrap();
+    agent
+        .client
+        .remove_container("leaves", false)
+        .await
+        .unwrap();
     agent.client.remove_container("own", false).await.unwrap();
     agent.client.destroy_sandbox().await.unwrap();
 }

@@ -17,12 +17,20 @@ impl TaskService {
         let process_id = self.with_container(&req.id, |container| {
             Ok(container.signalable(&req.exec_id)?.id.clone())
         })?;
-        handle
+        match handle
             .agent
             .signal_process(&process_id, req.signal, req.all)
             .await
-            .map_err(agent_status)?;
-        Ok(Empty::new())
+        {
+            Ok(()) => Ok(Empty::new()),
+            // The process ended and its exit is on its way (its output is
+            // still draining): containerd, as with runc's shim, takes
+            // NOT_FOUND as "already finished" and waits for the exit.
+            Err(err) if err.agent_code() == Some(Code::FAILED_PRECONDITION) => {
+                Err(status(Code::NOT_FOUND, vmpod_sys::error::chain(&err)))
+            }
+            Err(err) => Err(agent_status(err)),
+        }
     }
 
     /// Wait: the process's exit, once there is one.
@@ -138,6 +146,30 @@ mod tests {
             (
                 Code::INVALID_ARGUMENT,
                 "agent SignalProcess: bad signal".into()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn test_kill_of_a_process_the_agent_saw_end_is_not_found() {
+        // Its exit is still on its way to the shim (output draining).
+        let harness = Harness::new();
+        harness.started("c1").await;
+        harness.agent.refuse(
+            "SignalProcess",
+            Code::FAILED_PRECONDITION,
+            "process c1 has already exited",
+        );
+        assert_eq!(
+            refusal(
+                harness
+                    .service
+                    .kill_process(kill("c1", "", 15, false))
+                    .await
+            ),
+            (
+                Code::NOT_FOUND,
+                "agent SignalProcess: process c1 has already exited".into()
             )
         );
     }
