@@ -62,13 +62,10 @@ fn parse_cli() -> Result<Cli, ExitCode> {
         if !err.use_stderr() {
             err.exit();
         }
-        let text = err.render().to_string();
-        let message: Vec<&str> = text
-            .lines()
-            .take_while(|line| !line.trim().is_empty())
-            .map(str::trim)
-            .collect();
-        eprintln!("vmpod: {}", message.join(" "));
+        eprintln!(
+            "vmpod: {}",
+            vmpod_sys::error::first_paragraph(&err.render().to_string())
+        );
         ExitCode::from(2)
     })
 }

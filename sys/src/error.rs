@@ -30,6 +30,18 @@ pub fn chain(error: &(dyn Error + 'static)) -> String {
     Chain(error).to_string()
 }
 
+/// The first paragraph of a multi-line message (a CLI parser's error with
+/// its usage after a blank line) as one line, its lines trimmed and joined
+/// by spaces.
+pub fn first_paragraph(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    lines.join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +78,13 @@ mod tests {
     #[test]
     fn test_chain_of_an_error_without_source_is_its_message() {
         assert_eq!(chain(&Layer("busy", None)), "busy");
+    }
+
+    #[test]
+    fn test_first_paragraph_is_one_line() {
+        assert_eq!(
+            first_paragraph("error: bad flag\n  tip: see\n\nUsage: x\n"),
+            "error: bad flag tip: see"
+        );
     }
 }
