@@ -3,6 +3,7 @@
 //! artifacts, running a command with a deadline, a real containerd
 //! ([`containerd`]) and its CRI path ([`cri`]).
 
+pub mod bench;
 pub mod containerd;
 pub mod cri;
 pub mod events;

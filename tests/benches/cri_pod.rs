@@ -15,40 +15,13 @@ use k8s_cri::v1::{
     ContainerState, ContainerStatusRequest, CreateContainerRequest, DnsConfig,
     RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
+use vmpod_integration_tests::bench::{median, rss_kib, runs};
 use vmpod_integration_tests::containerd::{processes_named, BUSYBOX_IMAGE};
 use vmpod_integration_tests::cri::pod::{container_config, sandbox_config};
 use vmpod_integration_tests::cri::{cri_or_skip, CriHarness, RUNC_HANDLER, VMPOD_HANDLER};
 
 /// How long one pod may take to run `true` (a cold pod VM boot included).
 const DEADLINE: Duration = Duration::from_secs(400);
-
-/// Runs per handler, from the environment.
-fn runs(variable: &str, default: usize) -> usize {
-    std::env::var(variable)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    if values.len().is_multiple_of(2) {
-        (values[middle - 1] + values[middle]) / 2.0
-    } else {
-        values[middle]
-    }
-}
-
-/// `VmRSS` of `pid`, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 /// The resident memory of every vmpod shim and `vmpod-vm` now, KiB.
 fn vmpod_rss_kib() -> u64 {

@@ -9,26 +9,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use vmpod_integration_tests::bench::{median, rss_kib, runs};
 use vmpod_integration_tests::containerd::{Containerd, RUNTIME};
 use vmpod_integration_tests::host_faults::{pod_console, ConsoleWatch, Retries};
-
-/// Runs per runtime (vmpod's cost about a minute each on emulating hosts).
-fn runs(variable: &str, default: usize) -> usize {
-    std::env::var(variable)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    if values.len().is_multiple_of(2) {
-        (values[middle - 1] + values[middle]) / 2.0
-    } else {
-        values[middle]
-    }
-}
 
 /// The descendants of `pid`, nearest first.
 fn descendants(pid: u32) -> Vec<u32> {
@@ -45,16 +28,6 @@ fn descendants(pid: u32) -> Vec<u32> {
         i += 1;
     }
     all.split_off(1)
-}
-
-/// `VmRSS` of `pid`, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Resident KiB of `pid` outside its guest RAM mapping (the anonymous
