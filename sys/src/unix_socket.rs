@@ -110,6 +110,15 @@ impl SocketDir {
 /// # Errors
 /// `path` names no file.
 pub fn split(path: &Path) -> std::io::Result<(SocketDir, &OsStr)> {
+    split_with_suffix(path, 0)
+}
+
+/// [`split`], for the socket's name and, beside it, names that add up to
+/// `suffix_len` bytes to it (vsock's `<name>_<port>`).
+///
+/// # Errors
+/// `path` names no file; the longest name could never fit.
+pub fn split_with_suffix(path: &Path, suffix_len: usize) -> std::io::Result<(SocketDir, &OsStr)> {
     let name = path.file_name().ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -120,7 +129,7 @@ pub fn split(path: &Path) -> std::io::Result<(SocketDir, &OsStr)> {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    Ok((SocketDir::open(dir, name.len())?, name))
+    Ok((SocketDir::open(dir, name.len() + suffix_len)?, name))
 }
 
 /// A listening socket at `path`, whatever its length.

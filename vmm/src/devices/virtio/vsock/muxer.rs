@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use vmm_sys_util::timerfd::TimerFd;
-use vmpod_sys::unix_socket::SocketDir;
+use vmpod_sys::unix_socket::{split_with_suffix, SocketDir};
 
 use super::connection::{Conn, Handshake, HostRead, Reply, State};
 use super::device::{VsockCounters, VsockError};
@@ -76,15 +76,10 @@ impl Muxer {
             path: path.to_path_buf(),
             source,
         };
-        let name = path.file_name().unwrap_or_default().to_owned();
-        let parent = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => Path::new("."),
-        };
         // Opened now, if needed at all: connects to `<name>_<port>` then
         // make no system call but the socket's (the device's seccomp filter).
-        let dir =
-            SocketDir::open(parent, name.len() + "_4294967295".len()).map_err(listen_error)?;
+        let (dir, name) = split_with_suffix(path, "_4294967295".len()).map_err(listen_error)?;
+        let name = name.to_owned();
         let listener = dir.bind(&name).map_err(listen_error)?;
         listener.set_nonblocking(true).map_err(listen_error)?;
         Ok(Muxer {
