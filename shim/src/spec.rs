@@ -10,7 +10,7 @@ use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
 use vmpod_agent_api::POD_NAMESPACE_DIR;
 use vmpod_jailer::cgroup::{CgroupError, CgroupPath};
 
-use crate::share::{ContainerShare, MountPoint, ShareError};
+use crate::share::{is_bind, ContainerShare, MountPoint, ShareError};
 
 /// CRI's annotation saying whether a container is a pod's sandbox or one of its containers.
 pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
@@ -83,9 +83,7 @@ pub fn mount_points(spec: &Spec) -> Vec<MountPoint> {
         .flatten()
         .map(|mount| {
             let options = mount.options().clone().unwrap_or_default();
-            let is_bind = options.iter().any(|o| o == "bind" || o == "rbind")
-                || mount.typ().as_deref() == Some("bind");
-            let is_file = is_bind
+            let is_file = is_bind(mount.typ().as_deref().unwrap_or_default(), &options)
                 && mount
                     .source()
                     .as_ref()

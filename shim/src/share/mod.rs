@@ -26,6 +26,7 @@ use vmpod_sys::openat::{
 use crate::pod::GUEST_SHARE;
 use layout::{detach_all, MOUNTS_DIR, RECORDS_DIR};
 use record::{Made, Record};
+pub(crate) use rootfs::is_bind;
 pub use rootfs::MountPoint;
 
 /// Failures of the host mounts; the cause is the error's source (print

@@ -37,7 +37,7 @@ const NOT_FS_OPTIONS: [&str; 12] = [
 ];
 
 /// Whether a mount with this type and these options is a bind mount.
-pub(super) fn is_bind(fs_type: &str, options: &[String]) -> bool {
+pub(crate) fn is_bind(fs_type: &str, options: &[String]) -> bool {
     fs_type == "bind"
         || options
             .iter()
