@@ -135,21 +135,27 @@ impl Network {
         })
     }
 
+    /// The index of the first interface one of whose attributes `matches`.
+    ///
+    /// Reads the kernel's dump to its end even after a match: a dump
+    /// dropped half-read leaves its later messages with no receiver, and
+    /// netlink-proto warns of each.
     async fn link_index(
         &self,
         matches: impl Fn(&LinkAttribute) -> bool,
     ) -> Result<Option<u32>, NetworkError> {
         let mut links = self.handle.link().get().execute();
+        let mut found = None;
         while let Some(link) = links
             .try_next()
             .await
             .map_err(netlink("listing interfaces"))?
         {
-            if link.attributes.iter().any(&matches) {
-                return Ok(Some(link.header.index));
+            if found.is_none() && link.attributes.iter().any(&matches) {
+                found = Some(link.header.index);
             }
         }
-        Ok(None)
+        Ok(found)
     }
 
     /// Brings up the loopback interface.

@@ -19,7 +19,7 @@ use k8s_cri::v1::{
 };
 use vmpod_integration_tests::containerd::BUSYBOX_IMAGE;
 use vmpod_integration_tests::cri::pod::{container_config, sandbox_config};
-use vmpod_integration_tests::cri::CriHarness;
+use vmpod_integration_tests::cri::{CriHarness, VMPOD_HANDLER};
 
 use crate::calls::{fail, log_lines, Pod};
 
@@ -130,6 +130,19 @@ pub fn pod_life(harness: &CriHarness, handler: &str) {
     check_logs(&pod, &mut checks);
     remove_pod(&pod, [main, stubborn, quick]);
     harness.assert_nothing_left(&format!("after the {handler} pod"), &[netns]);
+    // The vmpod shim's own log lines (runc's shim logs in containerd's
+    // format, which this does not read).
+    let warnings = if handler == VMPOD_HANDLER {
+        shim_warnings(harness)
+    } else {
+        Vec::new()
+    };
+    checks.check(warnings.is_empty(), || {
+        format!(
+            "a normal pod life logged warnings:\n{}",
+            warnings.join("\n")
+        )
+    });
     assert!(
         checks.0.is_empty(),
         "{handler} pod: {} checks failed:\n{}",
@@ -447,4 +460,16 @@ fn remove_pod(pod: &Pod, containers: [String; 3]) {
         })
         .unwrap_or_else(|e| fail(pod.harness, "ListPodSandbox", &e));
     assert!(listed.items.is_empty(), "pods left: {:?}", listed.items);
+}
+
+/// The warning and error lines the vmpod shim (and, through it, the agent)
+/// wrote to containerd's log: their `tracing` lines carry the level after
+/// the time stamp. containerd's own lines (`level=…`) are not the shim's.
+fn shim_warnings(harness: &CriHarness) -> Vec<String> {
+    let log = std::fs::read(harness.containerd().log_path()).unwrap_or_default();
+    String::from_utf8_lossy(&log)
+        .lines()
+        .filter(|line| line.contains("Z  WARN ") || line.contains("Z ERROR "))
+        .map(str::to_owned)
+        .collect()
 }
