@@ -19,10 +19,7 @@
 # Figures, not a test: exit status 0 once every measurement was taken.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-setup=$(scripts/setup.sh)
-eval "$setup"
-export VMPOD_KERNEL_DIR VMPOD_TEST_INITRD VMPOD_TEST_INIT VMPOD_AGENT_INITRD
-cargo build --release -p containerd-shim-vmpod-v2 -p vmm -p vmpod-jailer
+. bench/pod-env.sh
 bin=target/x86_64-unknown-linux-gnu/release
 part=${1:-all}
 

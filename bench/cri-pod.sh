@@ -7,8 +7,5 @@
 # (5) set the runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-setup=$(scripts/setup.sh)
-eval "$setup"
-export VMPOD_KERNEL_DIR VMPOD_TEST_INITRD VMPOD_TEST_INIT VMPOD_AGENT_INITRD
-cargo build --release -p containerd-shim-vmpod-v2 -p vmm -p vmpod-jailer
+. bench/pod-env.sh
 exec cargo bench -p vmpod-integration-tests --bench cri_pod

@@ -6,8 +6,5 @@
 # VMPOD_BENCH_VMPOD_RUNS (default 3) and VMPOD_BENCH_RUNC_RUNS (10) set the runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-setup=$(scripts/setup.sh)
-eval "$setup"
-export VMPOD_KERNEL_DIR VMPOD_TEST_INITRD VMPOD_TEST_INIT VMPOD_AGENT_INITRD
-cargo build --release -p containerd-shim-vmpod-v2 -p vmm
+. bench/pod-env.sh
 exec cargo bench -p vmpod-integration-tests --bench ctr_run
