@@ -39,6 +39,10 @@ const SHARE_TAG: &str = "vmpod";
 pub const GUEST_SHARE: &str = "/run/vmpod/shared";
 /// Between two attempts to reach a booting agent.
 const CONNECT_RETRY: Duration = Duration::from_millis(250);
+/// How long the VM's shutdown waits for the agent's DestroySandbox: the
+/// sandbox's Delete must end well within the 10 s containerd's CRI plugin
+/// gives it, however slow the guest.
+const DESTROY_GRACE: Duration = Duration::from_secs(4);
 
 /// Failures of a pod's VM.
 #[derive(Debug, thiserror::Error)]
@@ -407,8 +411,7 @@ impl Pod {
     /// The directory could not be removed.
     pub async fn shut_down(&mut self) -> std::io::Result<()> {
         if self.vm_exit.borrow().is_none() {
-            let _ =
-                tokio::time::timeout(Duration::from_secs(10), self.agent.destroy_sandbox()).await;
+            let _ = tokio::time::timeout(DESTROY_GRACE, self.agent.destroy_sandbox()).await;
         }
         self.stopping.store(true, Ordering::SeqCst);
         if let Some(kill) = self.kill.take() {

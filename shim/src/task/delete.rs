@@ -60,14 +60,19 @@ impl TaskService {
             container.check_deletable("")?;
             Ok((container.share.clone(), container.init.exit().is_none()))
         })?;
-        self.remove_from_agent(id).await?;
-        share
-            .remove()
-            .map_err(|err| host_status(Code::INTERNAL, &err))?;
         let last = {
             let containers = self.containers();
             containers.len() == 1 && containers.contains_key(id)
         };
+        // The pod's last container goes with its VM: no agent call, which
+        // in a slow guest would cost seconds of the little time containerd
+        // gives a sandbox's Delete.
+        if !last {
+            self.remove_from_agent(id).await?;
+        }
+        share
+            .remove()
+            .map_err(|err| host_status(Code::INTERNAL, &err))?;
         // The pod goes before its last container's record: when removing it
         // fails, the container stays, and a retried Delete finishes both.
         if last {
@@ -154,7 +159,8 @@ mod tests {
             .unwrap();
         // Never started: it exits 0.
         assert_eq!((response.pid, response.exit_status), (VMM_PID, 0));
-        assert!(harness.agent.called("RemoveContainer c1 force=true"));
+        // Its VM goes with it: no RemoveContainer first.
+        assert!(!harness.agent.called("RemoveContainer"));
         let event = harness.events.one::<TaskDelete>();
         assert_eq!(
             (
@@ -238,6 +244,15 @@ mod tests {
     async fn test_a_refused_remove_fails_the_delete_while_the_vm_runs() {
         let harness = Harness::new();
         harness.created("c1").await;
+        let mut spec = crate::task::fake::minimal_spec();
+        spec["annotations"] = serde_json::json!({
+            crate::spec::CONTAINER_TYPE_ANNOTATION: "container",
+            crate::spec::SANDBOX_ID_ANNOTATION: "c1",
+        });
+        harness
+            .create_in("c2", &harness.bundle_with("c2", spec))
+            .await
+            .unwrap();
         harness
             .agent
             .refuse("RemoveContainer", Code::INTERNAL, "cgroup busy");
