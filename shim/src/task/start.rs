@@ -263,6 +263,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn test_a_wait_the_vms_end_broke_exits_once_the_vm_has_ended() {
+        let harness = Harness::new();
+        harness.created("c1").await;
+        // As a killed VM breaks the agent's connection before it is reaped.
+        harness
+            .agent
+            .refuse("WaitProcess", Code::UNAVAILABLE, "connection reset");
+        harness.start("c1", "").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(harness.events.all::<TaskExit>().is_empty());
+        harness.launcher.end_vm("signal: 9 (SIGKILL)");
+        let exits = harness.events.wait_for::<TaskExit>(1).await;
+        assert_eq!(
+            (exits[0].id.as_str(), exits[0].exit_status),
+            ("c1", LOST_STATUS)
+        );
+        assert_eq!(harness.status("c1", "").unwrap(), Status::STOPPED);
+    }
+
+    #[tokio::test]
     async fn test_a_vm_that_ends_gives_started_processes_the_lost_status() {
         let harness = Harness::new();
         harness.started("c1").await;
