@@ -23,6 +23,7 @@ pub use host::{
     containerd_or_skip, count_mounts_below, mounts_below, processes_named, skip_reason,
     unix_sockets_below,
 };
+pub use image::busybox_archive;
 
 use crate::{run_with_input, run_with_timeout, Outcome};
 

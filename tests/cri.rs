@@ -37,7 +37,7 @@ pub const RUNC_HANDLER: &str = "runc";
 pub const PAUSE_IMAGE: &str = "docker.io/vmpod/pause:test";
 /// The pause image's command: exits on SIGTERM and SIGINT as the
 /// kubernetes pause does (CRI kills the sandbox with SIGKILL anyway).
-const PAUSE_COMMAND: [&str; 3] = [
+pub const PAUSE_COMMAND: [&str; 3] = [
     "sh",
     "-c",
     "trap 'exit 0' TERM INT; sleep 2147483647 & wait",

@@ -1,17 +1,21 @@
 // SPDX-License-Identifier: Apache-2.0
-//! The installer end to end under the real containerd (Debian's 1.6):
-//! `vmpod install` into a temporary root whose containerd config enables
-//! the CRI plugin; containerd started with exactly that config loads the
-//! CRI plugin with the `vmpod` handler; the DaemonSet's OCI archive
-//! imports; a container of it runs in a pod VM through the installed shim,
-//! which reads the installed `/etc/vmpod/config.toml` and boots the
-//! installed kernel, initrd, `vmpod-vm` and `vmpod-jailer`; and uninstall
-//! then gives the root back byte for byte.
+//! The installer end to end under the real containerd (Debian's 1.6), as
+//! a node runs it for Kubernetes: `vmpod install` into a temporary root
+//! whose containerd config has what a node's has for CRI pods (the CNI
+//! directories, the pause image); containerd started with exactly the
+//! config the installer wrote; the DaemonSet's OCI archive imports; a CRI
+//! pod with handler `vmpod` runs through the installed shim, which reads
+//! the installed `/etc/vmpod/config.toml` and boots the installed kernel,
+//! initrd, `vmpod-vm` and `vmpod-jailer`, and a container of that image
+//! runs in it; and uninstall then gives the root back byte for byte.
 //!
-//! containerd runs in a mount namespace of its own where the root's
+//! containerd runs in mount and network namespaces of its own: the root's
 //! `/usr/local` is bound over the host's, so that the node paths the
 //! installer wrote (`/usr/local/bin/...`, `/usr/local/share/vmpod/...`)
-//! resolve to what it installed, and the host's own are not touched.
+//! resolve to what it installed, and the host's own are not touched; the
+//! CNI bridge and the pod's addresses (192.0.2.0/24) stay in its network
+//! namespace. The CRI client, the CNI network and the pod's configs are
+//! the integration tests' (`vmpod_integration_tests::cri`).
 
 // An integration test crate is a test module as a whole.
 #![allow(clippy::tests_outside_test_module)]
@@ -24,12 +28,31 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{assert_ok, guest_artifacts, repo, skip, stripped_binaries, Fixture};
+use k8s_cri::v1::{
+    ContainerState, ContainerStatusRequest, CreateContainerRequest, DnsConfig, ExecSyncRequest,
+    PodSandboxState, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StatusRequest, StopContainerRequest,
+    StopPodSandboxRequest,
+};
+use vmpod_integration_tests::containerd::busybox_archive;
+use vmpod_integration_tests::cri::config::cni_conflist;
+use vmpod_integration_tests::cri::pod::{container_config, sandbox_config};
+use vmpod_integration_tests::cri::{
+    CriClient, CNI_BIN_DIR, CRI_NAMESPACE, PAUSE_COMMAND, PAUSE_IMAGE, VMPOD_HANDLER,
+};
 
 /// containerd answers within seconds; the bound is for loaded hosts.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// One pod VM's boot and run, on hosts that emulate the guest kernel.
-const RUN_TIMEOUT: Duration = Duration::from_secs(900);
-const NAMESPACE: &str = "vmpod-inst";
+/// The DaemonSet's image, which the pod's container runs.
+const DEPLOY_IMAGE: &str = "localhost/vmpod-deploy:latest";
+/// The container: says hello, prints the guest's kernel, then waits for
+/// SIGTERM (the image has busybox, without its applets' links).
+const MAIN: &str = "echo hello from the pod VM; /bin/busybox cat /proc/version; \
+                    trap 'exit 0' TERM; /bin/busybox sleep 2147483647 & wait";
+/// The pod's hostname.
+const HOSTNAME: &str = "installed-pod";
+/// How long the container's first lines may take to reach its log.
+const LOG_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// containerd and what it started, stopped on drop.
 struct Running {
@@ -42,7 +65,7 @@ impl Running {
         let mut cmd = Command::new("ctr");
         cmd.arg("--address")
             .arg(&self.address)
-            .args(["--namespace", NAMESPACE])
+            .args(["--namespace", CRI_NAMESPACE])
             .args(args);
         vmpod_sys::command::run_with_timeout(&mut cmd, None, timeout).unwrap()
     }
@@ -83,15 +106,19 @@ impl Drop for Running {
     }
 }
 
-/// The containerd config before install: its own root, state and sockets
-/// under `work`, the CRI plugin on (with nothing it would write elsewhere).
+/// The containerd config before install, as a node's for CRI pods: its
+/// own root, state and sockets under `work`; the CRI plugin with the
+/// pause image [`PAUSE_IMAGE`] and CNI from Debian's plugins, its network
+/// list in `work/cni`. The installer adds the `vmpod` handler.
 fn containerd_config(work: &Path) -> String {
     format!(
         "# containerd for the installer's test.\nversion = 2\nroot = \"{w}/containerd/root\"\nstate = \"{w}/containerd/state\"\n\
          disabled_plugins = [\"io.containerd.internal.v1.opt\", \"io.containerd.snapshotter.v1.aufs\", \"io.containerd.snapshotter.v1.btrfs\", \"io.containerd.snapshotter.v1.devmapper\", \"io.containerd.snapshotter.v1.zfs\"]\n\n\
          [grpc]\n  address = \"{w}/sock/containerd.sock\"\n\n[ttrpc]\n  address = \"{w}/sock/containerd.sock.ttrpc\"\n\n\
-         [plugins]\n  [plugins.\"io.containerd.grpc.v1.cri\"]\n    # No CNI here: the test's container uses none.\n    \
-         [plugins.\"io.containerd.grpc.v1.cri\".cni]\n      conf_dir = \"{w}/cni\"\n",
+         [plugins]\n  [plugins.\"io.containerd.grpc.v1.cri\"]\n    sandbox_image = {PAUSE_IMAGE:?}\n    \
+         # The sandbox's OOM score (-998) needs CAP_SYS_RESOURCE, which a host in a container may lack.\n    \
+         restrict_oom_score_adj = true\n    disable_apparmor = true\n    \
+         [plugins.\"io.containerd.grpc.v1.cri\".cni]\n      bin_dir = {CNI_BIN_DIR:?}\n      conf_dir = \"{w}/cni\"\n      max_conf_num = 1\n",
         w = work.display()
     )
 }
@@ -106,7 +133,7 @@ fn prerequisites(fixture: &Fixture) -> Result<(PathBuf, PathBuf), String> {
         .write(true)
         .open("/dev/kvm")
         .map_err(|e| format!("/dev/kvm is not usable: {e}"))?;
-    for tool in ["containerd", "ctr", "unshare"] {
+    for tool in ["containerd", "ctr", "unshare", "ip"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output();
@@ -114,15 +141,22 @@ fn prerequisites(fixture: &Fixture) -> Result<(PathBuf, PathBuf), String> {
             return Err(format!("{tool} is not installed"));
         }
     }
+    let bridge = Path::new(CNI_BIN_DIR).join("bridge");
+    if !bridge.is_file() {
+        return Err(format!(
+            "{} is missing (apt-get install containernetworking-plugins)",
+            bridge.display()
+        ));
+    }
     let guest = guest_artifacts()?;
     stripped_binaries(&fixture.artifacts())?;
     Ok(guest)
 }
 
 #[test]
-fn test_containerd_runs_a_pod_through_the_installed_vmpod() {
-    let test = "test_containerd_runs_a_pod_through_the_installed_vmpod";
-    let fixture = Fixture::new("ctr");
+fn test_a_cri_pod_runs_through_the_installed_vmpod() {
+    let test = "test_a_cri_pod_runs_through_the_installed_vmpod";
+    let fixture = Fixture::new("cri");
     let (kernel_dir, initrd) = match prerequisites(&fixture) {
         Ok(guest) => guest,
         Err(why) => return skip(test, why),
@@ -135,6 +169,13 @@ fn test_containerd_runs_a_pod_through_the_installed_vmpod() {
     }
     let work = fixture.dir.clone();
     fs::create_dir_all(work.join("sock")).unwrap();
+    fs::create_dir_all(work.join("cni")).unwrap();
+    fs::create_dir_all(work.join("ipam")).unwrap();
+    fs::write(
+        work.join("cni/10-vmpod.conflist"),
+        cni_conflist(&work.join("ipam")),
+    )
+    .unwrap();
     fixture.write(
         "/etc/containerd/config.toml",
         &containerd_config(&work),
@@ -150,112 +191,17 @@ fn test_containerd_runs_a_pod_through_the_installed_vmpod() {
     let before = fixture.snapshot();
     assert_ok(&fixture.install(&[]));
 
-    let root = fixture.root();
-    let script = format!(
-        "mount --bind '{}/usr/local' /usr/local && exec containerd --config '{}/etc/containerd/config.toml'",
-        root.display(),
-        root.display()
-    );
-    let log = work.join("containerd.log");
-    let child = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .env("PATH", "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("VMPOD_CONFIG", root.join("etc/vmpod/config.toml"))
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&log).unwrap())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let containerd = Running {
-        child,
-        address: work.join("sock/containerd.sock"),
-    };
-    let log_text = || fs::read_to_string(&log).unwrap_or_default();
-    let start = Instant::now();
-    while containerd.ctr(&["version"], Duration::from_secs(5)).status != Some(0) {
-        assert!(
-            start.elapsed() < START_TIMEOUT,
-            "containerd did not start: {}",
-            log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    // The CRI plugin loaded the installed config, handler vmpod included.
-    let plugins = containerd.ctr(&["plugins", "ls"], Duration::from_secs(10));
-    let cri = plugins
-        .stdout
-        .lines()
-        .find(|line| line.contains("io.containerd.grpc.v1") && line.contains(" cri "));
-    assert!(
-        cri.is_some_and(|line| line.trim_end().ends_with("ok")),
-        "{}\n{}",
-        plugins.stdout,
-        log_text()
-    );
-
-    // The DaemonSet's image: built, imported, and run in a pod VM.
-    let archive = work.join("vmpod-deploy.tar");
-    let out = Command::new(repo().join("deploy/build-image.sh"))
-        .arg(&archive)
-        .env("VMPOD_BIN_DIR", fixture.artifacts())
-        .env("VMPOD_KERNEL_DIR", &kernel_dir)
-        .env("VMPOD_AGENT_INITRD", &initrd)
-        .output()
-        .unwrap();
-    assert_ok(&out);
-    let import = containerd.ctr(
-        &["images", "import", archive.to_str().unwrap()],
-        Duration::from_secs(120),
-    );
-    assert_eq!(
-        import.status,
-        Some(0),
-        "{} {}",
-        import.stdout,
-        import.stderr
-    );
-    let images = containerd.ctr(&["images", "ls", "-q"], Duration::from_secs(10));
-    assert!(
-        images
-            .stdout
-            .lines()
-            .any(|l| l == "localhost/vmpod-deploy:latest"),
-        "{}",
-        images.stdout
-    );
-    let run = containerd.ctr(
-        &[
-            "run",
-            "--rm",
-            "--runtime",
-            "io.containerd.vmpod.v2",
-            "localhost/vmpod-deploy:latest",
-            "vmpod-inst-1",
-            "/bin/busybox",
-            "sh",
-            "-c",
-            "echo hello from the pod VM; /bin/busybox cat /proc/version; exit 7",
-        ],
-        RUN_TIMEOUT,
-    );
-    assert_eq!(
-        run.status,
-        Some(7),
-        "stdout {}\nstderr {}\n{}",
-        run.stdout,
-        run.stderr,
-        log_text()
-    );
-    assert!(
-        run.stdout.contains("hello from the pod VM"),
-        "{}",
-        run.stdout
-    );
-    assert!(run.stdout.contains("Linux version"), "{}", run.stdout);
+    let containerd = start_containerd(&fixture.root(), &work);
+    let log_text = || fs::read_to_string(work.join("containerd.log")).unwrap_or_default();
+    import_images(&containerd, &fixture, &kernel_dir, &initrd);
+    let client = CriClient::connect(&containerd.address).unwrap();
+    wait_cri_ready(&client, &log_text);
+    run_pod(&client, &work, &log_text);
     assert!(
         containerd.shims().is_empty(),
-        "a shim outlived ctr run --rm"
+        "a shim outlived RemovePodSandbox"
     );
+    drop(client);
     drop(containerd);
 
     let out = fixture.uninstall();
@@ -269,5 +215,255 @@ fn test_containerd_runs_a_pod_through_the_installed_vmpod() {
         left.iter()
             .all(|ns| fs::read_dir(ns).is_ok_and(|mut d| d.next().is_none())),
         "pods left: {left:?}"
+    );
+}
+
+/// containerd with the config the installer wrote below `root`, in a
+/// mount namespace where `root`'s `/usr/local` is the host's, and a
+/// network namespace of its own (its loopback up).
+fn start_containerd(root: &Path, work: &Path) -> Running {
+    let script = format!(
+        "ip link set lo up && mount --bind '{}/usr/local' /usr/local && exec containerd --config '{}/etc/containerd/config.toml'",
+        root.display(),
+        root.display()
+    );
+    let log = work.join("containerd.log");
+    let child = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--net",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env("PATH", "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("VMPOD_CONFIG", root.join("etc/vmpod/config.toml"))
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&log).unwrap())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let containerd = Running {
+        child,
+        address: work.join("sock/containerd.sock"),
+    };
+    let start = Instant::now();
+    while containerd.ctr(&["version"], Duration::from_secs(5)).status != Some(0) {
+        assert!(
+            start.elapsed() < START_TIMEOUT,
+            "containerd did not start: {}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    containerd
+}
+
+/// The DaemonSet's image (built from this build's artifacts) and the
+/// pause image, imported into CRI's namespace.
+fn import_images(containerd: &Running, fixture: &Fixture, kernel_dir: &Path, initrd: &Path) {
+    let work = &fixture.dir;
+    let deploy = work.join("vmpod-deploy.tar");
+    let out = Command::new(repo().join("deploy/build-image.sh"))
+        .arg(&deploy)
+        .env("VMPOD_BIN_DIR", fixture.artifacts())
+        .env("VMPOD_KERNEL_DIR", kernel_dir)
+        .env("VMPOD_AGENT_INITRD", initrd)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let pause = busybox_archive(&work.join("pause-image"), PAUSE_IMAGE, &PAUSE_COMMAND).unwrap();
+    for archive in [&deploy, &pause] {
+        let import = containerd.ctr(
+            &["images", "import", archive.to_str().unwrap()],
+            Duration::from_secs(120),
+        );
+        assert_eq!(
+            import.status,
+            Some(0),
+            "{} {}",
+            import.stdout,
+            import.stderr
+        );
+    }
+    let images = containerd.ctr(&["images", "ls", "-q"], Duration::from_secs(10));
+    for image in [DEPLOY_IMAGE, PAUSE_IMAGE] {
+        assert!(
+            images.stdout.lines().any(|l| l == image),
+            "{image} is not among {}",
+            images.stdout
+        );
+    }
+}
+
+/// Waits until the CRI plugin reports its runtime and network ready, as
+/// the kubelet does.
+fn wait_cri_ready(client: &CriClient, log_text: &dyn Fn() -> String) {
+    let start = Instant::now();
+    loop {
+        let status =
+            client.runtime(|mut c| async move { c.status(StatusRequest::default()).await });
+        let ready = |kind: &str| {
+            status.as_ref().is_ok_and(|s| {
+                s.status
+                    .as_ref()
+                    .is_some_and(|s| s.conditions.iter().any(|c| c.r#type == kind && c.status))
+            })
+        };
+        if ready("RuntimeReady") && ready("NetworkReady") {
+            return;
+        }
+        assert!(
+            start.elapsed() < START_TIMEOUT,
+            "the CRI plugin is not ready: {status:?}\n{}",
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A pod with handler `vmpod` through the installed runtime, in the
+/// kubelet's order: RunPodSandbox (READY), a container of the DaemonSet's
+/// image (its output in the CRI log, from the guest's kernel), ExecSync
+/// (the pod's hostname, exit code), StopContainer, RemoveContainer,
+/// StopPodSandbox, RemovePodSandbox.
+fn run_pod(client: &CriClient, work: &Path, log_text: &dyn Fn() -> String) {
+    let fail = |what: &str, e: tonic::Status| -> ! {
+        panic!("{what}: {:?}: {}\n{}", e.code(), e.message(), log_text())
+    };
+    let log_dir = work.join("logs");
+    fs::create_dir_all(&log_dir).unwrap();
+    let config = sandbox_config("installed", HOSTNAME, &log_dir, DnsConfig::default());
+    let request = RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: VMPOD_HANDLER.to_string(),
+    };
+    let pod = client
+        .runtime(|mut c| async move { c.run_pod_sandbox(request).await })
+        .unwrap_or_else(|e| fail("RunPodSandbox", e))
+        .pod_sandbox_id;
+    let request = PodSandboxStatusRequest {
+        pod_sandbox_id: pod.clone(),
+        verbose: false,
+    };
+    let status = client
+        .runtime(|mut c| async move { c.pod_sandbox_status(request).await })
+        .unwrap_or_else(|e| fail("PodSandboxStatus", e));
+    let state = status.status.map(|s| s.state);
+    assert_eq!(state, Some(PodSandboxState::SandboxReady as i32));
+
+    let request = CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(container_config(
+            "main",
+            DEPLOY_IMAGE,
+            &["/bin/busybox", "sh", "-c", MAIN],
+        )),
+        sandbox_config: Some(config),
+    };
+    let main = client
+        .runtime(|mut c| async move { c.create_container(request).await })
+        .unwrap_or_else(|e| fail("CreateContainer", e))
+        .container_id;
+    let request = StartContainerRequest {
+        container_id: main.clone(),
+    };
+    client
+        .runtime(|mut c| async move { c.start_container(request).await })
+        .unwrap_or_else(|e| fail("StartContainer", e));
+    check_container(client, &main, &log_dir.join("main_0.log"), log_text);
+    remove_pod(client, &pod, &main, log_text);
+}
+
+/// The running container's CRI log (its lines, the guest kernel's
+/// version) and an ExecSync in it (the pod's hostname, the exit code).
+fn check_container(client: &CriClient, id: &str, log: &Path, log_text: &dyn Fn() -> String) {
+    let start = Instant::now();
+    loop {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        if text.contains("hello from the pod VM") && text.contains("Linux version") {
+            break;
+        }
+        assert!(
+            start.elapsed() < LOG_TIMEOUT,
+            "the container's log {}: {text:?}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let request = ContainerStatusRequest {
+        container_id: id.to_string(),
+        verbose: false,
+    };
+    let status = client
+        .runtime(|mut c| async move { c.container_status(request).await })
+        .map(|s| s.status.map(|s| s.state));
+    assert!(
+        matches!(status, Ok(Some(state)) if state == ContainerState::ContainerRunning as i32),
+        "ContainerStatus: {status:?}, want running\n{}",
+        log_text()
+    );
+    let request = ExecSyncRequest {
+        container_id: id.to_string(),
+        cmd: ["/bin/busybox", "sh", "-c", "/bin/busybox hostname; exit 3"]
+            .map(str::to_string)
+            .to_vec(),
+        timeout: 0,
+    };
+    let out = client.runtime(|mut c| async move { c.exec_sync(request).await });
+    assert!(
+        out.as_ref()
+            .is_ok_and(|out| out.exit_code == 3 && out.stdout == format!("{HOSTNAME}\n").as_bytes()),
+        "ExecSync: {out:?}, want {HOSTNAME} and exit code 3\n{}",
+        log_text()
+    );
+}
+
+/// StopContainer (it ends on SIGTERM), RemoveContainer, StopPodSandbox,
+/// RemovePodSandbox: each must succeed.
+fn remove_pod(client: &CriClient, pod: &str, main: &str, log_text: &dyn Fn() -> String) {
+    let check = |what: &str, result: Result<(), tonic::Status>| {
+        if let Err(e) = result {
+            panic!("{what}: {:?}: {}\n{}", e.code(), e.message(), log_text());
+        }
+    };
+    let request = StopContainerRequest {
+        container_id: main.to_string(),
+        timeout: 30,
+    };
+    check(
+        "StopContainer",
+        client
+            .runtime(|mut c| async move { c.stop_container(request).await })
+            .map(drop),
+    );
+    let request = RemoveContainerRequest {
+        container_id: main.to_string(),
+    };
+    check(
+        "RemoveContainer",
+        client
+            .runtime(|mut c| async move { c.remove_container(request).await })
+            .map(drop),
+    );
+    let request = StopPodSandboxRequest {
+        pod_sandbox_id: pod.to_string(),
+    };
+    check(
+        "StopPodSandbox",
+        client
+            .runtime(|mut c| async move { c.stop_pod_sandbox(request).await })
+            .map(drop),
+    );
+    let request = RemovePodSandboxRequest {
+        pod_sandbox_id: pod.to_string(),
+    };
+    check(
+        "RemovePodSandbox",
+        client
+            .runtime(|mut c| async move { c.remove_pod_sandbox(request).await })
+            .map(drop),
     );
 }

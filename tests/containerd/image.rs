@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::json;
@@ -36,22 +36,7 @@ impl Containerd {
         cmd: &[&str],
     ) -> Result<String, String> {
         let work = self.dir.join("busybox-image");
-        let _ = fs::remove_dir_all(&work);
-        let layout = work.join("oci");
-        let blobs = layout.join("blobs/sha256");
-        fs::create_dir_all(&blobs).map_err(|e| format!("mkdir {}: {e}", blobs.display()))?;
-        let layer = busybox_layer(&work, &blobs)?;
-        let manifest = busybox_manifest(&work, &blobs, &layer, cmd)?;
-        write_index(&layout, &manifest, name)?;
-        let archive = work.join("image.tar");
-        run_tool(
-            Command::new("tar")
-                .arg("-C")
-                .arg(&layout)
-                .arg("-cf")
-                .arg(&archive)
-                .args(["oci-layout", "index.json", "blobs"]),
-        )?;
+        let archive = busybox_archive(&work, name, cmd)?;
         self.import_image(&archive, namespace, name)?;
         fs::remove_dir_all(&work).map_err(|e| format!("rm -r {}: {e}", work.display()))?;
         Ok(name.to_string())
@@ -82,6 +67,32 @@ impl Containerd {
         }
         Ok(())
     }
+}
+
+/// Builds [`Containerd::import_busybox`]'s image, named `name` with
+/// command `cmd`, as an OCI archive in `work` (made afresh), for a
+/// containerd this crate does not start; returns the archive's path.
+///
+/// # Errors
+/// A message naming the step that failed.
+pub fn busybox_archive(work: &Path, name: &str, cmd: &[&str]) -> Result<PathBuf, String> {
+    let _ = fs::remove_dir_all(work);
+    let layout = work.join("oci");
+    let blobs = layout.join("blobs/sha256");
+    fs::create_dir_all(&blobs).map_err(|e| format!("mkdir {}: {e}", blobs.display()))?;
+    let layer = busybox_layer(work, &blobs)?;
+    let manifest = busybox_manifest(work, &blobs, &layer, cmd)?;
+    write_index(&layout, &manifest, name)?;
+    let archive = work.join("image.tar");
+    run_tool(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&layout)
+            .arg("-cf")
+            .arg(&archive)
+            .args(["oci-layout", "index.json", "blobs"]),
+    )?;
+    Ok(archive)
 }
 
 /// A blob of the image: its digest (`sha256:...`) and size.

@@ -14,8 +14,9 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// How long one CRI call may take: RunPodSandbox boots the pod's VM
-/// (about a minute on the emulating hosts, more when they are loaded).
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(400);
+/// (about a minute on the emulating hosts; over six when two pods boot at
+/// once on a loaded 2-core host).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// The runtime and image services of one containerd's CRI plugin.
 #[derive(Debug)]

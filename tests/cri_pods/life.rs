@@ -465,7 +465,7 @@ fn remove_pod(pod: &Pod, containers: [String; 3]) {
 /// The warning and error lines the vmpod shim (and, through it, the agent)
 /// wrote to containerd's log: their `tracing` lines carry the level after
 /// the time stamp. containerd's own lines (`level=…`) are not the shim's.
-fn shim_warnings(harness: &CriHarness) -> Vec<String> {
+pub fn shim_warnings(harness: &CriHarness) -> Vec<String> {
     let log = std::fs::read(harness.containerd().log_path()).unwrap_or_default();
     String::from_utf8_lossy(&log)
         .lines()

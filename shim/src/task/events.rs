@@ -117,10 +117,12 @@ async fn end_with_vm(handle: PodHandle, containers: Containers, events: Arc<dyn 
         return;
     };
     let why = why.unwrap_or_default();
+    // An end the shim did not ask for is warned of by the pod, with the
+    // VM's log; here it is the processes' end.
     if handle.stopping.load(Ordering::SeqCst) {
         tracing::info!("the pod VM stopped: {why}");
     } else {
-        tracing::warn!("the pod VM ended: {why}");
+        tracing::info!("the pod VM ended: {why}; its processes exit with {LOST_STATUS}");
     }
     let mut exits = Vec::new();
     for (container_id, container) in lock(&containers).iter() {

@@ -88,6 +88,10 @@ impl TaskService {
     }
 }
 
+/// How long a monitor whose wait failed waits for the VM's end, which
+/// explains the failure (the jailer reaps `vmpod-vm`, the shim its jailer).
+const VM_END_AFTER_LOST_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What watches one started process until its exit.
 struct Monitor {
     handle: PodHandle,
@@ -101,18 +105,28 @@ struct Monitor {
 impl Monitor {
     async fn run(self, copies: Copies) {
         let mut vm_exit = self.handle.vm_exit.clone();
-        let exit = tokio::select! {
-            waited = self.handle.agent.wait_process(&self.process) => match waited {
-                Ok(waited) => Exit::at_nanos(
-                    u32::try_from(waited.exit_status).unwrap_or(LOST_STATUS),
-                    waited.exited_at_ns,
-                ),
-                Err(err) => {
+        let waited = tokio::select! {
+            waited = self.handle.agent.wait_process(&self.process) => Some(waited),
+            _ = vm_exit.wait_for(Option::is_some) => None,
+        };
+        let exit = match waited {
+            Some(Ok(waited)) => Exit::at_nanos(
+                u32::try_from(waited.exit_status).unwrap_or(LOST_STATUS),
+                waited.exited_at_ns,
+            ),
+            Some(Err(err)) => {
+                // A VM that dies breaks the agent's connection before its
+                // process is reaped: that end is the pod's to log, once.
+                let vm_ended =
+                    tokio::time::timeout(VM_END_AFTER_LOST_WAIT, vm_exit.wait_for(Option::is_some))
+                        .await
+                        .is_ok_and(|ended| ended.is_ok());
+                if !vm_ended {
                     tracing::warn!(process = ?self.process, "wait: {err}");
-                    Exit::now(LOST_STATUS)
                 }
-            },
-            _ = vm_exit.wait_for(Option::is_some) => Exit::now(LOST_STATUS),
+                Exit::now(LOST_STATUS)
+            }
+            None => Exit::now(LOST_STATUS),
         };
         // The exit counts once its output reached containerd, unless the VM is gone.
         tokio::select! {
@@ -246,6 +260,26 @@ mod tests {
         harness.launcher.end_vm("exit status: 0");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert_eq!(harness.events.all::<TaskExit>().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn test_a_wait_the_vms_end_broke_exits_once_the_vm_has_ended() {
+        let harness = Harness::new();
+        harness.created("c1").await;
+        // As a killed VM breaks the agent's connection before it is reaped.
+        harness
+            .agent
+            .refuse("WaitProcess", Code::UNAVAILABLE, "connection reset");
+        harness.start("c1", "").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(harness.events.all::<TaskExit>().is_empty());
+        harness.launcher.end_vm("signal: 9 (SIGKILL)");
+        let exits = harness.events.wait_for::<TaskExit>(1).await;
+        assert_eq!(
+            (exits[0].id.as_str(), exits[0].exit_status),
+            ("c1", LOST_STATUS)
+        );
+        assert_eq!(harness.status("c1", "").unwrap(), Status::STOPPED);
     }
 
     #[tokio::test]
