@@ -99,7 +99,7 @@ fn check(failures: &mut Vec<String>, ok: bool, what: String) {
 
 /// containerd's host `/dev/shm` of the sandbox: the source of the
 /// sandbox spec's bind at `/dev/shm` (containerd's verbose status
-/// carries the spec).
+/// carries the spec; its default tmpfs there comes first).
 fn sandbox_shm(pod: &Pod) -> PathBuf {
     let status = pod.status();
     let info: serde_json::Value =
@@ -109,7 +109,7 @@ fn sandbox_shm(pod: &Pod) -> PathBuf {
         .expect("the sandbox spec's mounts");
     let source = mounts
         .iter()
-        .find(|mount| mount["destination"] == "/dev/shm")
+        .find(|mount| mount["destination"] == "/dev/shm" && mount["type"] == "bind")
         .and_then(|mount| mount["source"].as_str())
         .expect("a /dev/shm bind in the sandbox spec");
     PathBuf::from(source)
