@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The sandbox: the pod-wide state (hostname, DNS, shared mounts, the
-//! pod's `/dev/shm` and cgroup) and its containers. Every API request lands here.
+//! pod's `/dev/shm` and cgroup) and its containers. Every API request
+//! lands here.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
