@@ -13,6 +13,8 @@ mod calls;
 mod failures;
 #[path = "cri_pods/life.rs"]
 mod life;
+#[path = "cri_pods/shm.rs"]
+mod shm;
 
 use vmpod_integration_tests::cri::{cri_or_skip, CriHarness, RUNC_HANDLER, VMPOD_HANDLER};
 

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The sandbox: the pod-wide state (hostname, DNS, shared mounts, the
-//! pod's cgroup) and its containers. Every API request lands here.
+//! pod's `/dev/shm` and cgroup) and its containers. Every API request
+//! lands here.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vmpod_agent_api::messages::Mount;
+use vmpod_agent_api::MAX_POD_SHM_BYTES;
 use vmpod_sys::error::Chain;
 
 use crate::container::cgroup::{Cgroup, CgroupError};
@@ -93,6 +95,8 @@ pub struct PodSettings {
     pub shared_pid_namespace: bool,
     /// Namespaced sysctls, written in the pod's namespaces.
     pub sysctls: HashMap<String, String>,
+    /// The size of the pod's `/dev/shm` tmpfs in bytes; 0: none.
+    pub shm_size: u64,
 }
 
 #[derive(Debug, Default)]
@@ -137,13 +141,13 @@ impl Sandbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sets up the pod: its cgroup, hostname, shared mounts, and the holder
-    /// of its UTS, IPC and PID namespaces with its sysctls.
+    /// Sets up the pod: its cgroup, hostname, shared mounts, `/dev/shm`,
+    /// and the holder of its UTS, IPC and PID namespaces with its sysctls.
     ///
     /// # Errors
     ///
-    /// [`SandboxError`]: a second sandbox, a bad id, hostname, sysctl or
-    /// mount.
+    /// [`SandboxError`]: a second sandbox, a bad id, hostname, sysctl,
+    /// `/dev/shm` size or mount.
     pub fn create(
         &self,
         id: &str,
@@ -168,6 +172,12 @@ impl Sandbox {
         }
         let sysctls = plan_pod_sysctls(&settings.sysctls)
             .map_err(|err| SandboxError::InvalidSandbox(err.to_string()))?;
+        if settings.shm_size > MAX_POD_SHM_BYTES {
+            return Err(SandboxError::InvalidSandbox(format!(
+                "shm_size {} is over {MAX_POD_SHM_BYTES} bytes (1 TiB)",
+                settings.shm_size
+            )));
+        }
         let hostname_c = c_path(hostname, "hostname")?;
         self.write_pod_files(hostname, &settings.dns)?;
         let cgroup = Cgroup::create(&self.paths.cgroup_root, &format!("vmpod-{id}"))?;
@@ -179,7 +189,8 @@ impl Sandbox {
             }
             let _ = cgroup.remove();
         };
-        for mount in shared_mounts {
+        let shm = (settings.shm_size > 0).then(|| self.pod_shm(settings.shm_size));
+        for mount in shared_mounts.iter().chain(&shm) {
             match mount_shared(mount) {
                 Ok(path) => mounted.push(path),
                 Err(err) => {
@@ -204,6 +215,7 @@ impl Sandbox {
             namespaces: PodNamespaces {
                 dir: Some(PathBuf::from(format!("/proc/{pid}/ns"))),
                 shared_pid: settings.shared_pid_namespace,
+                shm: shm.map(|mount| PathBuf::from(mount.destination)),
             },
         });
         Ok(())
@@ -213,6 +225,21 @@ impl Sandbox {
     /// for containers to bind-mount. Its name cannot be a container id.
     pub fn pod_files_dir(&self) -> PathBuf {
         self.paths.state_dir.join(".sandbox")
+    }
+
+    /// The pod's `/dev/shm`: a tmpfs of `size` bytes in the pod files'
+    /// directory, writable by all (sticky) as a `/dev/shm` is, with
+    /// nothing to run or open as a device on it.
+    fn pod_shm(&self, size: u64) -> Mount {
+        let mut mount = Mount::new();
+        mount.source = "shm".into();
+        mount.destination = self.pod_files_dir().join("shm").display().to_string();
+        mount.fstype = "tmpfs".into();
+        mount.options = ["nosuid", "nodev", "noexec", "mode=1777"]
+            .map(str::to_owned)
+            .into();
+        mount.options.push(format!("size={size}"));
+        mount
     }
 
     fn write_pod_files(&self, hostname: &str, dns: &[String]) -> Result<(), SandboxError> {

@@ -115,6 +115,7 @@ impl AgentService for Agent {
             dns: req.dns,
             shared_pid_namespace: req.shared_pid_namespace,
             sysctls: req.sysctls,
+            shm_size: req.shm_size,
         };
         self.sandbox
             .create(&req.sandbox_id, &settings, &req.shared_mounts)

@@ -253,6 +253,9 @@ pub struct Pod {
     pub size: VmSize,
     /// Set when the shim stops the VM, so that its end is no surprise.
     pub stopping: Arc<AtomicBool>,
+    /// The host tmpfs whose binds are the pod's `/dev/shm` in the guest
+    /// (see [`crate::spec::PodShm`]).
+    pub shm_source: Option<PathBuf>,
     /// The taps and redirects of the pod's network namespace, if it has one.
     network: Option<PodNetwork>,
     kill: Option<oneshot::Sender<()>>,
@@ -304,6 +307,7 @@ impl Pod {
                 vm_exit,
                 size,
                 stopping: Arc::new(AtomicBool::new(false)),
+                shm_source: spec.shm.as_ref().map(|shm| shm.source.clone()),
                 network,
                 kill: Some(kill),
             }),
@@ -378,7 +382,7 @@ impl Pod {
             exit: vm_exit,
             kill,
         } = spawn_vmm(command, config, id, dir, cgroup).map_err(|err| *err)?;
-        let ready = match connect(config, id, dir, spec, vm_exit.clone()).await {
+        let ready = match connect(config, id, dir, spec, size.memory_mib, vm_exit.clone()).await {
             Ok(agent) => configure_guest_network(id, &agent, network)
                 .await
                 .map(|()| agent),
@@ -639,12 +643,14 @@ struct Started {
 
 /// Connects to the agent of a booting VM (bounded by `agent-timeout`), checks
 /// its version and creates the sandbox: the pod's hostname and sysctls
-/// (its UTS and IPC namespaces', see [`crate::spec::for_guest`]).
+/// (its UTS and IPC namespaces', see [`crate::spec::for_guest`]) and its
+/// `/dev/shm`, within the VM's memory.
 async fn connect(
     config: &Config,
     id: &str,
     dir: &PodDir,
     spec: &PodSpec,
+    memory_mib: u32,
     vm_exit: watch::Receiver<Option<String>>,
 ) -> Result<AgentClient, PodError> {
     let started = Instant::now();
@@ -701,6 +707,10 @@ async fn connect(
             shared_mounts: vec![share],
             shared_pid_namespace: false,
             sysctls: spec.sysctls.clone(),
+            shm_size: spec
+                .shm
+                .as_ref()
+                .map_or(0, |shm| shm.guest_size(memory_mib)),
         })
         .await
         .map_err(agent_error)?;

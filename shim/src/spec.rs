@@ -3,6 +3,8 @@
 //! for the guest: host paths mean nothing inside the VM. And which pod a
 //! container belongs to, from its CRI annotations.
 
+mod shm;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -11,6 +13,7 @@ use vmpod_agent_api::POD_NAMESPACE_DIR;
 use vmpod_jailer::cgroup::{CgroupError, CgroupPath};
 
 use crate::share::{is_bind, ContainerShare, MountPoint, ShareError};
+pub use shm::PodShm;
 
 /// CRI's annotation saying whether a container is a pod's sandbox or one of its containers.
 pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
@@ -34,6 +37,14 @@ pub enum SpecError {
     /// `linux.cgroupsPath` cannot be a pod's cgroup.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// The sandbox's `/dev/shm` bind names a source that cannot be examined.
+    #[error("the sandbox's /dev/shm source {path}")]
+    Shm {
+        /// The bind's source.
+        path: String,
+        /// statfs(2)'s error.
+        source: std::io::Error,
+    },
     /// A namespace `path` that is not the pod's namespace of that kind.
     #[error("linux.namespaces: {kind} path {path} is not this pod's (/proc/{vmm_pid}/ns/{kind})")]
     Namespace {
@@ -109,12 +120,14 @@ pub struct PodSpec {
     pub hostname: String,
     /// `linux.sysctl`: written in the pod's namespaces in the guest.
     pub sysctls: HashMap<String, String>,
+    /// The pod's `/dev/shm`, made in the guest ([`shm`]).
+    pub shm: Option<PodShm>,
 }
 
 /// The pod's settings in `spec`, should its container be the pod's first.
 ///
 /// # Errors
-/// [`SpecError::Cgroup`] naming the path and its fault.
+/// [`SpecError::Cgroup`] naming the path and its fault, [`SpecError::Shm`].
 pub fn pod_spec(spec: &Spec) -> Result<PodSpec, SpecError> {
     Ok(PodSpec {
         netns: network_namespace(spec),
@@ -125,17 +138,21 @@ pub fn pod_spec(spec: &Spec) -> Result<PodSpec, SpecError> {
             .as_ref()
             .and_then(|linux| linux.sysctl().clone())
             .unwrap_or_default(),
+        shm: shm::pod_shm(spec)?,
     })
 }
 
 /// How a container relates to its pod, for [`for_guest`].
 #[derive(Debug, Clone, Copy)]
-pub struct Membership {
+pub struct Membership<'a> {
     /// The pod's first container (CRI's sandbox), whose spec made the pod.
     pub sandbox: bool,
     /// The pod's task pid (`vmpod-vm`'s, what containerd was told): the
     /// `/proc/<pid>/ns/` paths CRI gives a sandbox's containers name it.
     pub vmm_pid: u32,
+    /// The host tmpfs of the pod's `/dev/shm` ([`PodShm::source`]), if it
+    /// has one: binds of it at `/dev/shm` bind the guest's instead.
+    pub shm_source: Option<&'a Path>,
 }
 
 /// The pod's network namespace: the path of the spec's `network`
@@ -171,8 +188,9 @@ pub fn cgroup(spec: &Spec) -> Result<Option<CgroupPath>, SpecError> {
 
 /// The spec as the agent gets it: OCI hooks dropped (they name host
 /// binaries; the VM boundary is the isolation), namespaces mapped for the
-/// guest ([`guest_namespaces`]), and bind-mount sources shared into the
-/// guest. The sandbox's hostname and sysctls are the pod's (CreateSandbox
+/// guest ([`guest_namespaces`]), the pod's `/dev/shm` bound from the
+/// guest's ([`shm`]), and other bind-mount sources shared into the guest.
+/// The sandbox's hostname and sysctls are the pod's (CreateSandbox
 /// applies them), so its own spec drops them.
 ///
 /// # Errors
@@ -180,7 +198,7 @@ pub fn cgroup(spec: &Spec) -> Result<Option<CgroupPath>, SpecError> {
 pub fn for_guest(
     mut spec: Spec,
     share: &ContainerShare,
-    member: Membership,
+    member: Membership<'_>,
 ) -> Result<Vec<u8>, SpecError> {
     if spec.hooks().is_some() {
         tracing::warn!("OCI hooks are not run in a pod VM; dropping them");
@@ -198,6 +216,9 @@ pub fn for_guest(
     if member.sandbox {
         spec.set_hostname(None);
     }
+    if let Some(source) = member.shm_source {
+        shm::bind_pod_shm(&mut spec, source);
+    }
     share.share_bind_mounts(&mut spec)?;
     serde_json::to_vec(&spec).map_err(|err| SpecError::Encode(err.to_string()))
 }
@@ -212,7 +233,7 @@ pub fn for_guest(
 /// shares the pod VM's).
 fn guest_namespaces(
     namespaces: Vec<LinuxNamespace>,
-    member: Membership,
+    member: Membership<'_>,
 ) -> Result<Vec<LinuxNamespace>, SpecError> {
     let mut kept = Vec::new();
     for mut namespace in namespaces {
@@ -329,13 +350,14 @@ mod tests {
         );
     }
 
-    const MEMBER: Membership = Membership {
+    const MEMBER: Membership<'static> = Membership {
         sandbox: false,
         vmm_pid: 4242,
+        shm_source: None,
     };
 
     /// The spec `for_guest` makes of `json` for `member`, as JSON.
-    fn guest(json: serde_json::Value, member: Membership) -> Result<serde_json::Value, String> {
+    fn guest(json: serde_json::Value, member: Membership<'_>) -> Result<serde_json::Value, String> {
         let dir = std::env::temp_dir().join(format!("vmpod-shim-spec-{}", std::process::id()));
         let share = ContainerShare::new(&dir, "c1");
         for_guest(spec(json), &share, member)
@@ -450,6 +472,31 @@ mod tests {
                 )
             );
         }
+    }
+
+    #[test]
+    fn test_the_pods_shm_is_bound_from_the_guest_not_shared() {
+        let host_shm = "/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/p1/shm";
+        let json = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "mounts": [{"destination": "/dev/shm", "type": "bind",
+                        "source": host_shm, "options": ["rbind", "rw"]}],
+        });
+        let member = Membership {
+            shm_source: Some(Path::new(host_shm)),
+            ..MEMBER
+        };
+        let adapted = guest(json.clone(), member).unwrap();
+        assert_eq!(
+            adapted["mounts"][0],
+            serde_json::json!({"destination": "/dev/shm", "type": "bind",
+                               "source": vmpod_agent_api::POD_SHM_DIR, "options": ["rbind", "rw"]})
+        );
+        // Without a pod /dev/shm it is shared as any bind: here, missing.
+        assert_eq!(
+            guest(json, MEMBER).unwrap_err(),
+            format!("mount source {host_shm} does not exist on the host")
+        );
     }
 
     #[test]

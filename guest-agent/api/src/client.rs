@@ -185,7 +185,8 @@ impl AgentClient {
             .map_err(rpc("Version"))
     }
 
-    /// Sets up the pod: hostname, DNS, shared mounts, PID namespace.
+    /// Sets up the pod: hostname, DNS, shared mounts, PID namespace,
+    /// sysctls and `/dev/shm`.
     ///
     /// # Errors
     ///
@@ -198,6 +199,7 @@ impl AgentClient {
         req.shared_mounts = sandbox.shared_mounts.clone();
         req.shared_pid_namespace = sandbox.shared_pid_namespace;
         req.sysctls = sandbox.sysctls.clone();
+        req.shm_size = sandbox.shm_size;
         self.inner
             .create_sandbox(bounded(), &req)
             .await
@@ -578,6 +580,9 @@ pub struct SandboxConfig {
     pub shared_pid_namespace: bool,
     /// The pod's namespaced sysctls.
     pub sysctls: std::collections::HashMap<String, String>,
+    /// The size of the pod's `/dev/shm` in bytes (see
+    /// [`crate::POD_SHM_DIR`]); 0: none.
+    pub shm_size: u64,
 }
 
 fn container_request(container_id: &str) -> ContainerRequest {

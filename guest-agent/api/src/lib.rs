@@ -29,8 +29,9 @@ pub mod service {
 pub use client::{AgentClient, ClientError, ProcessId, SandboxConfig};
 
 /// Bumped on incompatible changes to `protos/agent.proto` or to what its
-/// fields mean (3: the pod's sysctls and namespaces).
-pub const API_VERSION: u32 = 3;
+/// fields mean (3: the pod's sysctls and namespaces; 4: the pod's
+/// `/dev/shm`).
+pub const API_VERSION: u32 = 4;
 
 /// A container's spec names `<this>/uts`, `<this>/ipc` or `<this>/pid` as a
 /// namespace's `path` to join the pod's namespace of that kind (as CRI's
@@ -38,6 +39,16 @@ pub const API_VERSION: u32 = 3;
 /// (the pod's hostname and sysctls are theirs) and resolves these names
 /// itself: they are no files.
 pub const POD_NAMESPACE_DIR: &str = "/run/vmpod/pod-ns";
+
+/// A container's spec names this as a bind mount's `source` to mount the
+/// pod's `/dev/shm`: the tmpfs the agent makes at CreateSandbox (its
+/// `shm_size`), one for all the pod's containers. The agent resolves the
+/// name itself: it is no file.
+pub const POD_SHM_DIR: &str = "/run/vmpod/pod-shm";
+
+/// The largest pod `/dev/shm` the agent makes: the most memory a pod VM
+/// may have (1 TiB); a tmpfs cannot hold more than its VM's memory.
+pub const MAX_POD_SHM_BYTES: u64 = 1 << 40;
 
 /// The vsock port the agent listens on unless its command line says
 /// otherwise.

@@ -14,6 +14,7 @@ mod isolation;
 mod lifecycle;
 mod network;
 mod refusals;
+mod shm;
 
 /// The agent's message for a request that must fail.
 pub(crate) async fn refused<T: std::fmt::Debug>(

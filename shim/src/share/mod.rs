@@ -17,6 +17,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use containerd_shim::protos::types::mount::Mount as ContainerdMount;
+use vmpod_agent_api::POD_SHM_DIR;
 use vmpod_sys::mount::move_mount_onto;
 use vmpod_sys::openat::{
     create_file_beneath, mkdir_beneath, open_dir, open_trusted_dir, remove_beneath,
@@ -176,7 +177,7 @@ impl ContainerShare {
     /// Binds the host source of every bind mount in `spec` into the share
     /// (read-only on the host if the mount says `ro`) and points the mount
     /// at it, so that the guest finds it. Sources already inside the guest
-    /// (below the share) are left as they are.
+    /// (below the share, or the pod's `/dev/shm`) are left as they are.
     ///
     /// # Errors
     /// A source missing on the host, or a failed bind; what was bound stays
@@ -191,7 +192,8 @@ impl ContainerShare {
             let options = mount.options().clone().unwrap_or_default();
             let is_bind = rootfs::is_bind(mount.typ().as_deref().unwrap_or_default(), &options);
             let source = mount.source().clone().unwrap_or_default();
-            if is_bind && source.is_absolute() && !source.starts_with(GUEST_SHARE) {
+            let in_guest = source.starts_with(GUEST_SHARE) || source == Path::new(POD_SHM_DIR);
+            if is_bind && source.is_absolute() && !in_guest {
                 let Ok(metadata) = std::fs::metadata(&source) else {
                     return Err(ShareError::MissingSource(source.display().to_string()));
                 };

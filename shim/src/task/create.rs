@@ -65,6 +65,7 @@ impl TaskService {
         let member = spec::Membership {
             sandbox: pod_id == req.id,
             vmm_pid: pod.handle.vmm_pid,
+            shm_source: pod.handle.shm_source.as_deref(),
         };
         let share = ContainerShare::new(&pod.dir, &req.id);
         if let Err(err) = create_in_pod(
@@ -120,7 +121,7 @@ impl TaskService {
 async fn create_in_pod(
     req: &CreateTaskRequest,
     spec: oci_spec::runtime::Spec,
-    member: spec::Membership,
+    member: spec::Membership<'_>,
     agent: &dyn Agent,
     share: &ContainerShare,
     pod_dir: &Path,
@@ -332,6 +333,58 @@ mod tests {
             )
         );
         assert_eq!(harness.events.all::<TaskCreate>().len(), 2);
+    }
+
+    /// A spec of kind `kind` in pod `pod_id` binding `shm` at `/dev/shm`
+    /// as containerd's CRI plugin does.
+    fn binding_shm(kind: &str, pod_id: &str, shm: &str) -> serde_json::Value {
+        let mut spec = in_pod(pod_id);
+        spec["annotations"][CONTAINER_TYPE_ANNOTATION] = kind.into();
+        spec["mounts"] = serde_json::json!([{"destination": "/dev/shm", "type": "bind",
+            "source": shm, "options": ["rbind", "nosuid", "nodev", "noexec"]}]);
+        spec
+    }
+
+    #[tokio::test]
+    async fn test_the_pods_shm_is_not_shared_with_the_guest() {
+        let host_tmpfs = vmpod_sys::mountinfo::mounts()
+            .unwrap()
+            .iter()
+            .any(|m| m.point == std::path::Path::new("/dev/shm") && m.fs_type == "tmpfs");
+        if !host_tmpfs {
+            eprintln!("SKIP: this host's /dev/shm is no tmpfs to stand for a pod's");
+            return;
+        }
+        let harness = Harness::new();
+        let missing = binding_shm("sandbox", "pod1", "/nonexistent/vmpod/shm");
+        let (code, message) = refusal(
+            harness
+                .create_in("pod1", &harness.bundle_with("pod1", missing))
+                .await,
+        );
+        assert_eq!(code, Code::INVALID_ARGUMENT);
+        assert_eq!(
+            message,
+            "the sandbox's /dev/shm source /nonexistent/vmpod/shm: \
+             No such file or directory (os error 2)"
+        );
+        assert!(lock(&harness.launcher.launches).is_empty());
+        let sandbox = binding_shm("sandbox", "pod1", "/dev/shm");
+        harness
+            .create_in("pod1", &harness.bundle_with("pod1", sandbox))
+            .await
+            .unwrap();
+        let member = binding_shm("container", "pod1", "/dev/shm");
+        harness
+            .create_in("c2", &harness.bundle_with("c2", member))
+            .await
+            .unwrap();
+        // Both bound the guest's tmpfs: neither has a bind in the share.
+        for id in ["pod1", "c2"] {
+            let part = harness.shared("pod1").join(id);
+            assert!(part.join("rootfs").is_dir());
+            assert!(!part.join("mounts").exists(), "{id}'s /dev/shm was shared");
+        }
     }
 
     #[tokio::test]

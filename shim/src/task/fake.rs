@@ -322,7 +322,7 @@ impl Launcher for FakeLauncher {
         namespace: &str,
         id: &str,
         size: VmSize,
-        _spec: &PodSpec,
+        spec: &PodSpec,
     ) -> Result<Box<dyn PodVm>, PodError> {
         if let Some(err) = lock(&self.failure).take() {
             return Err(err);
@@ -339,6 +339,7 @@ impl Launcher for FakeLauncher {
                 vm_exit: self.vm_exit.subscribe(),
                 size,
                 stopping: Arc::new(AtomicBool::new(false)),
+                shm_source: spec.shm.as_ref().map(|shm| shm.source.clone()),
             },
             shut_downs: self.shut_downs.clone(),
             failed_shut_downs: self.failed_shut_downs.clone(),

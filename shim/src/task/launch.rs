@@ -34,6 +34,9 @@ pub struct PodHandle {
     pub size: VmSize,
     /// Set once the shim stops the VM: its end is then expected.
     pub stopping: Arc<AtomicBool>,
+    /// The host tmpfs whose binds at `/dev/shm` are the pod's `/dev/shm`
+    /// in the guest; none when the pod has none.
+    pub shm_source: Option<PathBuf>,
 }
 
 /// A launched pod VM.
@@ -108,6 +111,7 @@ impl PodVm for Pod {
             vm_exit: self.vm_exit.clone(),
             size: self.size,
             stopping: self.stopping.clone(),
+            shm_source: self.shm_source.clone(),
         }
     }
 

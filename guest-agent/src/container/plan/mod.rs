@@ -94,6 +94,12 @@ pub enum PlanError {
     /// A mount with neither a type nor `bind`.
     #[error("mount on {0} has no type")]
     MountType(String),
+    /// A bind of the pod's `/dev/shm` in a pod that has none.
+    #[error(
+        "mounts.source {}: the pod has no /dev/shm (CreateSandbox's shm_size is 0)",
+        vmpod_agent_api::POD_SHM_DIR
+    )]
+    NoPodShm,
     /// A mount destination or cwd that does not resolve inside the root.
     #[error(transparent)]
     Path(#[from] PathError),
@@ -160,7 +166,8 @@ fn path_cstring(field: &'static str, path: &Path) -> Result<CString, PlanError> 
 /// mounted at `rootfs` (a host path). Mount points that lie in the image
 /// are created here, after resolving them inside it. Namespaces named
 /// below `POD_NAMESPACE_DIR` are the `pod`'s; with its shared PID
-/// namespace, a new PID namespace asked for is the pod's instead.
+/// namespace, a new PID namespace asked for is the pod's instead. A bind
+/// from `POD_SHM_DIR` mounts the pod's `/dev/shm`.
 ///
 /// # Errors
 ///
@@ -175,7 +182,7 @@ pub fn plan_init(spec: &Spec, rootfs: &Path, pod: &PodNamespaces) -> Result<Init
     process.seccomp.push(super::seccomp::vsock_filter()?);
     let namespaces = namespaces::plan_namespaces(&linux, pod)?;
     let hostname = namespaces::plan_hostname(spec, namespaces.clone_flags)?;
-    let (mounts, mounted) = mounts::plan_mounts(spec, rootfs)?;
+    let (mounts, mounted) = mounts::plan_mounts(spec, rootfs, pod.shm.as_deref())?;
     let device_nodes = devices::plan_device_nodes(&linux, rootfs, &mounted)?;
     let dev = resolve_in_root(rootfs, Path::new("/dev"), &mounted)?;
     let devices = devices::default_devices(&dev, &device_nodes)?;

@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The spec's mounts as mount(2) calls: type, flags and data from the
-//! options, destinations resolved inside the root, and mount points made
-//! in the image now or, below an earlier mount of the plan, by the child.
+//! options, destinations resolved inside the root, the pod's `/dev/shm`
+//! bound where a bind names [`POD_SHM_DIR`], and mount points made in the
+//! image now or, below an earlier mount of the plan, by the child.
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{Mount, Spec};
+use vmpod_agent_api::POD_SHM_DIR;
 
 use super::{cstring, path_cstring, PlanError};
 use crate::container::mount_options::MountOptions;
@@ -36,17 +38,19 @@ pub struct MountStep {
     pub make_file: bool,
 }
 
-/// The spec's mounts in order, and the host path each one mounts on.
+/// The spec's mounts in order, and the host path each one mounts on. A
+/// bind from [`POD_SHM_DIR`] binds `pod_shm`, the pod's `/dev/shm`.
 pub(super) fn plan_mounts(
     spec: &Spec,
     rootfs: &Path,
+    pod_shm: Option<&Path>,
 ) -> Result<(Vec<MountStep>, Vec<PathBuf>), PlanError> {
     let mut mounts = Vec::new();
     // Host paths of earlier mounts: what lies below them is created in the
     // child, on the mounted file system, not in the image.
     let mut mounted: Vec<PathBuf> = Vec::new();
     for mount in spec.mounts().iter().flatten() {
-        let (step, target) = plan_mount(mount, rootfs, &mounted)?;
+        let (step, target) = plan_mount(mount, rootfs, &mounted, pod_shm)?;
         mounts.push(step);
         mounted.push(target);
     }
@@ -58,6 +62,7 @@ fn plan_mount(
     mount: &Mount,
     rootfs: &Path,
     mounted: &[PathBuf],
+    pod_shm: Option<&Path>,
 ) -> Result<(MountStep, PathBuf), PlanError> {
     let destination = mount.destination();
     if !destination.is_absolute() {
@@ -70,7 +75,10 @@ fn plan_mount(
     let fstype = mount_type(mount.typ().as_deref(), &options)
         .ok_or_else(|| PlanError::MountType(destination.display().to_string()))?;
     let bind = fstype.is_empty();
-    let source = mount.source().clone().unwrap_or_default();
+    let mut source = mount.source().clone().unwrap_or_default();
+    if bind && source == Path::new(POD_SHM_DIR) {
+        source = pod_shm.ok_or(PlanError::NoPodShm)?.to_owned();
+    }
     let target = resolve_in_root(rootfs, destination, mounted)?;
     let source_is_file = bind && std::fs::metadata(&source).is_ok_and(|m| !m.is_dir());
     let (make_dirs, make_file) =
@@ -211,7 +219,7 @@ mod tests {
             "destination": "/run", "type": "tmpfs", "source": "tmpfs",
             "options": ["nosuid", "size=64m", "rprivate"]
         }]));
-        let (mounts, mounted) = plan_mounts(&spec, &root).unwrap();
+        let (mounts, mounted) = plan_mounts(&spec, &root, None).unwrap();
         let step = &mounts[0];
         assert_eq!(step.fstype.as_c_str(), c"tmpfs");
         assert_eq!(step.flags, libc::MS_NOSUID);
@@ -230,7 +238,7 @@ mod tests {
             "destination": "/data", "type": "bind", "source": "/tmp",
             "options": ["rbind", "ro"]
         }]));
-        let (mounts, _) = plan_mounts(&spec, &root).unwrap();
+        let (mounts, _) = plan_mounts(&spec, &root, None).unwrap();
         let step = &mounts[0];
         assert_eq!(step.fstype.as_c_str(), c"");
         assert_eq!(step.flags, libc::MS_BIND | libc::MS_REC);
@@ -247,7 +255,7 @@ mod tests {
         let spec = spec(serde_json::json!([{
             "destination": "/etc/hosts", "source": source, "options": ["bind"]
         }]));
-        plan_mounts(&spec, &root).unwrap();
+        plan_mounts(&spec, &root, None).unwrap();
         assert!(root.join("etc/hosts").is_file());
         std::fs::remove_dir_all(root).unwrap();
     }
@@ -259,7 +267,7 @@ mod tests {
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
             {"destination": "/dev/shm/x", "type": "tmpfs", "source": "shm"}
         ]));
-        let (mounts, _) = plan_mounts(&spec, &root).unwrap();
+        let (mounts, _) = plan_mounts(&spec, &root, None).unwrap();
         let dev = root.join("dev");
         let expected: Vec<CString> = [dev.join("shm"), dev.join("shm/x")]
             .iter()
@@ -267,6 +275,28 @@ mod tests {
             .collect();
         assert_eq!(mounts[1].make_dirs, expected);
         assert!(!dev.join("shm").exists(), "not made in the image");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn test_a_bind_of_the_pods_shm_binds_its_tmpfs() {
+        let root = scratch("shm");
+        let shm = root.join("pod-shm");
+        let spec = spec(serde_json::json!([
+            {"destination": "/dev/shm", "type": "bind", "source": POD_SHM_DIR,
+             "options": ["rbind", "rw"]},
+            {"destination": "/run/x", "type": "tmpfs", "source": POD_SHM_DIR}
+        ]));
+        let (mounts, _) = plan_mounts(&spec, &root, Some(&shm)).unwrap();
+        assert_eq!(mounts[0].source, path_cstring("t", &shm).unwrap());
+        assert_eq!(mounts[0].flags, libc::MS_BIND | libc::MS_REC);
+        assert_eq!(mounts[1].source.to_bytes(), POD_SHM_DIR.as_bytes());
+        let err = plan_mounts(&spec, &root, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "mounts.source /run/vmpod/pod-shm: the pod has no /dev/shm \
+             (CreateSandbox's shm_size is 0)"
+        );
         std::fs::remove_dir_all(root).unwrap();
     }
 
@@ -287,10 +317,10 @@ mod tests {
     fn test_mounts_without_type_or_absolute_destination_are_refused() {
         let root = scratch("refused");
         let untyped = spec(serde_json::json!([{"destination": "/x", "source": "x"}]));
-        let err = plan_mounts(&untyped, &root).unwrap_err();
+        let err = plan_mounts(&untyped, &root, None).unwrap_err();
         assert_eq!(err.to_string(), "mount on /x has no type");
         let relative = spec(serde_json::json!([{"destination": "x", "type": "tmpfs"}]));
-        let err = plan_mounts(&relative, &root).unwrap_err();
+        let err = plan_mounts(&relative, &root, None).unwrap_err();
         assert_eq!(
             err.to_string(),
             "mounts.destination \"x\" is not an absolute path"

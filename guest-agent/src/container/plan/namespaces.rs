@@ -20,6 +20,9 @@ pub struct PodNamespaces {
     pub dir: Option<PathBuf>,
     /// Whether a container asking for a new PID namespace gets the pod's.
     pub shared_pid: bool,
+    /// The pod's `/dev/shm` tmpfs (POSIX shared memory, which goes with
+    /// its IPC namespace): what a bind from `POD_SHM_DIR` mounts.
+    pub shm: Option<PathBuf>,
 }
 
 impl PodNamespaces {
@@ -158,6 +161,7 @@ mod tests {
         PodNamespaces {
             dir: Some("/proc/self/ns".into()),
             shared_pid: true,
+            shm: None,
         }
     }
 
