@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1::{
     ContainerConfig, ContainerState, ContainerStatus, ContainerStatusRequest,
-    CreateContainerRequest, ExecSyncRequest, ExecSyncResponse, PodSandboxConfig,
-    PodSandboxStatusRequest, PodSandboxStatusResponse, StartContainerRequest,
+    CreateContainerRequest, ExecSyncRequest, ExecSyncResponse, ListPodSandboxRequest,
+    PodSandboxConfig, PodSandboxState, PodSandboxStatusRequest, PodSandboxStatusResponse,
+    RemovePodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 use vmpod_integration_tests::cri::CriHarness;
 
@@ -62,6 +63,41 @@ impl Pod<'_> {
             .and_then(|ns| ns["path"].as_str())
             .expect("a network namespace path");
         PathBuf::from(network)
+    }
+
+    /// StopPodSandbox (the sandbox is NOTREADY after it), RemovePodSandbox,
+    /// and the pod is no longer listed.
+    pub fn stop_and_remove(&self) {
+        let client = self.harness.client();
+        let request = StopPodSandboxRequest {
+            pod_sandbox_id: self.id.clone(),
+        };
+        client
+            .runtime(|mut c| async move { c.stop_pod_sandbox(request).await })
+            .unwrap_or_else(|e| fail(self.harness, "StopPodSandbox", &e));
+        let status = self.status().status.expect("a sandbox status");
+        assert_eq!(
+            status.state,
+            PodSandboxState::SandboxNotready as i32,
+            "after StopPodSandbox"
+        );
+        let request = RemovePodSandboxRequest {
+            pod_sandbox_id: self.id.clone(),
+        };
+        client
+            .runtime(|mut c| async move { c.remove_pod_sandbox(request).await })
+            .unwrap_or_else(|e| fail(self.harness, "RemovePodSandbox", &e));
+        let listed = client
+            .runtime(|mut c| async move {
+                c.list_pod_sandbox(ListPodSandboxRequest { filter: None })
+                    .await
+            })
+            .unwrap_or_else(|e| fail(self.harness, "ListPodSandbox", &e));
+        assert!(
+            listed.items.iter().all(|item| item.id != self.id),
+            "pod {} is still listed",
+            self.id
+        );
     }
 
     /// CreateContainer in this pod.

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::{
-    ContainerState, DnsConfig, ListPodSandboxRequest, PodSandboxState, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StopContainerRequest, StopPodSandboxRequest,
+    ContainerState, DnsConfig, PodSandboxState, RemoveContainerRequest, RunPodSandboxRequest,
+    StopContainerRequest,
 };
 use vmpod_integration_tests::containerd::{count_mounts_below, processes_named, BUSYBOX_IMAGE};
 use vmpod_integration_tests::cri::pod::{container_config, sandbox_config};
@@ -217,35 +217,7 @@ fn remove_pod(pod: &Pod, main: &str, grace_s: i64) {
     client
         .runtime(|mut c| async move { c.remove_container(request).await })
         .unwrap_or_else(|e| fail(pod.harness, "RemoveContainer", &e));
-    let request = StopPodSandboxRequest {
-        pod_sandbox_id: pod.id.clone(),
-    };
-    client
-        .runtime(|mut c| async move { c.stop_pod_sandbox(request).await })
-        .unwrap_or_else(|e| fail(pod.harness, "StopPodSandbox", &e));
-    let status = pod.status().status.expect("a sandbox status");
-    assert_eq!(
-        status.state,
-        PodSandboxState::SandboxNotready as i32,
-        "after StopPodSandbox"
-    );
-    let request = RemovePodSandboxRequest {
-        pod_sandbox_id: pod.id.clone(),
-    };
-    client
-        .runtime(|mut c| async move { c.remove_pod_sandbox(request).await })
-        .unwrap_or_else(|e| fail(pod.harness, "RemovePodSandbox", &e));
-    let listed = client
-        .runtime(|mut c| async move {
-            c.list_pod_sandbox(ListPodSandboxRequest { filter: None })
-                .await
-        })
-        .unwrap_or_else(|e| fail(pod.harness, "ListPodSandbox", &e));
-    assert!(
-        listed.items.iter().all(|item| item.id != pod.id),
-        "pod {} is still listed",
-        pod.id
-    );
+    pod.stop_and_remove();
 }
 
 /// What one pod has on the host while it runs: its shim directory (the

@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1::{
     ContainerFilter, ContainerState, ContainerStatsFilter, ContainerStatsRequest, DnsConfig,
-    ListContainerStatsRequest, ListContainersRequest, ListPodSandboxRequest, PodSandboxState,
-    RemoveContainerRequest, RemovePodSandboxRequest, ReopenContainerLogRequest,
-    RunPodSandboxRequest, StopContainerRequest, StopPodSandboxRequest, VersionRequest,
+    ListContainerStatsRequest, ListContainersRequest, PodSandboxState, RemoveContainerRequest,
+    ReopenContainerLogRequest, RunPodSandboxRequest, StopContainerRequest, VersionRequest,
 };
 use vmpod_integration_tests::containerd::BUSYBOX_IMAGE;
 use vmpod_integration_tests::cri::pod::{container_config, sandbox_config};
@@ -438,31 +437,7 @@ fn remove_pod(pod: &Pod, containers: [String; 3]) {
         "containers left: {:?}",
         listed.containers
     );
-    let request = StopPodSandboxRequest {
-        pod_sandbox_id: pod.id.clone(),
-    };
-    client
-        .runtime(|mut c| async move { c.stop_pod_sandbox(request).await })
-        .unwrap_or_else(|e| fail(pod.harness, "StopPodSandbox", &e));
-    let status = pod.status().status.expect("a sandbox status");
-    assert_eq!(
-        status.state,
-        PodSandboxState::SandboxNotready as i32,
-        "after StopPodSandbox"
-    );
-    let request = RemovePodSandboxRequest {
-        pod_sandbox_id: pod.id.clone(),
-    };
-    client
-        .runtime(|mut c| async move { c.remove_pod_sandbox(request).await })
-        .unwrap_or_else(|e| fail(pod.harness, "RemovePodSandbox", &e));
-    let listed = client
-        .runtime(|mut c| async move {
-            c.list_pod_sandbox(ListPodSandboxRequest { filter: None })
-                .await
-        })
-        .unwrap_or_else(|e| fail(pod.harness, "ListPodSandbox", &e));
-    assert!(listed.items.is_empty(), "pods left: {:?}", listed.items);
+    pod.stop_and_remove();
 }
 
 /// The warning and error lines the vmpod shim (and, through it, the agent)

@@ -199,19 +199,9 @@ mod tests {
     use super::*;
     use crate::pod::PodError;
     use crate::sizing::VmSize;
-    use crate::spec::{CONTAINER_TYPE_ANNOTATION, SANDBOX_ID_ANNOTATION};
-    use crate::task::fake::{minimal_spec, refusal, Harness, VMM_PID};
+    use crate::spec::CONTAINER_TYPE_ANNOTATION;
+    use crate::task::fake::{in_pod, minimal_spec, refusal, Harness, VMM_PID};
     use crate::task::lock;
-
-    /// A spec of a container in pod `pod_id` (CRI's annotations).
-    fn in_pod(pod_id: &str) -> serde_json::Value {
-        let mut spec = minimal_spec();
-        spec["annotations"] = serde_json::json!({
-            CONTAINER_TYPE_ANNOTATION: "container",
-            SANDBOX_ID_ANNOTATION: pod_id,
-        });
-        spec
-    }
 
     #[tokio::test]
     async fn test_create_boots_the_pod_and_publishes_task_create() {

@@ -200,15 +200,7 @@ mod tests {
     async fn test_delete_after_the_exit_returns_it_and_keeps_the_pod_for_others() {
         let harness = Harness::new();
         harness.started("c1").await;
-        let mut spec = crate::task::fake::minimal_spec();
-        spec["annotations"] = serde_json::json!({
-            crate::spec::CONTAINER_TYPE_ANNOTATION: "container",
-            crate::spec::SANDBOX_ID_ANNOTATION: "c1",
-        });
-        harness
-            .create_in("c2", &harness.bundle_with("c2", spec))
-            .await
-            .unwrap();
+        harness.created_in_pod("c2", "c1").await;
         harness.agent.exit(&ProcessId::init("c1"), 3);
         harness.events.wait_for::<TaskExit>(1).await;
         let response = harness
@@ -244,15 +236,7 @@ mod tests {
     async fn test_a_refused_remove_fails_the_delete_while_the_vm_runs() {
         let harness = Harness::new();
         harness.created("c1").await;
-        let mut spec = crate::task::fake::minimal_spec();
-        spec["annotations"] = serde_json::json!({
-            crate::spec::CONTAINER_TYPE_ANNOTATION: "container",
-            crate::spec::SANDBOX_ID_ANNOTATION: "c1",
-        });
-        harness
-            .create_in("c2", &harness.bundle_with("c2", spec))
-            .await
-            .unwrap();
+        harness.created_in_pod("c2", "c1").await;
         harness
             .agent
             .refuse("RemoveContainer", Code::INTERNAL, "cgroup busy");

@@ -523,6 +523,12 @@ impl Harness {
         self.create_in(id, &bundle).await.unwrap();
     }
 
+    /// A created container `id` of the pod whose sandbox is `pod_id`.
+    pub(super) async fn created_in_pod(&self, id: &str, pod_id: &str) {
+        let bundle = self.bundle_with(id, in_pod(pod_id));
+        self.create_in(id, &bundle).await.unwrap();
+    }
+
     /// A started container `id`.
     pub(super) async fn started(&self, id: &str) {
         self.created(id).await;
@@ -573,6 +579,16 @@ impl Harness {
 /// The smallest spec a create accepts: its root is the bundle's `rootfs`.
 pub(super) fn minimal_spec() -> serde_json::Value {
     serde_json::json!({"ociVersion": "1.0.2", "root": {"path": "rootfs"}})
+}
+
+/// A spec of a container in pod `pod_id` (CRI's annotations).
+pub(super) fn in_pod(pod_id: &str) -> serde_json::Value {
+    let mut spec = minimal_spec();
+    spec["annotations"] = serde_json::json!({
+        crate::spec::CONTAINER_TYPE_ANNOTATION: "container",
+        crate::spec::SANDBOX_ID_ANNOTATION: pod_id,
+    });
+    spec
 }
 
 /// The fake agent's StatsContainer answer, to set.
