@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1::{
     ContainerConfig, ContainerState, ContainerStatus, ContainerStatusRequest,
     CreateContainerRequest, ExecSyncRequest, ExecSyncResponse, ListPodSandboxRequest,
-    PodSandboxConfig, PodSandboxState, PodSandboxStatusRequest, PodSandboxStatusResponse,
-    RemovePodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    PodSandboxConfig, PodSandboxState, PodSandboxStatus, PodSandboxStatusRequest,
+    PodSandboxStatusResponse, RemovePodSandboxRequest, StartContainerRequest,
+    StopPodSandboxRequest,
 };
 use vmpod_integration_tests::cri::CriHarness;
 
@@ -35,7 +36,7 @@ pub fn fail(harness: &CriHarness, what: &str, status: &tonic::Status) -> ! {
     )
 }
 
-impl Pod<'_> {
+impl<'a> Pod<'a> {
     /// PodSandboxStatus, verbose (containerd's `info` carries the spec).
     pub fn status(&self) -> PodSandboxStatusResponse {
         let request = PodSandboxStatusRequest {
@@ -63,6 +64,27 @@ impl Pod<'_> {
             .and_then(|ns| ns["path"].as_str())
             .expect("a network namespace path");
         PathBuf::from(network)
+    }
+
+    /// The pod `id` that RunPodSandbox of `config` made, which must be
+    /// READY; with its status.
+    pub fn ready(
+        harness: &'a CriHarness,
+        id: String,
+        config: PodSandboxConfig,
+    ) -> (Self, PodSandboxStatus) {
+        let pod = Pod {
+            harness,
+            id,
+            config,
+        };
+        let status = pod.status().status.expect("a sandbox status");
+        assert_eq!(
+            status.state,
+            PodSandboxState::SandboxReady as i32,
+            "{status:?}"
+        );
+        (pod, status)
     }
 
     /// StopPodSandbox (the sandbox is NOTREADY after it), RemovePodSandbox,

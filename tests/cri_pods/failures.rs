@@ -137,18 +137,7 @@ fn run_pods<'a>(harness: &'a CriHarness, names: [&str; 2]) -> [Pod<'a>; 2] {
                 harness.containerd().log_tail(60)
             )
         });
-        let pod = Pod {
-            harness,
-            id,
-            config,
-        };
-        let status = pod.status().status.expect("a sandbox status");
-        assert_eq!(
-            status.state,
-            PodSandboxState::SandboxReady as i32,
-            "{status:?}"
-        );
-        pod
+        Pod::ready(harness, id, config).0
     });
     let first = pods.next().expect("two pods");
     let second = pods.next().expect("two pods");

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1::{
     ContainerFilter, ContainerState, ContainerStatsFilter, ContainerStatsRequest, DnsConfig,
-    ListContainerStatsRequest, ListContainersRequest, PodSandboxState, RemoveContainerRequest,
+    ListContainerStatsRequest, ListContainersRequest, RemoveContainerRequest,
     ReopenContainerLogRequest, RunPodSandboxRequest, StopContainerRequest, VersionRequest,
 };
 use vmpod_integration_tests::containerd::BUSYBOX_IMAGE;
@@ -209,17 +209,7 @@ fn run_pod<'a>(harness: &'a CriHarness, handler: &str) -> Pod<'a> {
         .unwrap_or_else(|e| fail(harness, "RunPodSandbox", &e))
         .pod_sandbox_id;
     eprintln!("{handler}: RunPodSandbox took {:?}", start.elapsed());
-    let pod = Pod {
-        harness,
-        id,
-        config,
-    };
-    let status = pod.status().status.expect("a sandbox status");
-    assert_eq!(
-        status.state,
-        PodSandboxState::SandboxReady as i32,
-        "{status:?}"
-    );
+    let (pod, status) = Pod::ready(harness, id, config);
     assert_eq!(status.runtime_handler, handler);
     pod
 }
