@@ -10,6 +10,8 @@
 mod calls;
 #[path = "cri_pods/life.rs"]
 mod life;
+#[path = "cri_pods/streams.rs"]
+mod streams;
 
 use vmpod_integration_tests::cri::{cri_or_skip, CriHarness, RUNC_HANDLER, VMPOD_HANDLER};
 

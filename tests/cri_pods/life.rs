@@ -122,6 +122,9 @@ pub fn pod_life(harness: &CriHarness, handler: &str) {
     pod.wait_state(&stubborn, ContainerState::ContainerRunning);
 
     check_execs(&pod, &main, &ip, &mut checks);
+    checks
+        .0
+        .extend(crate::streams::check_streams(&pod, &main, handler));
     check_stats(&pod, &[&main, &stubborn], &mut checks);
     rotate_log(&pod, &main);
     let quick = run_quick(&pod, &mut checks);
