@@ -37,6 +37,11 @@ const ATTACH_EXIT: i32 = 3;
 const OOM_LIMIT: i64 = 16 << 20;
 /// The OOM container's command.
 const OOM_COMMAND: &str = "x=a; while :; do x=$x$x; done";
+/// What a container's cgroup v2 says of its memory (for a report).
+const READ_MEMORY_EVENTS: &str = "read -r line </proc/self/cgroup; dir=/sys/fs/cgroup${line#0::}; \
+                                  for f in memory.max memory.current memory.events \
+                                  memory.stat; do echo \"$f:\"; while read -r l; do \
+                                  echo \"$l\"; done <$dir/$f; done";
 /// How long after its exit the OOM container's reason may take to show
 /// (containerd sets it on the TaskOOM event, which may follow the exit).
 const OOM_REASON_DEADLINE: Duration = Duration::from_secs(20);
@@ -262,7 +267,25 @@ fn oom_killed(pod: &Pod) -> Result<(), String> {
         ..Default::default()
     });
     let id = pod.create_and_start(config);
-    let mut status = pod.wait_state(&id, ContainerState::ContainerExited);
+    let deadline = Instant::now() + GUEST_DEADLINE;
+    let mut status = pod.container(&id);
+    while status.state != ContainerState::ContainerExited as i32 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        status = pod.container(&id);
+    }
+    if status.state != ContainerState::ContainerExited as i32 {
+        // What its cgroup says, for the report; RemoveContainer kills it.
+        let seen = pod
+            .exec(&id, &["sh", "-c", READ_MEMORY_EVENTS], 0)
+            .map_or_else(
+                |e| e.message().to_owned(),
+                |out| String::from_utf8_lossy(&out.stdout).replace('\n', "; "),
+            );
+        remove(pod, &id);
+        return Err(format!(
+            "still running after {GUEST_DEADLINE:?} with a limit of {OOM_LIMIT} bytes: {seen}"
+        ));
+    }
     let deadline = Instant::now() + OOM_REASON_DEADLINE;
     while status.reason != "OOMKilled" && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
