@@ -37,11 +37,14 @@ const ATTACH_EXIT: i32 = 3;
 const OOM_LIMIT: i64 = 16 << 20;
 /// The OOM container's command.
 const OOM_COMMAND: &str = "x=a; while :; do x=$x$x; done";
-/// What a container's cgroup v2 says of its memory (for a report).
+/// What a container's cgroup v2 says of its memory, CPU and processes
+/// (for a report).
 const READ_MEMORY_EVENTS: &str = "read -r line </proc/self/cgroup; dir=/sys/fs/cgroup${line#0::}; \
                                   for f in memory.max memory.current memory.events \
-                                  memory.stat; do echo \"$f:\"; while read -r l; do \
-                                  echo \"$l\"; done <$dir/$f; done";
+                                  cgroup.procs cgroup.freeze cpu.stat; do echo \"$f:\"; \
+                                  while read -r l; do echo \"$l\"; done <$dir/$f; done; \
+                                  while read -r p; do read -r s </proc/$p/stat; \
+                                  echo \"$s\"; done <$dir/cgroup.procs";
 /// How long after its exit the OOM container's reason may take to show
 /// (containerd sets it on the TaskOOM event, which may follow the exit).
 const OOM_REASON_DEADLINE: Duration = Duration::from_secs(20);
