@@ -9,6 +9,7 @@
 pub mod client;
 pub mod config;
 pub mod pod;
+pub mod stream;
 
 use std::fs;
 use std::path::{Path, PathBuf};

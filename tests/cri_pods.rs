@@ -15,6 +15,8 @@ mod failures;
 mod life;
 #[path = "cri_pods/shm.rs"]
 mod shm;
+#[path = "cri_pods/streams.rs"]
+mod streams;
 
 use vmpod_integration_tests::cri::{cri_or_skip, CriHarness, RUNC_HANDLER, VMPOD_HANDLER};
 

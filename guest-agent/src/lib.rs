@@ -7,6 +7,7 @@ pub mod container;
 pub mod listen;
 pub mod logging;
 pub mod network;
+pub mod oom;
 pub mod pid1;
 pub mod reaper;
 pub mod sandbox;

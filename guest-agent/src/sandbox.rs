@@ -15,6 +15,7 @@ use vmpod_sys::error::Chain;
 use crate::container::cgroup::{Cgroup, CgroupError};
 use crate::container::plan::{plan_pod_sysctls, PodNamespaces};
 use crate::container::{unmount, Container, ContainerError, Placement};
+use crate::oom::OomTracker;
 use crate::reaper::{Exit, ExitWatch, Reaper};
 use crate::stdio::Streams;
 
@@ -103,6 +104,7 @@ pub struct PodSettings {
 struct State {
     pod: Option<Pod>,
     containers: HashMap<String, Container>,
+    oom: OomTracker,
 }
 
 /// The agent's one sandbox.
@@ -397,8 +399,12 @@ impl Sandbox {
                 .containers
                 .get(&id)
                 .ok_or_else(|| SandboxError::NoContainer(id.clone()))?;
+            // Read before the cgroup goes: an OOM kill of its init is
+            // why containerd removes it this soon.
+            let oom_kills = container.cgroup().oom_kills();
             container.remove(force)?;
             state.containers.remove(&id);
+            state.oom.removed(&id, oom_kills);
             Ok(())
         })
         .await
@@ -521,14 +527,16 @@ impl Sandbox {
         }
     }
 
-    /// The ids of the containers and their OOM kill counts.
-    pub fn oom_counts(&self) -> Vec<(String, u64)> {
-        let state = self.lock();
-        state
+    /// The next container with an OOM kill the shim was not told of
+    /// (see [`OomTracker`]), if any.
+    pub fn next_oom(&self) -> Option<String> {
+        let mut state = self.lock();
+        let counts: Vec<(String, u64)> = state
             .containers
             .iter()
             .map(|(id, c)| (id.clone(), c.cgroup().oom_kills()))
-            .collect()
+            .collect();
+        state.oom.next(counts)
     }
 }
 

@@ -266,18 +266,13 @@ impl AgentService for Agent {
         _: &TtrpcContext,
         _: api::GetOOMEventRequest,
     ) -> Reply<api::OOMEvent> {
-        let mut seen: std::collections::HashMap<String, u64> =
-            self.sandbox.oom_counts().into_iter().collect();
         loop {
-            tokio::time::sleep(OOM_POLL).await;
-            for (id, count) in self.sandbox.oom_counts() {
-                let before = seen.insert(id.clone(), count).unwrap_or(0);
-                if count > before {
-                    let mut event = api::OOMEvent::new();
-                    event.container_id = id;
-                    return Ok(event);
-                }
+            if let Some(id) = self.sandbox.next_oom() {
+                let mut event = api::OOMEvent::new();
+                event.container_id = id;
+                return Ok(event);
             }
+            tokio::time::sleep(OOM_POLL).await;
         }
     }
 

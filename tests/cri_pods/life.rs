@@ -124,6 +124,9 @@ pub fn pod_life(harness: &CriHarness, handler: &str) {
     checks
         .0
         .extend(crate::shm::check_pod_shm(&pod, &main, &stubborn, handler));
+    checks
+        .0
+        .extend(crate::streams::check_streams(&pod, &main, handler));
     check_stats(&pod, &[&main, &stubborn], &mut checks);
     rotate_log(&pod, &main);
     let quick = run_quick(&pod, &mut checks);

@@ -120,6 +120,23 @@ impl Cgroup {
         std::fs::read_to_string(self.path.join(file)).ok()
     }
 
+    /// Writes `memory.swap.max`. A kernel without swap accounting (the
+    /// guest's has no swap) has no such file, and no container swaps:
+    /// no swap (containerd's CRI plugin asks for it with every memory
+    /// limit) and unlimited swap hold as they are, as runc takes them
+    /// there; any other amount cannot be given.
+    fn apply_swap(&self, value: String) -> Result<(), CgroupError> {
+        if self.path.join("memory.swap.max").exists() {
+            self.write("memory.swap.max", &value)
+        } else if value == "0" || value == "max" {
+            Ok(())
+        } else {
+            Err(CgroupError::Value(format!(
+                "memory.swap: {value} bytes of swap, and this kernel has no swap"
+            )))
+        }
+    }
+
     fn need(&self, resource: &'static str, controller: &'static str) -> Result<(), CgroupError> {
         if self.has_controller(controller) {
             Ok(())
@@ -149,21 +166,7 @@ impl Cgroup {
             }
             if let Some(swap) = memory.swap() {
                 self.need("memory.swap", "memory")?;
-                // OCI's swap is memory + swap; cgroup v2's swap.max is swap
-                // alone.
-                let value = match (swap, memory.limit()) {
-                    (swap, _) if swap < 0 => "max".to_owned(),
-                    (swap, Some(limit)) if limit > 0 => {
-                        if swap < limit {
-                            return Err(CgroupError::Value(format!(
-                                "memory.swap {swap} is below memory.limit {limit}"
-                            )));
-                        }
-                        (swap - limit).to_string()
-                    }
-                    (swap, _) => swap.to_string(),
-                };
-                self.write("memory.swap.max", &value)?;
+                self.apply_swap(swap_max(swap, memory.limit())?)?;
             }
         }
         if let Some(cpu) = resources.cpu() {
@@ -324,9 +327,71 @@ fn shares_to_weight(shares: u64) -> u64 {
     1 + ((shares - 2) * 9999) / 262_142
 }
 
+/// cgroup v2's `memory.swap.max` for OCI's `swap` (memory + swap) and
+/// memory `limit`.
+fn swap_max(swap: i64, limit: Option<i64>) -> Result<String, CgroupError> {
+    match (swap, limit) {
+        (swap, _) if swap < 0 => Ok("max".to_owned()),
+        (swap, Some(limit)) if limit > 0 => {
+            if swap < limit {
+                return Err(CgroupError::Value(format!(
+                    "memory.swap {swap} is below memory.limit {limit}"
+                )));
+            }
+            Ok((swap - limit).to_string())
+        }
+        (swap, _) => Ok(swap.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory standing for a cgroup with the memory controller and,
+    /// with `swap`, swap accounting.
+    fn fake_cgroup(name: &str, swap: bool) -> Cgroup {
+        let path = std::env::temp_dir().join(format!("vmpod-cgroup-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("cgroup.controllers"), "cpu memory pids").unwrap();
+        if swap {
+            std::fs::write(path.join("memory.swap.max"), "max").unwrap();
+        }
+        Cgroup { path }
+    }
+
+    fn memory(limit: i64, swap: i64) -> LinuxResources {
+        serde_json::from_value(serde_json::json!({"memory": {"limit": limit, "swap": swap}}))
+            .unwrap()
+    }
+
+    #[test]
+    fn test_no_swap_holds_without_swap_accounting_and_more_is_refused() {
+        let cgroup = fake_cgroup("no-swap", false);
+        cgroup.apply(&memory(1 << 24, 1 << 24)).unwrap();
+        assert!(!cgroup.path().join("memory.swap.max").exists());
+        assert_eq!(cgroup.read("memory.max").as_deref(), Some("16777216"));
+        cgroup.apply(&memory(1 << 24, -1)).unwrap();
+        let err = cgroup.apply(&memory(1 << 24, 1 << 25)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "memory.swap: 16777216 bytes of swap, and this kernel has no swap"
+        );
+        std::fs::remove_dir_all(cgroup.path()).unwrap();
+    }
+
+    #[test]
+    fn test_swap_max_is_the_swap_beyond_the_limit() {
+        let cgroup = fake_cgroup("swap", true);
+        cgroup.apply(&memory(1 << 24, 1 << 25)).unwrap();
+        assert_eq!(cgroup.read("memory.swap.max").as_deref(), Some("16777216"));
+        assert!(matches!(
+            cgroup.apply(&memory(1 << 25, 1 << 24)),
+            Err(CgroupError::Value(_))
+        ));
+        std::fs::remove_dir_all(cgroup.path()).unwrap();
+    }
 
     #[test]
     fn test_shares_to_weight_as_runc() {

@@ -53,7 +53,8 @@ impl TaskService {
         Ok(Empty::new())
     }
 
-    /// Update: new OCI `LinuxResources` (JSON) for the container.
+    /// Update: new OCI `LinuxResources` (JSON) for the container, within
+    /// the pod VM's size.
     pub(super) async fn update_resources(&self, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
         let handle = self.handle_for(&req.id)?;
         let resources = req
@@ -61,12 +62,17 @@ impl TaskService {
             .as_ref()
             .map(|any| any.value.clone())
             .ok_or_else(|| status(Code::INVALID_ARGUMENT, "update without resources"))?;
-        if serde_json::from_slice::<oci_spec::runtime::LinuxResources>(&resources).is_err() {
-            return Err(status(
-                Code::INVALID_ARGUMENT,
-                "update: the resources are not OCI LinuxResources (JSON)",
-            ));
-        }
+        let parsed: oci_spec::runtime::LinuxResources = serde_json::from_slice(&resources)
+            .map_err(|_| {
+                status(
+                    Code::INVALID_ARGUMENT,
+                    "update: the resources are not OCI LinuxResources (JSON)",
+                )
+            })?;
+        // The VM's size is fixed at boot: a limit beyond it would be a
+        // promise the guest cannot keep, as at create.
+        crate::sizing::check_fits(&req.id, handle.size, Some(&parsed))
+            .map_err(|err| status(Code::INVALID_ARGUMENT, err))?;
         handle
             .agent
             .update_container(&req.id, resources)
@@ -242,6 +248,27 @@ mod tests {
             .0,
             Code::INVALID_ARGUMENT
         );
+    }
+
+    #[tokio::test]
+    async fn test_an_update_beyond_the_pod_vm_is_refused_before_the_agent() {
+        let harness = Harness::new();
+        harness.started("c1").await;
+        let update = UpdateTaskRequest {
+            id: "c1".into(),
+            resources: MessageField::some(Any {
+                value: br#"{"memory": {"limit": 1099511627776}}"#.to_vec(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (code, message) = refusal(harness.service.update_resources(update).await);
+        assert_eq!(code, Code::INVALID_ARGUMENT);
+        assert!(
+            message.starts_with("container \"c1\": its memory limit of 1048576 MiB exceeds"),
+            "{message}"
+        );
+        assert!(!harness.agent.called("UpdateContainer"));
     }
 
     #[tokio::test]
