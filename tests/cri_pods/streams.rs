@@ -31,12 +31,21 @@ const ROWS: u16 = 33;
 const STTY_TRIES: usize = 5;
 /// The exit code the attached shell is told to end with.
 const ATTACH_EXIT: i32 = 3;
-/// The memory limit of the OOM container: a few MiB, which its shell's
-/// doubling string passes after some twenty rounds (no fork: cheap in an
-/// emulated guest).
-const OOM_LIMIT: i64 = 16 << 20;
-/// The OOM container's command.
-const OOM_COMMAND: &str = "x=a; while :; do x=$x$x; done";
+/// The memory limit of the OOM container: the least runc's own start in
+/// the container's cgroup is known to fit (Docker's minimum), as every
+/// page past what it needs costs an emulated guest ~40 ms to fault in.
+const OOM_LIMIT: i64 = 6 << 20;
+/// The OOM container's command: one read of 16 MiB from /dev/zero into one
+/// buffer, which faults its pages in from the kernel past the limit. (A
+/// shell doubling a string had ~2 MiB charged after 120 s in an emulated
+/// guest: its many small reallocations are system calls.)
+const OOM_COMMAND: [&str; 5] = [
+    "dd",
+    "if=/dev/zero",
+    "of=/dev/null",
+    "bs=16777216",
+    "count=1",
+];
 /// What a container's cgroup v2 says of its memory, CPU and processes
 /// (for a report).
 const READ_MEMORY_EVENTS: &str = "read -r line </proc/self/cgroup; dir=/sys/fs/cgroup${line#0::}; \
@@ -258,10 +267,10 @@ fn update_resources(pod: &Pod, main: &str, handler: &str) -> Result<(), String> 
     }
 }
 
-/// A container whose shell grows past its memory limit: the kernel kills
-/// it, and ContainerStatus says exited, `OOMKilled`.
+/// A container that reads past its memory limit: the kernel kills it,
+/// and ContainerStatus says exited, `OOMKilled`.
 fn oom_killed(pod: &Pod) -> Result<(), String> {
-    let mut config = container_config("oom", BUSYBOX_IMAGE, &["sh", "-c", OOM_COMMAND]);
+    let mut config = container_config("oom", BUSYBOX_IMAGE, &OOM_COMMAND);
     config.linux = Some(LinuxContainerConfig {
         resources: Some(LinuxContainerResources {
             memory_limit_in_bytes: OOM_LIMIT,
