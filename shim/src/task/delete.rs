@@ -113,14 +113,9 @@ impl TaskService {
             return Ok(());
         }
         if let Err(err) = handle.agent.remove_container(id, true).await {
-            // The VM may have died since the check (its agent's channel
-            // closes before its process is reaped): then there is nothing
+            // The VM may have died since the check: then there is nothing
             // left in it to remove.
-            let mut vm_exit = handle.vm_exit.clone();
-            let ended = tokio::time::timeout(VM_EXIT_GRACE, vm_exit.wait_for(Option::is_some))
-                .await
-                .is_ok_and(|waited| waited.is_ok());
-            if !ended {
+            if !handle.vm_ends_within(VM_EXIT_GRACE).await {
                 return Err(agent_status(err));
             }
         }

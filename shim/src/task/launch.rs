@@ -39,6 +39,18 @@ pub struct PodHandle {
     pub shm_source: Option<PathBuf>,
 }
 
+impl PodHandle {
+    /// Whether the VM ends within `grace`. An agent call that fails
+    /// because the VM died fails before the VM is reaped (its channel
+    /// closes first): this tells that failure from the agent's own.
+    pub async fn vm_ends_within(&self, grace: std::time::Duration) -> bool {
+        let mut vm_exit = self.vm_exit.clone();
+        tokio::time::timeout(grace, vm_exit.wait_for(Option::is_some))
+            .await
+            .is_ok_and(|waited| waited.is_ok())
+    }
+}
+
 /// A launched pod VM.
 #[async_trait]
 pub trait PodVm: Send + Sync + std::fmt::Debug {

@@ -115,13 +115,8 @@ impl Monitor {
                 waited.exited_at_ns,
             ),
             Some(Err(err)) => {
-                // A VM that dies breaks the agent's connection before its
-                // process is reaped: that end is the pod's to log, once.
-                let vm_ended =
-                    tokio::time::timeout(VM_END_AFTER_LOST_WAIT, vm_exit.wait_for(Option::is_some))
-                        .await
-                        .is_ok_and(|ended| ended.is_ok());
-                if !vm_ended {
+                // A VM's death is the pod's to log, once.
+                if !self.handle.vm_ends_within(VM_END_AFTER_LOST_WAIT).await {
                     tracing::warn!(process = ?self.process, "wait: {err}");
                 }
                 Exit::now(LOST_STATUS)
