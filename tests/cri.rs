@@ -233,19 +233,7 @@ impl CriHarness {
     /// # Panics
     /// Naming what is left.
     pub fn assert_nothing_left(&self, when: &str, netns_paths: &[PathBuf]) {
-        let deadline = Instant::now() + LEFTOVER_TIMEOUT;
-        loop {
-            let left = self.leftovers(netns_paths);
-            if left.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{when}: left behind: {}",
-                left.join("; ")
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        assert_gone_in_time(when, || self.leftovers(netns_paths));
     }
 
     fn leftovers(&self, netns_paths: &[PathBuf]) -> Vec<String> {
@@ -402,4 +390,26 @@ fn leases(dir: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Asserts that `leftovers` (what a removed pod left on the host, one
+/// line each) is empty within [`LEFTOVER_TIMEOUT`]: teardown ends in
+/// processes and the kernel after the CRI call returned.
+///
+/// # Panics
+/// After `when`, naming what is left.
+pub fn assert_gone_in_time(when: &str, mut leftovers: impl FnMut() -> Vec<String>) {
+    let deadline = Instant::now() + LEFTOVER_TIMEOUT;
+    loop {
+        let left = leftovers();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{when}: left behind: {}",
+            left.join("; ")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

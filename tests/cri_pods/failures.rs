@@ -17,7 +17,9 @@ use k8s_cri::v1::{
 };
 use vmpod_integration_tests::containerd::{count_mounts_below, processes_named, BUSYBOX_IMAGE};
 use vmpod_integration_tests::cri::pod::{container_config, sandbox_config};
-use vmpod_integration_tests::cri::{CriClient, CriHarness, CRI_NAMESPACE, VMPOD_HANDLER};
+use vmpod_integration_tests::cri::{
+    assert_gone_in_time, CriClient, CriHarness, CRI_NAMESPACE, VMPOD_HANDLER,
+};
 
 use crate::calls::{fail, Pod, GUEST_DEADLINE};
 use crate::life::shim_warnings;
@@ -36,8 +38,6 @@ const LOST_STATUS: i32 = 255;
 /// StopContainer's grace period for the kept pod's container, which obeys
 /// SIGTERM.
 const GRACE_S: i64 = 60;
-/// How long what a removed pod leaves may take to go.
-const LEFTOVER_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Two pods side by side; one's VM killed; both removed; nothing left.
 pub fn side_by_side_one_killed(harness: &CriHarness) {
@@ -242,24 +242,11 @@ impl PodTraces {
         }
     }
 
-    /// Asserts that, within [`LEFTOVER_DEADLINE`], nothing of the pod is
-    /// left: no shim or jail naming it, no directory, mount or socket of
-    /// it, no network namespace, no cgroup in any hierarchy.
+    /// Asserts that, within the harness's leftover timeout, nothing of the
+    /// pod is left: no shim or jail naming it, no directory, mount or
+    /// socket of it, no network namespace, no cgroup in any hierarchy.
     fn assert_gone(&self, harness: &CriHarness) {
-        let deadline = Instant::now() + LEFTOVER_DEADLINE;
-        loop {
-            let left = self.leftovers(harness);
-            if left.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pod {} left: {}",
-                self.id,
-                left.join("; ")
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        assert_gone_in_time(&format!("pod {}", self.id), || self.leftovers(harness));
     }
 
     fn leftovers(&self, harness: &CriHarness) -> Vec<String> {
