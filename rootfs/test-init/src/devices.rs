@@ -4,6 +4,12 @@
 //! select what runs. Each check prints one `vmpod-test-init: <name>=...`
 //! line (or `<name>: <error>`) for the host-side test to assert on; the
 //! host then checks what the guest wrote (disk image, shared directory).
+//!
+//! `vmpod_hold=PORT` makes init wait, before any other device check, until
+//! the host connects to vsock port PORT and sends a line: the snapshot
+//! tests take their snapshot while the guest waits there, before it mounts
+//! its share, and release the original and the restored VM one by one.
+//! `vmpod_disk_read=1` prints the first line of `/dev/vda`.
 
 use std::ffi::CString;
 use std::io::{self, Read, Write};
@@ -18,8 +24,18 @@ pub const GUEST_TEXT: &str = "written by the vmpod guest\n";
 /// How long network and vsock peers get to answer.
 const PEER_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long `vmpod_hold` waits for the host.
+const HOLD_TIMEOUT: Duration = Duration::from_secs(900);
+
 /// Runs every check the environment asks for.
 pub fn run_checks(console: &mut Console) {
+    if let Ok(port) = std::env::var("vmpod_hold") {
+        let released = hold(console, &port);
+        report(console, "released", released);
+    }
+    if std::env::var_os("vmpod_disk_read").is_some() {
+        report(console, "disk-read", read_disk_line());
+    }
     if std::env::var_os("vmpod_disk").is_some() {
         report(console, "disk", check_disk());
     }
@@ -43,6 +59,24 @@ fn report(console: &mut Console, name: &str, result: io::Result<String>) {
 
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, what.to_string())
+}
+
+/// Prints `holding` and waits for the host to connect to vsock `port` and
+/// send a line, which it returns.
+fn hold(console: &mut Console, port: &str) -> io::Result<String> {
+    let port: u32 = port.parse().map_err(|_| invalid("bad hold port"))?;
+    let listener = vsock_listener(port)?;
+    console.line("holding");
+    let mut accepted = accept_within(&listener, HOLD_TIMEOUT)?;
+    let line = read_line(&mut accepted)?;
+    accepted.write_all(b"released\n")?;
+    Ok(line)
+}
+
+/// The first line of the first virtio disk.
+fn read_disk_line() -> io::Result<String> {
+    let mut disk = std::fs::File::open("/dev/vda")?;
+    Ok(read_line(&mut disk)?.trim().to_string())
 }
 
 /// Writes [`GUEST_TEXT`] to `/vmpod-guest.txt` on the root file system,
@@ -226,19 +260,38 @@ fn check_vsock(spec: &str) -> io::Result<String> {
     to_host.write_all(b"hello host from the vmpod guest\n")?;
     let from_host = read_line(&mut to_host)?;
 
-    let listener = vsock_socket()?;
-    vsock_call(&listener, libc::VMADDR_CID_ANY, listen, true)?;
+    let listener = vsock_listener(listen)?;
+    let mut accepted = accept_within(&listener, PEER_TIMEOUT)?;
+    let line = read_line(&mut accepted)?;
+    accepted.write_all(format!("echo {line}\n").as_bytes())?;
+    Ok(format!(
+        "host said {:?} to us; we echoed {:?} from the host",
+        from_host.trim(),
+        line.trim()
+    ))
+}
+
+/// A vsock socket listening on `port`.
+fn vsock_listener(port: u32) -> io::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
+    let listener = vsock_socket()?;
+    vsock_call(&listener, libc::VMADDR_CID_ANY, port, true)?;
     // SAFETY: a plain listen call on our socket.
     if unsafe { libc::listen(listener.as_raw_fd(), 1) } != 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(listener)
+}
+
+/// Accepts one connection on `listener` within `timeout`.
+fn accept_within(listener: &std::fs::File, timeout: Duration) -> io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
     let mut pollfd = libc::pollfd {
         fd: listener.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     };
-    let timeout_ms = PEER_TIMEOUT.as_millis() as libc::c_int;
+    let timeout_ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
     // SAFETY: one valid pollfd.
     if unsafe { libc::poll(&mut pollfd, 1, timeout_ms) } != 1 {
         return Err(io::Error::new(
@@ -259,14 +312,7 @@ fn check_vsock(spec: &str) -> io::Result<String> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: `fd` is a fresh descriptor we now own.
-    let mut accepted = unsafe { std::fs::File::from_raw_fd(fd) };
-    let line = read_line(&mut accepted)?;
-    accepted.write_all(format!("echo {line}\n").as_bytes())?;
-    Ok(format!(
-        "host said {:?} to us; we echoed {:?} from the host",
-        from_host.trim(),
-        line.trim()
-    ))
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
 }
 
 fn vsock_socket() -> io::Result<std::fs::File> {
