@@ -9,13 +9,13 @@
 // An integration test crate is a test module as a whole.
 #![allow(clippy::tests_outside_test_module)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use vmpod_integration_tests::guest_checks::{
+    init_line, vsock_host_side, TempDir, GUEST_VSOCK_PORT, HOST_VSOCK_PORT,
+};
 use vmpod_integration_tests::{
     guest_or_skip, make_ext4_image, read_ext4_file, run_with_timeout, vmpod_vm_binary,
     write_root_tree, GuestArtifacts, Outcome,
@@ -27,32 +27,10 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 const GUEST_TEXT: &str = "written by the vmpod guest\n";
 /// The guest's vsock CID.
 const GUEST_CID: &str = "3";
-/// The guest listens here for the host's CONNECT.
-const GUEST_VSOCK_PORT: u32 = 1234;
-/// The guest connects to this host port (`<socket>_5678`).
-const HOST_VSOCK_PORT: u32 = 5678;
 /// Host end of the tap, the guest's address, the UDP echo port.
 const HOST_IP: &str = "10.0.2.1";
 const GUEST_NET: &str = "10.0.2.15/24";
 const UDP_PORT: u16 = 5000;
-
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("vmpod-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A network namespace holding a configured tap, deleted on drop.
 struct NetNs {
@@ -120,52 +98,6 @@ impl Drop for NetNs {
     }
 }
 
-/// The host side of vsock: answers the guest's connection to
-/// [`HOST_VSOCK_PORT`] and connects to the guest's [`GUEST_VSOCK_PORT`]
-/// (retrying until the guest listens). Sends what it saw on `results`.
-fn vsock_host_side(socket: &Path, results: mpsc::Sender<String>) {
-    let listener = UnixListener::bind(format!("{}_{HOST_VSOCK_PORT}", socket.display()))
-        .expect("bind the host vsock port");
-    let results_in = results.clone();
-    std::thread::spawn(move || {
-        if let Ok((stream, _)) = listener.accept() {
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = (&stream).write_all(b"hello guest from the host\n");
-            let _ = results_in.send(format!("guest said {:?}", line.trim()));
-        }
-    });
-    let socket = socket.to_path_buf();
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + BOOT_TIMEOUT;
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(300));
-            let Ok(stream) = UnixStream::connect(&socket) else {
-                continue;
-            };
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            if (&stream)
-                .write_all(format!("CONNECT {GUEST_VSOCK_PORT}\n").as_bytes())
-                .is_err()
-            {
-                continue;
-            }
-            let mut ok = String::new();
-            // The VMM closes the stream if the guest is not listening yet.
-            if reader.read_line(&mut ok).unwrap_or(0) == 0 || !ok.starts_with("OK ") {
-                continue;
-            }
-            let _ = (&stream).write_all(b"ping from the host\n");
-            let mut echo = String::new();
-            let _ = reader.read_line(&mut echo);
-            let _ = results.send(format!("connected ({}), echo {:?}", ok.trim(), echo.trim()));
-            return;
-        }
-    });
-}
-
 fn vmpod_vm(guest: &GuestArtifacts, netns: Option<&NetNs>, args: &[String]) -> Outcome {
     let bin = vmpod_vm_binary().unwrap();
     let mut cmd = match netns {
@@ -192,22 +124,6 @@ fn vmpod_vm(guest: &GuestArtifacts, netns: Option<&NetNs>, args: &[String]) -> O
     out
 }
 
-/// The test init's `<key>=...` line, or its `<key>: <error>` line in the
-/// panic message.
-fn init_line<'a>(console: &'a str, key: &str) -> &'a str {
-    let ok = format!("vmpod-test-init: {key}=");
-    let failed = format!("vmpod-test-init: {key}: ");
-    for line in console.lines() {
-        if let Some(rest) = line.trim_end().strip_prefix(ok.as_str()) {
-            return rest;
-        }
-        if line.starts_with(failed.as_str()) {
-            panic!("the guest's {key} check failed: {line}");
-        }
-    }
-    panic!("the guest printed no {key} line");
-}
-
 /// Root on a virtio-blk ext4 image, written by the guest; a virtio-fs
 /// share; eth0 on a tap in a network namespace, with a UDP round trip to
 /// the host; vsock connections both ways; virtio-rng.
@@ -227,7 +143,7 @@ fn test_guest_uses_devices_with_root_on_virtio_blk() {
     let netns = NetNs::with_tap("blk", "vmpodtap0");
     let mut udp = netns.udp_echo();
     let (tx, rx) = mpsc::channel();
-    vsock_host_side(&socket, tx);
+    vsock_host_side(&socket, tx, BOOT_TIMEOUT);
 
     let cmdline = format!(
         "console=ttyS0 reboot=k panic=1 root=/dev/vda rw init=/init \

@@ -7,8 +7,10 @@ pub mod bench;
 pub mod containerd;
 pub mod cri;
 pub mod events;
+pub mod guest_checks;
 pub mod host_faults;
 pub mod netns;
+pub mod vm_api;
 
 use std::path::PathBuf;
 use std::process::Command;
