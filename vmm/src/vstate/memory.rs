@@ -221,4 +221,139 @@ mod tests {
         mem.write_obj(0xabu8, GuestAddress(0x1000)).unwrap();
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x1000)).unwrap(), 0xab);
     }
+
+    /// A file of its own in the temporary directory, removed when dropped.
+    struct TempFile(std::path::PathBuf, File);
+
+    impl TempFile {
+        fn new(name: &str) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("vmpod-memory-{}-{name}", std::process::id()));
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .unwrap();
+            TempFile(path, file)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// The first offset at or after `from` that holds data (SEEK_DATA).
+    fn next_data(file: &File, from: u64) -> Option<u64> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: lseek on an fd we own; it only moves the file offset.
+        let at = unsafe { libc::lseek(file.as_raw_fd(), from as libc::off_t, libc::SEEK_DATA) };
+        u64::try_from(at).ok()
+    }
+
+    #[test]
+    fn test_dump_and_map_back_round_trip_leaving_zero_pages_as_holes() {
+        const SIZE: u64 = 4 << 20;
+        let mem = create_guest_memory(SIZE).unwrap();
+        let pattern: Vec<u8> = (0..=255u8).cycle().take(PAGE_SIZE * 2).collect();
+        mem.write_slice(&pattern, GuestAddress(0x1000)).unwrap();
+        mem.write_obj(0xfeed_f00d_u32, GuestAddress(SIZE - 4))
+            .unwrap();
+        let mut file = TempFile::new("round-trip");
+        // An older snapshot's bytes where the new one has zero pages.
+        file.1.write_all_at(&vec![0xee; SIZE as usize], 0).unwrap();
+
+        dump_guest_memory(&mem, &mut file.1).unwrap();
+
+        let meta = file.1.metadata().unwrap();
+        assert_eq!(meta.len(), SIZE);
+        // Three pages of data; the rest (the first page among them) holes.
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            meta.blocks() * 512 <= 16 * PAGE_SIZE as u64,
+            "{} blocks",
+            meta.blocks()
+        );
+        assert_eq!(next_data(&file.1, 0), Some(0x1000));
+        assert_eq!(next_data(&file.1, 0x3000), Some(SIZE - PAGE_SIZE as u64));
+
+        let restored = guest_memory_from_file(SIZE, &file.1).unwrap();
+        assert_eq!(restored.num_regions(), 1);
+        let mut read = vec![0u8; pattern.len()];
+        restored
+            .read_slice(&mut read, GuestAddress(0x1000))
+            .unwrap();
+        assert_eq!(read, pattern);
+        let read_u32 = |addr| restored.read_obj::<u32>(GuestAddress(addr)).unwrap();
+        assert_eq!(read_u32(SIZE - 4), 0xfeed_f00d);
+        assert_eq!(read_u32(0), 0);
+        assert_eq!(read_u32(0x10_0000), 0);
+    }
+
+    #[test]
+    fn test_a_file_of_another_length_is_refused() {
+        let file = TempFile::new("short");
+        file.1.set_len((4 << 20) - 4096).unwrap();
+        let err = guest_memory_from_file(4 << 20, &file.1).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                MemoryError::FileLength {
+                    actual: 4_190_208,
+                    expected: 4_194_304
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "The guest memory file holds 4190208 bytes, the VM's RAM is 4194304"
+        );
+        file.1.set_len((4 << 20) + 1).unwrap();
+        assert!(guest_memory_from_file(4 << 20, &file.1).is_err());
+    }
+
+    #[test]
+    fn test_guest_writes_stay_private_to_the_mapping() {
+        const SIZE: u64 = 2 << 20;
+        let file = TempFile::new("private");
+        file.1.write_all_at(&[0x11; PAGE_SIZE], 0).unwrap();
+        file.1.set_len(SIZE).unwrap();
+        let first = guest_memory_from_file(SIZE, &file.1).unwrap();
+        let second = guest_memory_from_file(SIZE, &file.1).unwrap();
+
+        first.write_obj(0x22u8, GuestAddress(0)).unwrap();
+        first.write_obj(0x33u8, GuestAddress(0x10_0000)).unwrap();
+
+        let mut byte = [0u8; 1];
+        file.1.read_exact_at(&mut byte, 0).unwrap();
+        assert_eq!(byte, [0x11], "the write reached the file");
+        file.1.read_exact_at(&mut byte, 0x10_0000).unwrap();
+        assert_eq!(byte, [0]);
+        assert_eq!(second.read_obj::<u8>(GuestAddress(0)).unwrap(), 0x11);
+        assert_eq!(first.read_obj::<u8>(GuestAddress(0)).unwrap(), 0x22);
+    }
+
+    #[test]
+    fn test_file_offsets_follow_the_mmio_gap() {
+        // Sparse: only the first page above the gap holds data.
+        let size = MMIO_GAP_START + (1 << 20);
+        let file = TempFile::new("gap");
+        file.1.set_len(size).unwrap();
+        file.1.write_all_at(&[0x5a], MMIO_GAP_START).unwrap();
+        let mem = guest_memory_from_file(size, &file.1).unwrap();
+        assert_eq!(mem.num_regions(), 2);
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(MMIO_GAP_END)).unwrap(),
+            0x5a
+        );
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(MMIO_GAP_START - 1))
+                .unwrap(),
+            0
+        );
+    }
 }
