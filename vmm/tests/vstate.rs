@@ -16,7 +16,7 @@ use kvm_bindings::kvm_msr_entry;
 use vmm::arch::regs::{BootProtocol, EntryPoint};
 use vmm::devices::bus::Bus;
 use vmm::exit::{ExitNotifier, VmExit};
-use vmm::seccomp::{install_sigsys_handler, SeccompFilters, ThreadKind};
+use vmm::seccomp::{install_sigsys_handler, SeccompFilters, ThreadKind, DEFAULT_FILTERS_JSON};
 use vmm::vstate::kvm::KvmContext;
 use vmm::vstate::memory::{
     create_guest_memory, dump_guest_memory, guest_memory_from_file, Bytes, GuestAddress,
@@ -351,4 +351,88 @@ fn test_invalid_saved_state_is_refused_naming_it() {
         "The saved master PIC holds irqchip 2, not 0"
     );
     target.restore_state(&vm_state).unwrap();
+}
+
+/// `_IOC` of a KVM ioctl: direction, size of its argument, number.
+const fn kvm_ioctl(dir: u32, nr: u32, size: usize) -> u64 {
+    ((dir << 30) | ((size as u32) << 16) | (0xae << 8) | nr) as u64
+}
+const IOC_READ: u32 = 2;
+const IOC_READ_WRITE: u32 = 3;
+
+/// The vCPU filter allows exactly the state reads `save_state` makes (the
+/// request numbers computed from the argument types), and no state write:
+/// a restore happens before the vCPU thread starts.
+#[test]
+fn test_vcpu_filter_allows_the_state_reads_and_no_writes() {
+    use kvm_bindings::*;
+    use std::mem::size_of;
+    let json: serde_json::Value = serde_json::from_str(DEFAULT_FILTERS_JSON).unwrap();
+    let allowed: Vec<u64> = json["vcpu"]["filter"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|rule| rule["syscall"] == "ioctl")
+        .map(|rule| rule["args"][0]["val"].as_u64().unwrap())
+        .collect();
+    let reads = [
+        (
+            "KVM_GET_REGS",
+            kvm_ioctl(IOC_READ, 0x81, size_of::<kvm_regs>()),
+        ),
+        (
+            "KVM_GET_SREGS",
+            kvm_ioctl(IOC_READ, 0x83, size_of::<kvm_sregs>()),
+        ),
+        (
+            "KVM_GET_MSRS",
+            kvm_ioctl(IOC_READ_WRITE, 0x88, size_of::<kvm_msrs>()),
+        ),
+        (
+            "KVM_GET_LAPIC",
+            kvm_ioctl(IOC_READ, 0x8e, size_of::<kvm_lapic_state>()),
+        ),
+        (
+            "KVM_GET_MP_STATE",
+            kvm_ioctl(IOC_READ, 0x98, size_of::<kvm_mp_state>()),
+        ),
+        (
+            "KVM_GET_VCPU_EVENTS",
+            kvm_ioctl(IOC_READ, 0x9f, size_of::<kvm_vcpu_events>()),
+        ),
+        (
+            "KVM_GET_DEBUGREGS",
+            kvm_ioctl(IOC_READ, 0xa1, size_of::<kvm_debugregs>()),
+        ),
+        (
+            "KVM_GET_XSAVE",
+            kvm_ioctl(IOC_READ, 0xa4, size_of::<kvm_xsave>()),
+        ),
+        (
+            "KVM_GET_XCRS",
+            kvm_ioctl(IOC_READ, 0xa6, size_of::<kvm_xcrs>()),
+        ),
+        ("KVM_KVMCLOCK_CTRL", kvm_ioctl(0, 0xad, 0)),
+    ];
+    for (name, request) in reads {
+        assert!(
+            allowed.contains(&request),
+            "{name} ({request:#x}) not allowed"
+        );
+    }
+    let writes = [
+        ("KVM_SET_REGS", kvm_ioctl(1, 0x82, size_of::<kvm_regs>())),
+        ("KVM_SET_SREGS", kvm_ioctl(1, 0x84, size_of::<kvm_sregs>())),
+        ("KVM_SET_MSRS", kvm_ioctl(1, 0x89, size_of::<kvm_msrs>())),
+        ("KVM_SET_XSAVE", kvm_ioctl(1, 0xa5, size_of::<kvm_xsave>())),
+        (
+            "KVM_SET_LAPIC",
+            kvm_ioctl(1, 0x8f, size_of::<kvm_lapic_state>()),
+        ),
+    ];
+    for (name, request) in writes {
+        assert!(!allowed.contains(&request), "{name} ({request:#x}) allowed");
+    }
+    // KVM_RUN, KVM_TRANSLATE, the state reads and nothing else.
+    assert_eq!(allowed.len(), reads.len() + 2, "{allowed:x?}");
 }
