@@ -12,7 +12,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{kvm_available, TestDir};
-use kvm_bindings::kvm_msr_entry;
+use kvm_bindings::{kvm_msr_entry, CpuId};
+use vmm::arch::cpuid::{build_vcpu_cpuid, CpuTemplate};
 use vmm::arch::regs::{BootProtocol, EntryPoint};
 use vmm::devices::bus::Bus;
 use vmm::exit::{ExitNotifier, VmExit};
@@ -59,7 +60,7 @@ struct TestVm {
 
 impl TestVm {
     /// A fresh VM entering `code` in 32-bit protected mode.
-    fn boot(kvm: &KvmContext, code: &[u8]) -> Self {
+    fn boot(kvm: &KvmContext, cpuid: &CpuId, code: &[u8]) -> Self {
         let mem = create_guest_memory(MEM_SIZE).unwrap();
         mem.write_slice(code, GuestAddress(CODE_ADDR)).unwrap();
         let vm = Vm::new(kvm, &mem).unwrap();
@@ -68,13 +69,14 @@ impl TestVm {
             addr: GuestAddress(CODE_ADDR),
             protocol: BootProtocol::Pvh,
         };
-        vcpu.configure(kvm.supported_cpuid(), Some(entry)).unwrap();
+        vcpu.configure(cpuid, Some(entry)).unwrap();
         Self::start(vm, mem, vcpu)
     }
 
     /// A VM restored from `vm_state`, `vcpu_state` and a memory file.
     fn restore(
         kvm: &KvmContext,
+        cpuid: &CpuId,
         memory_file: &std::fs::File,
         vm_state: &VmState,
         vcpu_state: &VcpuState,
@@ -83,7 +85,7 @@ impl TestVm {
         let vm = Vm::new(kvm, &mem).unwrap();
         vm.restore_state(vm_state).unwrap();
         let vcpu = Vcpu::new(&vm, 0).unwrap();
-        vcpu.configure_for_restore(kvm.supported_cpuid()).unwrap();
+        vcpu.configure_for_restore(cpuid).unwrap();
         vcpu.restore_state(vcpu_state).unwrap();
         Self::start(vm, mem, vcpu)
     }
@@ -172,6 +174,11 @@ fn open_kvm(test: &str) -> Option<KvmContext> {
     Some(KvmContext::open().unwrap())
 }
 
+/// The CPUID a one-vCPU VM of `template` gets from the builder.
+fn cpuid_of(kvm: &KvmContext, template: CpuTemplate) -> CpuId {
+    build_vcpu_cpuid(kvm.supported_cpuid(), template, 0, 1).unwrap()
+}
+
 /// The state, through the JSON a snapshot stores it as.
 fn through_json<T: serde::Serialize + serde::de::DeserializeOwned>(state: &T) -> T {
     serde_json::from_str(&serde_json::to_string(state).unwrap()).unwrap()
@@ -182,7 +189,15 @@ fn test_restored_vm_counts_on_from_the_snapshot() {
     let Some(kvm) = open_kvm("test_restored_vm_counts_on_from_the_snapshot") else {
         return;
     };
-    let first = TestVm::boot(&kvm, &counting_loop(true));
+    // Both templates: `Host` has XSAVE, `EmulatedSupervisor` (our hosts')
+    // hides it, which changes what KVM accepts as XCR0 and XSAVE state.
+    for template in [CpuTemplate::Host, CpuTemplate::EmulatedSupervisor] {
+        snapshot_and_restore(&kvm, &cpuid_of(&kvm, template));
+    }
+}
+
+fn snapshot_and_restore(kvm: &KvmContext, cpuid: &CpuId) {
+    let first = TestVm::boot(kvm, cpuid, &counting_loop(true));
     first.count_past(1000, 0);
     let paused_at = first.pause();
     let vcpu_state = first.handle().save_state().unwrap();
@@ -205,7 +220,8 @@ fn test_restored_vm_counts_on_from_the_snapshot() {
     dump_guest_memory(&first.mem, &mut memory_file).unwrap();
 
     let second = TestVm::restore(
-        &kvm,
+        kvm,
+        cpuid,
         &memory_file,
         &through_json(&vm_state),
         &through_json(&vcpu_state),
@@ -228,7 +244,11 @@ fn test_pause_and_resume_keep_counting() {
         return;
     };
     // No exit to the VMM: only the kick takes the vCPU out of the guest.
-    let vm = TestVm::boot(&kvm, &counting_loop(false));
+    let vm = TestVm::boot(
+        &kvm,
+        &cpuid_of(&kvm, CpuTemplate::Host),
+        &counting_loop(false),
+    );
     let mut count = vm.count_past(0, 0);
     for _ in 0..3 {
         let paused_at = vm.pause();
@@ -247,7 +267,11 @@ fn test_state_of_a_running_vcpu_is_refused_at_once() {
     let Some(kvm) = open_kvm("test_state_of_a_running_vcpu_is_refused_at_once") else {
         return;
     };
-    let vm = TestVm::boot(&kvm, &counting_loop(true));
+    let vm = TestVm::boot(
+        &kvm,
+        &cpuid_of(&kvm, CpuTemplate::Host),
+        &counting_loop(true),
+    );
     vm.count_past(0, 0);
     let started = Instant::now();
     let err = vm.handle().save_state().unwrap_err();
@@ -280,7 +304,11 @@ fn test_invalid_saved_state_is_refused_naming_it() {
     let Some(kvm) = open_kvm("test_invalid_saved_state_is_refused_naming_it") else {
         return;
     };
-    let vm = TestVm::boot(&kvm, &counting_loop(true));
+    let vm = TestVm::boot(
+        &kvm,
+        &cpuid_of(&kvm, CpuTemplate::Host),
+        &counting_loop(true),
+    );
     vm.count_past(0, 0);
     vm.pause();
     let good = vm.handle().save_state().unwrap();
@@ -290,7 +318,8 @@ fn test_invalid_saved_state_is_refused_naming_it() {
     let mem = create_guest_memory(MEM_SIZE).unwrap();
     let target = Vm::new(&kvm, &mem).unwrap();
     let vcpu = Vcpu::new(&target, 0).unwrap();
-    vcpu.configure_for_restore(kvm.supported_cpuid()).unwrap();
+    vcpu.configure_for_restore(&cpuid_of(&kvm, CpuTemplate::Host))
+        .unwrap();
 
     let mut state = good.clone();
     state.mp_state.mp_state = 77;
