@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{kvm_available, TestDir};
-use kvm_bindings::{kvm_msr_entry, CpuId};
+use kvm_bindings::{kvm_msr_entry, CpuId, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
 use vmm::arch::cpuid::{build_vcpu_cpuid, CpuTemplate};
 use vmm::arch::regs::{BootProtocol, EntryPoint};
 use vmm::devices::bus::Bus;
@@ -50,47 +50,65 @@ fn counting_loop(port_write: bool) -> Vec<u8> {
     code
 }
 
-/// A one-vCPU VM and its running vCPU thread.
+/// A VM and its running vCPU threads: vCPU 0 runs the code, the others
+/// wait for an INIT/SIPI that never comes.
 struct TestVm {
     vm: Vm,
     mem: GuestMemoryMmap,
     exit: ExitNotifier,
-    handle: Option<VcpuHandle>,
+    handles: Vec<VcpuHandle>,
 }
 
 impl TestVm {
-    /// A fresh VM entering `code` in 32-bit protected mode.
-    fn boot(kvm: &KvmContext, cpuid: &CpuId, code: &[u8]) -> Self {
+    /// A fresh VM of `count` vCPUs entering `code` in 32-bit protected
+    /// mode, with the CPUID the builder gives `template`.
+    fn boot(kvm: &KvmContext, template: CpuTemplate, count: u8, code: &[u8]) -> Self {
         let mem = create_guest_memory(MEM_SIZE).unwrap();
         mem.write_slice(code, GuestAddress(CODE_ADDR)).unwrap();
         let vm = Vm::new(kvm, &mem).unwrap();
-        let vcpu = Vcpu::new(&vm, 0).unwrap();
         let entry = EntryPoint {
             addr: GuestAddress(CODE_ADDR),
             protocol: BootProtocol::Pvh,
         };
-        vcpu.configure(cpuid, Some(entry)).unwrap();
-        Self::start(vm, mem, vcpu)
+        let vcpus = (0..count)
+            .map(|index| {
+                let vcpu = Vcpu::new(&vm, index).unwrap();
+                let cpuid = cpuid_of(kvm, template, index, count);
+                vcpu.configure(&cpuid, (index == 0).then_some(entry))
+                    .unwrap();
+                vcpu
+            })
+            .collect();
+        Self::start(vm, mem, vcpus)
     }
 
-    /// A VM restored from `vm_state`, `vcpu_state` and a memory file.
+    /// A VM restored from `vm_state`, `vcpu_states` and a memory file.
     fn restore(
         kvm: &KvmContext,
-        cpuid: &CpuId,
+        template: CpuTemplate,
         memory_file: &std::fs::File,
         vm_state: &VmState,
-        vcpu_state: &VcpuState,
+        vcpu_states: &[VcpuState],
     ) -> Self {
         let mem = guest_memory_from_file(MEM_SIZE, memory_file).unwrap();
         let vm = Vm::new(kvm, &mem).unwrap();
         vm.restore_state(vm_state).unwrap();
-        let vcpu = Vcpu::new(&vm, 0).unwrap();
-        vcpu.configure_for_restore(cpuid).unwrap();
-        vcpu.restore_state(vcpu_state).unwrap();
-        Self::start(vm, mem, vcpu)
+        let count = vcpu_states.len() as u8;
+        let vcpus = vcpu_states
+            .iter()
+            .zip(0..)
+            .map(|(state, index)| {
+                let vcpu = Vcpu::new(&vm, index).unwrap();
+                let cpuid = cpuid_of(kvm, template, index, count);
+                vcpu.configure_for_restore(&cpuid).unwrap();
+                vcpu.restore_state(state).unwrap();
+                vcpu
+            })
+            .collect();
+        Self::start(vm, mem, vcpus)
     }
 
-    fn start(vm: Vm, mem: GuestMemoryMmap, vcpu: Vcpu) -> Self {
+    fn start(vm: Vm, mem: GuestMemoryMmap, vcpus: Vec<Vcpu>) -> Self {
         let exit = ExitNotifier::new();
         let io = VcpuIo {
             pio: Bus::new(),
@@ -99,21 +117,27 @@ impl TestVm {
             exit: exit.clone(),
         };
         let filters = SeccompFilters::builtin().unwrap();
-        let mut handle = vcpu
-            .start(io, Some(filters.of(ThreadKind::Vcpu).clone()))
-            .unwrap();
-        handle.wait_ready().unwrap();
-        handle.release();
+        let handles = vcpus
+            .into_iter()
+            .map(|vcpu| {
+                let filter = filters.of(ThreadKind::Vcpu).clone();
+                let mut handle = vcpu.start(io.clone(), Some(filter)).unwrap();
+                handle.wait_ready().unwrap();
+                handle.release();
+                handle
+            })
+            .collect();
         TestVm {
             vm,
             mem,
             exit,
-            handle: Some(handle),
+            handles,
         }
     }
 
+    /// The vCPU that counts.
     fn handle(&self) -> &VcpuHandle {
-        self.handle.as_ref().unwrap()
+        &self.handles[0]
     }
 
     fn count(&self) -> u32 {
@@ -143,20 +167,22 @@ impl TestVm {
         }
     }
 
-    /// Pauses the vCPU and checks that the count then holds still.
+    /// Pauses every vCPU and checks that the count then holds still.
     fn pause(&self) -> u32 {
-        self.handle().pause().unwrap();
+        for handle in &self.handles {
+            handle.pause().unwrap();
+        }
         let count = self.count();
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(self.count(), count, "the guest counted while paused");
         count
     }
 
-    /// Ends the VM; its vCPU thread must end promptly, paused or not.
-    fn stop(mut self) {
+    /// Ends the VM; its vCPU threads must end promptly, paused or not.
+    fn stop(self) {
         self.exit.notify(VmExit::GuestReset);
         let started = Instant::now();
-        self.handle.take().unwrap().stop();
+        self.handles.into_iter().for_each(VcpuHandle::stop);
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "stopping the vCPU took {:?}",
@@ -174,9 +200,9 @@ fn open_kvm(test: &str) -> Option<KvmContext> {
     Some(KvmContext::open().unwrap())
 }
 
-/// The CPUID a one-vCPU VM of `template` gets from the builder.
-fn cpuid_of(kvm: &KvmContext, template: CpuTemplate) -> CpuId {
-    build_vcpu_cpuid(kvm.supported_cpuid(), template, 0, 1).unwrap()
+/// The CPUID vCPU `index` of `count` gets from the builder for `template`.
+fn cpuid_of(kvm: &KvmContext, template: CpuTemplate, index: u8, count: u8) -> CpuId {
+    build_vcpu_cpuid(kvm.supported_cpuid(), template, index, count).unwrap()
 }
 
 /// The state, through the JSON a snapshot stores it as.
@@ -192,15 +218,24 @@ fn test_restored_vm_counts_on_from_the_snapshot() {
     // Both templates: `Host` has XSAVE, `EmulatedSupervisor` (our hosts')
     // hides it, which changes what KVM accepts as XCR0 and XSAVE state.
     for template in [CpuTemplate::Host, CpuTemplate::EmulatedSupervisor] {
-        snapshot_and_restore(&kvm, &cpuid_of(&kvm, template));
+        snapshot_and_restore(&kvm, template);
     }
 }
 
-fn snapshot_and_restore(kvm: &KvmContext, cpuid: &CpuId) {
-    let first = TestVm::boot(kvm, cpuid, &counting_loop(true));
+fn snapshot_and_restore(kvm: &KvmContext, template: CpuTemplate) {
+    // Two vCPUs: the second, never started by the guest, is saved and
+    // restored waiting for its INIT/SIPI.
+    let first = TestVm::boot(kvm, template, 2, &counting_loop(true));
     first.count_past(1000, 0);
     let paused_at = first.pause();
-    let vcpu_state = first.handle().save_state().unwrap();
+    let vcpu_states: Vec<VcpuState> = first
+        .handles
+        .iter()
+        .map(|handle| through_json(&handle.save_state().unwrap()))
+        .collect();
+    let vcpu_state = &vcpu_states[0];
+    assert_eq!(vcpu_state.mp_state.mp_state, KVM_MP_STATE_RUNNABLE);
+    assert_eq!(vcpu_states[1].mp_state.mp_state, KVM_MP_STATE_UNINITIALIZED);
     let vm_state = first.vm.save_state().unwrap();
     // Paused between `inc` and `mov`, EAX is one ahead of memory.
     let eax = vcpu_state.regs.rax as u32;
@@ -221,10 +256,10 @@ fn snapshot_and_restore(kvm: &KvmContext, cpuid: &CpuId) {
 
     let second = TestVm::restore(
         kvm,
-        cpuid,
+        template,
         &memory_file,
         &through_json(&vm_state),
-        &through_json(&vcpu_state),
+        &vcpu_states,
     );
     let counted = second.count_past(paused_at + 1000, paused_at);
     // The template still counts on its own, side by side with its clone.
@@ -234,6 +269,8 @@ fn snapshot_and_restore(kvm: &KvmContext, cpuid: &CpuId) {
     assert!(second_at >= counted);
     let second_state = second.handle().save_state().unwrap();
     assert!(second_state.regs.rax as u32 >= second_at);
+    let waiting = second.handles[1].save_state().unwrap();
+    assert_eq!(waiting.mp_state.mp_state, KVM_MP_STATE_UNINITIALIZED);
     second.stop();
     first.stop();
 }
@@ -244,11 +281,7 @@ fn test_pause_and_resume_keep_counting() {
         return;
     };
     // No exit to the VMM: only the kick takes the vCPU out of the guest.
-    let vm = TestVm::boot(
-        &kvm,
-        &cpuid_of(&kvm, CpuTemplate::Host),
-        &counting_loop(false),
-    );
+    let vm = TestVm::boot(&kvm, CpuTemplate::Host, 1, &counting_loop(false));
     let mut count = vm.count_past(0, 0);
     for _ in 0..3 {
         let paused_at = vm.pause();
@@ -267,11 +300,7 @@ fn test_state_of_a_running_vcpu_is_refused_at_once() {
     let Some(kvm) = open_kvm("test_state_of_a_running_vcpu_is_refused_at_once") else {
         return;
     };
-    let vm = TestVm::boot(
-        &kvm,
-        &cpuid_of(&kvm, CpuTemplate::Host),
-        &counting_loop(true),
-    );
+    let vm = TestVm::boot(&kvm, CpuTemplate::Host, 1, &counting_loop(true));
     vm.count_past(0, 0);
     let started = Instant::now();
     let err = vm.handle().save_state().unwrap_err();
@@ -304,11 +333,7 @@ fn test_invalid_saved_state_is_refused_naming_it() {
     let Some(kvm) = open_kvm("test_invalid_saved_state_is_refused_naming_it") else {
         return;
     };
-    let vm = TestVm::boot(
-        &kvm,
-        &cpuid_of(&kvm, CpuTemplate::Host),
-        &counting_loop(true),
-    );
+    let vm = TestVm::boot(&kvm, CpuTemplate::Host, 1, &counting_loop(true));
     vm.count_past(0, 0);
     vm.pause();
     let good = vm.handle().save_state().unwrap();
@@ -318,7 +343,7 @@ fn test_invalid_saved_state_is_refused_naming_it() {
     let mem = create_guest_memory(MEM_SIZE).unwrap();
     let target = Vm::new(&kvm, &mem).unwrap();
     let vcpu = Vcpu::new(&target, 0).unwrap();
-    vcpu.configure_for_restore(&cpuid_of(&kvm, CpuTemplate::Host))
+    vcpu.configure_for_restore(&cpuid_of(&kvm, CpuTemplate::Host, 0, 1))
         .unwrap();
 
     let mut state = good.clone();

@@ -46,7 +46,8 @@ pub(super) struct Control {
     pub(super) replies: mpsc::Sender<Reply>,
 }
 
-/// A started vCPU thread.
+/// A started vCPU thread. Its pause, state and resume requests go to the
+/// thread one at a time and it is not `Sync`: one owner asks.
 #[derive(Debug)]
 pub struct VcpuHandle {
     index: u8,
@@ -110,8 +111,10 @@ impl VcpuHandle {
 
     /// Kicks the vCPU out of the guest and returns once its thread is
     /// outside it, with the last exit's access completed, so that its state
-    /// and guest memory hold still (a vCPU still sees device interrupts
-    /// queued, handled when it resumes). Pausing a paused vCPU is a no-op.
+    /// and its writes to guest memory hold still. Devices may still write
+    /// guest memory and raise interrupts (queued in the in-kernel irqchip):
+    /// a consistent snapshot pauses them too. Pausing a paused vCPU is a
+    /// no-op.
     ///
     /// # Errors
     /// [`VcpuError::NotStarted`] before [`VcpuHandle::release`],
