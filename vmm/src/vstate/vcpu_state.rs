@@ -171,8 +171,9 @@ impl Vcpu {
     /// The order follows what KVM checks and resets as each state is set:
     /// - CPUID came first: KVM checks XCR0, XSAVE features and many MSRs
     ///   against the guest's CPUID.
-    /// - MP state before the events: a latched INIT in the events makes KVM
-    ///   refuse a wait-for-SIPI MP state.
+    /// - MP state before the events: once the events put the vCPU in SMM
+    ///   or make an SMI pending, KVM refuses an INIT- or SIPI-received MP
+    ///   state.
     /// - Segment registers before the LAPIC: they carry the APIC base, and a
     ///   changed base resets the LAPIC.
     /// - The LAPIC before the MSRs: KVM drops a TSC-deadline MSR write while
@@ -192,9 +193,9 @@ impl Vcpu {
             .map_err(self.configure_error("registers"))?;
         fd.set_sregs(&state.sregs)
             .map_err(self.configure_error("segment registers"))?;
-        // SAFETY: the kernel reads its guest XSAVE size from the buffer,
-        // which is at most the 4 KiB of `kvm_xsave` since vmpod never asks
-        // for the dynamically enabled (AMX) components that make it larger.
+        // SAFETY: KVM reads as many bytes as the guest's XSAVE area holds:
+        // at most the 4 KiB of `kvm_xsave`, since vmpod never asks for the
+        // dynamically enabled (AMX) components that make it larger.
         unsafe { fd.set_xsave(&state.xsave) }.map_err(self.configure_error("XSAVE state"))?;
         fd.set_xcrs(&state.xcrs)
             .map_err(self.configure_error("XCRs"))?;
