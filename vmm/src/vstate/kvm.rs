@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The host's `/dev/kvm`: opened once, checked for what vmpod relies on.
 
+use std::sync::Arc;
+
 use kvm_bindings::{CpuId, KVM_API_VERSION, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm};
 
@@ -32,6 +34,9 @@ pub enum KvmError {
     /// `KVM_GET_SUPPORTED_CPUID` failed.
     #[error("Cannot read the CPUID KVM supports")]
     SupportedCpuid(#[source] kvm_ioctls::Error),
+    /// `KVM_GET_MSR_INDEX_LIST` failed.
+    #[error("Cannot read the list of MSRs KVM saves and restores")]
+    MsrIndexList(#[source] kvm_ioctls::Error),
 }
 
 /// An open, checked `/dev/kvm` and what it reported.
@@ -40,6 +45,7 @@ pub struct KvmContext {
     kvm: Kvm,
     max_vcpus: usize,
     supported_cpuid: CpuId,
+    msr_index_list: Arc<[u32]>,
 }
 
 impl KvmContext {
@@ -64,11 +70,17 @@ impl KvmContext {
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(KvmError::SupportedCpuid)?;
+        let msr_index_list = kvm
+            .get_msr_index_list()
+            .map_err(KvmError::MsrIndexList)?
+            .as_slice()
+            .into();
         let max_vcpus = kvm.get_max_vcpus();
         Ok(KvmContext {
             kvm,
             max_vcpus,
             supported_cpuid,
+            msr_index_list,
         })
     }
 
@@ -85,5 +97,11 @@ impl KvmContext {
     /// `KVM_GET_SUPPORTED_CPUID`, the starting point of every vCPU's table.
     pub fn supported_cpuid(&self) -> &CpuId {
         &self.supported_cpuid
+    }
+
+    /// `KVM_GET_MSR_INDEX_LIST`: the MSRs a vCPU's saved state holds, read
+    /// once and shared by every VM made from this context.
+    pub fn msr_index_list(&self) -> &Arc<[u32]> {
+        &self.msr_index_list
     }
 }

@@ -5,4 +5,6 @@ pub mod kvm;
 pub mod memory;
 pub mod probe;
 pub mod vcpu;
+mod vcpu_handle;
+pub mod vcpu_state;
 pub mod vm;

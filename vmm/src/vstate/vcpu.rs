@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
-//! vCPUs: their boot state, and the run loop that routes exits to devices
-//! and turns fatal exits into a [`VmExit`].
+//! vCPUs: their boot state, the run loop that routes exits to devices and
+//! turns fatal exits into a [`VmExit`], and pausing a running vCPU to read
+//! its state.
 
 use std::cell::Cell;
-use std::os::unix::thread::JoinHandleExt;
-use std::sync::mpsc;
-use std::thread::JoinHandle;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
 
 use kvm_bindings::{
     kvm_run, CpuId, KVM_INTERNAL_ERROR_EMULATION,
@@ -16,6 +17,8 @@ use seccompiler::BpfProgram;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use super::memory::{Bytes, GuestAddress, GuestMemoryMmap};
+pub use super::vcpu_handle::VcpuHandle;
+use super::vcpu_handle::{Control, Reply, Request, REPLY_TIMEOUT};
 use super::vm::Vm;
 use crate::arch::interrupts::wire_local_interrupts;
 use crate::arch::msr::{boot_msrs, MsrError};
@@ -26,6 +29,8 @@ use crate::seccomp::{install_filter, SeccompError, ThreadLabel};
 
 /// Longest x86 instruction.
 const MAX_INSTRUCTION_LEN: usize = 15;
+/// How often a paused vCPU looks whether the VM has ended.
+const PAUSED_POLL: Duration = Duration::from_millis(50);
 
 /// Errors creating or configuring a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -66,13 +71,96 @@ pub enum VcpuError {
     /// The vCPU thread's seccomp filter could not be installed.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// A `KVM_GET_*` call failed while saving the vCPU's state.
+    #[error("Cannot read the {what} of vCPU {index}")]
+    SaveState {
+        /// Which state.
+        what: &'static str,
+        /// The vCPU.
+        index: u8,
+        /// KVM's answer.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// KVM read fewer MSRs than `KVM_GET_MSR_INDEX_LIST` listed.
+    #[error("KVM read {got} of {wanted} MSRs of vCPU {index}, stopping at MSR {msr:#x}")]
+    MissingMsr {
+        /// The vCPU.
+        index: u8,
+        /// The first MSR KVM did not read.
+        msr: u32,
+        /// How many it read.
+        got: usize,
+        /// How many were listed.
+        wanted: usize,
+    },
+    /// KVM set fewer of the saved MSRs than given.
+    #[error("KVM set {set} of {wanted} saved MSRs on vCPU {index}, refusing MSR {msr:#x}")]
+    RefusedMsr {
+        /// The vCPU.
+        index: u8,
+        /// The first MSR KVM refused.
+        msr: u32,
+        /// How many it set.
+        set: usize,
+        /// How many were saved.
+        wanted: usize,
+    },
+    /// More MSRs than one KVM call takes.
+    #[error("{count} MSRs for vCPU {index}, more than the {max} KVM takes", max = kvm_bindings::KVM_MAX_MSR_ENTRIES)]
+    TooManyMsrs {
+        /// The vCPU.
+        index: u8,
+        /// How many there are.
+        count: usize,
+    },
+    /// The MSR buffer could not be built.
+    #[error("Cannot build the MSR buffer of vCPU {0}")]
+    MsrBuffer(u8, #[source] vmm_sys_util::fam::Error),
+    /// A saved MP state that no x86 vCPU has.
+    #[error("The saved MP state {value} of vCPU {index} is not an x86 one")]
+    InvalidMpState {
+        /// The vCPU.
+        index: u8,
+        /// The saved value.
+        value: u32,
+    },
+    /// More saved XCRs than KVM has.
+    #[error("The saved state of vCPU {index} holds {count} XCRs, more than the {max} KVM has", max = kvm_bindings::KVM_MAX_XCRS)]
+    TooManyXcrs {
+        /// The vCPU.
+        index: u8,
+        /// The saved count.
+        count: u32,
+    },
+    /// Pause, resume or state asked of a vCPU not released to run yet.
+    #[error("vCPU {0} has not been started")]
+    NotStarted(u8),
+    /// State asked of a vCPU that is not paused.
+    #[error("vCPU {0} is not paused")]
+    NotPaused(u8),
+    /// The vCPU thread did not answer in time.
+    #[error("vCPU {index} did not {what} within {} s", REPLY_TIMEOUT.as_secs())]
+    NoReply {
+        /// The vCPU.
+        index: u8,
+        /// What it was asked to do.
+        what: &'static str,
+    },
+    /// The vCPU thread has ended (the VM ended).
+    #[error("The thread of vCPU {0} has ended")]
+    ThreadEnded(u8),
 }
 
 /// One vCPU of the VM, before it runs.
 #[derive(Debug)]
 pub struct Vcpu {
-    index: u8,
-    fd: VcpuFd,
+    pub(super) index: u8,
+    pub(super) fd: VcpuFd,
+    /// The MSRs its saved state holds (from the VM's [`KvmContext`]).
+    ///
+    /// [`KvmContext`]: super::kvm::KvmContext
+    msr_index_list: Arc<[u32]>,
 }
 
 impl Vcpu {
@@ -85,10 +173,17 @@ impl Vcpu {
             .fd()
             .create_vcpu(u64::from(index))
             .map_err(|e| VcpuError::Create(index, e))?;
-        Ok(Vcpu { index, fd })
+        Ok(Vcpu {
+            index,
+            fd,
+            msr_index_list: Arc::clone(vm.msr_index_list()),
+        })
     }
 
-    fn configure_error(&self, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
+    pub(super) fn configure_error(
+        &self,
+        what: &'static str,
+    ) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
         let index = self.index;
         move |source| VcpuError::Configure {
             what,
@@ -153,6 +248,8 @@ impl Vcpu {
         let index = self.index;
         let (ready_tx, ready) = mpsc::sync_channel(1);
         let (go, go_rx) = mpsc::channel::<()>();
+        let (requests, requests_rx) = mpsc::channel();
+        let (replies_tx, replies) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
@@ -164,81 +261,147 @@ impl Vcpu {
                 let _ = ready_tx.send(installed);
                 // A handle dropped without release ends the thread here.
                 if installed_ok && go_rx.recv().is_ok() {
-                    self.run(io);
+                    let control = Control {
+                        requests: requests_rx,
+                        replies: replies_tx,
+                    };
+                    self.run(io, &control);
                 }
             })
             .map_err(|e| VcpuError::Thread(index, e))?;
-        Ok(VcpuHandle {
-            index,
-            thread,
-            ready,
-            go: Some(go),
-        })
+        Ok(VcpuHandle::new(index, thread, ready, go, requests, replies))
     }
 
-    fn run(mut self, io: VcpuIo) {
+    fn run(mut self, io: VcpuIo, control: &Control) {
         KVM_RUN_PTR.with(|ptr| ptr.set(self.fd.get_kvm_run() as *mut kvm_run));
         while !io.exit.is_notified() {
-            if let Some(end) = self.run_once(&io) {
+            // A pause request is followed by a kick, so it is seen here
+            // right after the guest exit the kick causes. Other requests
+            // are only sent to a paused vCPU.
+            if let Ok(Request::Pause) = control.requests.try_recv() {
+                if !self.paused(&io, control) {
+                    break;
+                }
+                continue;
+            }
+            if let Step::End(end) = self.run_once(&io) {
                 io.exit.notify(end);
             }
         }
         KVM_RUN_PTR.with(|ptr| ptr.set(std::ptr::null_mut()));
     }
 
-    /// Enters the guest once; returns why the VM must end, if it must.
-    fn run_once(&mut self, io: &VcpuIo) -> Option<VmExit> {
+    /// Stays out of the guest, serving requests, until resumed; false when
+    /// the VM ended (or its handle is gone) meanwhile.
+    fn paused(&mut self, io: &VcpuIo, control: &Control) -> bool {
+        if let Some(end) = self.complete_pending_exit(io) {
+            io.exit.notify(end);
+            return false;
+        }
+        self.tell_guest_paused();
+        if control.replies.send(Reply::Paused).is_err() {
+            return false;
+        }
+        loop {
+            let reply = match control.requests.recv_timeout(PAUSED_POLL) {
+                Ok(Request::Resume) => return true,
+                Ok(Request::Pause) => Reply::Paused,
+                Ok(Request::SaveState) => {
+                    Reply::State(Box::new(self.save_state(&self.msr_index_list)))
+                }
+                Err(RecvTimeoutError::Timeout) if io.exit.is_notified() => return false,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return false,
+            };
+            if control.replies.send(reply).is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Finishes the port or MMIO access of the last exit. KVM completes it
+    /// (e.g. moves RIP past an `out`, puts an `in`'s data in RAX) only on
+    /// the next `KVM_RUN`, and keeps that pending step where a state read
+    /// does not see it; with `immediate_exit` set, `KVM_RUN` completes it
+    /// and returns EINTR before running any further guest instruction.
+    fn complete_pending_exit(&mut self, io: &VcpuIo) -> Option<VmExit> {
+        loop {
+            self.fd.set_kvm_immediate_exit(1);
+            match self.run_once(io) {
+                // `run_once` cleared `immediate_exit` again.
+                Step::Interrupted => return None,
+                // A string instruction's next access: serve it, go on.
+                Step::Continue => {}
+                Step::End(end) => {
+                    self.fd.set_kvm_immediate_exit(0);
+                    return Some(end);
+                }
+            }
+        }
+    }
+
+    /// `KVM_KVMCLOCK_CTRL`: the guest's soft-lockup watchdog then does not
+    /// count the paused time as a hang. KVM refuses it (EINVAL) while the
+    /// guest has not set up kvmclock, which is fine.
+    fn tell_guest_paused(&self) {
+        if let Err(e) = self.fd.kvmclock_ctrl() {
+            tracing::debug!("vCPU {}: KVM_KVMCLOCK_CTRL: {e}", self.index);
+        }
+    }
+
+    /// Enters the guest once; says whether the VM must end.
+    fn run_once(&mut self, io: &VcpuIo) -> Step {
         let index = self.index;
         match self.fd.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
                 if !io.pio.write(u64::from(port), data) {
                     tracing::debug!("vCPU {index}: unhandled port write {port:#x} {data:x?}");
                 }
-                None
+                Step::Continue
             }
             Ok(VcpuExit::IoIn(port, data)) => {
                 if !io.pio.read(u64::from(port), data) {
                     tracing::debug!("vCPU {index}: unhandled port read {port:#x}");
                 }
-                None
+                Step::Continue
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 if !io.mmio.write(addr, data) {
                     tracing::debug!("vCPU {index}: unhandled MMIO write {addr:#x} {data:x?}");
                 }
-                None
+                Step::Continue
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 if !io.mmio.read(addr, data) {
                     tracing::debug!("vCPU {index}: unhandled MMIO read {addr:#x}");
                 }
-                None
+                Step::Continue
             }
-            Ok(VcpuExit::Hlt) => None,
-            Ok(VcpuExit::Shutdown) => Some(VmExit::TripleFault {
+            Ok(VcpuExit::Hlt) => Step::Continue,
+            Ok(VcpuExit::Shutdown) => Step::End(VmExit::TripleFault {
                 vcpu: index,
                 rip: self.rip(),
             }),
-            Ok(VcpuExit::InternalError) => Some(self.internal_error(&io.mem)),
+            Ok(VcpuExit::InternalError) => Step::End(self.internal_error(&io.mem)),
             Ok(VcpuExit::SystemEvent(kind, _)) => {
                 tracing::info!("vCPU {index}: system event {kind}, ending the VM");
-                Some(VmExit::GuestReset)
+                Step::End(VmExit::GuestReset)
             }
-            Ok(VcpuExit::FailEntry(reason, cpu)) => Some(VmExit::VcpuFailure {
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Step::End(VmExit::VcpuFailure {
                 vcpu: index,
                 reason: format!(
                     "KVM could not enter the guest (hardware reason {reason:#x}, host CPU {cpu})"
                 ),
             }),
-            Ok(other) => Some(VmExit::VcpuFailure {
+            Ok(other) => Step::End(VmExit::VcpuFailure {
                 vcpu: index,
                 reason: format!("unexpected exit {other:?}"),
             }),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 self.fd.set_kvm_immediate_exit(0);
-                None
+                Step::Interrupted
             }
-            Err(e) => Some(VmExit::VcpuFailure {
+            Err(e) => Step::End(VmExit::VcpuFailure {
                 vcpu: index,
                 reason: format!("KVM_RUN failed: {e}"),
             }),
@@ -321,57 +484,14 @@ pub struct VcpuIo {
     pub exit: ExitNotifier,
 }
 
-/// A started vCPU thread.
-#[derive(Debug)]
-pub struct VcpuHandle {
-    index: u8,
-    thread: JoinHandle<()>,
-    /// Whether the thread installed its filter.
-    ready: mpsc::Receiver<Result<(), SeccompError>>,
-    /// Lets the thread enter the guest; dropped to end it instead.
-    go: Option<mpsc::Sender<()>>,
-}
-
-impl VcpuHandle {
-    /// Waits until the thread has installed its seccomp filter.
-    ///
-    /// # Errors
-    /// [`VcpuError::Seccomp`] if the kernel refused it, or
-    /// [`VcpuError::Thread`] if the thread ended first.
-    pub fn wait_ready(&self) -> Result<(), VcpuError> {
-        match self.ready.recv() {
-            Ok(installed) => installed.map_err(VcpuError::from),
-            Err(_) => Err(VcpuError::Thread(
-                self.index,
-                std::io::Error::other("it ended before it was ready"),
-            )),
-        }
-    }
-
-    /// Lets the vCPU enter the guest.
-    pub fn release(&mut self) {
-        if let Some(go) = self.go.take() {
-            let _ = go.send(());
-        }
-    }
-
-    /// Kicks the vCPU out of the guest and waits for its thread. Call after
-    /// the VM's end was notified, or the vCPU re-enters the guest.
-    pub fn stop(mut self) {
-        // A vCPU never released ends without entering the guest.
-        self.go = None;
-        // Repeat the kick until the thread is gone: a kick that lands while
-        // the thread is between checks is absorbed by `immediate_exit`.
-        while !self.thread.is_finished() {
-            // SAFETY: the thread is alive (not finished), so its pthread_t
-            // is valid; the signal's handler only touches a thread-local.
-            unsafe { libc::pthread_kill(self.thread.as_pthread_t(), SIGRTMIN()) };
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        if self.thread.join().is_err() {
-            tracing::error!("a vCPU thread panicked");
-        }
-    }
+/// What one entry into the guest came to.
+enum Step {
+    /// An exit served; enter again.
+    Continue,
+    /// A kick (or `immediate_exit`) ended the entry.
+    Interrupted,
+    /// The VM must end.
+    End(VmExit),
 }
 
 thread_local! {
