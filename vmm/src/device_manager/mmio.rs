@@ -14,7 +14,7 @@ use crate::arch::layout::{
 };
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::virtio::transport::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
-use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
+use crate::devices::virtio::{DeviceStateError, VirtioDevice, VirtioDeviceState, VirtioInterrupt};
 use crate::vstate::memory::GuestMemoryMmap;
 use crate::vstate::vm::{Vm, VmError};
 
@@ -47,6 +47,9 @@ pub enum MmioDeviceError {
     /// The window overlaps another device.
     #[error("Cannot place the virtio device at {0:#x}")]
     Bus(u64, #[source] BusError),
+    /// The snapshot's state does not fit the device, or is invalid.
+    #[error("Cannot restore the virtio device at {0:#x}")]
+    Restore(u64, #[source] DeviceStateError),
 }
 
 /// A virtio-mmio device's place: register window and GSI.
@@ -83,7 +86,8 @@ pub fn allocate_slots(count: usize) -> Result<Vec<MmioSlot>, MmioDeviceError> {
 
 /// Puts `device` in `slot`: its interrupt on the slot's GSI (irqfd), its
 /// queue notifications straight to the device's events (ioeventfd, no exit
-/// to the VMM), its registers on the MMIO bus.
+/// to the VMM), its registers on the MMIO bus. Returns the transport, whose
+/// state a snapshot saves.
 ///
 /// # Errors
 /// An [`MmioDeviceError`] when KVM or the bus refuses.
@@ -93,31 +97,75 @@ pub fn attach_virtio_device(
     mem: &GuestMemoryMmap,
     slot: MmioSlot,
     device: Arc<Mutex<dyn VirtioDevice>>,
-) -> Result<(), MmioDeviceError> {
+) -> Result<Arc<Mutex<MmioTransport>>, MmioDeviceError> {
+    let interrupt = connect(vm, slot, &device)?;
+    place(
+        mmio,
+        slot,
+        MmioTransport::new(device, mem.clone(), interrupt),
+    )
+}
+
+/// [`attach_virtio_device`] for a restored VM: `device` was created from
+/// the restore's back ends, and its transport is rebuilt from `state`
+/// ([`MmioTransport::restore`]) once its interrupt and notifications are
+/// wired, so that an interrupt or activation it replays reaches KVM.
+///
+/// # Errors
+/// An [`MmioDeviceError`] when KVM or the bus refuses, or
+/// [`MmioDeviceError::Restore`] when `state` does not fit `device`.
+pub fn attach_restored_virtio_device(
+    vm: &Vm,
+    mmio: &mut Bus,
+    mem: &GuestMemoryMmap,
+    slot: MmioSlot,
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    state: &VirtioDeviceState,
+) -> Result<Arc<Mutex<MmioTransport>>, MmioDeviceError> {
+    let interrupt = connect(vm, slot, &device)?;
+    let transport = MmioTransport::restore(device, mem.clone(), interrupt, state)
+        .map_err(|e| MmioDeviceError::Restore(slot.base, e))?;
+    place(mmio, slot, transport)
+}
+
+/// Registers the slot's irqfd and the device's queue ioeventfds; returns
+/// the interrupt raised through that irqfd.
+fn connect(
+    vm: &Vm,
+    slot: MmioSlot,
+    device: &Arc<Mutex<dyn VirtioDevice>>,
+) -> Result<Arc<VirtioInterrupt>, MmioDeviceError> {
     debug_assert!(slot.base + MMIO_WINDOW_SIZE <= IOAPIC_START);
     let irqfd =
         EventFd::new(EFD_NONBLOCK).map_err(|e| MmioDeviceError::InterruptEvent(slot.base, e))?;
     vm.register_irqfd(&irqfd, slot.gsi)
         .map_err(|e| MmioDeviceError::Irqfd(slot.base, e))?;
-    {
-        let device = device
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let notify = IoEventAddress::Mmio(slot.base + QUEUE_NOTIFY_OFFSET);
-        for (queue, event) in device.queue_events().iter().enumerate() {
-            vm.fd()
-                .register_ioevent(event, &notify, queue as u32)
-                .map_err(|source| MmioDeviceError::Ioeventfd {
-                    base: slot.base,
-                    queue,
-                    source,
-                })?;
-        }
+    let device = device
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let notify = IoEventAddress::Mmio(slot.base + QUEUE_NOTIFY_OFFSET);
+    for (queue, event) in device.queue_events().iter().enumerate() {
+        vm.fd()
+            .register_ioevent(event, &notify, queue as u32)
+            .map_err(|source| MmioDeviceError::Ioeventfd {
+                base: slot.base,
+                queue,
+                source,
+            })?;
     }
-    let interrupt = Arc::new(VirtioInterrupt::new(irqfd));
-    let transport = MmioTransport::new(device, mem.clone(), interrupt);
-    mmio.insert(Arc::new(Mutex::new(transport)), slot.base, MMIO_WINDOW_SIZE)
-        .map_err(|e| MmioDeviceError::Bus(slot.base, e))
+    Ok(Arc::new(VirtioInterrupt::new(irqfd)))
+}
+
+/// Puts `transport`'s registers on the bus at the slot's window.
+fn place(
+    mmio: &mut Bus,
+    slot: MmioSlot,
+    transport: MmioTransport,
+) -> Result<Arc<Mutex<MmioTransport>>, MmioDeviceError> {
+    let transport = Arc::new(Mutex::new(transport));
+    mmio.insert(transport.clone(), slot.base, MMIO_WINDOW_SIZE)
+        .map_err(|e| MmioDeviceError::Bus(slot.base, e))?;
+    Ok(transport)
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 
 use std::io::Write;
 
-use vm_superio::serial::NoEvents;
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -29,6 +30,9 @@ impl Trigger for EventFdTrigger {
     }
 }
 
+/// The 16550A's receive FIFO (`vm_superio` refuses a state holding more).
+const SERIAL_FIFO_SIZE: usize = 64;
+
 /// Where the guest's console output goes.
 pub type SerialOutput = Box<dyn Write + Send>;
 
@@ -43,6 +47,43 @@ impl std::fmt::Debug for SerialDevice {
     }
 }
 
+/// The UART's registers and receive FIFO in a snapshot (`vm_superio`'s
+/// `SerialState`, which has no serde).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialDeviceState {
+    /// Divisor latch, low byte.
+    pub baud_divisor_low: u8,
+    /// Divisor latch, high byte.
+    pub baud_divisor_high: u8,
+    /// Interrupt enable register.
+    pub interrupt_enable: u8,
+    /// Interrupt identification register.
+    pub interrupt_identification: u8,
+    /// Line control register.
+    pub line_control: u8,
+    /// Line status register.
+    pub line_status: u8,
+    /// Modem control register.
+    pub modem_control: u8,
+    /// Modem status register.
+    pub modem_status: u8,
+    /// Scratch register.
+    pub scratch: u8,
+    /// Bytes received and not yet read by the guest.
+    pub in_buffer: Vec<u8>,
+}
+
+/// Why a serial state cannot be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum SerialStateError {
+    /// The receive FIFO holds more than the UART's.
+    #[error("The snapshot's serial receive buffer holds {0} bytes, more than the UART's FIFO")]
+    FifoOverflow(usize),
+    /// The interrupt pending in the state cannot be raised.
+    #[error("Cannot raise the restored serial port's interrupt")]
+    Interrupt(#[source] std::io::Error),
+}
+
 impl SerialDevice {
     /// A UART writing what the guest sends to `output` and signalling its
     /// interrupt on `interrupt`.
@@ -50,6 +91,61 @@ impl SerialDevice {
         SerialDevice {
             serial: Serial::new(interrupt, output),
         }
+    }
+
+    /// The registers and receive FIFO, for a snapshot.
+    pub fn save_state(&self) -> SerialDeviceState {
+        let state = self.serial.state();
+        SerialDeviceState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer,
+        }
+    }
+
+    /// [`SerialDevice::new`] as `state` saved it; an interrupt the state
+    /// has pending (transmitter empty, data received) is raised again.
+    ///
+    /// # Errors
+    /// [`SerialStateError`] when the FIFO in `state` is over-full or the
+    /// interrupt cannot be raised.
+    pub fn from_state(
+        interrupt: EventFdTrigger,
+        output: SerialOutput,
+        state: &SerialDeviceState,
+    ) -> Result<Self, SerialStateError> {
+        if state.in_buffer.len() > SERIAL_FIFO_SIZE {
+            return Err(SerialStateError::FifoOverflow(state.in_buffer.len()));
+        }
+        let state = SerialState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let serial =
+            Serial::from_state(&state, interrupt, NoEvents, output).map_err(|e| match e {
+                vm_superio::serial::Error::Trigger(e) | vm_superio::serial::Error::IOError(e) => {
+                    SerialStateError::Interrupt(e)
+                }
+                vm_superio::serial::Error::FullFifo => {
+                    SerialStateError::FifoOverflow(state.in_buffer.len())
+                }
+            })?;
+        Ok(SerialDevice { serial })
     }
 }
 

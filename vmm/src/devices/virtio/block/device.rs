@@ -12,13 +12,14 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
 };
-use virtio_queue::QueueT;
+use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::request::{Request, RequestType};
 use super::{ID_BYTES, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SIZE_MAX};
 use crate::devices::virtio::device::{read_config_space, ActivateError, QueueSet, VirtioDevice};
 use crate::devices::virtio::ids::VIRTIO_ID_BLOCK;
+use crate::devices::virtio::persist::{expect_same, DeviceState, DeviceStateError};
 use crate::devices::virtio::{feature, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::vstate::memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 
@@ -369,6 +370,36 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         self.active = None;
+    }
+
+    fn queues_in_use(&self) -> Option<&[Queue]> {
+        self.active.as_ref().map(|active| active.queues.as_slice())
+    }
+
+    fn save_state(&self) -> Result<DeviceState, DeviceStateError> {
+        Ok(DeviceState::Block {
+            capacity_sectors: self.capacity_sectors,
+            readonly: self.readonly,
+        })
+    }
+
+    /// The guest's driver read the size and read-only flag at probe: a
+    /// disk that differs in either is refused.
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), DeviceStateError> {
+        state.expect_kind(VIRTIO_ID_BLOCK)?;
+        if let DeviceState::Block {
+            capacity_sectors,
+            readonly,
+        } = *state
+        {
+            expect_same(
+                "disk size in sectors",
+                capacity_sectors,
+                self.capacity_sectors,
+            )?;
+            expect_same("disk read-only flag", readonly, self.readonly)?;
+        }
+        Ok(())
     }
 }
 
