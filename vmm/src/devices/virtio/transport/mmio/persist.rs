@@ -201,3 +201,6 @@ fn check_status(value: u32) -> Result<(), DeviceStateError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
