@@ -452,6 +452,9 @@ fn test_fs_is_saved_before_the_mount_and_refused_after() {
     );
 }
 
+/// A change a corrupt snapshot file could make to a state.
+type Corruption = Box<dyn FnOnce(&mut VirtioDeviceState)>;
+
 /// Restores `state` mutated by `corrupt` onto a fresh rng; the error.
 fn refused(state: &VirtioDeviceState, corrupt: impl FnOnce(&mut VirtioDeviceState)) -> String {
     let mut state = state.clone();
@@ -469,7 +472,7 @@ fn refused(state: &VirtioDeviceState, corrupt: impl FnOnce(&mut VirtioDeviceStat
 fn test_corrupt_states_are_refused_naming_the_problem() {
     let ServedRng { transport, .. } = served_rng();
     let state = saved(&transport);
-    let cases: Vec<(Box<dyn FnOnce(&mut VirtioDeviceState)>, &str)> = vec![
+    let cases: Vec<(Corruption, &str)> = vec![
         (
             Box::new(|s| s.transport.queues[0].desc_table = MEM_SIZE as u64),
             "Cannot activate the restored virtio-rng device: Queue 0 is set up outside guest memory or with an invalid size",
