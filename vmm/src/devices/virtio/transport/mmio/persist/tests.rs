@@ -400,6 +400,39 @@ fn test_vsock_sends_a_transport_reset_first_after_a_restore() {
     );
 }
 
+#[test]
+fn test_vsock_waits_for_an_event_buffer_to_send_the_reset() {
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    let mem = guest_memory();
+    let old_socket = Scratch::new("old-nobuf.vsock");
+    let vsock = Arc::new(Mutex::new(Vsock::new(3, &old_socket.0).unwrap()));
+    let mut t = transport(vsock, &mem);
+    let span = DriverQueue::SPAN;
+    let mut events = DriverQueue::new(2 * span);
+    let queues = [DriverQueue::new(0), DriverQueue::new(span), events.clone()];
+    activate(&mut t, &queues, 0);
+    let state = saved(&t);
+    let new_socket = Scratch::new("new-nobuf.vsock");
+    let fresh = Arc::new(Mutex::new(Vsock::new(3, &new_socket.0).unwrap()));
+    restore(fresh.clone(), &mem, &state).unwrap();
+    let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+        EventManager::new().unwrap();
+    manager.add_subscriber(fresh.clone());
+    // The restore's notification of each queue: no event buffer yet.
+    manager.run_with_timeout(100).unwrap();
+    assert!(events.used(&mem).is_empty());
+    // The guest posts one and notifies the event queue.
+    let head = events.post(&mem, &[writable(DATA, 4)]);
+    fresh.lock().unwrap().queue_events()[2].write(1).unwrap();
+    manager.run_with_timeout(100).unwrap();
+    assert_eq!(events.used(&mem), vec![(u32::from(head), 4)]);
+    // Sent once only.
+    events.post(&mem, &[writable(DATA + 4, 4)]);
+    fresh.lock().unwrap().queue_events()[2].write(1).unwrap();
+    manager.run_with_timeout(100).unwrap();
+    assert!(events.used(&mem).is_empty());
+}
+
 /// A FUSE request of `opcode` with `body`, posted on `queue`.
 fn post_fuse(mem: &GuestMemoryMmap, queue: &mut DriverQueue, opcode: u32, body: &[u8]) {
     let len = 40 + body.len() as u32;
