@@ -157,6 +157,20 @@ mod tests {
     }
 
     #[test]
+    fn test_a_pending_config_write_survives_a_restore() {
+        let mut i8042 = I8042::new(ExitNotifier::new());
+        i8042.write(COMMAND_OFFSET, &[CMD_WRITE_CONFIG]);
+        let state = i8042.save_state();
+        let mut restored = I8042::new(ExitNotifier::new());
+        restored.restore_state(&state);
+        restored.write(0, &[0x30]);
+        restored.write(COMMAND_OFFSET, &[CMD_READ_CONFIG]);
+        let mut data = [0u8];
+        restored.read(0, &mut data);
+        assert_eq!(data[0], 0x30);
+    }
+
+    #[test]
     fn test_unknown_commands_and_ports_are_harmless() {
         let exit = ExitNotifier::new();
         let mut i8042 = I8042::new(exit.clone());

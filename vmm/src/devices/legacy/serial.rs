@@ -208,6 +208,67 @@ mod tests {
     }
 
     #[test]
+    fn test_state_round_trips_with_its_fifo_and_pending_interrupt() {
+        let event = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut serial = SerialDevice::new(
+            EventFdTrigger::new(event.try_clone().unwrap()),
+            Box::new(SharedBuffer::default()),
+        );
+        // Line control, scratch, received-data interrupt on, two bytes in.
+        serial.write(3, &[0x03]);
+        serial.write(7, &[0x5a]);
+        serial.write(1, &[0x01]);
+        serial.serial.enqueue_raw_bytes(b"hi").unwrap();
+        let json = serde_json::to_string(&serial.save_state()).unwrap();
+        let state: SerialDeviceState = serde_json::from_str(&json).unwrap();
+        assert_eq!(state.in_buffer, b"hi");
+
+        let restored_event = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let out = SharedBuffer::default();
+        let mut restored = SerialDevice::from_state(
+            EventFdTrigger::new(restored_event.try_clone().unwrap()),
+            Box::new(out.clone()),
+            &state,
+        )
+        .unwrap();
+        assert!(
+            restored_event.read().unwrap() >= 1,
+            "data-ready raised again"
+        );
+        let mut byte = [0u8];
+        restored.read(7, &mut byte);
+        assert_eq!(byte[0], 0x5a);
+        restored.read(3, &mut byte);
+        assert_eq!(byte[0], 0x03);
+        restored.read(0, &mut byte);
+        assert_eq!(byte[0], b'h');
+        restored.read(0, &mut byte);
+        assert_eq!(byte[0], b'i');
+        restored.write(0, b"k");
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"k");
+    }
+
+    #[test]
+    fn test_an_overfull_fifo_is_refused() {
+        let serial = SerialDevice::new(
+            EventFdTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+            Box::new(SharedBuffer::default()),
+        );
+        let mut state = serial.save_state();
+        state.in_buffer = vec![0; 65];
+        let err = SerialDevice::from_state(
+            EventFdTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+            Box::new(SharedBuffer::default()),
+            &state,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "The snapshot's serial receive buffer holds 65 bytes, more than the UART's FIFO"
+        );
+    }
+
+    #[test]
     fn test_empty_accesses_are_ignored() {
         let event = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let out = SharedBuffer::default();
