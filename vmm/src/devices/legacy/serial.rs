@@ -33,6 +33,9 @@ impl Trigger for EventFdTrigger {
 /// The 16550A's receive FIFO (`vm_superio` refuses a state holding more).
 const SERIAL_FIFO_SIZE: usize = 64;
 
+/// Interrupt identification bit 0: no interrupt pending.
+const IIR_NO_INTERRUPT: u8 = 0x01;
+
 /// Where the guest's console output goes.
 pub type SerialOutput = Box<dyn Write + Send>;
 
@@ -147,6 +150,22 @@ impl SerialDevice {
             })?;
         Ok(SerialDevice { serial })
     }
+
+    /// Raises the UART's interrupt again if one is pending (the
+    /// identification register names a cause). A restore calls it just
+    /// before the vCPUs run, once the interrupt controllers hold their
+    /// saved state, which overwrote what [`SerialDevice::from_state`]
+    /// raised: a guest waiting for "transmitter empty" would otherwise
+    /// wait for ever.
+    ///
+    /// # Errors
+    /// The irqfd cannot be written.
+    pub fn raise_pending_interrupt(&self) -> std::io::Result<()> {
+        if self.serial.state().interrupt_identification & IIR_NO_INTERRUPT != 0 {
+            return Ok(());
+        }
+        self.serial.interrupt_evt().trigger()
+    }
 }
 
 impl BusDevice for SerialDevice {
@@ -235,6 +254,8 @@ mod tests {
             restored_event.read().unwrap() >= 1,
             "data-ready raised again"
         );
+        restored.raise_pending_interrupt().unwrap();
+        assert_eq!(restored_event.read().unwrap(), 1, "and once more on demand");
         let mut byte = [0u8];
         restored.read(7, &mut byte);
         assert_eq!(byte[0], 0x5a);
@@ -246,6 +267,10 @@ mod tests {
         assert_eq!(byte[0], b'i');
         restored.write(0, b"k");
         assert_eq!(out.0.lock().unwrap().as_slice(), b"k");
+        // The FIFO is empty and THR-empty is not enabled: nothing pending.
+        let _ = restored_event.read();
+        restored.raise_pending_interrupt().unwrap();
+        assert!(restored_event.read().is_err());
     }
 
     #[test]

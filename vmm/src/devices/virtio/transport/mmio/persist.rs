@@ -121,6 +121,23 @@ impl MmioTransport {
         Ok(transport)
     }
 
+    /// Raises the device's interrupt again if the driver has causes left
+    /// to acknowledge. A restore calls it once the vCPUs' local APICs and
+    /// the VM's IOAPIC hold their saved state, just before the vCPUs run:
+    /// an interrupt raised while the transport was restored, or by the
+    /// device since, went to interrupt controllers whose state was then
+    /// overwritten. An extra interrupt is harmless: the driver reads the
+    /// status and finds nothing more to do.
+    ///
+    /// # Errors
+    /// [`DeviceStateError::Interrupt`] when the irqfd cannot be written.
+    pub fn raise_pending_interrupt(&self) -> Result<(), DeviceStateError> {
+        let name = device_name(self.device().device_type());
+        self.interrupt
+            .restore_status(self.interrupt.status())
+            .map_err(|e| DeviceStateError::Interrupt(name, e))
+    }
+
     fn restore_registers(&mut self, saved: &MmioTransportState) -> Result<(), DeviceStateError> {
         check_status(saved.device_status)?;
         if saved.interrupt_status & !(VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG) != 0 {

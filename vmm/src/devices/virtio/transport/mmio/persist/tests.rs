@@ -164,6 +164,18 @@ fn test_rng_resumes_at_its_ring_positions_and_replays_the_interrupt() {
         1,
         "queue notified once"
     );
+    restored.raise_pending_interrupt().unwrap();
+    assert_eq!(
+        irq.read().unwrap(),
+        1,
+        "raised again once the vCPUs are restored"
+    );
+    write(&mut restored, reg::INTERRUPT_ACK, VIRTIO_MMIO_INT_VRING);
+    restored.raise_pending_interrupt().unwrap();
+    assert!(
+        irq.read().is_err(),
+        "nothing left to acknowledge, no interrupt"
+    );
     let buffer = DATA + 0x1000;
     let head = driver.post(&mem, &[writable(buffer, 64)]);
     fresh.lock().unwrap().process_queue();
