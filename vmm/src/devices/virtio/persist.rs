@@ -41,7 +41,15 @@
 //! A device completes every request it takes off a queue before it lets
 //! go of its lock, so no request is in flight in a saved state; a queue
 //! notification that was signalled and not yet served is not lost either:
-//! a restored transport notifies each of its device's queues once.
+//! a restored transport notifies each of its device's queues once. An
+//! interrupt the driver had not acknowledged is raised again, once more
+//! just before the vCPUs run (`MmioTransport::raise_pending_interrupt`):
+//! restoring the interrupt controllers' state overwrites what reached
+//! them before.
+//!
+//! Net and vsock devices write guest memory whenever their host side has
+//! data, paused vCPUs or not: a snapshot saves their state and guest
+//! memory with their event loop stopped, or the two would disagree.
 
 use serde::{Deserialize, Serialize};
 
