@@ -171,6 +171,91 @@ fn place(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::rng::Entropy;
+    use crate::devices::virtio::test_utils::{guest_memory, DriverQueue, QUEUE_SIZE};
+    use crate::vstate::kvm::KvmContext;
+
+    /// Writes the 32-bit register at `offset` of the window at `base`.
+    fn write(bus: &Bus, base: u64, offset: u64, value: u32) {
+        assert!(bus.write(base + offset, &value.to_le_bytes()));
+    }
+
+    fn read(bus: &Bus, base: u64, offset: u64) -> u32 {
+        let mut data = [0u8; 4];
+        assert!(bus.read(base + offset, &mut data));
+        u32::from_le_bytes(data)
+    }
+
+    #[test]
+    fn test_a_restored_device_is_wired_and_active_in_another_vm() {
+        let kvm = match KvmContext::open() {
+            Ok(kvm) => kvm,
+            Err(err) => {
+                eprintln!("skipped: /dev/kvm unusable: {err}");
+                return;
+            }
+        };
+        let mem = guest_memory();
+        let vm = Vm::new(&kvm, &mem).unwrap();
+        let mut bus = Bus::new();
+        let slot = allocate_slots(1).unwrap()[0];
+        let rng = Arc::new(Mutex::new(Entropy::new().unwrap()));
+        let transport = attach_virtio_device(&vm, &mut bus, &mem, slot, rng).unwrap();
+        // A driver's set-up through the bus: status steps, VERSION_1,
+        // queue 0, DRIVER_OK.
+        let base = slot.base;
+        for status in [1, 3] {
+            write(&bus, base, 0x70, status);
+        }
+        write(&bus, base, 0x24, 1);
+        write(&bus, base, 0x20, 1);
+        write(&bus, base, 0x70, 11);
+        let queue = DriverQueue::new(0);
+        write(&bus, base, 0x38, u32::from(QUEUE_SIZE));
+        write(&bus, base, 0x80, queue.desc_table().0 as u32);
+        write(&bus, base, 0x90, queue.avail_ring().0 as u32);
+        write(&bus, base, 0xa0, queue.used_ring().0 as u32);
+        write(&bus, base, 0x44, 1);
+        write(&bus, base, 0x70, 15);
+        let state = transport.lock().unwrap().save_state().unwrap();
+        assert_eq!(state.transport.device_status, 15);
+
+        let other_mem = guest_memory();
+        let other_vm = Vm::new(&kvm, &other_mem).unwrap();
+        let mut other_bus = Bus::new();
+        let fresh = Arc::new(Mutex::new(Entropy::new().unwrap()));
+        attach_restored_virtio_device(
+            &other_vm,
+            &mut other_bus,
+            &other_mem,
+            slot,
+            fresh.clone(),
+            &state,
+        )
+        .unwrap();
+        assert_eq!(read(&other_bus, base, 0x70), 15, "DRIVER_OK");
+        assert!(fresh.lock().unwrap().queues_in_use().is_some(), "active");
+
+        let mut corrupt = state.clone();
+        corrupt.transport.queues[0].desc_table = 1 << 40;
+        let third_vm = Vm::new(&kvm, &other_mem).unwrap();
+        let fresh = Arc::new(Mutex::new(Entropy::new().unwrap()));
+        let err = attach_restored_virtio_device(
+            &third_vm,
+            &mut Bus::new(),
+            &other_mem,
+            slot,
+            fresh,
+            &corrupt,
+        )
+        .unwrap_err();
+        assert_eq!(
+            vmpod_sys::error::chain(&err).to_string(),
+            "Cannot restore the virtio device at 0xc0001000: \
+             Cannot activate the restored virtio-rng device: \
+             Queue 0 is set up outside guest memory or with an invalid size"
+        );
+    }
 
     #[test]
     fn test_slots_follow_each_other_from_gsi_5() {
