@@ -11,6 +11,11 @@ use crate::devices::bus::BusDevice;
 pub const BOOT_COMPLETE_MAGIC: u8 = 123;
 
 /// The boot-timer MMIO register.
+///
+/// It has no state in a snapshot: what it holds is this process's launch
+/// time and the one boot it measured, and a restored guest does not boot
+/// again (a restored VM's timer stays silent; the restore logs its own
+/// timings).
 #[derive(Debug)]
 pub struct BootTimer {
     launched: Instant,

@@ -5,6 +5,8 @@
 //! There is no keyboard: the output buffer is always empty, and commands
 //! other than the ones below are accepted and ignored.
 
+use serde::{Deserialize, Serialize};
+
 use crate::devices::bus::BusDevice;
 use crate::exit::{ExitNotifier, VmExit};
 
@@ -22,6 +24,19 @@ const STATUS_OUTPUT_FULL: u8 = 0x01;
 const STATUS_SYSTEM_FLAG: u8 = 0x04;
 /// Configuration byte at power-on: keyboard interrupt on, translation on.
 const DEFAULT_CONFIG: u8 = 0x45;
+
+/// The controller in a snapshot: a guest paused between a command and
+/// its data byte, or before reading a reply, finds them after a restore.
+/// Any byte values are valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct I8042State {
+    /// The controller configuration byte.
+    pub config: u8,
+    /// The byte waiting in the output buffer, if any.
+    pub output: Option<u8>,
+    /// The next data-port write is the configuration byte.
+    pub awaiting_config: bool,
+}
 
 /// The i8042 as seen on ports 0x60..=0x64.
 #[derive(Debug)]
@@ -41,6 +56,22 @@ impl I8042 {
             output: None,
             awaiting_config: false,
         }
+    }
+
+    /// The controller's registers, for a snapshot.
+    pub fn save_state(&self) -> I8042State {
+        I8042State {
+            config: self.config,
+            output: self.output,
+            awaiting_config: self.awaiting_config,
+        }
+    }
+
+    /// Takes the registers a snapshot saved.
+    pub fn restore_state(&mut self, state: &I8042State) {
+        self.config = state.config;
+        self.output = state.output;
+        self.awaiting_config = state.awaiting_config;
     }
 
     fn status(&self) -> u8 {
@@ -123,6 +154,20 @@ mod tests {
         assert_eq!(data[0], 0x30);
         i8042.read(COMMAND_OFFSET, &mut status);
         assert_eq!(status[0] & STATUS_OUTPUT_FULL, 0);
+    }
+
+    #[test]
+    fn test_a_pending_config_write_survives_a_restore() {
+        let mut i8042 = I8042::new(ExitNotifier::new());
+        i8042.write(COMMAND_OFFSET, &[CMD_WRITE_CONFIG]);
+        let state = i8042.save_state();
+        let mut restored = I8042::new(ExitNotifier::new());
+        restored.restore_state(&state);
+        restored.write(0, &[0x30]);
+        restored.write(COMMAND_OFFSET, &[CMD_READ_CONFIG]);
+        let mut data = [0u8];
+        restored.read(0, &mut data);
+        assert_eq!(data[0], 0x30);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::persist::{DeviceState, DeviceStateError};
 use crate::vstate::memory::GuestMemoryMmap;
 
 /// Interrupt status bit: a used ring was updated.
@@ -49,6 +50,19 @@ impl VirtioInterrupt {
     /// The irqfd write failed.
     pub fn signal_config_change(&self) -> std::io::Result<()> {
         self.signal(VIRTIO_MMIO_INT_CONFIG)
+    }
+
+    /// Raises again, on a restore, the causes in `bits` that the driver
+    /// had not acknowledged at snapshot time: the edge that announced them
+    /// may not have reached the guest.
+    ///
+    /// # Errors
+    /// The irqfd write failed.
+    pub fn restore_status(&self, bits: u32) -> std::io::Result<()> {
+        if bits == 0 {
+            return Ok(());
+        }
+        self.signal(bits)
     }
 
     fn signal(&self, bit: u32) -> std::io::Result<()> {
@@ -175,6 +189,25 @@ pub trait VirtioDevice: Send {
 
     /// Stops the device and forgets its queues (driver reset).
     fn reset(&mut self);
+
+    /// The queues the device works on, with its positions in their rings;
+    /// `None` before activation.
+    fn queues_in_use(&self) -> Option<&[Queue]>;
+
+    /// What the device must carry across a snapshot (see
+    /// [`super::persist`]).
+    ///
+    /// # Errors
+    /// [`DeviceStateError`] when the device cannot be snapshotted now.
+    fn save_state(&self) -> Result<DeviceState, DeviceStateError>;
+
+    /// Applies a saved state to this device, freshly created from the
+    /// restore's back ends and not yet activated.
+    ///
+    /// # Errors
+    /// [`DeviceStateError`] when the state is of another kind of device, or
+    /// names a property (disk size, CID, tag...) this device does not have.
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), DeviceStateError>;
 }
 
 #[cfg(test)]

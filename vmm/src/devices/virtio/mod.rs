@@ -11,6 +11,7 @@ pub mod device;
 pub mod fs;
 pub mod iovec;
 pub mod net;
+pub mod persist;
 pub mod rng;
 pub mod transport;
 pub mod vsock;
@@ -19,6 +20,7 @@ pub mod vsock;
 pub mod test_utils;
 
 pub use device::{ActivateError, QueueSet, VirtioDevice, VirtioInterrupt};
+pub use persist::{DeviceState, DeviceStateError, VirtioDeviceState};
 
 /// Device IDs (virtio 1.2, 5).
 pub mod ids {

@@ -19,7 +19,7 @@ use fuse_backend_rs::abi::fuse_abi::{InHeader, OpenIn, OutHeader};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{Config, PassthroughFs};
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::filter::{verdict, Verdict};
@@ -27,11 +27,14 @@ use super::{NUM_QUEUES, QUEUE_SIZE, TAG_LEN};
 use crate::devices::virtio::device::{read_config_space, ActivateError, QueueSet, VirtioDevice};
 use crate::devices::virtio::ids::VIRTIO_ID_FS;
 use crate::devices::virtio::iovec::{split_chain, ReadableBuffers};
+use crate::devices::virtio::persist::{expect_same, DeviceState, DeviceStateError};
 use crate::devices::virtio::{feature, VIRTIO_F_VERSION_1};
 use crate::vstate::memory::{ByteValued, GuestMemoryMmap};
 
 /// FUSE OPEN.
 const FUSE_OPEN: u32 = 14;
+/// FUSE INIT: the guest mounts the share.
+const FUSE_INIT: u32 = 26;
 
 /// Errors setting up a shared directory.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +69,10 @@ pub struct FsCounters {
     pub refused: u64,
     /// Requests completed with length 0 (undecodable, or no room to reply).
     pub failed: u64,
+    /// `FUSE_INIT` requests: the guest mounting the share. From the first
+    /// on, the server holds session state a snapshot cannot carry (a
+    /// driver reset does not clear it: the server keeps its tables).
+    pub mounts: u64,
 }
 
 /// A virtio-fs device sharing one host directory.
@@ -132,6 +139,12 @@ impl Fs {
         })
     }
 
+    /// The tag, as given at creation.
+    pub fn tag(&self) -> String {
+        let len = self.tag.iter().position(|&b| b == 0).unwrap_or(TAG_LEN);
+        String::from_utf8_lossy(&self.tag[..len]).into_owned()
+    }
+
     /// How requests fared so far.
     pub fn counters(&self) -> FsCounters {
         self.counters
@@ -195,6 +208,9 @@ where
         counters.failed += 1;
         return 0;
     };
+    if header.opcode == FUSE_INIT {
+        counters.mounts += 1;
+    }
     if let Verdict::Refuse(errno) = verdict(header.opcode, open_flags, readonly) {
         counters.refused += 1;
         return reply_error(mem, chain, header.unique, errno);
@@ -306,6 +322,29 @@ impl VirtioDevice for Fs {
 
     fn reset(&mut self) {
         self.active = None;
+    }
+
+    fn queues_in_use(&self) -> Option<&[Queue]> {
+        self.active.as_ref().map(|active| active.queues.as_slice())
+    }
+
+    /// Refused once the guest mounted the share (see
+    /// [`crate::devices::virtio::persist`]): the FUSE session's inode and
+    /// handle tables refer to this process's descriptors.
+    fn save_state(&self) -> Result<DeviceState, DeviceStateError> {
+        let tag = self.tag();
+        if self.counters.mounts > 0 {
+            return Err(DeviceStateError::FsMounted(tag));
+        }
+        Ok(DeviceState::Fs { tag })
+    }
+
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), DeviceStateError> {
+        state.expect_kind(VIRTIO_ID_FS)?;
+        if let DeviceState::Fs { tag } = state {
+            expect_same("virtio-fs tag", tag.as_str(), self.tag().as_str())?;
+        }
+        Ok(())
     }
 }
 

@@ -30,6 +30,7 @@ use crate::devices::virtio::device::{
 };
 use crate::devices::virtio::ids::VIRTIO_ID_NET;
 use crate::devices::virtio::iovec::{ReadableBuffers, WritableBuffers};
+use crate::devices::virtio::persist::{expect_same, DeviceState, DeviceStateError};
 use crate::devices::virtio::{feature, VIRTIO_F_VERSION_1};
 use crate::vstate::memory::{GuestMemory, GuestMemoryMmap};
 
@@ -351,6 +352,37 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         self.active = None;
         self.rx_pending = None;
+    }
+
+    fn queues_in_use(&self) -> Option<&[Queue]> {
+        self.active.as_ref().map(|active| active.queues.as_slice())
+    }
+
+    /// A frame held for the guest (`rx_pending`) is not saved: it came
+    /// from a tap the restored VM does not have.
+    fn save_state(&self) -> Result<DeviceState, DeviceStateError> {
+        Ok(DeviceState::Net {
+            mac: self.mac.0,
+            mtu: self.mtu,
+        })
+    }
+
+    /// The MTU must be the saved one (the guest's interface took it at
+    /// probe); the MAC stays this device's, the pod's (see
+    /// [`crate::devices::virtio::persist`]).
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), DeviceStateError> {
+        state.expect_kind(VIRTIO_ID_NET)?;
+        if let DeviceState::Net { mac, mtu } = *state {
+            expect_same("virtio-net MTU", mtu, self.mtu)?;
+            if mac != self.mac.0 {
+                tracing::info!(
+                    "virtio-net: restored with MAC {}, the snapshot's was {}",
+                    self.mac,
+                    MacAddr(mac)
+                );
+            }
+        }
+        Ok(())
     }
 }
 

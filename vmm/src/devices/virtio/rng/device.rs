@@ -6,11 +6,12 @@
 //! completed with length 0 (dropped); the driver then simply asks again.
 //! At most [`MAX_REQUEST_BYTES`] are served per request.
 
-use virtio_queue::QueueT;
+use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::super::device::{ActivateError, QueueSet, VirtioDevice};
 use super::super::ids::VIRTIO_ID_RNG;
+use super::super::persist::{DeviceState, DeviceStateError};
 use super::super::{feature, VIRTIO_F_VERSION_1};
 use super::{MAX_REQUEST_BYTES, QUEUE_SIZE};
 use crate::devices::virtio::iovec::WritableBuffers;
@@ -169,6 +170,19 @@ impl VirtioDevice for Entropy {
 
     fn reset(&mut self) {
         self.active = None;
+    }
+
+    fn queues_in_use(&self) -> Option<&[Queue]> {
+        self.active.as_ref().map(|active| active.queues.as_slice())
+    }
+
+    /// Nothing beyond the transport: the entropy comes from the host.
+    fn save_state(&self) -> Result<DeviceState, DeviceStateError> {
+        Ok(DeviceState::Rng)
+    }
+
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), DeviceStateError> {
+        state.expect_kind(VIRTIO_ID_RNG)
     }
 }
 

@@ -451,6 +451,9 @@ fn activated_copy(queue: &Queue, event_idx: bool) -> Result<Queue, virtio_queue:
     copy.try_set_avail_ring_address(GuestAddress(queue.avail_ring()))?;
     copy.try_set_used_ring_address(GuestAddress(queue.used_ring()))?;
     copy.set_event_idx(event_idx);
+    // Zero but on a restore, where they are the device's saved positions.
+    copy.set_next_avail(queue.next_avail());
+    copy.set_next_used(queue.next_used());
     copy.set_ready(true);
     Ok(copy)
 }
@@ -504,5 +507,6 @@ impl BusDevice for MmioTransport {
     }
 }
 
+mod persist;
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::muxer::Muxer;
@@ -22,6 +22,7 @@ use super::{HOST_CID, MAX_CONNECTIONS, MAX_PKT_PAYLOAD, NUM_QUEUES, QUEUE_SIZE};
 use crate::devices::virtio::device::{read_config_space, ActivateError, QueueSet, VirtioDevice};
 use crate::devices::virtio::ids::VIRTIO_ID_VSOCK;
 use crate::devices::virtio::iovec::{ReadableBuffers, WritableBuffers};
+use crate::devices::virtio::persist::{expect_same, DeviceState, DeviceStateError};
 use crate::devices::virtio::{feature, VIRTIO_F_VERSION_1};
 use crate::vstate::memory::{GuestMemory, GuestMemoryMmap};
 
@@ -31,6 +32,9 @@ pub(super) const RX: usize = 0;
 pub(super) const TX: usize = 1;
 /// Index of the event queue.
 pub(super) const EVENT_QUEUE: usize = 2;
+/// The event queue's only event: every connection was reset
+/// (`virtio_vsock_event_id`, include/uapi/linux/virtio_vsock.h).
+const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
 
 /// Errors creating the vsock device.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +81,9 @@ pub struct Vsock {
     pub(super) muxer: Muxer,
     queue_events: [EventFd; NUM_QUEUES],
     active: Option<QueueSet>,
+    /// Restored from a snapshot: the guest's connections are gone and it
+    /// has not been told yet (see [`Vsock::send_transport_reset`]).
+    transport_reset_pending: bool,
 }
 
 impl Vsock {
@@ -107,6 +114,7 @@ impl Vsock {
             muxer,
             queue_events: [event()?, event()?, event()?],
             active: None,
+            transport_reset_pending: false,
         })
     }
 
@@ -187,6 +195,49 @@ impl Vsock {
     }
 }
 
+impl Vsock {
+    /// After a restore, tells the guest its connections are gone with a
+    /// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` event (virtio 1.2, 5.10.6.6),
+    /// in the first well-formed buffer of the event queue; without one,
+    /// it waits for the guest to post one (which it signals).
+    pub(super) fn send_transport_reset(&mut self) {
+        if !self.transport_reset_pending {
+            return;
+        }
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mem = active.mem.clone();
+        let Some(queue) = active.queues.get_mut(EVENT_QUEUE) else {
+            return;
+        };
+        let event = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le_bytes();
+        let mut completed = false;
+        while let Some(chain) = queue.pop_descriptor_chain(&mem) {
+            let head = chain.head_index();
+            let written = WritableBuffers::up_to(&mem, chain, event.len())
+                .ok()
+                .filter(|buffers| buffers.capacity() == event.len())
+                .and_then(|buffers| buffers.write_at(&mem, 0, &event).ok())
+                .filter(|&n| n == event.len());
+            let used = written.map_or(0, |_| event.len() as u32);
+            if queue.add_used(&mem, head, used).is_err() {
+                break;
+            }
+            completed = true;
+            if written.is_some() {
+                self.transport_reset_pending = false;
+                tracing::info!("virtio-vsock: told the guest its connections were reset");
+                break;
+            }
+            self.muxer.counters.dropped += 1;
+        }
+        if completed && queue.needs_notification(&mem).unwrap_or(true) {
+            let _ = active.interrupt.signal_used_queue();
+        }
+    }
+}
+
 /// A tx chain as header and payload; `None` if malformed.
 fn read_packet<M>(mem: &GuestMemoryMmap, chain: DescriptorChain<M>) -> Option<(Header, Vec<u8>)>
 where
@@ -259,6 +310,7 @@ impl VirtioDevice for Vsock {
     fn activate(&mut self, queues: QueueSet) -> Result<(), ActivateError> {
         queues.expect_queues(NUM_QUEUES)?;
         self.active = Some(queues);
+        self.send_transport_reset();
         Ok(())
     }
 
@@ -270,6 +322,27 @@ impl VirtioDevice for Vsock {
         if let Some(event) = self.queue_events.get(EVENT_QUEUE) {
             let _ = event.write(1);
         }
+    }
+
+    fn queues_in_use(&self) -> Option<&[Queue]> {
+        self.active.as_ref().map(|active| active.queues.as_slice())
+    }
+
+    /// Only the CID: the connections are Unix sockets of this process and
+    /// are dropped on restore.
+    fn save_state(&self) -> Result<DeviceState, DeviceStateError> {
+        Ok(DeviceState::Vsock { cid: self.cid })
+    }
+
+    /// The guest read its CID at probe: it must be the saved one. The
+    /// guest is told its connections are gone once the device is active.
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), DeviceStateError> {
+        state.expect_kind(VIRTIO_ID_VSOCK)?;
+        if let DeviceState::Vsock { cid } = *state {
+            expect_same("guest CID", cid, self.cid)?;
+        }
+        self.transport_reset_pending = true;
+        Ok(())
     }
 }
 

@@ -81,8 +81,10 @@ impl MutEventSubscriber for Vsock {
                 if let Some(event) = self.queue_events().get(index) {
                     let _ = event.read();
                 }
-                if events.data() == TX_EVENT {
-                    self.process_tx();
+                match events.data() {
+                    TX_EVENT => self.process_tx(),
+                    EVENT_QUEUE_EVENT => self.send_transport_reset(),
+                    _ => {}
                 }
             }
             LISTENER_EVENT => self.muxer.accept_all(),
