@@ -24,12 +24,16 @@ use crate::arch::layout::{
 use crate::arch::mptable::{setup_mptable, MptableError};
 use crate::arch::regs::{write_boot_tables, BootProtocol, EntryPoint, RegsError};
 use crate::config::VmConfig;
-use crate::device_manager::mmio::{allocate_slots, attach_virtio_device, MmioDeviceError};
+use crate::device_manager::mmio::{
+    allocate_slots, attach_restored_virtio_device, attach_virtio_device, MmioDeviceError,
+};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::console_file::ConsoleFile;
-use crate::devices::legacy::i8042::I8042;
-use crate::devices::legacy::serial::{EventFdTrigger, SerialDevice, SerialOutput};
+use crate::devices::legacy::i8042::{I8042State, I8042};
+use crate::devices::legacy::serial::{
+    EventFdTrigger, SerialDevice, SerialDeviceState, SerialOutput, SerialStateError,
+};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::net::{Net, NetError};
@@ -38,10 +42,12 @@ use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::VirtioDevice;
 use crate::event_loop::Subscriber;
 use crate::exit::ExitNotifier;
-use crate::microvm::Microvm;
+use crate::microvm::{Microvm, MicrovmParts};
+use crate::snapshot::{read_snapshot, SnapshotError, SnapshotIdentity, MEMORY_FILE};
 use crate::vstate::kvm::{KvmContext, KvmError};
 use crate::vstate::memory::{
-    create_guest_memory, Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, MemoryError,
+    create_guest_memory, guest_memory_from_file, Address, Bytes, GuestAddress, GuestMemory,
+    GuestMemoryMmap, MemoryError,
 };
 use crate::vstate::probe::{probe_supervisor_mode, ProbeError};
 use crate::vstate::vcpu::{Vcpu, VcpuError};
@@ -182,6 +188,12 @@ pub enum BuildMicrovmError {
     /// The entropy device cannot be created.
     #[error(transparent)]
     Entropy(#[from] EntropyError),
+    /// The snapshot cannot be read, or belongs to another VM.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The serial port's saved state cannot be applied.
+    #[error("Cannot restore the serial port's state")]
+    SerialState(#[source] SerialStateError),
 }
 
 impl BuildMicrovmError {
@@ -203,6 +215,7 @@ impl BuildMicrovmError {
                 | Self::Block(_)
                 | Self::Net(_)
                 | Self::Fs(_)
+                | Self::Snapshot(_)
         )
     }
 }
@@ -438,10 +451,21 @@ pub fn create_virtio_devices(config: &VmConfig) -> Result<Vec<VirtioPair>, Build
     Ok(devices)
 }
 
-/// The legacy devices on their buses: COM1, i8042, boot timer.
+/// The legacy devices a snapshot holds.
+#[derive(Debug, Clone)]
+pub struct LegacyDevices {
+    /// COM1.
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// The i8042 controller.
+    pub i8042: Arc<Mutex<I8042>>,
+}
+
+/// The legacy devices on their buses: COM1, i8042, boot timer; COM1 and
+/// the i8042 as `saved` left them, when restoring.
 ///
 /// # Errors
-/// A [`BuildMicrovmError`] if an interrupt or bus slot cannot be set up.
+/// A [`BuildMicrovmError`] if an interrupt or bus slot cannot be set up,
+/// or the saved serial state cannot be applied.
 pub fn attach_legacy_devices(
     vm: &Vm,
     pio: &mut Bus,
@@ -449,17 +473,31 @@ pub fn attach_legacy_devices(
     serial_out: SerialOutput,
     exit: &ExitNotifier,
     launched: Instant,
-) -> Result<(), BuildMicrovmError> {
+    saved: Option<(&SerialDeviceState, &I8042State)>,
+) -> Result<LegacyDevices, BuildMicrovmError> {
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildMicrovmError::EventFd)?;
     vm.register_irqfd(&serial_irq, SERIAL_GSI)?;
-    let serial = SerialDevice::new(EventFdTrigger::new(serial_irq), serial_out);
+    let trigger = EventFdTrigger::new(serial_irq);
+    let mut i8042 = I8042::new(exit.clone());
+    let serial = match saved {
+        Some((serial, i8042_state)) => {
+            i8042.restore_state(i8042_state);
+            SerialDevice::from_state(trigger, serial_out, serial)
+                .map_err(BuildMicrovmError::SerialState)?
+        }
+        None => SerialDevice::new(trigger, serial_out),
+    };
+    let devices = LegacyDevices {
+        serial: Arc::new(Mutex::new(serial)),
+        i8042: Arc::new(Mutex::new(i8042)),
+    };
     pio.insert(
-        Arc::new(Mutex::new(serial)),
+        devices.serial.clone(),
         u64::from(SERIAL_PORT_BASE),
         u64::from(SERIAL_PORT_LEN),
     )?;
     pio.insert(
-        Arc::new(Mutex::new(I8042::new(exit.clone()))),
+        devices.i8042.clone(),
         u64::from(I8042_DATA_PORT),
         u64::from(I8042_PORT_LEN),
     )?;
@@ -468,7 +506,7 @@ pub fn attach_legacy_devices(
         BOOT_TIMER_START,
         MMIO_WINDOW_SIZE,
     )?;
-    Ok(())
+    Ok(devices)
 }
 
 /// Builds a microVM ready to start, from a checked configuration.
@@ -520,30 +558,155 @@ pub fn build_microvm(config: &VmConfig, launched: Instant) -> Result<Microvm, Bu
     let exit = ExitNotifier::new();
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
-    attach_legacy_devices(&vm, &mut pio, &mut mmio, serial_out, &exit, launched)?;
+    let legacy =
+        attach_legacy_devices(&vm, &mut pio, &mut mmio, serial_out, &exit, launched, None)?;
     let mut subscribers = Vec::with_capacity(virtio.len());
+    let mut transports = Vec::with_capacity(virtio.len());
     for (slot, (device, subscriber)) in slots.into_iter().zip(virtio) {
-        attach_virtio_device(&vm, &mut mmio, &mem, slot, device)?;
+        transports.push(attach_virtio_device(&vm, &mut mmio, &mem, slot, device)?);
         subscribers.push(subscriber);
     }
 
     let vcpus = create_vcpus(&kvm, &vm, template, config.vcpus, &kernel)?;
     tracing::debug!("vCPUs configured after {:?}", launched.elapsed());
-    let cmdline = cmdline
-        .as_cstring()
-        .map(|c| c.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(Microvm::new(
+    Ok(Microvm::new(MicrovmParts {
         vm,
         mem,
         vcpus,
         pio,
         mmio,
         exit,
-        template,
-        cmdline,
-        subscribers,
-    ))
+        config: config.clone(),
+        cpu_template: template,
+        cmdline: cmdline_text(&cmdline),
+        devices: subscribers,
+        transports,
+        legacy,
+    }))
+}
+
+fn lock<T: ?Sized>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn cmdline_text(cmdline: &Cmdline) -> String {
+    cmdline
+        .as_cstring()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Builds a microVM from the snapshot in `dir` instead of booting: the
+/// configuration must describe the VM the snapshot was taken of (same
+/// kernel, initrd, command line, memory, vCPUs, CPU template and device
+/// kinds), and gives the devices their back ends anew (serial output,
+/// taps, vsock socket, shared directories, disks). Guest memory is the
+/// snapshot's memory file, mapped copy-on-write.
+///
+/// # Errors
+/// A [`BuildMicrovmError`]: [`BuildMicrovmError::Snapshot`] for a missing,
+/// damaged or mismatched snapshot (an input error), others as for a boot.
+pub fn restore_microvm(
+    config: &VmConfig,
+    dir: &Path,
+    launched: Instant,
+) -> Result<Microvm, BuildMicrovmError> {
+    let kvm = KvmContext::open()?;
+    if usize::from(config.vcpus) > kvm.max_vcpus() {
+        return Err(BuildMicrovmError::TooManyVcpus {
+            asked: config.vcpus,
+            max: kvm.max_vcpus(),
+        });
+    }
+    let (state, memory_file) = read_snapshot(dir)?;
+    let template = resolve_cpu_template(&kvm, config.cpu_template)?;
+    let identity_error = |source| SnapshotError::Identity {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let this = SnapshotIdentity::of(config, template).map_err(identity_error)?;
+    state.identity.check(&this).map_err(identity_error)?;
+    let mem = guest_memory_from_file(config.memory_mib << 20, &memory_file).map_err(|source| {
+        SnapshotError::MapMemory {
+            path: dir.join(MEMORY_FILE),
+            source,
+        }
+    })?;
+    tracing::debug!(
+        "snapshot read and memory mapped after {:?}",
+        launched.elapsed()
+    );
+
+    let virtio = create_virtio_devices(config)?;
+    let slots = allocate_slots(virtio.len())?;
+    let switches: Vec<String> = slots.iter().map(|slot| slot.cmdline_switch()).collect();
+    let cmdline = build_cmdline(&config.cmdline, template, &switches)?;
+
+    let serial_out = serial_output(config)?;
+    let vm = Vm::new(&kvm, &mem)?;
+    vm.restore_state(&state.vm)?;
+    let exit = ExitNotifier::new();
+    let mut pio = Bus::new();
+    let mut mmio = Bus::new();
+    let legacy = attach_legacy_devices(
+        &vm,
+        &mut pio,
+        &mut mmio,
+        serial_out,
+        &exit,
+        launched,
+        Some((&state.serial, &state.i8042)),
+    )?;
+    let mut subscribers = Vec::with_capacity(virtio.len());
+    let mut transports = Vec::with_capacity(virtio.len());
+    for ((slot, (device, subscriber)), saved) in
+        slots.iter().copied().zip(virtio).zip(&state.devices)
+    {
+        transports.push(attach_restored_virtio_device(
+            &vm, &mut mmio, &mem, slot, device, saved,
+        )?);
+        subscribers.push(subscriber);
+    }
+
+    let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+    for (index, saved) in (0..config.vcpus).zip(&state.vcpus) {
+        let vcpu = Vcpu::new(&vm, index)?;
+        let cpuid = build_vcpu_cpuid(kvm.supported_cpuid(), template, index, config.vcpus)?;
+        vcpu.configure_for_restore(&cpuid)?;
+        vcpu.restore_state(saved)?;
+        vcpus.push(vcpu);
+    }
+    // The interrupt controllers' saved state overwrote what the devices
+    // raised as they were restored: raise what is pending once more.
+    for (slot, transport) in slots.iter().zip(&transports) {
+        lock(transport)
+            .raise_pending_interrupt()
+            .map_err(|e| MmioDeviceError::Restore(slot.base, e))?;
+    }
+    lock(&legacy.serial)
+        .raise_pending_interrupt()
+        .map_err(BuildMicrovmError::EventFd)?;
+    tracing::info!(
+        "restored from {} after {:?}",
+        dir.display(),
+        launched.elapsed()
+    );
+    Ok(Microvm::new(MicrovmParts {
+        vm,
+        mem,
+        vcpus,
+        pio,
+        mmio,
+        exit,
+        config: config.clone(),
+        cpu_template: template,
+        cmdline: cmdline_text(&cmdline),
+        devices: subscribers,
+        transports,
+        legacy,
+    }))
 }
 
 /// Resolves the CPU template while the kernel and initrd load: the probe

@@ -3,8 +3,9 @@
 //! back-end readiness) with `event-manager` and runs the device's handler.
 //! vCPU threads never do device I/O beyond register accesses.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use seccompiler::BpfProgram;
@@ -28,46 +29,83 @@ pub enum EventLoopError {
     /// The thread's seccomp filter could not be installed.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// The loop could not be paused.
+    #[error("Cannot pause the device event loop: {0}")]
+    Pause(String),
 }
 
-/// The stop request, itself an event the loop waits on.
-struct StopSignal {
-    event: EventFd,
-    stopped: bool,
+/// What the loop is asked to do between two rounds of events.
+#[derive(Debug, Default)]
+struct LoopState {
+    stop: bool,
+    pause: bool,
+    /// Set by the loop while it waits out a pause.
+    parked: bool,
 }
 
-impl MutEventSubscriber for StopSignal {
+/// The requests to the loop: a state under a lock, and an event that
+/// wakes the loop from its wait to read it.
+#[derive(Debug)]
+struct LoopControl {
+    state: Mutex<LoopState>,
+    changed: Condvar,
+    wake: EventFd,
+}
+
+impl LoopControl {
+    fn state(&self) -> MutexGuard<'_, LoopState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The wake event as the event manager sees it.
+struct WakeEvent(Arc<LoopControl>);
+
+impl MutEventSubscriber for WakeEvent {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(err) = ops.add(Events::new(&self.event, EventSet::IN)) {
-            tracing::error!("event loop: cannot watch the stop event: {err}");
+        if let Err(err) = ops.add(Events::new(&self.0.wake, EventSet::IN)) {
+            tracing::error!("event loop: cannot watch its wake event: {err}");
         }
     }
 
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        self.stopped = true;
+        // Reading clears the counter; the request itself is in the state.
+        let _ = self.0.wake.read();
     }
 }
 
-/// Runs the loop until the stop signal fired.
-fn serve_until_stopped(manager: &mut EventManager<Subscriber>, signal: &Mutex<StopSignal>) {
+/// Runs the loop until asked to stop; waits out pauses between rounds.
+fn serve_until_stopped(manager: &mut EventManager<Subscriber>, control: &LoopControl) {
     loop {
         if let Err(err) = manager.run() {
             tracing::error!("event loop: {err}");
         }
-        let stopped = signal
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .stopped;
-        if stopped {
+        let mut state = control.state();
+        if state.pause && !state.stop {
+            state.parked = true;
+            control.changed.notify_all();
+            while state.pause && !state.stop {
+                state = control
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            state.parked = false;
+        }
+        if state.stop {
             return;
         }
     }
 }
 
+/// How long [`EventLoop::pause`] waits for the loop to finish the events
+/// at hand: a device handler runs for microseconds.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The running event loop thread.
 #[derive(Debug)]
 pub struct EventLoop {
-    stop: EventFd,
+    control: Arc<LoopControl>,
     thread: JoinHandle<()>,
 }
 
@@ -76,24 +114,25 @@ impl EventLoop {
     /// the thread installs `filter` (if any) before it serves anything.
     ///
     /// # Errors
-    /// [`EventLoopError`] when epoll, the stop event, the thread or its
+    /// [`EventLoopError`] when epoll, the wake event, the thread or its
     /// filter cannot be set up.
     pub fn start(
         subscribers: Vec<Subscriber>,
         filter: Option<BpfProgram>,
     ) -> Result<Self, EventLoopError> {
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(EventLoopError::Create)?;
-        let signal = Arc::new(Mutex::new(StopSignal {
-            event: stop.try_clone().map_err(EventLoopError::Create)?,
-            stopped: false,
-        }));
+        let control = Arc::new(LoopControl {
+            state: Mutex::new(LoopState::default()),
+            changed: Condvar::new(),
+            wake: EventFd::new(EFD_NONBLOCK).map_err(EventLoopError::Create)?,
+        });
         let mut manager = EventManager::<Subscriber>::new()
             .map_err(|e| EventLoopError::Create(std::io::Error::other(e.to_string())))?;
-        manager.add_subscriber(signal.clone());
+        manager.add_subscriber(Arc::new(Mutex::new(WakeEvent(control.clone()))));
         for subscriber in subscribers {
             manager.add_subscriber(subscriber);
         }
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let thread_control = control.clone();
         let thread = std::thread::Builder::new()
             .name("vmpod-devices".into())
             .spawn(move || {
@@ -104,7 +143,7 @@ impl EventLoop {
                 let serve = installed.is_ok();
                 let _ = ready_tx.send(installed);
                 if serve {
-                    serve_until_stopped(&mut manager, &signal);
+                    serve_until_stopped(&mut manager, &thread_control);
                 }
             })
             .map_err(EventLoopError::Thread)?;
@@ -115,12 +154,53 @@ impl EventLoop {
             let _ = thread.join();
             return Err(e.into());
         }
-        Ok(EventLoop { stop, thread })
+        Ok(EventLoop { control, thread })
     }
 
-    /// Ends the loop and waits for its thread.
+    /// Stops serving device events once the events at hand are handled,
+    /// and returns then: no device touches guest memory or raises an
+    /// interrupt until [`EventLoop::resume`]. Events that arrive meanwhile
+    /// wait in the kernel.
+    ///
+    /// # Errors
+    /// [`EventLoopError::Pause`] if the loop did not pause in time.
+    pub fn pause(&self) -> Result<(), EventLoopError> {
+        let mut state = self.control.state();
+        state.pause = true;
+        self.control
+            .wake
+            .write(1)
+            .map_err(|e| EventLoopError::Pause(e.to_string()))?;
+        let deadline = Instant::now() + PAUSE_TIMEOUT;
+        while !state.parked {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                state.pause = false;
+                return Err(EventLoopError::Pause(format!(
+                    "the device thread did not pause within {PAUSE_TIMEOUT:?}"
+                )));
+            }
+            state = self
+                .control
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Serves device events again after [`EventLoop::pause`].
+    pub fn resume(&self) {
+        self.control.state().pause = false;
+        self.control.changed.notify_all();
+    }
+
+    /// Ends the loop (paused or not) and waits for its thread.
     pub fn stop(self) {
-        if let Err(err) = self.stop.write(1) {
+        self.control.state().stop = true;
+        self.control.changed.notify_all();
+        if let Err(err) = self.control.wake.write(1) {
             tracing::error!("event loop: cannot signal the stop: {err}");
             return;
         }
@@ -166,6 +246,30 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "event not served");
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+        event_loop.stop();
+    }
+
+    #[test]
+    fn test_paused_loop_holds_events_until_resumed() {
+        let event = EventFd::new(EFD_NONBLOCK).unwrap();
+        let seen = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = Counter {
+            event: event.try_clone().unwrap(),
+            seen: seen.clone(),
+        };
+        let event_loop = EventLoop::start(vec![Arc::new(Mutex::new(counter))], None).unwrap();
+        event_loop.pause().unwrap();
+        event.write(1).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 0);
+        event_loop.resume();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while seen.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "event not served after resume");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        event_loop.pause().unwrap();
+        // A paused loop still stops.
         event_loop.stop();
     }
 }

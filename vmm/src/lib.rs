@@ -2,6 +2,8 @@
 //! vmpod's virtual machine monitor: builds and runs a KVM microVM that boots
 //! a Linux guest, for the `vmpod-vm` launcher and the containerd shim.
 
+/// The control socket: pause, resume, snapshot.
+pub mod api;
 /// Architecture-specific layout, boot protocols and CPU setup.
 pub mod arch;
 /// Building a microVM from its configuration.
@@ -20,5 +22,7 @@ pub mod exit;
 pub mod microvm;
 /// Per-thread seccomp filters and what a violation does.
 pub mod seccomp;
+/// Snapshot files: writing a paused VM, reading one back.
+pub mod snapshot;
 /// KVM objects and guest memory.
 pub mod vstate;

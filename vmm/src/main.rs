@@ -12,8 +12,9 @@ use std::time::Instant;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
+use vmm::api::{parse_address, ApiSocket};
 use vmm::arch::cpuid::CpuTemplate;
-use vmm::builder::build_microvm;
+use vmm::builder::{build_microvm, restore_microvm};
 use vmm::config::{
     host_memory_mib, ConfigLayer, DiskConfig, FsConfig, NetConfig, SerialTarget, VsockConfig,
 };
@@ -67,6 +68,15 @@ struct Cli {
     /// A host directory shared through virtio-fs; repeat for more.
     #[arg(long, value_name = "tag=TAG,dir=DIR[,readonly]")]
     fs: Vec<FsConfig>,
+    /// Serve the control API (pause, resume, snapshot, state) on a Unix
+    /// socket, created here and removed at exit.
+    #[arg(long, value_name = "unix:PATH")]
+    api: Option<String>,
+    /// Start from the snapshot in DIR instead of booting. The other
+    /// settings must describe the VM the snapshot was taken of; the device
+    /// back ends (serial, taps, vsock socket, shares) are this launch's.
+    #[arg(long, value_name = "DIR")]
+    restore: Option<PathBuf>,
     /// TOML file with the same settings (flags override it).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -164,7 +174,22 @@ fn main() -> ExitCode {
         Err(e) => return fail(exit_code(e.is_input_error()), &e.into()),
     };
 
-    let microvm = match build_microvm(&config, launched) {
+    // Bound before the VM is built, so that a socket in the way fails the
+    // launch early; a launch refused later drops it, which removes it.
+    let api = match cli
+        .api
+        .as_deref()
+        .map(|value| parse_address(value).and_then(|path| ApiSocket::bind(&path)))
+        .transpose()
+    {
+        Ok(api) => api,
+        Err(e) => return fail(EXIT_USAGE, &e.into()),
+    };
+    let built = match &cli.restore {
+        Some(dir) => restore_microvm(&config, dir, launched),
+        None => build_microvm(&config, launched),
+    };
+    let microvm = match built {
         Ok(microvm) => microvm,
         Err(e) => return fail(exit_code(e.is_input_error()), &e.into()),
     };
@@ -175,7 +200,7 @@ fn main() -> ExitCode {
         microvm.cpu_template(),
         microvm.cmdline()
     );
-    let running = match microvm.start(filters.as_ref()) {
+    let running = match microvm.start(filters.as_ref(), api) {
         Ok(running) => running,
         Err(e) => return fail(EXIT_RUNTIME, &e.into()),
     };

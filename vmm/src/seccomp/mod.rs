@@ -29,11 +29,18 @@ pub enum ThreadKind {
     Devices,
     /// A vCPU (`vcpuN`).
     Vcpu,
+    /// The control socket's thread (`vmpod-api`), with `--api`.
+    Api,
 }
 
 impl ThreadKind {
     /// Every kind, in the order the docs list them.
-    pub const ALL: [ThreadKind; 3] = [ThreadKind::Main, ThreadKind::Devices, ThreadKind::Vcpu];
+    pub const ALL: [ThreadKind; 4] = [
+        ThreadKind::Main,
+        ThreadKind::Devices,
+        ThreadKind::Vcpu,
+        ThreadKind::Api,
+    ];
 
     /// The filter's key in the JSON.
     pub const fn key(self) -> &'static str {
@@ -41,6 +48,7 @@ impl ThreadKind {
             ThreadKind::Main => "main",
             ThreadKind::Devices => "devices",
             ThreadKind::Vcpu => "vcpu",
+            ThreadKind::Api => "api",
         }
     }
 }
@@ -63,6 +71,12 @@ impl ThreadLabel {
     /// The device thread.
     pub const DEVICES: ThreadLabel = ThreadLabel {
         kind: ThreadKind::Devices,
+        index: None,
+    };
+
+    /// The API thread.
+    pub const API: ThreadLabel = ThreadLabel {
+        kind: ThreadKind::Api,
         index: None,
     };
 
@@ -163,6 +177,7 @@ pub struct SeccompFilters {
     main: BpfProgram,
     devices: BpfProgram,
     vcpu: BpfProgram,
+    api: BpfProgram,
 }
 
 impl SeccompFilters {
@@ -217,6 +232,7 @@ impl SeccompFilters {
             main: take(ThreadKind::Main)?,
             devices: take(ThreadKind::Devices)?,
             vcpu: take(ThreadKind::Vcpu)?,
+            api: take(ThreadKind::Api)?,
         };
         let mut unknown: Vec<String> = map.into_keys().collect();
         unknown.sort();
@@ -235,6 +251,7 @@ impl SeccompFilters {
             ThreadKind::Main => &self.main,
             ThreadKind::Devices => &self.devices,
             ThreadKind::Vcpu => &self.vcpu,
+            ThreadKind::Api => &self.api,
         }
     }
 }
@@ -308,14 +325,22 @@ mod tests {
             "The seccomp filter file f.json has no filter for the 'devices' thread"
         );
         assert!(err.is_input_error());
+        let three = format!(r#"{{"main": {allow}, "vcpu": {allow}, "devices": {allow}}}"#);
+        let err = SeccompFilters::from_json(three.as_bytes(), Path::new("f.json")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "The seccomp filter file f.json has no filter for the 'api' thread"
+        );
         let four =
             format!(r#"{{"main": {allow}, "vcpu": {allow}, "devices": {allow}, "api": {allow}}}"#);
-        let err = SeccompFilters::from_json(four.as_bytes(), Path::new("f.json")).unwrap_err();
+        SeccompFilters::from_json(four.as_bytes(), Path::new("f.json")).unwrap();
+        let five = format!(
+            r#"{{"main": {allow}, "vcpu": {allow}, "devices": {allow}, "api": {allow}, "gpu": {allow}}}"#
+        );
+        let err = SeccompFilters::from_json(five.as_bytes(), Path::new("f.json")).unwrap_err();
         assert!(err
             .to_string()
-            .contains("'api', which is not a vmpod-vm thread"));
-        let three = format!(r#"{{"main": {allow}, "vcpu": {allow}, "devices": {allow}}}"#);
-        SeccompFilters::from_json(three.as_bytes(), Path::new("f.json")).unwrap();
+            .contains("'gpu', which is not a vmpod-vm thread"));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! credit it was given gets its connection reset.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -84,6 +85,12 @@ pub struct Vsock {
     /// Restored from a snapshot: the guest's connections are gone and it
     /// has not been told yet (see [`Vsock::send_transport_reset`]).
     transport_reset_pending: bool,
+    /// The reset event is in the guest's hands but not yet handled: the
+    /// guest would reset the connections the host makes meanwhile too, so
+    /// nothing goes to the guest until it posts a new event buffer, which
+    /// Linux does once it has handled the event. Holds the event queue's
+    /// available index when the event was sent.
+    transport_reset_unhandled: Option<u16>,
 }
 
 impl Vsock {
@@ -115,6 +122,7 @@ impl Vsock {
             queue_events: [event()?, event()?, event()?],
             active: None,
             transport_reset_pending: false,
+            transport_reset_unhandled: None,
         })
     }
 
@@ -164,6 +172,9 @@ impl Vsock {
     /// Fills the guest's receive buffers: control packets first, then data
     /// the host sent, within each connection's credit.
     pub fn process_rx(&mut self) {
+        if self.transport_reset_unhandled.is_some() {
+            return;
+        }
         let Some(mut active) = self.active.take() else {
             return;
         };
@@ -196,6 +207,25 @@ impl Vsock {
 }
 
 impl Vsock {
+    /// The guest notified the event queue: it posted event buffers, which
+    /// after a reset event means it has handled that event (Linux refills
+    /// the queue once it has reset its sockets). Sends a reset still
+    /// pending, or lets the host's traffic through again.
+    pub(super) fn event_queue_notified(&mut self) {
+        if let (Some(sent_at), Some(active)) = (self.transport_reset_unhandled, &self.active) {
+            let refilled = active
+                .queues
+                .get(EVENT_QUEUE)
+                .and_then(|queue| queue.avail_idx(&active.mem, Ordering::Acquire).ok())
+                .is_some_and(|now| now.0 != sent_at);
+            if refilled {
+                self.transport_reset_unhandled = None;
+                tracing::debug!("virtio-vsock: the guest handled the transport reset");
+            }
+        }
+        self.send_transport_reset();
+    }
+
     /// After a restore, tells the guest its connections are gone with a
     /// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` event (virtio 1.2, 5.10.6.6),
     /// in the first well-formed buffer of the event queue; without one,
@@ -212,6 +242,9 @@ impl Vsock {
             return;
         };
         let event = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le_bytes();
+        let avail_when_sent = queue
+            .avail_idx(&mem, Ordering::Acquire)
+            .map_or(0, |idx| idx.0);
         let mut completed = false;
         while let Some(chain) = queue.pop_descriptor_chain(&mem) {
             let head = chain.head_index();
@@ -227,6 +260,7 @@ impl Vsock {
             completed = true;
             if written.is_some() {
                 self.transport_reset_pending = false;
+                self.transport_reset_unhandled = Some(avail_when_sent);
                 tracing::info!("virtio-vsock: told the guest its connections were reset");
                 break;
             }

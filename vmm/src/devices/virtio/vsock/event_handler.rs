@@ -83,7 +83,7 @@ impl MutEventSubscriber for Vsock {
                 }
                 match events.data() {
                     TX_EVENT => self.process_tx(),
-                    EVENT_QUEUE_EVENT => self.send_transport_reset(),
+                    EVENT_QUEUE_EVENT => self.event_queue_notified(),
                     _ => {}
                 }
             }

@@ -445,6 +445,49 @@ fn test_vsock_waits_for_an_event_buffer_to_send_the_reset() {
     assert!(events.used(&mem).is_empty());
 }
 
+#[test]
+fn test_vsock_holds_host_traffic_until_the_guest_handled_the_reset() {
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    use std::io::Write;
+    let mem = guest_memory();
+    let old_socket = Scratch::new("old-hold.vsock");
+    let vsock = Arc::new(Mutex::new(Vsock::new(3, &old_socket.0).unwrap()));
+    let mut t = transport(vsock, &mem);
+    let span = DriverQueue::SPAN;
+    let queues = [
+        DriverQueue::new(0),
+        DriverQueue::new(span),
+        DriverQueue::new(2 * span),
+    ];
+    let (mut rx, mut events) = (queues[0].clone(), queues[2].clone());
+    events.post(&mem, &[writable(DATA + 0x8000, 4)]);
+    rx.post(&mem, &[writable(DATA, 0x1000)]);
+    activate(&mut t, &queues, 0);
+    let state = saved(&t);
+    let new_socket = Scratch::new("new-hold.vsock");
+    let fresh = Arc::new(Mutex::new(Vsock::new(3, &new_socket.0).unwrap()));
+    restore(fresh.clone(), &mem, &state).unwrap();
+    assert_eq!(events.used(&mem).len(), 1, "the reset event");
+    let mut manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+        EventManager::new().unwrap();
+    manager.add_subscriber(fresh.clone());
+    let mut host = std::os::unix::net::UnixStream::connect(&new_socket.0).unwrap();
+    host.write_all(b"CONNECT 1234\n").unwrap();
+    for _ in 0..5 {
+        manager.run_with_timeout(50).unwrap();
+    }
+    assert!(
+        rx.used(&mem).is_empty(),
+        "a connection request reached the guest before it handled the reset"
+    );
+    // Linux refills the event queue once it has reset its sockets.
+    events.post(&mem, &[writable(DATA + 0x8000, 4)]);
+    fresh.lock().unwrap().queue_events()[2].write(1).unwrap();
+    manager.run_with_timeout(100).unwrap();
+    assert_eq!(rx.used(&mem).len(), 1, "the connection request");
+    assert!(events.used(&mem).is_empty(), "no second reset");
+}
+
 /// A FUSE request of `opcode` with `body`, posted on `queue`.
 fn post_fuse(mem: &GuestMemoryMmap, queue: &mut DriverQueue, opcode: u32, body: &[u8]) {
     let len = 40 + body.len() as u32;
