@@ -5,7 +5,10 @@
 //! busybox container from it with resources, reads its output and exit
 //! status, execs a second process (which the device cgroup refuses
 //! /dev/mem), sees a container over its memory limit OOM-killed and
-//! reported, and destroys the sandbox. One boot.
+//! reported, and destroys the sandbox. One boot. CreateSandbox makes the
+//! guest its own as it would a clone of a template: its clock steps to the
+//! (here shifted) host time sent, its virtio-net interface takes the MAC
+//! sent, its random pool is reseeded from the VM's virtio-rng.
 //!
 //! The OOM check is tried again when its container's process died of the
 //! host fault some KVM hosts show instead (status 139 and a new fault line
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use vmpod_agent_api::messages::Mount;
-use vmpod_agent_api::{AgentClient, ProcessId, SandboxConfig, AGENT_VSOCK_PORT};
+use vmpod_agent_api::{AgentClient, HostTimeAndSeed, ProcessId, SandboxConfig, AGENT_VSOCK_PORT};
 use vmpod_integration_tests::host_faults::{ConsoleWatch, HostFault, Retries, RETRIES};
 use vmpod_integration_tests::{guest_or_skip, vmpod_vm_binary};
 
@@ -32,6 +35,36 @@ const SHARED: &str = "/run/vmpod/shared";
 const LOG_PORT: u32 = 1025;
 /// The static busybox of the container's root file system.
 const BUSYBOX: &str = "/bin/busybox";
+
+/// The MAC the VM's network device is given on vmpod-vm's command line
+/// (as a template's would be), and the one CreateSandbox gives it.
+const BOOT_MAC: &str = "02:00:00:00:00:01";
+const POD_MAC: &str = "02:00:00:00:00:2a";
+/// How far ahead of the host's clock CreateSandbox sets the guest's: a
+/// step the guest's own clock cannot have taken.
+const CLOCK_SHIFT_S: u64 = 3600;
+
+/// A network namespace for the VM's tap, deleted on drop.
+struct NetNs(String);
+
+impl NetNs {
+    fn new() -> Self {
+        let name = format!("vmpod-agentvm-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("run ip");
+        assert!(out.status.success(), "ip netns add {name}: {out:?}");
+        NetNs(name)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
 
 /// vmpod-vm, killed on drop.
 struct Vm(Child);
@@ -49,7 +82,7 @@ fn busybox_root(root: &Path) {
     }
     std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
     for applet in [
-        "sh", "echo", "cat", "hostname", "read", "sleep", "dd", "mknod", "head",
+        "sh", "echo", "cat", "hostname", "read", "sleep", "dd", "mknod", "head", "date",
     ] {
         let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
     }
@@ -186,6 +219,7 @@ async fn test_agent_runs_containers_in_the_vm() {
             .map_while(Result::ok)
             .find(|line| line.contains("serving on vsock:1024"))
     });
+    let netns = NetNs::new();
     let started = Instant::now();
     let vm = Vm(Command::new(vmpod_vm_binary().unwrap())
         .arg("--kernel")
@@ -204,6 +238,12 @@ async fn test_agent_runs_containers_in_the_vm() {
         .arg(format!("cid=3,socket={}", socket.display()))
         .arg("--fs")
         .arg(format!("tag=vmpod,dir={}", share.display()))
+        .arg("--net")
+        .arg(format!(
+            "tap=vmpodtap0,create,netns=/var/run/netns/{},mac={BOOT_MAC}",
+            netns.0
+        ))
+        .arg("--rng")
         .stdin(Stdio::null())
         .spawn()
         .expect("start vmpod-vm"));
@@ -233,16 +273,37 @@ async fn test_agent_runs_containers_in_the_vm() {
     shared.source = "vmpod".into();
     shared.destination = SHARED.into();
     shared.fstype = "virtiofs".into();
+    let host = HostTimeAndSeed::now();
+    let sent = Instant::now();
+    let shifted_s = host.time_ns / 1_000_000_000 + CLOCK_SHIFT_S;
     client
-        .create_sandbox(&SandboxConfig {
-            id: "pod".into(),
-            hostname: "pod-vm".into(),
-            dns: vec!["nameserver 192.0.2.53".into(), "search pod.test".into()],
-            shared_mounts: vec![shared],
-            ..SandboxConfig::default()
-        })
+        .create_sandbox_with(
+            &SandboxConfig {
+                id: "pod".into(),
+                hostname: "pod-vm".into(),
+                dns: vec!["nameserver 192.0.2.53".into(), "search pod.test".into()],
+                shared_mounts: vec![shared],
+                interface_macs: vec![POD_MAC.into()],
+                ..SandboxConfig::default()
+            },
+            HostTimeAndSeed {
+                time_ns: shifted_s * 1_000_000_000,
+                ..host
+            },
+        )
         .await
         .unwrap();
+    // The interface has the pod's MAC, no longer the one it booted with.
+    let mut eth = vmpod_agent_api::messages::Interface::new();
+    eth.hw_addr = BOOT_MAC.into();
+    let stale = client.update_interface(eth.clone()).await.unwrap_err();
+    assert_eq!(
+        stale.agent_message(),
+        Some(format!("no interface has MAC {BOOT_MAC}").as_str())
+    );
+    eth.hw_addr = POD_MAC.into();
+    eth.name = "eth0".into();
+    client.update_interface(eth).await.unwrap();
     let mut rootfs = Mount::new();
     rootfs.source = format!("{SHARED}/c1/rootfs");
     rootfs.fstype = "bind".into();
@@ -287,6 +348,24 @@ async fn test_agent_runs_containers_in_the_vm() {
         .await
         .unwrap();
     assert_eq!(read_all(&client, &exec).await, "in-the-vm\n");
+    // The guest's clock stepped to the time sent.
+    let exec = ProcessId::exec("c1", "date");
+    client
+        .exec_process(
+            &exec,
+            serde_json::to_vec(&json!({"args": ["date", "+%s"], "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let guest_s: u64 = read_all(&client, &exec).await.trim().parse().unwrap();
+    // As far past the time sent as the host's clock went on since, give or
+    // take a few seconds (an emulated guest's steps take tens of seconds).
+    let since_s = sent.elapsed().as_secs();
+    assert!(
+        (shifted_s..=shifted_s + since_s + 3).contains(&guest_s),
+        "the guest's clock reads {guest_s}, {since_s} s after the time sent, {shifted_s}"
+    );
     // What the container sees: its own cgroup (cgroup namespace) with the
     // spec's resources in the guest's cgroup v2 files, the pod's DNS, and
     // the device cgroup: with CAP_MKNOD it makes /dev/mem (the guest's

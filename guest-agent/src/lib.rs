@@ -4,6 +4,7 @@
 //! requests.
 
 pub mod container;
+pub mod identity;
 pub mod listen;
 pub mod logging;
 pub mod network;

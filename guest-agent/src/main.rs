@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 
+use vmpod_agent::identity::Machine;
 use vmpod_agent::listen::ListenAddress;
 use vmpod_agent::logging::LogSink;
 use vmpod_agent::reaper::Reaper;
@@ -32,6 +33,10 @@ struct Args {
     /// Where container root file systems are mounted.
     #[arg(long, default_value = "/run/vmpod-agent")]
     state_dir: PathBuf,
+    /// The hardware RNG (virtio-rng) whose bytes reseed the guest's random
+    /// pool at CreateSandbox.
+    #[arg(long, default_value = "/dev/hwrng")]
+    hwrng: PathBuf,
 }
 
 fn main() {
@@ -95,7 +100,11 @@ fn run(args: Args, is_pid1: bool, options: &pid1::KernelOptions) -> anyhow::Resu
         reaper.start().context("watching SIGCHLD")?;
         let paths = SandboxPaths::new(args.state_dir, args.cgroup_root);
         let sandbox = Sandbox::new(paths, reaper).context("preparing the sandbox")?;
-        let mut server = server::start(&listen, sandbox.clone())
+        let machine = Machine {
+            hwrng: args.hwrng,
+            owned: is_pid1,
+        };
+        let mut server = server::start(&listen, sandbox.clone(), machine)
             .await
             .with_context(|| format!("serving on {listen}"))?;
         tracing::info!(

@@ -158,6 +158,65 @@ impl Network {
         Ok(found)
     }
 
+    /// The guest's virtio-net interfaces (index, MAC), in the order the
+    /// kernel made them: the order of the VM's network devices.
+    async fn device_links(&self) -> Result<Vec<(u32, Vec<u8>)>, NetworkError> {
+        let mut links = self.handle.link().get().execute();
+        let mut found = Vec::new();
+        while let Some(link) = links
+            .try_next()
+            .await
+            .map_err(netlink("listing interfaces"))?
+        {
+            let virtio = link
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::ParentDevBusName(bus) if bus == "virtio"));
+            if virtio {
+                let mac = link.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Address(bytes) => Some(bytes.clone()),
+                    _ => None,
+                });
+                found.push((link.header.index, mac.unwrap_or_default()));
+            }
+        }
+        found.sort_by_key(|(index, _)| *index);
+        Ok(found)
+    }
+
+    /// Gives the guest's virtio-net interfaces, in device order, `macs` one
+    /// each (those that have theirs already are left alone). A VM restored
+    /// from a template has the template's; the pod's taps carry the pod's.
+    ///
+    /// # Errors
+    ///
+    /// [`NetworkError::Invalid`] when the guest has another number of
+    /// interfaces, or the refused change.
+    pub async fn set_device_macs(&self, macs: &[[u8; 6]]) -> Result<(), NetworkError> {
+        let devices = self.device_links().await?;
+        if devices.len() != macs.len() {
+            return Err(invalid(format!(
+                "the request has {} interface MACs, the guest {} network devices",
+                macs.len(),
+                devices.len()
+            )));
+        }
+        for ((index, current), mac) in devices.iter().zip(macs) {
+            if current.as_slice() == mac {
+                continue;
+            }
+            let mac_text = vmpod_sys::mac::MacAddr(*mac).to_string();
+            self.set_link(
+                LinkUnspec::new_with_index(*index)
+                    .address(mac.to_vec())
+                    .build(),
+            )
+            .await
+            .map_err(netlink(format!("setting MAC {mac_text}")))?;
+        }
+        Ok(())
+    }
+
     /// Brings up the loopback interface.
     ///
     /// # Errors

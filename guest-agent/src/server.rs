@@ -14,6 +14,7 @@ use vmpod_agent_api::messages as api;
 use vmpod_agent_api::service::{create_agent_service, AgentService};
 
 use crate::container::ContainerError;
+use crate::identity::{Identity, IdentityError, Machine};
 use crate::listen::{ListenAddress, ListenError};
 use crate::network::{Network, NetworkError};
 use crate::sandbox::{PodSettings, Sandbox, SandboxError};
@@ -77,11 +78,25 @@ fn network_status(err: &NetworkError) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
 }
 
+/// The status for a guest that could not be made the pod's.
+fn identity_status(err: &IdentityError) -> ttrpc::Error {
+    let code = match err {
+        IdentityError::Network(err) => return network_status(err),
+        IdentityError::Invalid(_) => Code::INVALID_ARGUMENT,
+        IdentityError::NoEntropy { .. } => Code::FAILED_PRECONDITION,
+        IdentityError::Os { .. } => Code::INTERNAL,
+    };
+    let message = vmpod_sys::error::chain(err);
+    tracing::info!("request failed: {message}");
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
+}
+
 /// The agent's service.
 #[derive(Debug)]
 struct Agent {
     sandbox: Arc<Sandbox>,
     network: Network,
+    machine: Machine,
 }
 
 type Reply<T> = ttrpc::Result<T>;
@@ -110,6 +125,23 @@ impl AgentService for Agent {
         _: &TtrpcContext,
         req: api::CreateSandboxRequest,
     ) -> Reply<api::Empty> {
+        // The identity is checked and virtio-rng read before anything
+        // changes, and applied once the sandbox is set up (its hostname
+        // checked), before CreateSandbox returns: no container can run on
+        // a template's random pool, clock or MACs.
+        let identity = Identity::check(req.host_time_ns, &req.seed, &req.interface_macs)
+            .map_err(|e| identity_status(&e))?;
+        let hwrng = self.machine.hwrng.clone();
+        let checked = identity.clone();
+        let entropy = tokio::task::spawn_blocking(move || checked.entropy(&hwrng))
+            .await
+            .unwrap_or_else(|err| {
+                Err(IdentityError::Os {
+                    what: "reading the hardware RNG",
+                    source: std::io::Error::other(err.to_string()),
+                })
+            })
+            .map_err(|e| identity_status(&e))?;
         let settings = PodSettings {
             hostname: req.hostname,
             dns: req.dns,
@@ -120,6 +152,13 @@ impl AgentService for Agent {
         self.sandbox
             .create(&req.sandbox_id, &settings, &req.shared_mounts)
             .map_err(|e| status(&e))?;
+        if let Err(err) = identity
+            .apply(&entropy, &settings.hostname, &self.machine, &self.network)
+            .await
+        {
+            self.sandbox.destroy().await;
+            return Err(identity_status(&err));
+        }
         Ok(api::Empty::new())
     }
 
@@ -453,13 +492,21 @@ pub enum ServeError {
 /// # Errors
 ///
 /// [`ServeError`] when the address cannot be bound.
-pub async fn start(listen: &ListenAddress, sandbox: Arc<Sandbox>) -> Result<Server, ServeError> {
+pub async fn start(
+    listen: &ListenAddress,
+    sandbox: Arc<Sandbox>,
+    machine: Machine,
+) -> Result<Server, ServeError> {
     listen.prepare()?;
     let network = Network::new()?;
     if let Err(err) = network.loopback_up().await {
         tracing::warn!("{}", vmpod_sys::error::Chain(&err));
     }
-    let service = create_agent_service(Arc::new(Agent { sandbox, network }));
+    let service = create_agent_service(Arc::new(Agent {
+        sandbox,
+        network,
+        machine,
+    }));
     let mut server = Server::new()
         .bind(&listen.ttrpc_address())?
         .register_service(service);

@@ -382,7 +382,11 @@ impl Pod {
             exit: vm_exit,
             kill,
         } = spawn_vmm(command, config, id, dir, cgroup).map_err(|err| *err)?;
-        let ready = match connect(config, id, dir, spec, size.memory_mib, vm_exit.clone()).await {
+        let guest = GuestShape {
+            memory_mib: size.memory_mib,
+            network,
+        };
+        let ready = match connect(config, id, dir, spec, guest, vm_exit.clone()).await {
             Ok(agent) => configure_guest_network(id, &agent, network)
                 .await
                 .map(|()| agent),
@@ -641,16 +645,28 @@ struct Started {
     kill: oneshot::Sender<()>,
 }
 
+/// What of the VM CreateSandbox needs to know.
+#[derive(Clone, Copy)]
+struct GuestShape<'a> {
+    /// The VM's memory, which bounds the pod's `/dev/shm`.
+    memory_mib: u32,
+    /// The pod's network: its taps' MACs, in `--net` order.
+    network: Option<&'a PodNetwork>,
+}
+
 /// Connects to the agent of a booting VM (bounded by `agent-timeout`), checks
 /// its version and creates the sandbox: the pod's hostname and sysctls
-/// (its UTS and IPC namespaces', see [`crate::spec::for_guest`]) and its
-/// `/dev/shm`, within the VM's memory.
+/// (its UTS and IPC namespaces', see [`crate::spec::for_guest`]), its
+/// `/dev/shm`, within the VM's memory, and the MAC of each of its
+/// interfaces (the agent also steps the guest's clock to the host's and
+/// reseeds its random pool: a VM restored from a template has the
+/// template's).
 async fn connect(
     config: &Config,
     id: &str,
     dir: &PodDir,
     spec: &PodSpec,
-    memory_mib: u32,
+    guest: GuestShape<'_>,
     vm_exit: watch::Receiver<Option<String>>,
 ) -> Result<AgentClient, PodError> {
     let started = Instant::now();
@@ -710,7 +726,10 @@ async fn connect(
             shm_size: spec
                 .shm
                 .as_ref()
-                .map_or(0, |shm| shm.guest_size(memory_mib)),
+                .map_or(0, |shm| shm.guest_size(guest.memory_mib)),
+            interface_macs: guest.network.map_or_else(Vec::new, |network| {
+                network.endpoints.iter().map(|e| e.mac.clone()).collect()
+            }),
         })
         .await
         .map_err(agent_error)?;

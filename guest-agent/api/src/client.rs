@@ -186,13 +186,32 @@ impl AgentClient {
     }
 
     /// Sets up the pod: hostname, DNS, shared mounts, PID namespace,
-    /// sysctls and `/dev/shm`.
+    /// sysctls and `/dev/shm`; and makes the guest its own (random pool,
+    /// clock, interface MACs) with the host's time and random bytes read
+    /// now ([`HostTimeAndSeed::now`]).
     ///
     /// # Errors
     ///
     /// As [`AgentClient::check`].
     pub async fn create_sandbox(&self, sandbox: &SandboxConfig) -> Result<(), ClientError> {
+        self.create_sandbox_with(sandbox, HostTimeAndSeed::now())
+            .await
+    }
+
+    /// [`AgentClient::create_sandbox`] with the host's time and seed given.
+    ///
+    /// # Errors
+    ///
+    /// As [`AgentClient::check`].
+    pub async fn create_sandbox_with(
+        &self,
+        sandbox: &SandboxConfig,
+        host: HostTimeAndSeed,
+    ) -> Result<(), ClientError> {
         let mut req = CreateSandboxRequest::new();
+        req.host_time_ns = host.time_ns;
+        req.seed = host.seed;
+        req.interface_macs = sandbox.interface_macs.clone();
         req.sandbox_id = sandbox.id.clone();
         req.hostname = sandbox.hostname.clone();
         req.dns = sandbox.dns.clone();
@@ -583,6 +602,44 @@ pub struct SandboxConfig {
     /// The size of the pod's `/dev/shm` in bytes (see
     /// [`crate::POD_SHM_DIR`]); 0: none.
     pub shm_size: u64,
+    /// The MAC of each of the VM's network devices, in the order of
+    /// `vmpod-vm`'s `--net` options: the guest's interfaces take them.
+    pub interface_macs: Vec<String>,
+}
+
+/// What the host hands the guest at CreateSandbox to part from the
+/// template it may be restored from: the time its clock steps to, and
+/// random bytes for its random pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostTimeAndSeed {
+    /// The host's `CLOCK_REALTIME` in nanoseconds since the Unix epoch.
+    pub time_ns: u64,
+    /// Random bytes (at most [`crate::MAX_SEED_BYTES`]).
+    pub seed: Vec<u8>,
+}
+
+/// How many random bytes [`HostTimeAndSeed::now`] sends.
+const SEED_BYTES: usize = 32;
+
+impl HostTimeAndSeed {
+    /// The host's time now and 32 bytes of its `/dev/urandom`. Should
+    /// that be unreadable (a host without devices), the seed is empty and
+    /// the guest's virtio-rng alone reseeds it: the agent refuses the
+    /// sandbox when that is missing too.
+    pub fn now() -> Self {
+        use std::io::Read;
+        let mut seed = vec![0u8; SEED_BYTES];
+        let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut seed));
+        if read.is_err() {
+            seed.clear();
+        }
+        let time_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+            });
+        HostTimeAndSeed { time_ns, seed }
+    }
 }
 
 fn container_request(container_id: &str) -> ContainerRequest {

@@ -26,12 +26,16 @@ pub mod service {
     include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
 }
 
-pub use client::{AgentClient, ClientError, ProcessId, SandboxConfig};
+pub use client::{AgentClient, ClientError, HostTimeAndSeed, ProcessId, SandboxConfig};
 
 /// Bumped on incompatible changes to `protos/agent.proto` or to what its
 /// fields mean (3: the pod's sysctls and namespaces; 4: the pod's
-/// `/dev/shm`).
-pub const API_VERSION: u32 = 4;
+/// `/dev/shm`; 5: CreateSandbox's host time, seed and interface MACs,
+/// which make a guest restored from a template its own).
+pub const API_VERSION: u32 = 5;
+
+/// The most bytes of CreateSandbox's `seed` the agent takes.
+pub const MAX_SEED_BYTES: usize = 256;
 
 /// A container's spec names `<this>/uts`, `<this>/ipc` or `<this>/pid` as a
 /// namespace's `path` to join the pod's namespace of that kind (as CRI's

@@ -10,6 +10,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod identity;
 mod isolation;
 mod lifecycle;
 mod network;

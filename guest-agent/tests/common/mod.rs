@@ -40,11 +40,15 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
-/// Returns the agent, or prints why the test skips. Set
-/// VMPOD_REQUIRE_AGENT=1 to turn a skip into a failure (test.sh does).
+/// Returns the agent (with extra command-line arguments, if given), or
+/// prints why the test skips. Set VMPOD_REQUIRE_AGENT=1 to turn a skip
+/// into a failure (test.sh does).
 #[macro_export]
 macro_rules! agent_or_skip {
     ($name:expr) => {
+        agent_or_skip!($name, &[])
+    };
+    ($name:expr, $args:expr) => {
         match common::skip_reason() {
             Some(reason) if std::env::var_os("VMPOD_REQUIRE_AGENT").is_some() => {
                 panic!("{}: cannot run: {reason}", $name)
@@ -53,7 +57,7 @@ macro_rules! agent_or_skip {
                 eprintln!("SKIP {}: {reason}", $name);
                 return;
             }
-            None => common::HostAgent::start($name).await,
+            None => common::HostAgent::start_with($name, $args).await,
         }
     };
 }
@@ -82,8 +86,9 @@ pub struct HostAgent {
 }
 
 impl HostAgent {
-    /// Starts an agent for test `name` and connects to it.
-    pub async fn start(name: &str) -> HostAgent {
+    /// Starts an agent for test `name` with `args` added to its command
+    /// line, and connects to it.
+    pub async fn start_with(name: &str, args: &[&str]) -> HostAgent {
         let dir = std::env::temp_dir().join(format!("vmpod-agent-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -102,6 +107,7 @@ impl HostAgent {
             .arg(&state_dir)
             .arg("--cgroup-root")
             .arg(&cgroup_root)
+            .args(args)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .spawn()

@@ -96,6 +96,9 @@ pub(super) fn vmm_args(
         ]
         .concat()
         .into_os_string(),
+        // virtio-rng: the agent reseeds the guest's random pool from it at
+        // CreateSandbox (a VM restored from a template has the template's).
+        "--rng".into(),
     ];
     for net in nets {
         args.extend(["--net".into(), net.into()]);
