@@ -73,34 +73,47 @@ struct Launch {
 }
 
 impl Launch {
-    fn args(&self, vm: &VmFiles) -> Vec<String> {
-        vec![
-            "--kernel".into(),
-            self.kernel.display().to_string(),
-            "--initrd".into(),
-            self.initrd.display().to_string(),
-            "--memory".into(),
-            "256".into(),
-            "--cmdline".into(),
-            self.cmdline.clone(),
-            "--disk".into(),
-            format!("path={},readonly", self.disk.display()),
-            "--fs".into(),
-            format!("tag=share,dir={}", vm.share.display()),
-            "--vsock".into(),
-            format!("cid=3,socket={}", vm.vsock.display()),
-            "--rng".into(),
-            "--serial".into(),
-            format!("file:{}", vm.console.display()),
-            "--api".into(),
-            format!("unix:{}", vm.api.display()),
-        ]
+    /// The flags of `vm`; a flag of `extra` replaces the same flag's value
+    /// (`--memory 512` for the usual 256), other flags are added.
+    fn args(&self, vm: &VmFiles, extra: &[&str]) -> Vec<String> {
+        let mut flags: Vec<(String, String)> = vec![
+            ("--kernel".into(), self.kernel.display().to_string()),
+            ("--initrd".into(), self.initrd.display().to_string()),
+            ("--memory".into(), "256".into()),
+            ("--cmdline".into(), self.cmdline.clone()),
+            (
+                "--disk".into(),
+                format!("path={},readonly", self.disk.display()),
+            ),
+            (
+                "--fs".into(),
+                format!("tag=share,dir={}", vm.share.display()),
+            ),
+            (
+                "--vsock".into(),
+                format!("cid=3,socket={}", vm.vsock.display()),
+            ),
+            ("--serial".into(), format!("file:{}", vm.console.display())),
+            ("--api".into(), format!("unix:{}", vm.api.display())),
+        ];
+        for pair in extra.chunks(2) {
+            let (flag, value) = (
+                pair[0].to_string(),
+                pair.get(1).map_or("", |v| v).to_string(),
+            );
+            match flags.iter_mut().find(|(f, _)| *f == flag) {
+                Some(existing) => existing.1 = value,
+                None => flags.push((flag, value)),
+            }
+        }
+        let mut args: Vec<String> = flags.into_iter().flat_map(|(f, v)| [f, v]).collect();
+        args.push("--rng".into());
+        args
     }
 
     fn spawn(&self, vm: &VmFiles, extra: &[&str]) -> Child {
         Command::new(vmpod_vm_binary().unwrap())
-            .args(self.args(vm))
-            .args(extra)
+            .args(self.args(vm, extra))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&vm.log).unwrap())
@@ -227,7 +240,7 @@ fn assert_refused(
 ) {
     let vm = VmFiles::new(work, name);
     let mut cmd = Command::new(vmpod_vm_binary().unwrap());
-    cmd.args(launch.args(&vm)).args(extra);
+    cmd.args(launch.args(&vm, extra));
     let out = run_with_timeout(&mut cmd, Duration::from_secs(60));
     let errors: Vec<&str> = out
         .stderr
