@@ -365,8 +365,35 @@ fn test_snapshot_restore_side_by_side_and_bad_snapshots() {
         BOOT_TIMEOUT,
     );
     assert_eq!(vm_api::state(&original.api), "Running");
+    let snapshot_body = |dir: &Path| serde_json::json!({ "snapshot_dir": dir }).to_string();
+    let refused = vm_api::call(
+        &original.api,
+        "PUT",
+        "/snapshot/create",
+        &snapshot_body(&snapshot),
+    )
+    .unwrap();
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert!(
+        refused.body.contains("pause it before a snapshot"),
+        "{refused:?}"
+    );
     vm_api::pause(&original.api);
     assert_eq!(vm_api::state(&original.api), "Paused");
+    let unwritable = vm_api::call(
+        &original.api,
+        "PUT",
+        "/snapshot/create",
+        &snapshot_body(Path::new("/proc/vmpod-snapshot")),
+    )
+    .unwrap();
+    assert_eq!(unwritable.status, 400, "{unwritable:?}");
+    assert!(
+        unwritable
+            .body
+            .contains("Cannot write the snapshot file /proc/vmpod-snapshot"),
+        "{unwritable:?}"
+    );
     let taken = Instant::now();
     vm_api::snapshot(&original.api, &snapshot);
     eprintln!("snapshot taken in {:?}", taken.elapsed());

@@ -613,6 +613,9 @@ pub fn restore_microvm(
     dir: &Path,
     launched: Instant,
 ) -> Result<Microvm, BuildMicrovmError> {
+    // The snapshot first: a missing or damaged one is the user's to fix,
+    // whatever the host.
+    let (state, memory_file) = read_snapshot(dir)?;
     let kvm = KvmContext::open()?;
     if usize::from(config.vcpus) > kvm.max_vcpus() {
         return Err(BuildMicrovmError::TooManyVcpus {
@@ -620,7 +623,6 @@ pub fn restore_microvm(
             max: kvm.max_vcpus(),
         });
     }
-    let (state, memory_file) = read_snapshot(dir)?;
     let template = resolve_cpu_template(&kvm, config.cpu_template)?;
     let identity_error = |source| SnapshotError::Identity {
         path: dir.to_path_buf(),

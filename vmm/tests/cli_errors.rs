@@ -510,3 +510,87 @@ fn test_bad_seccomp_filter_files() {
         &["--no-seccomp", "cannot be used with"],
     );
 }
+
+#[test]
+fn test_bad_api_socket() {
+    let dir = TestDir::new("api");
+    let kernel = good_kernel(&dir);
+    let kernel = path_str(&kernel);
+    assert_fails(
+        &["--kernel", kernel, "--api", "tcp:127.0.0.1:80"],
+        2,
+        &["Invalid --api \"tcp:127.0.0.1:80\": expected unix:PATH"],
+    );
+    assert_fails(
+        &["--kernel", kernel, "--api", "unix:"],
+        2,
+        &["Invalid --api"],
+    );
+    // Something in the way is left alone.
+    let taken = dir.write("taken.sock", b"not a socket");
+    assert_fails(
+        &[
+            "--kernel",
+            kernel,
+            "--api",
+            &format!("unix:{}", path_str(&taken)),
+        ],
+        2,
+        &["The API socket", "already exists"],
+    );
+    assert_eq!(std::fs::read(&taken).unwrap(), b"not a socket");
+    let missing_dir = dir.path().join("no/such/dir/api.sock");
+    assert_fails(
+        &[
+            "--kernel",
+            kernel,
+            "--api",
+            &format!("unix:{}", path_str(&missing_dir)),
+        ],
+        2,
+        &["Cannot bind the API socket"],
+    );
+    // A launch refused after the socket was bound removes it.
+    let socket = dir.path().join("api.sock");
+    assert_fails(
+        &[
+            "--kernel",
+            path_str(&dir.path().join("no-kernel")),
+            "--api",
+            &format!("unix:{}", path_str(&socket)),
+        ],
+        2,
+        &["Cannot read the kernel"],
+    );
+    assert!(!socket.exists(), "API socket left behind");
+}
+
+#[test]
+fn test_restore_of_a_missing_or_damaged_snapshot() {
+    let dir = TestDir::new("restore");
+    let kernel = good_kernel(&dir);
+    let kernel = path_str(&kernel);
+    let missing = dir.path().join("none");
+    assert_fails(
+        &["--kernel", kernel, "--restore", path_str(&missing)],
+        2,
+        &["Cannot read the snapshot file", "vmstate"],
+    );
+    let snapshot = dir.path().join("snap");
+    std::fs::create_dir(&snapshot).unwrap();
+    std::fs::write(snapshot.join("vmstate"), b"VMPODSNP").unwrap();
+    let console = dir.path().join("console");
+    assert_fails(
+        &[
+            "--kernel",
+            kernel,
+            "--restore",
+            path_str(&snapshot),
+            "--serial",
+            &format!("file:{}", path_str(&console)),
+        ],
+        2,
+        &["Invalid snapshot", "truncated"],
+    );
+    assert!(!console.exists(), "console file left behind");
+}
