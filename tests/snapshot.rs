@@ -228,6 +228,22 @@ fn damaged_copy(from: &Path, to: &Path, damage: impl FnOnce(&mut Vec<u8>)) {
     std::fs::write(to.join("vmstate"), state).unwrap();
 }
 
+/// A copy of the snapshot `from` in `to` whose state `edit` changes,
+/// written with a valid header and checksum (the state file's layout is
+/// vmm/src/snapshot/format.rs): only the identity check can refuse it.
+fn edited_copy(from: &Path, to: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    use sha2::{Digest, Sha256};
+    damaged_copy(from, to, |file| {
+        let mut state: serde_json::Value = serde_json::from_slice(&file[52..]).unwrap();
+        edit(&mut state);
+        let payload = serde_json::to_vec(&state).unwrap();
+        file.truncate(12);
+        file.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        file.extend_from_slice(&Sha256::digest(&payload));
+        file.extend_from_slice(&payload);
+    });
+}
+
 /// Restores with `extra` flags; must fail with status 2 and one error
 /// line containing `expected`, leaving no console, API socket or vsock
 /// socket.
@@ -329,6 +345,30 @@ fn check_bad_snapshots(launch: &Launch, work: &Path, snapshot: &Path, template: 
         "refused",
         &["--restore", &snap],
         "initrd sha256",
+    );
+    let other_kernel = Launch {
+        kernel: other.kernel.with_file_name("bzImage"),
+        initrd: launch.initrd.clone(),
+        disk: launch.disk.clone(),
+        cmdline: launch.cmdline.clone(),
+    };
+    assert_refused(
+        &other_kernel,
+        work,
+        "refused",
+        &["--restore", &snap],
+        "kernel sha256",
+    );
+    let other_version = bad.join("other-version");
+    edited_copy(snapshot, &other_version, |state| {
+        state["identity"]["vmpod_version"] = "0.0.1".into();
+    });
+    assert_refused(
+        launch,
+        work,
+        "refused",
+        &["--restore", &restore_from(&other_version)],
+        "the snapshot was taken with vmpod \"0.0.1\"",
     );
     let missing = restore_from(&work.join("no-such-snapshot"));
     assert_refused(launch, work, "refused", &["--restore", &missing], "vmstate");
