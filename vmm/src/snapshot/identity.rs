@@ -103,10 +103,23 @@ impl SnapshotIdentity {
     /// # Errors
     /// [`IdentityError::Read`] when an image cannot be read.
     pub fn of(config: &VmConfig, template: CpuTemplate) -> Result<Self, IdentityError> {
+        // The two images hash side by side: this is most of a restore's
+        // start-up (tens of MiB).
+        let (kernel_sha256, initrd_sha256) = std::thread::scope(|s| {
+            let initrd = s.spawn(|| config.initrd.as_deref().map(sha256_file).transpose());
+            let kernel = sha256_file(&config.kernel);
+            let initrd = initrd.join().unwrap_or_else(|_| {
+                Err(IdentityError::Read {
+                    path: config.initrd.clone().unwrap_or_default(),
+                    source: std::io::Error::other("the hashing thread panicked"),
+                })
+            });
+            (kernel, initrd)
+        });
         Ok(SnapshotIdentity {
             vmpod_version: env!("CARGO_PKG_VERSION").to_string(),
-            kernel_sha256: sha256_file(&config.kernel)?,
-            initrd_sha256: config.initrd.as_deref().map(sha256_file).transpose()?,
+            kernel_sha256: kernel_sha256?,
+            initrd_sha256: initrd_sha256?,
             cmdline: config.cmdline.clone(),
             memory_mib: config.memory_mib,
             vcpus: config.vcpus,
