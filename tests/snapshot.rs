@@ -122,13 +122,19 @@ impl Launch {
     }
 }
 
-/// Kills the VM on drop, so a failing test leaves no process.
-struct Running(Child);
+/// Kills the VM on drop, so a failing test leaves no process; a failing
+/// test also prints the VM's log (a VMM that died under a request answers
+/// nothing, and only its log says why).
+struct Running(Child, PathBuf);
 
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.1).unwrap_or_default();
+            eprintln!("log of the VM {}:\n{log}", self.1.display());
+        }
     }
 }
 
@@ -397,7 +403,7 @@ fn test_snapshot_restore_side_by_side_and_bad_snapshots() {
     let restored = VmFiles::new(&work.0, "restored");
     let snapshot = work.0.join("snapshot");
 
-    let mut first = Running(launch.spawn(&original, &[]));
+    let mut first = Running(launch.spawn(&original, &[]), original.log.clone());
     wait_for_line(
         &original,
         &mut first,
@@ -440,8 +446,10 @@ fn test_snapshot_restore_side_by_side_and_bad_snapshots() {
     assert!(snapshot.join("vmstate").exists() && snapshot.join("memory").exists());
 
     let launched = Instant::now();
-    let mut second =
-        Running(launch.spawn(&restored, &["--restore", &snapshot.display().to_string()]));
+    let mut second = Running(
+        launch.spawn(&restored, &["--restore", &snapshot.display().to_string()]),
+        restored.log.clone(),
+    );
     assert!(
         vm_api::wait_for(&restored.api, Duration::from_secs(60)),
         "the restored VM did not start: {}",

@@ -18,7 +18,7 @@ use k8s_cri::v1::{
 };
 use vmpod_integration_tests::containerd::BUSYBOX_IMAGE;
 use vmpod_integration_tests::cri::pod::{container_config, sandbox_config};
-use vmpod_integration_tests::cri::{CriHarness, VMPOD_HANDLER};
+use vmpod_integration_tests::cri::{CriHarness, CRI_NAMESPACE, VMPOD_HANDLER};
 
 use crate::calls::{fail, log_lines, Pod};
 
@@ -353,11 +353,37 @@ fn stop_containers(pod: &Pod, main: &str, stubborn: &str, checks: &mut Checks) {
         status.exit_code == 128 + libc::SIGKILL && took >= STUBBORN_GRACE,
         || {
             format!(
-                "stubborn stopped after {took:?} with {}, want SIGKILL after {STUBBORN_GRACE:?}",
-                status.exit_code
+                "stubborn stopped after {took:?} with {} ({:?}: {:?}, exited at {}), \
+                 want SIGKILL after {STUBBORN_GRACE:?}\n{}",
+                status.exit_code,
+                status.reason,
+                status.message,
+                status.finished_at,
+                pod_diagnosis(pod)
             )
         },
     );
+}
+
+/// What tells why a container ended early: the end of the guest's console
+/// (the kernel's OOM and fault reports) and of containerd's log (the
+/// shim's and the agent's lines).
+fn pod_diagnosis(pod: &Pod) -> String {
+    let console = pod
+        .harness
+        .pods_dir()
+        .map(|dir| dir.join(CRI_NAMESPACE).join(&pod.id).join("console.log"))
+        .and_then(|path| std::fs::read(path).ok())
+        .map(|bytes| {
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(80)..].join("\n")
+        })
+        .unwrap_or_else(|| "(no console)".into());
+    format!(
+        "--- guest console:\n{console}\n--- containerd's log:\n{}",
+        pod.harness.containerd().log_tail(200)
+    )
 }
 
 /// Rotates `main`'s log as the kubelet does: once its first lines are

@@ -53,7 +53,8 @@ pub fn restore_microvm(
         path: dir.to_path_buf(),
         source,
     };
-    let this = SnapshotIdentity::of(config, template).map_err(identity_error)?;
+    let this =
+        SnapshotIdentity::of_hashing_in_parallel(config, template).map_err(identity_error)?;
     state.identity.check(&this).map_err(identity_error)?;
     let mem = guest_memory_from_file(config.memory_mib << 20, &memory_file).map_err(|source| {
         SnapshotError::MapMemory {

@@ -98,13 +98,32 @@ pub fn device_kinds(config: &VmConfig) -> Vec<String> {
 
 impl SnapshotIdentity {
     /// The identity of the VM `config` describes, with CPU template
-    /// `template` resolved. Hashes the kernel and the initrd.
+    /// `template` resolved. Hashes the kernel, then the initrd, on the
+    /// calling thread: the API thread's seccomp filter lets it start none.
     ///
     /// # Errors
     /// [`IdentityError::Read`] when an image cannot be read.
     pub fn of(config: &VmConfig, template: CpuTemplate) -> Result<Self, IdentityError> {
-        // The two images hash side by side: this is most of a restore's
-        // start-up (tens of MiB).
+        let kernel_sha256 = sha256_file(&config.kernel)?;
+        let initrd_sha256 = config.initrd.as_deref().map(sha256_file).transpose()?;
+        Ok(Self::with_hashes(
+            config,
+            template,
+            kernel_sha256,
+            initrd_sha256,
+        ))
+    }
+
+    /// [`SnapshotIdentity::of`] with the two images hashed side by side,
+    /// for a restore: hashing is most of its start-up (tens of MiB). Runs
+    /// before any seccomp filter is installed.
+    ///
+    /// # Errors
+    /// [`IdentityError::Read`] when an image cannot be read.
+    pub fn of_hashing_in_parallel(
+        config: &VmConfig,
+        template: CpuTemplate,
+    ) -> Result<Self, IdentityError> {
         let (kernel_sha256, initrd_sha256) = std::thread::scope(|s| {
             let initrd = s.spawn(|| config.initrd.as_deref().map(sha256_file).transpose());
             let kernel = sha256_file(&config.kernel);
@@ -116,16 +135,30 @@ impl SnapshotIdentity {
             });
             (kernel, initrd)
         });
-        Ok(SnapshotIdentity {
+        Ok(Self::with_hashes(
+            config,
+            template,
+            kernel_sha256?,
+            initrd_sha256?,
+        ))
+    }
+
+    fn with_hashes(
+        config: &VmConfig,
+        template: CpuTemplate,
+        kernel_sha256: String,
+        initrd_sha256: Option<String>,
+    ) -> Self {
+        SnapshotIdentity {
             vmpod_version: env!("CARGO_PKG_VERSION").to_string(),
-            kernel_sha256: kernel_sha256?,
-            initrd_sha256: initrd_sha256?,
+            kernel_sha256,
+            initrd_sha256,
             cmdline: config.cmdline.clone(),
             memory_mib: config.memory_mib,
             vcpus: config.vcpus,
             cpu_template: template.to_string(),
             devices: device_kinds(config),
-        })
+        }
     }
 
     /// Checks that a snapshot with identity `self` can be restored as the
@@ -215,6 +248,30 @@ mod tests {
             let message = snapshot.check(&this).unwrap_err().to_string();
             assert!(message.contains(expected), "{message}");
         }
+    }
+
+    #[test]
+    fn test_parallel_hashing_gives_the_same_identity() {
+        let dir = std::env::temp_dir().join(format!("vmpod-identity-both-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("kernel"), b"kernel").unwrap();
+        std::fs::write(dir.join("initrd"), b"initrd").unwrap();
+        let config = crate::config::ConfigLayer {
+            kernel: Some(dir.join("kernel")),
+            initrd: Some(dir.join("initrd")),
+            ..Default::default()
+        }
+        .validate(1024)
+        .unwrap();
+        let one_thread = SnapshotIdentity::of(&config, CpuTemplate::Host).unwrap();
+        let two_threads =
+            SnapshotIdentity::of_hashing_in_parallel(&config, CpuTemplate::Host).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(one_thread, two_threads);
+        assert_ne!(
+            one_thread.initrd_sha256,
+            Some(one_thread.kernel_sha256.clone())
+        );
     }
 
     #[test]
