@@ -43,25 +43,84 @@ pub(super) struct VmPaths {
     pub(super) console: PathBuf,
     pub(super) vsock: PathBuf,
     pub(super) share: PathBuf,
+    /// The control socket (`--api`), in the sockets' directory.
+    pub(super) api: PathBuf,
+    /// Where a cold-booted VM writes its snapshot, in the sockets'
+    /// directory (which a jailed VMM can write).
+    pub(super) snapshot: PathBuf,
+    /// The template a VM is restored from (`--restore`).
+    pub(super) template: PathBuf,
 }
 
-/// The same files as the jail binds them.
-fn jail_paths() -> VmPaths {
-    VmPaths {
-        kernel: "/kernel".into(),
-        initrd: "/initrd".into(),
-        console: "/console.log".into(),
-        vsock: "/run/vsock.sock".into(),
-        share: "/share".into(),
+impl VmPaths {
+    /// The pod's files as an unconfined `vmpod-vm` sees them: the host's.
+    pub(super) fn host(config: &Config, dir: &PodDir, template: &Path) -> Self {
+        VmPaths {
+            kernel: config.kernel.clone(),
+            initrd: config.initrd.clone(),
+            console: dir.console(),
+            vsock: dir.vsock(),
+            share: dir.shared(),
+            api: dir.api_socket(),
+            snapshot: dir.snapshot(),
+            template: template.to_path_buf(),
+        }
+    }
+
+    /// The same files as the jail binds them (the sockets' directory at
+    /// `/run`, a template at `/template`).
+    pub(super) fn jail() -> Self {
+        VmPaths {
+            kernel: "/kernel".into(),
+            initrd: "/initrd".into(),
+            console: "/console.log".into(),
+            vsock: "/run/vsock.sock".into(),
+            share: "/share".into(),
+            api: "/run/api.sock".into(),
+            snapshot: "/run/template".into(),
+            template: "/template".into(),
+        }
     }
 }
 
-/// `vmpod-vm`'s arguments for `paths` and the `--net` values `nets`.
+/// How a pod's VM starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Launch<'a> {
+    /// Booted, as templates off have it.
+    Cold,
+    /// Booted with its control socket, to be snapshotted as a template.
+    ColdWithApi,
+    /// Restored from the template in this host directory.
+    Restore(&'a Path),
+}
+
+/// The kernel command line of every pod VM. The console keeps the kernel's
+/// messages (not `quiet`): a guest process's fatal trap shows there
+/// (README, "Known host faults").
+pub(super) fn guest_cmdline() -> String {
+    format!("console=ttyS0 reboot=k panic=1 vmpod.log_port={AGENT_LOG_PORT}")
+}
+
+/// The virtio devices of a pod VM with `nets` interfaces by kind, in
+/// vmpod-vm's order (its snapshot identity's): a template's input.
+pub(super) fn device_kinds(nets: usize) -> Vec<String> {
+    let mut kinds = vec!["net".to_owned(); nets];
+    kinds.extend([
+        "vsock".to_owned(),
+        format!("fs:{SHARE_TAG}"),
+        "rng".to_owned(),
+    ]);
+    kinds
+}
+
+/// `vmpod-vm`'s arguments for `paths`, the `--net` values `nets` and the
+/// way it starts.
 pub(super) fn vmm_args(
     config: &Config,
     size: VmSize,
     paths: &VmPaths,
     nets: Vec<String>,
+    launch: Launch<'_>,
 ) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "--kernel".into(),
@@ -74,10 +133,8 @@ pub(super) fn vmm_args(
         size.memory_mib.to_string().into(),
         "--cpu-template".into(),
         config.cpu_template.clone().into(),
-        // The console keeps the kernel's messages (not `quiet`): a guest
-        // process's fatal trap shows there (README, "Known host faults").
         "--cmdline".into(),
-        format!("console=ttyS0 reboot=k panic=1 vmpod.log_port={AGENT_LOG_PORT}").into(),
+        guest_cmdline().into(),
         "--serial".into(),
         [b"file:", paths.console.as_os_str().as_bytes()]
             .concat()
@@ -102,6 +159,16 @@ pub(super) fn vmm_args(
     ];
     for net in nets {
         args.extend(["--net".into(), net.into()]);
+    }
+    match launch {
+        Launch::Cold => {}
+        Launch::ColdWithApi => {
+            let api = [b"unix:", paths.api.as_os_str().as_bytes()].concat();
+            args.extend(["--api".into(), api.into_os_string()]);
+        }
+        Launch::Restore(_) => {
+            args.extend(["--restore".into(), paths.template.clone().into()]);
+        }
     }
     args
 }
@@ -142,8 +209,9 @@ pub(super) fn command(
     size: VmSize,
     network: Option<&PodNetwork>,
     cgroup: Option<&CgroupPath>,
+    launch: Launch<'_>,
 ) -> Command {
-    let paths = jail_paths();
+    let paths = VmPaths::jail();
     let mut command = Command::new(&jail.jailer);
     command
         .arg("--exec-file")
@@ -179,7 +247,13 @@ pub(super) fn command(
         .arg("--ro-bind")
         .arg(bind(&config.kernel, &paths.kernel))
         .arg("--ro-bind")
-        .arg(bind(&config.initrd, &paths.initrd))
+        .arg(bind(&config.initrd, &paths.initrd));
+    if let Launch::Restore(template) = launch {
+        command
+            .arg("--ro-bind")
+            .arg(bind(template, &paths.template));
+    }
+    command
         .arg("--bind")
         .arg(bind(&dir.sockets(), vsock_dir))
         .arg("--bind")
@@ -187,7 +261,7 @@ pub(super) fn command(
         .arg("--bind")
         .arg(bind(&dir.console(), &paths.console))
         .arg("--")
-        .args(vmm_args(config, size, &paths, nets));
+        .args(vmm_args(config, size, &paths, nets, launch));
     command
 }
 
