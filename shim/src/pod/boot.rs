@@ -95,6 +95,7 @@ async fn find(
     let found = tokio::task::spawn_blocking(move || {
         let inputs = TemplateInputs::of(
             &config,
+            &templates,
             size,
             jail::guest_cmdline(),
             jail::device_kinds(nets),

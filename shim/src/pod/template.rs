@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -25,6 +26,10 @@ use crate::sizing::VmSize;
 const STATE_FILE: &str = "vmstate";
 /// A snapshot's guest memory (vmpod-vm's `snapshot::MEMORY_FILE`).
 const MEMORY_FILE: &str = "memory";
+/// The hashes of the files a key is made of, in the template directory
+/// (no key starts with a dot): a file per hashed file, named by its device,
+/// inode, size, modification and change times, holding its SHA-256.
+const HASH_CACHE: &str = ".sha256";
 /// How much of `vmm.log`'s end is searched for vmpod-vm's error line.
 const LOG_END: u64 = 16 * 1024;
 
@@ -51,21 +56,25 @@ pub(super) struct TemplateInputs {
 }
 
 impl TemplateInputs {
-    /// The inputs of a pod VM of `size` with `nets` interfaces under
-    /// `config`: hashes the kernel, the initrd and `vmpod-vm`.
+    /// The inputs of a pod VM of `size` with the kernel command line
+    /// `cmdline` and the devices `devices` under `config`: hashes the
+    /// kernel, the initrd and `vmpod-vm`, or finds their hashes in
+    /// `templates`' cache.
     ///
     /// # Errors
     /// A file that cannot be read.
     pub(super) fn of(
         config: &Config,
+        templates: &Path,
         size: VmSize,
         cmdline: String,
         devices: Vec<String>,
     ) -> Result<Self, TemplateError> {
+        let cache = templates.join(HASH_CACHE);
         Ok(TemplateInputs {
-            kernel: sha256_file(&config.kernel)?,
-            initrd: sha256_file(&config.initrd)?,
-            vmm: sha256_file(&config.vmm)?,
+            kernel: sha256_cached(&config.kernel, &cache)?,
+            initrd: sha256_cached(&config.initrd, &cache)?,
+            vmm: sha256_cached(&config.vmm, &cache)?,
             memory_mib: size.memory_mib,
             vcpus: size.vcpus,
             cpu_template: config.cpu_template.clone(),
@@ -127,9 +136,44 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// SHA-256 of the file at `path`, hex, from the cache in `cache` when the
+/// file's identity (device, inode, size, modification and change times,
+/// read from the open file) has a hash there; computed and cached else (a
+/// cache that cannot be written is no error).
+fn sha256_cached(path: &Path, cache: &Path) -> Result<String, TemplateError> {
+    let file = File::open(path).map_err(io_error("open", path))?;
+    let meta = file.metadata().map_err(io_error("read", path))?;
+    let entry = cache.join(format!(
+        "{:x}-{:x}-{:x}-{}.{}-{}.{}",
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    ));
+    if let Ok(hash) = std::fs::read_to_string(&entry) {
+        if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(hash);
+        }
+    }
+    let hash = sha256_of(file, path)?;
+    let partial = entry.with_extension("partial");
+    let _ = std::fs::create_dir_all(cache)
+        .and_then(|()| std::fs::write(&partial, &hash))
+        .and_then(|()| std::fs::rename(&partial, &entry));
+    Ok(hash)
+}
+
 /// SHA-256 of the file at `path`, hex.
+#[cfg(test)]
 fn sha256_file(path: &Path) -> Result<String, TemplateError> {
-    let mut file = File::open(path).map_err(io_error("open", path))?;
+    sha256_of(File::open(path).map_err(io_error("open", path))?, path)
+}
+
+/// SHA-256 of the open `file` (at `path`), hex.
+fn sha256_of(mut file: File, path: &Path) -> Result<String, TemplateError> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -385,6 +429,23 @@ mod tests {
         assert_ne!(first, sha256_file(&file).unwrap());
         let err = sha256_file(&dir.join("none")).unwrap_err();
         assert!(err.to_string().starts_with("open "), "{err}");
+        // The cache answers for the same file, and not once it changed.
+        let cache = dir.join("cache");
+        let hash = sha256_cached(&file, &cache).unwrap();
+        assert_eq!(hash, sha256_file(&file).unwrap());
+        let entry = std::fs::read_dir(&cache)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::write(&entry, "f".repeat(64)).unwrap();
+        assert_eq!(sha256_cached(&file, &cache).unwrap(), "f".repeat(64));
+        std::fs::write(&file, b"initrd changed").unwrap();
+        assert_eq!(
+            sha256_cached(&file, &cache).unwrap(),
+            sha256_file(&file).unwrap()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
