@@ -376,3 +376,93 @@ pub fn kill_jail_leftovers(pod: &PodDir) -> std::io::Result<()> {
     vmpod_jailer::ids::remove_stale(Path::new(JAIL_IDS))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::share::layout::ShareLimits;
+    use std::time::Duration;
+
+    fn config() -> Config {
+        Config {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            vmm: "/vmpod-vm".into(),
+            state_dir: "/s".into(),
+            vcpus: 1,
+            max_vcpus: 2,
+            memory_mib: 256,
+            max_memory_mib: 512,
+            cpu_template: "auto".into(),
+            log_level: "info".into(),
+            agent_timeout: Duration::from_secs(1),
+            share_limits: ShareLimits {
+                size_mib: 1,
+                inodes: 256,
+            },
+            jail: Some(Jail {
+                jailer: "/vmpod-jailer".into(),
+                ids: "1000-1009".parse().unwrap(),
+            }),
+            templates: Some("/s/.templates".into()),
+        }
+    }
+
+    /// The command's arguments, space-joined.
+    fn args(command: &Command) -> String {
+        let args: Vec<String> = command
+            .as_std()
+            .get_args()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect();
+        args.join(" ")
+    }
+
+    #[test]
+    fn test_a_launch_boots_with_the_api_or_restores_the_template_bound_read_only() {
+        let (config, dir) = (config(), PodDir::new(Path::new("/s"), "ns", "pod"));
+        let size = VmSize {
+            vcpus: 1,
+            memory_mib: 256,
+        };
+        let jail = config.jail.clone().unwrap();
+        let template = Path::new("/s/.templates/abc");
+        let launch = |launch| args(&command(&config, &jail, &dir, size, None, None, launch));
+        let cold = launch(Launch::Cold);
+        assert!(
+            !cold.contains("--api") && !cold.contains("--restore"),
+            "{cold}"
+        );
+        assert!(!cold.contains("/template"), "{cold}");
+        let with_api = launch(Launch::ColdWithApi);
+        assert!(
+            with_api.ends_with("--rng --api unix:/run/api.sock"),
+            "{with_api}"
+        );
+        let restore = launch(Launch::Restore(template));
+        assert!(
+            restore.contains("--ro-bind /s/.templates/abc:/template --bind"),
+            "{restore}"
+        );
+        assert!(restore.ends_with("--rng --restore /template"), "{restore}");
+        // Unconfined, the paths are the host's.
+        let paths = VmPaths::host(&config, &dir, template);
+        let unconfined: Vec<String> =
+            vmm_args(&config, size, &paths, Vec::new(), Launch::Restore(template))
+                .iter()
+                .map(|arg| arg.to_string_lossy().into_owned())
+                .collect();
+        assert!(unconfined.ends_with(&["--restore".into(), "/s/.templates/abc".into()]));
+        let with_api: Vec<String> =
+            vmm_args(&config, size, &paths, Vec::new(), Launch::ColdWithApi)
+                .iter()
+                .map(|arg| arg.to_string_lossy().into_owned())
+                .collect();
+        assert!(with_api.ends_with(&["--api".into(), "unix:/s/ns/pod/run/api.sock".into()]));
+        assert_eq!(
+            device_kinds(2),
+            ["net", "net", "vsock", "fs:vmpod", "rng"],
+            "the order of vmpod-vm's snapshot identity"
+        );
+    }
+}
