@@ -178,12 +178,13 @@ impl TestPod {
     }
 }
 
-/// The templates in `dir`: their keys.
+/// The templates in `dir`: their keys (the hash cache `.sha256` aside).
 fn templates(dir: &Path) -> Vec<String> {
     let mut keys: Vec<String> = std::fs::read_dir(dir)
         .map(|dir| {
             dir.flatten()
                 .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.starts_with('.'))
                 .collect()
         })
         .unwrap_or_default();
