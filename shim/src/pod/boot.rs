@@ -62,7 +62,12 @@ pub(super) async fn boot(
             ),
         }
     }
-    let launch = match template {
+    // The VM becomes the template unless there is one, or another pod
+    // is making it.
+    let making = template
+        .filter(|template| !template.exists())
+        .and_then(|template| Some((template.claim()?, template)));
+    let launch = match making {
         Some(_) => Launch::ColdWithApi,
         None => Launch::Cold,
     };
@@ -75,8 +80,11 @@ pub(super) async fn boot(
             return Err(err);
         }
     };
-    if let Some(template) = template.filter(|template| !template.exists()) {
-        make_template(config, id, dir, template).await;
+    if let Some((claim, template)) = making {
+        if !template.exists() {
+            make_template(config, id, dir, template).await;
+        }
+        drop(claim);
     }
     Ok(Booted { agent, vmm })
 }

@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -210,6 +210,29 @@ impl Template {
     pub(super) fn exists(&self) -> bool {
         self.dir.symlink_metadata().is_ok_and(|meta| meta.is_dir())
             && self.dir.join(STATE_FILE).is_file()
+    }
+
+    /// Claims the making of this template: of the pods of a shape that
+    /// boot at once with no template, one snapshots its VM, the others
+    /// boot plain. The claim is a `flock` on `.<key>.lock` beside the
+    /// template, held by the returned file (and let go when the shim
+    /// dies); `None` when another pod holds it or it cannot be taken.
+    pub(super) fn claim(&self) -> Option<File> {
+        let lock = self.dir.with_file_name(format!(".{}.lock", self.key));
+        if let Some(parent) = lock.parent() {
+            std::fs::create_dir_all(parent).ok()?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&lock)
+            .ok()?;
+        // SAFETY: flock on a descriptor the file owns.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        locked.then_some(file)
     }
 
     /// Removes the template (a restore refused it).
@@ -488,8 +511,14 @@ mod tests {
         };
         let template = Template::new(&dir.join("templates"), &inputs());
         assert!(!template.exists());
+        // One pod at a time makes a template.
+        let claim = template.claim().expect("the first claim");
+        assert!(template.claim().is_none(), "a second claim while held");
+        drop(claim);
+        let claim = template.claim().expect("a claim once let go");
         let first = snapshot("first");
         assert!(template.keep(&first).unwrap());
+        drop(claim);
         assert!(template.exists() && !first.exists());
         let meta = std::fs::metadata(template.dir.join(STATE_FILE)).unwrap();
         assert_eq!(
