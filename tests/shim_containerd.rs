@@ -7,7 +7,9 @@
 //! joining the pod, a failed create rolling back, delete), two for the
 //! failures (the shim killed, the VM killed), one for the pod's network, and
 //! one for a pod as CRI makes it (64-digit ids, a deep `state-dir`, the
-//! sandbox's hostname, sysctls and namespaces).
+//! sandbox's hostname, sysctls and namespaces); one for pod VM templates
+//! (a cold boot leaving a template, two pods restored from it, a changed
+//! initrd, templates off and a damaged template booting side by side).
 //! Bad input is checked without a boot: it fails before any VM starts.
 //!
 //! A step whose guest process died of the host fault some KVM hosts show
@@ -27,3 +29,5 @@ mod fixture;
 mod network;
 #[path = "shim_containerd/task_api.rs"]
 mod task_api;
+#[path = "shim_containerd/templates.rs"]
+mod templates;

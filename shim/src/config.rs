@@ -4,6 +4,7 @@
 //! annotations may size a VM within. Every key is checked when the shim
 //! starts, so a bad file fails the first request with one line naming the key.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,6 +22,9 @@ pub const CONFIG_PATH_ENV: &str = "VMPOD_CONFIG";
 
 /// The CPU templates `vmpod-vm --cpu-template` knows.
 const CPU_TEMPLATES: [&str; 4] = ["auto", "host", "baseline", "emulated-supervisor"];
+/// The template directory's name in the state directory unless
+/// `template-dir` names another.
+const DEFAULT_TEMPLATE_DIR: &str = ".templates";
 /// The levels `log-level` may name (tracing's).
 const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 /// Less guest memory than this does not boot the agent.
@@ -85,6 +89,9 @@ struct RawConfig {
     jailer: Option<PathBuf>,
     jail_ids: Option<String>,
     unconfined: Option<bool>,
+    // Pod VM templates: docs/shim.md, "Templates".
+    templates: Option<bool>,
+    template_dir: Option<PathBuf>,
 }
 
 /// The checked configuration.
@@ -118,6 +125,10 @@ pub struct Config {
     /// How `vmpod-vm` is confined; `None`: it runs unconfined, as the
     /// shim's root (`unconfined = true`).
     pub jail: Option<Jail>,
+    /// Where pod VM templates are kept (`template-dir`, by default
+    /// `<state-dir>/.templates`); `None`: templates are off (`templates =
+    /// false`) and every pod VM boots cold.
+    pub templates: Option<PathBuf>,
 }
 
 /// The jail `vmpod-vm` runs in (keys `jailer` and `jail-ids`).
@@ -202,6 +213,7 @@ impl Config {
         }
         let share_limits = check.share_limits(raw.share_size, raw.share_inodes)?;
         let jail = check.jail(raw.jailer, raw.jail_ids, raw.unconfined, &vmm)?;
+        let templates = check.templates(raw.templates, raw.template_dir, &state_dir)?;
         Ok(Config {
             kernel: raw.kernel,
             initrd: raw.initrd,
@@ -216,6 +228,7 @@ impl Config {
             agent_timeout: Duration::from_secs(agent_timeout),
             share_limits,
             jail,
+            templates,
         })
     }
 
@@ -304,6 +317,46 @@ impl Checker<'_> {
             None => DEFAULT_JAIL_IDS,
         };
         Ok(Some(Jail { jailer, ids }))
+    }
+
+    /// `templates` and `template-dir`: where templates are kept, or `None`
+    /// when they are off. The default directory is `.templates` in the
+    /// state directory: a containerd namespace (a pod directory's parent
+    /// there) never starts with a dot. It must be on the state directory's
+    /// file system for a template to be moved there from a pod's directory
+    /// (docs/shim.md, "Templates").
+    fn templates(
+        &self,
+        on: Option<bool>,
+        dir: Option<PathBuf>,
+        state_dir: &Path,
+    ) -> Result<Option<PathBuf>, ConfigError> {
+        let dir = dir.unwrap_or_else(|| state_dir.join(DEFAULT_TEMPLATE_DIR));
+        if !dir.is_absolute() {
+            return Err(self.invalid(
+                "template-dir",
+                format!("{} is not an absolute path", dir.display()),
+            ));
+        }
+        // In the state directory, only a name with a leading dot is never a
+        // containerd namespace's (whose pods' directories are there).
+        let in_state_dir = dir.strip_prefix(state_dir).ok().map(|below| {
+            below
+                .components()
+                .next()
+                .is_some_and(|first| first.as_os_str().as_bytes().starts_with(b"."))
+        });
+        if in_state_dir == Some(false) {
+            return Err(self.invalid(
+                "template-dir",
+                format!(
+                    "{} is in state-dir under a name a containerd namespace may have \
+                     (start it with a dot)",
+                    dir.display()
+                ),
+            ));
+        }
+        Ok(on.unwrap_or(true).then_some(dir))
     }
 
     /// `vcpus` and `max-vcpus`, defaulted and within their bounds.
@@ -412,6 +465,10 @@ mod tests {
                 inodes: 64
             }
         );
+        assert_eq!(
+            config.templates,
+            Some(PathBuf::from("/run/vmpod/.templates"))
+        );
         let jail = config.jail.unwrap();
         assert_eq!(jail.ids, DEFAULT_JAIL_IDS);
         assert_eq!(jail.jailer, std::env::current_exe().unwrap());
@@ -438,6 +495,18 @@ mod tests {
         let beside_vmm: String = base().lines().take(3).map(|l| format!("{l}\n")).collect();
         let err = parse(&beside_vmm).unwrap_err();
         assert!(err.contains("/vmpod-jailer is not a file"), "{err}");
+    }
+
+    #[test]
+    fn test_the_template_keys() {
+        let config = parse(&format!("{}state-dir = \"/s\"\n", base())).unwrap();
+        assert_eq!(config.templates, Some(PathBuf::from("/s/.templates")));
+        let config = parse(&format!("{}templates = false\n", base())).unwrap();
+        assert_eq!(config.templates, None);
+        for dir in ["/var/lib/vmpod/templates", "/run/vmpod/.t/x"] {
+            let config = parse(&format!("{}template-dir = {dir:?}\n", base())).unwrap();
+            assert_eq!(config.templates, Some(PathBuf::from(dir)));
+        }
     }
 
     #[test]
@@ -479,6 +548,19 @@ mod tests {
                 "line 5: invalid type: string \"yes\"",
             ),
             ("colour = 1", "line 5: unknown field `colour`"),
+            ("templates = 1", "line 5: invalid type: integer `1`"),
+            (
+                "template-dir = \"t\"",
+                "template-dir: t is not an absolute path",
+            ),
+            (
+                "template-dir = \"/run/vmpod/templates\"",
+                "template-dir: /run/vmpod/templates is in state-dir under a name",
+            ),
+            (
+                "template-dir = \"/run/vmpod\"",
+                "template-dir: /run/vmpod is in state-dir",
+            ),
             ("vcpus = \"two\"", "line 5: invalid type: string \"two\""),
             ("vcpus = 300", "line 5:"),
         ];

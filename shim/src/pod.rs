@@ -4,20 +4,23 @@
 //! when a step fails; the VM dies with the shim (parent-death signal), and the
 //! directory is what `delete` finds to clean up after a killed shim.
 
+mod boot;
 mod jail;
 mod logs;
+mod template;
+mod vm_api;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::UnixListener;
 use tokio::process::Command;
 use tokio::sync::{oneshot, watch};
 use vmpod_agent_api::messages::Mount;
-use vmpod_agent_api::{AgentClient, SandboxConfig, AGENT_VSOCK_PORT, API_VERSION};
+use vmpod_agent_api::{AgentClient, SandboxConfig};
 use vmpod_jailer::cgroup::{CgroupError, CgroupPath};
 
 use crate::config::Config;
@@ -25,6 +28,8 @@ use crate::network::{NetworkError, PodNetwork};
 use crate::share::{self, layout::ShareLimits, ShareError};
 use crate::sizing::VmSize;
 use crate::spec::PodSpec;
+use boot::Booted;
+use jail::Launch;
 use logs::{forward_agent_logs, tail};
 
 pub use jail::{kill_jail_leftovers, CGROUP_RECORD, JAIL_IDS};
@@ -161,6 +166,18 @@ impl PodDir {
     /// The VMM's hybrid-vsock socket.
     pub fn vsock(&self) -> PathBuf {
         self.sockets().join("vsock.sock")
+    }
+
+    /// `vmpod-vm`'s control socket, when it is booted to become a
+    /// template.
+    fn api_socket(&self) -> PathBuf {
+        self.sockets().join("api.sock")
+    }
+
+    /// Where a VM booted to become a template writes its snapshot, before
+    /// the shim moves it among the templates.
+    fn snapshot(&self) -> PathBuf {
+        self.sockets().join("template")
     }
 
     /// Where the agent's log connections arrive (`<vsock>_<port>`).
@@ -376,32 +393,25 @@ impl Pod {
         let log_listener =
             listen(&dir.log_socket()).map_err(host_error(id, "listen on", &dir.log_socket()))?;
         tokio::spawn(forward_agent_logs(log_listener, id.to_owned()));
-        let command = vmm_command(config, id, dir, size, network, cgroup).map_err(|err| *err)?;
-        let Vmm {
-            pid: vmm_pid,
-            exit: vm_exit,
-            kill,
-        } = spawn_vmm(command, config, id, dir, cgroup).map_err(|err| *err)?;
+        let Booted { agent, vmm } = boot::boot(config, id, dir, size, network, cgroup).await?;
         let guest = GuestShape {
             memory_mib: size.memory_mib,
             network,
         };
-        let ready = match connect(config, id, dir, spec, guest, vm_exit.clone()).await {
-            Ok(agent) => configure_guest_network(id, &agent, network)
-                .await
-                .map(|()| agent),
+        let ready = match create_sandbox(id, &agent, spec, guest).await {
+            Ok(()) => configure_guest_network(id, &agent, network).await,
             Err(err) => Err(err),
         };
         match ready {
-            Ok(agent) => Ok(Started {
+            Ok(()) => Ok(Started {
                 agent,
-                vmm_pid,
-                vm_exit,
-                kill,
+                vmm_pid: vmm.pid,
+                vm_exit: vmm.exit,
+                kill: vmm.kill,
             }),
             Err(err) => {
-                let _ = kill.send(());
-                let mut exit = vm_exit;
+                let _ = vmm.kill.send(());
+                let mut exit = vmm.exit;
                 let _ = exit.wait_for(Option::is_some).await;
                 Err(err)
             }
@@ -449,8 +459,9 @@ pub async fn tear_down_network(id: &str, network: Option<&PodNetwork>) {
 
 /// The `vmpod-vm` command line of the pod — through `vmpod-jailer` unless
 /// the configuration says `unconfined` — with its kernel, size, console,
-/// vsock, share and network; its output goes to the pod's `vmm.log`, and it
-/// dies with the shim. (The error is boxed, as [`PodError`] is large.)
+/// vsock, share and network, booted or restored as `launch` says; its
+/// output goes to the pod's `vmm.log`, and it dies with the shim. (The
+/// error is boxed, as [`PodError`] is large.)
 fn vmm_command(
     config: &Config,
     id: &str,
@@ -458,6 +469,7 @@ fn vmm_command(
     size: VmSize,
     network: Option<&PodNetwork>,
     cgroup: Option<&CgroupPath>,
+    launch: Launch<'_>,
 ) -> Result<Command, Box<PodError>> {
     let host = |what: &'static str, path: &Path| host_error(id, what, path);
     let vmm_log = std::fs::File::create(dir.vmm_log()).map_err(host("create", &dir.vmm_log()))?;
@@ -467,19 +479,17 @@ fn vmm_command(
             // The jail binds the console: it must exist.
             std::fs::File::create(dir.console()).map_err(host("create", &dir.console()))?;
             jail::share_propagates(id, dir)?;
-            jail::command(config, jail, dir, size, network, cgroup)
+            jail::command(config, jail, dir, size, network, cgroup, launch)
         }
         None => {
             let mut command = Command::new(&config.vmm);
-            let paths = jail::VmPaths {
-                kernel: config.kernel.clone(),
-                initrd: config.initrd.clone(),
-                console: dir.console(),
-                vsock: dir.vsock(),
-                share: dir.shared(),
+            let template = match launch {
+                Launch::Restore(template) => template,
+                Launch::Cold | Launch::ColdWithApi => Path::new(""),
             };
+            let paths = jail::VmPaths::host(config, dir, template);
             let nets = network.map(PodNetwork::vmm_args).unwrap_or_default();
-            command.args(jail::vmm_args(config, size, &paths, nets));
+            command.args(jail::vmm_args(config, size, &paths, nets, launch));
             command
         }
     };
@@ -538,6 +548,8 @@ fn spawn_vmm(
     ))?;
     let (exit_tx, exit_rx) = watch::channel(None);
     let (kill_tx, kill_rx) = oneshot::channel::<()>();
+    let quiet = Arc::new(AtomicBool::new(false));
+    let quiet_end = quiet.clone();
     let (id, dir) = (id.to_owned(), dir.clone());
     let jailed = config.jail.is_some();
     tokio::spawn(async move {
@@ -552,7 +564,7 @@ fn spawn_vmm(
             Ok(status) => status.to_string(),
             Err(err) => format!("cannot wait: {err}"),
         };
-        if !bidden {
+        if !bidden && !quiet_end.load(Ordering::SeqCst) {
             // A seccomp kill or a crash says why there.
             tracing::warn!(
                 pod = id,
@@ -573,6 +585,7 @@ fn spawn_vmm(
         pid: vmm_pid,
         exit: exit_rx,
         kill: kill_tx,
+        quiet,
     })
 }
 
@@ -583,6 +596,9 @@ struct Vmm {
     exit: watch::Receiver<Option<String>>,
     /// Kills it.
     kill: oneshot::Sender<()>,
+    /// Set while its unbidden end is its caller's to report (a restore
+    /// being tried): the watcher then does not warn.
+    quiet: Arc<AtomicBool>,
 }
 
 /// Gives the guest's interfaces the addresses and MTU of the namespace's,
@@ -654,63 +670,18 @@ struct GuestShape<'a> {
     network: Option<&'a PodNetwork>,
 }
 
-/// Connects to the agent of a booting VM (bounded by `agent-timeout`), checks
-/// its version and creates the sandbox: the pod's hostname and sysctls
-/// (its UTS and IPC namespaces', see [`crate::spec::for_guest`]), its
-/// `/dev/shm`, within the VM's memory, and the MAC of each of its
+/// Creates the sandbox in a VM whose agent serves: the pod's hostname and
+/// sysctls (its UTS and IPC namespaces', see [`crate::spec::for_guest`]),
+/// its `/dev/shm`, within the VM's memory, and the MAC of each of its
 /// interfaces (the agent also steps the guest's clock to the host's and
 /// reseeds its random pool: a VM restored from a template has the
 /// template's).
-async fn connect(
-    config: &Config,
+async fn create_sandbox(
     id: &str,
-    dir: &PodDir,
+    agent: &AgentClient,
     spec: &PodSpec,
     guest: GuestShape<'_>,
-    vm_exit: watch::Receiver<Option<String>>,
-) -> Result<AgentClient, PodError> {
-    let started = Instant::now();
-    let agent = loop {
-        if let Some(status) = vm_exit.borrow().clone() {
-            return Err(PodError::VmExited {
-                pod: id.to_owned(),
-                status,
-                log: tail(&dir.vmm_log())
-                    .or_else(|| tail(&dir.console()))
-                    .unwrap_or_default(),
-            });
-        }
-        if let Ok(agent) = AgentClient::connect_hybrid_vsock(&dir.vsock(), AGENT_VSOCK_PORT).await {
-            if matches!(agent.check().await, Ok(true)) {
-                break agent;
-            }
-        }
-        if started.elapsed() > config.agent_timeout {
-            return Err(PodError::Timeout {
-                pod: id.to_owned(),
-                seconds: config.agent_timeout.as_secs(),
-                log: tail(&dir.console()).unwrap_or_default(),
-            });
-        }
-        tokio::time::sleep(CONNECT_RETRY).await;
-    };
-    tracing::info!(
-        pod = id,
-        seconds = started.elapsed().as_secs_f64(),
-        "agent serving"
-    );
-    let agent_error = |source| PodError::Agent {
-        pod: id.to_owned(),
-        source,
-    };
-    let version = agent.version().await.map_err(agent_error)?;
-    if version.api_version != API_VERSION {
-        return Err(PodError::Version {
-            pod: id.to_owned(),
-            agent: version.api_version,
-            shim: API_VERSION,
-        });
-    }
+) -> Result<(), PodError> {
     let mut share = Mount::new();
     share.source = SHARE_TAG.into();
     share.destination = GUEST_SHARE.into();
@@ -732,6 +703,8 @@ async fn connect(
             }),
         })
         .await
-        .map_err(agent_error)?;
-    Ok(agent)
+        .map_err(|source| PodError::Agent {
+            pod: id.to_owned(),
+            source,
+        })
 }

@@ -43,25 +43,84 @@ pub(super) struct VmPaths {
     pub(super) console: PathBuf,
     pub(super) vsock: PathBuf,
     pub(super) share: PathBuf,
+    /// The control socket (`--api`), in the sockets' directory.
+    pub(super) api: PathBuf,
+    /// Where a cold-booted VM writes its snapshot, in the sockets'
+    /// directory (which a jailed VMM can write).
+    pub(super) snapshot: PathBuf,
+    /// The template a VM is restored from (`--restore`).
+    pub(super) template: PathBuf,
 }
 
-/// The same files as the jail binds them.
-fn jail_paths() -> VmPaths {
-    VmPaths {
-        kernel: "/kernel".into(),
-        initrd: "/initrd".into(),
-        console: "/console.log".into(),
-        vsock: "/run/vsock.sock".into(),
-        share: "/share".into(),
+impl VmPaths {
+    /// The pod's files as an unconfined `vmpod-vm` sees them: the host's.
+    pub(super) fn host(config: &Config, dir: &PodDir, template: &Path) -> Self {
+        VmPaths {
+            kernel: config.kernel.clone(),
+            initrd: config.initrd.clone(),
+            console: dir.console(),
+            vsock: dir.vsock(),
+            share: dir.shared(),
+            api: dir.api_socket(),
+            snapshot: dir.snapshot(),
+            template: template.to_path_buf(),
+        }
+    }
+
+    /// The same files as the jail binds them (the sockets' directory at
+    /// `/run`, a template at `/template`).
+    pub(super) fn jail() -> Self {
+        VmPaths {
+            kernel: "/kernel".into(),
+            initrd: "/initrd".into(),
+            console: "/console.log".into(),
+            vsock: "/run/vsock.sock".into(),
+            share: "/share".into(),
+            api: "/run/api.sock".into(),
+            snapshot: "/run/template".into(),
+            template: "/template".into(),
+        }
     }
 }
 
-/// `vmpod-vm`'s arguments for `paths` and the `--net` values `nets`.
+/// How a pod's VM starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Launch<'a> {
+    /// Booted, as templates off have it.
+    Cold,
+    /// Booted with its control socket, to be snapshotted as a template.
+    ColdWithApi,
+    /// Restored from the template in this host directory.
+    Restore(&'a Path),
+}
+
+/// The kernel command line of every pod VM. The console keeps the kernel's
+/// messages (not `quiet`): a guest process's fatal trap shows there
+/// (README, "Known host faults").
+pub(super) fn guest_cmdline() -> String {
+    format!("console=ttyS0 reboot=k panic=1 vmpod.log_port={AGENT_LOG_PORT}")
+}
+
+/// The virtio devices of a pod VM with `nets` interfaces by kind, in
+/// vmpod-vm's order (its snapshot identity's): a template's input.
+pub(super) fn device_kinds(nets: usize) -> Vec<String> {
+    let mut kinds = vec!["net".to_owned(); nets];
+    kinds.extend([
+        "vsock".to_owned(),
+        format!("fs:{SHARE_TAG}"),
+        "rng".to_owned(),
+    ]);
+    kinds
+}
+
+/// `vmpod-vm`'s arguments for `paths`, the `--net` values `nets` and the
+/// way it starts.
 pub(super) fn vmm_args(
     config: &Config,
     size: VmSize,
     paths: &VmPaths,
     nets: Vec<String>,
+    launch: Launch<'_>,
 ) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "--kernel".into(),
@@ -74,10 +133,8 @@ pub(super) fn vmm_args(
         size.memory_mib.to_string().into(),
         "--cpu-template".into(),
         config.cpu_template.clone().into(),
-        // The console keeps the kernel's messages (not `quiet`): a guest
-        // process's fatal trap shows there (README, "Known host faults").
         "--cmdline".into(),
-        format!("console=ttyS0 reboot=k panic=1 vmpod.log_port={AGENT_LOG_PORT}").into(),
+        guest_cmdline().into(),
         "--serial".into(),
         [b"file:", paths.console.as_os_str().as_bytes()]
             .concat()
@@ -102,6 +159,16 @@ pub(super) fn vmm_args(
     ];
     for net in nets {
         args.extend(["--net".into(), net.into()]);
+    }
+    match launch {
+        Launch::Cold => {}
+        Launch::ColdWithApi => {
+            let api = [b"unix:", paths.api.as_os_str().as_bytes()].concat();
+            args.extend(["--api".into(), api.into_os_string()]);
+        }
+        Launch::Restore(_) => {
+            args.extend(["--restore".into(), paths.template.clone().into()]);
+        }
     }
     args
 }
@@ -142,8 +209,9 @@ pub(super) fn command(
     size: VmSize,
     network: Option<&PodNetwork>,
     cgroup: Option<&CgroupPath>,
+    launch: Launch<'_>,
 ) -> Command {
-    let paths = jail_paths();
+    let paths = VmPaths::jail();
     let mut command = Command::new(&jail.jailer);
     command
         .arg("--exec-file")
@@ -179,7 +247,13 @@ pub(super) fn command(
         .arg("--ro-bind")
         .arg(bind(&config.kernel, &paths.kernel))
         .arg("--ro-bind")
-        .arg(bind(&config.initrd, &paths.initrd))
+        .arg(bind(&config.initrd, &paths.initrd));
+    if let Launch::Restore(template) = launch {
+        command
+            .arg("--ro-bind")
+            .arg(bind(template, &paths.template));
+    }
+    command
         .arg("--bind")
         .arg(bind(&dir.sockets(), vsock_dir))
         .arg("--bind")
@@ -187,7 +261,7 @@ pub(super) fn command(
         .arg("--bind")
         .arg(bind(&dir.console(), &paths.console))
         .arg("--")
-        .args(vmm_args(config, size, &paths, nets));
+        .args(vmm_args(config, size, &paths, nets, launch));
     command
 }
 
@@ -301,4 +375,94 @@ pub fn kill_jail_leftovers(pod: &PodDir) -> std::io::Result<()> {
     }
     vmpod_jailer::ids::remove_stale(Path::new(JAIL_IDS))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::share::layout::ShareLimits;
+    use std::time::Duration;
+
+    fn config() -> Config {
+        Config {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            vmm: "/vmpod-vm".into(),
+            state_dir: "/s".into(),
+            vcpus: 1,
+            max_vcpus: 2,
+            memory_mib: 256,
+            max_memory_mib: 512,
+            cpu_template: "auto".into(),
+            log_level: "info".into(),
+            agent_timeout: Duration::from_secs(1),
+            share_limits: ShareLimits {
+                size_mib: 1,
+                inodes: 256,
+            },
+            jail: Some(Jail {
+                jailer: "/vmpod-jailer".into(),
+                ids: "1000-1009".parse().unwrap(),
+            }),
+            templates: Some("/s/.templates".into()),
+        }
+    }
+
+    /// The command's arguments, space-joined.
+    fn args(command: &Command) -> String {
+        let args: Vec<String> = command
+            .as_std()
+            .get_args()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect();
+        args.join(" ")
+    }
+
+    #[test]
+    fn test_a_launch_boots_with_the_api_or_restores_the_template_bound_read_only() {
+        let (config, dir) = (config(), PodDir::new(Path::new("/s"), "ns", "pod"));
+        let size = VmSize {
+            vcpus: 1,
+            memory_mib: 256,
+        };
+        let jail = config.jail.clone().unwrap();
+        let template = Path::new("/s/.templates/abc");
+        let launch = |launch| args(&command(&config, &jail, &dir, size, None, None, launch));
+        let cold = launch(Launch::Cold);
+        assert!(
+            !cold.contains("--api") && !cold.contains("--restore"),
+            "{cold}"
+        );
+        assert!(!cold.contains("/template"), "{cold}");
+        let with_api = launch(Launch::ColdWithApi);
+        assert!(
+            with_api.ends_with("--rng --api unix:/run/api.sock"),
+            "{with_api}"
+        );
+        let restore = launch(Launch::Restore(template));
+        assert!(
+            restore.contains("--ro-bind /s/.templates/abc:/template --bind"),
+            "{restore}"
+        );
+        assert!(restore.ends_with("--rng --restore /template"), "{restore}");
+        // Unconfined, the paths are the host's.
+        let paths = VmPaths::host(&config, &dir, template);
+        let unconfined: Vec<String> =
+            vmm_args(&config, size, &paths, Vec::new(), Launch::Restore(template))
+                .iter()
+                .map(|arg| arg.to_string_lossy().into_owned())
+                .collect();
+        assert!(unconfined.ends_with(&["--restore".into(), "/s/.templates/abc".into()]));
+        let with_api: Vec<String> =
+            vmm_args(&config, size, &paths, Vec::new(), Launch::ColdWithApi)
+                .iter()
+                .map(|arg| arg.to_string_lossy().into_owned())
+                .collect();
+        assert!(with_api.ends_with(&["--api".into(), "unix:/s/ns/pod/run/api.sock".into()]));
+        assert_eq!(
+            device_kinds(2),
+            ["net", "net", "vsock", "fs:vmpod", "rng"],
+            "the order of vmpod-vm's snapshot identity"
+        );
+    }
 }

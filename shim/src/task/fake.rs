@@ -450,6 +450,7 @@ impl Harness {
                 inodes: 256,
             },
             jail: None,
+            templates: None,
         };
         let agent = Arc::new(FakeAgent::new());
         let events = Arc::new(RecordingEvents::default());

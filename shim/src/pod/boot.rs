@@ -1,0 +1,284 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Starting a pod's VM up to its agent serving: restored from the template
+//! of its shape when there is one, else booted cold — and then, with
+//! templates on, snapshotted as that shape's template before it becomes the
+//! pod's (before CreateSandbox: the guest has not mounted the share yet,
+//! and holds nothing of any pod). A failed restore falls back to a cold
+//! boot with one warning; a failed snapshot is a warning: neither fails
+//! the pod.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use vmpod_agent_api::{AgentClient, AGENT_VSOCK_PORT, API_VERSION};
+use vmpod_jailer::cgroup::CgroupPath;
+
+use super::jail::{self, Launch, VmPaths};
+use super::logs::tail;
+use super::template::{self, Template, TemplateInputs};
+use super::{spawn_vmm, vm_api, vmm_command, PodDir, PodError, Vmm, CONNECT_RETRY};
+use crate::config::Config;
+use crate::network::PodNetwork;
+use crate::sizing::VmSize;
+
+/// How long a restored VM's agent may take to answer before the restore
+/// counts as failed and the VM boots cold (a restore that works answers
+/// in well under a second on hardware-virtualised hosts, a few seconds
+/// where the guest kernel is emulated).
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A pod VM whose agent serves and speaks this shim's API version.
+pub(super) struct Booted {
+    pub(super) agent: AgentClient,
+    pub(super) vmm: Vmm,
+}
+
+/// Starts the pod's VM — restored from its shape's template, or booted
+/// cold (leaving a template with templates on) — and waits for its agent.
+/// A VM that fails is stopped.
+///
+/// # Errors
+/// The cold boot's [`PodError`].
+pub(super) async fn boot(
+    config: &Config,
+    id: &str,
+    dir: &PodDir,
+    size: VmSize,
+    network: Option<&PodNetwork>,
+    cgroup: Option<&CgroupPath>,
+) -> Result<Booted, PodError> {
+    let template = match &config.templates {
+        Some(templates) => find(config, templates, id, size, network).await,
+        None => None,
+    };
+    if let Some(template) = template.as_ref().filter(|template| template.exists()) {
+        match restore(config, id, dir, size, network, cgroup, template).await {
+            Ok(booted) => return Ok(booted),
+            Err(why) => tracing::warn!(
+                pod = id,
+                template = %template.key,
+                "restoring the pod VM from its template failed, booting it cold: {why}"
+            ),
+        }
+    }
+    // The VM becomes the template unless there is one, or another pod
+    // is making it.
+    let making = template
+        .filter(|template| !template.exists())
+        .and_then(|template| Some((template.claim()?, template)));
+    let launch = match making {
+        Some(_) => Launch::ColdWithApi,
+        None => Launch::Cold,
+    };
+    let command = vmm_command(config, id, dir, size, network, cgroup, launch).map_err(|e| *e)?;
+    let vmm = spawn_vmm(command, config, id, dir, cgroup).map_err(|e| *e)?;
+    let agent = match wait_for_agent(id, dir, &vmm, config.agent_timeout).await {
+        Ok(agent) => agent,
+        Err(err) => {
+            stop(vmm).await;
+            return Err(err);
+        }
+    };
+    if let Some((claim, template)) = making {
+        if !template.exists() {
+            make_template(config, id, dir, template).await;
+        }
+        drop(claim);
+    }
+    Ok(Booted { agent, vmm })
+}
+
+/// The template of the pod VM's shape in `templates`; `None` (with a
+/// warning) when its inputs cannot be read — the pod then boots cold.
+async fn find(
+    config: &Config,
+    templates: &Path,
+    id: &str,
+    size: VmSize,
+    network: Option<&PodNetwork>,
+) -> Option<Template> {
+    let nets = network.map_or(0, |network| network.endpoints.len());
+    let (config, templates) = (config.clone(), templates.to_path_buf());
+    let found = tokio::task::spawn_blocking(move || {
+        let inputs = TemplateInputs::of(
+            &config,
+            &templates,
+            size,
+            jail::guest_cmdline(),
+            jail::device_kinds(nets),
+        )?;
+        Ok::<_, template::TemplateError>(Template::new(&templates, &inputs))
+    })
+    .await;
+    match found {
+        Ok(Ok(template)) => Some(template),
+        Ok(Err(err)) => {
+            tracing::warn!(
+                pod = id,
+                "no template: its inputs: {}",
+                vmpod_sys::error::chain(&err)
+            );
+            None
+        }
+        Err(err) => {
+            tracing::warn!(pod = id, "no template: {err}");
+            None
+        }
+    }
+}
+
+/// Restores the pod's VM from `template` and waits (at most
+/// [`RESTORE_TIMEOUT`]) for its agent. On failure the VM is stopped, its
+/// socket removed, the template too when vmpod-vm refused it, and the
+/// reason returned, on one line.
+#[allow(clippy::too_many_arguments)]
+async fn restore(
+    config: &Config,
+    id: &str,
+    dir: &PodDir,
+    size: VmSize,
+    network: Option<&PodNetwork>,
+    cgroup: Option<&CgroupPath>,
+    template: &Template,
+) -> Result<Booted, String> {
+    let started = Instant::now();
+    let launch = Launch::Restore(&template.dir);
+    let command = vmm_command(config, id, dir, size, network, cgroup, launch)
+        .map_err(|err| vmpod_sys::error::chain(&*err))?;
+    let vmm = spawn_vmm(command, config, id, dir, cgroup)
+        .map_err(|err| vmpod_sys::error::chain(&*err))?;
+    // Its end while restoring is this function's to report, once.
+    vmm.quiet.store(true, Ordering::SeqCst);
+    let deadline = RESTORE_TIMEOUT.min(config.agent_timeout);
+    let err = match wait_for_agent(id, dir, &vmm, deadline).await {
+        Ok(agent) => {
+            vmm.quiet.store(false, Ordering::SeqCst);
+            tracing::info!(
+                pod = id,
+                template = %template.key,
+                seconds = started.elapsed().as_secs_f64(),
+                "pod VM restored from its template"
+            );
+            return Ok(Booted { agent, vmm });
+        }
+        Err(err) => err,
+    };
+    stop(vmm).await;
+    let _ = std::fs::remove_file(dir.vsock());
+    let refused = template::refusal(&dir.vmm_log());
+    let mut why = match (&err, &refused) {
+        (_, Some(line)) => format!("vmpod-vm refused it: {line}"),
+        (PodError::Timeout { .. }, None) => {
+            format!("its agent did not answer within {} s", deadline.as_secs())
+        }
+        (err, None) => vmpod_sys::error::chain(err),
+    };
+    if refused.is_some() {
+        match template.remove() {
+            Ok(()) => why.push_str("; the template is removed"),
+            Err(err) => why.push_str(&format!(
+                "; removing the template: {}",
+                vmpod_sys::error::chain(&err)
+            )),
+        }
+    }
+    Err(why)
+}
+
+/// Stops a VM that failed and waits for its end.
+async fn stop(vmm: Vmm) {
+    let _ = vmm.kill.send(());
+    let mut exit = vmm.exit;
+    let _ = exit.wait_for(Option::is_some).await;
+}
+
+/// Pauses the cold-booted VM, has it snapshot itself into the pod's
+/// sockets' directory, resumes it, and moves the snapshot into place as
+/// `template`. Whatever fails is a warning: the pod goes on.
+async fn make_template(config: &Config, id: &str, dir: &PodDir, template: Template) {
+    let started = Instant::now();
+    let (socket, snapshot) = (dir.api_socket(), dir.snapshot());
+    let seen_by_vm = match config.jail {
+        Some(_) => VmPaths::jail().snapshot,
+        None => snapshot.clone(),
+    };
+    let key = template.key.clone();
+    let made = tokio::task::spawn_blocking(move || {
+        if let Err(err) = vm_api::snapshot(&socket, &seen_by_vm) {
+            let _ = std::fs::remove_dir_all(&snapshot);
+            return Err(format!("snapshot: {}", vmpod_sys::error::chain(&err)));
+        }
+        template
+            .keep(&snapshot)
+            .map_err(|err| vmpod_sys::error::chain(&err))
+    })
+    .await
+    .unwrap_or_else(|err| Err(err.to_string()));
+    match made {
+        Ok(true) => tracing::info!(
+            pod = id,
+            template = %key,
+            seconds = started.elapsed().as_secs_f64(),
+            "template made of the pod VM"
+        ),
+        Ok(false) => tracing::info!(
+            pod = id,
+            template = %key,
+            "another pod made the template first; this pod's snapshot is dropped"
+        ),
+        Err(why) => tracing::warn!(pod = id, template = %key, "no template made: {why}"),
+    }
+}
+
+/// Connects to the agent of a starting VM (bounded by `deadline`) and
+/// checks its version.
+async fn wait_for_agent(
+    id: &str,
+    dir: &PodDir,
+    vmm: &Vmm,
+    deadline: Duration,
+) -> Result<AgentClient, PodError> {
+    let started = Instant::now();
+    let agent = loop {
+        if let Some(status) = vmm.exit.borrow().clone() {
+            return Err(PodError::VmExited {
+                pod: id.to_owned(),
+                status,
+                log: tail(&dir.vmm_log())
+                    .or_else(|| tail(&dir.console()))
+                    .unwrap_or_default(),
+            });
+        }
+        if let Ok(agent) = AgentClient::connect_hybrid_vsock(&dir.vsock(), AGENT_VSOCK_PORT).await {
+            if matches!(agent.check().await, Ok(true)) {
+                break agent;
+            }
+        }
+        if started.elapsed() > deadline {
+            return Err(PodError::Timeout {
+                pod: id.to_owned(),
+                seconds: deadline.as_secs(),
+                log: tail(&dir.console()).unwrap_or_default(),
+            });
+        }
+        tokio::time::sleep(CONNECT_RETRY).await;
+    };
+    tracing::info!(
+        pod = id,
+        seconds = started.elapsed().as_secs_f64(),
+        "agent serving"
+    );
+    let version = agent.version().await.map_err(|source| PodError::Agent {
+        pod: id.to_owned(),
+        source,
+    })?;
+    if version.api_version != API_VERSION {
+        return Err(PodError::Version {
+            pod: id.to_owned(),
+            agent: version.api_version,
+            shim: API_VERSION,
+        });
+    }
+    Ok(agent)
+}
