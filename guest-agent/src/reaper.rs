@@ -81,10 +81,12 @@ impl Reaper {
             if pid <= 0 {
                 return;
             }
-            let code = if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
+            // 128 + a signal's number is also an exit code a shell gives
+            // when its child was killed: the log line tells them apart.
+            let (code, signal) = if libc::WIFEXITED(status) {
+                (libc::WEXITSTATUS(status), None)
             } else if libc::WIFSIGNALED(status) {
-                128 + libc::WTERMSIG(status)
+                (128 + libc::WTERMSIG(status), Some(libc::WTERMSIG(status)))
             } else {
                 continue;
             };
@@ -92,7 +94,10 @@ impl Reaper {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |since| since.as_nanos() as u64);
             if let Some(sender) = self.lock().remove(&pid) {
-                tracing::debug!("process {pid} exited with {code}");
+                match signal {
+                    Some(signal) => tracing::info!("process {pid} was killed by signal {signal}"),
+                    None => tracing::info!("process {pid} exited with {code}"),
+                }
                 let _ = sender.send(Some(Exit {
                     status: code,
                     at_ns,

@@ -249,6 +249,7 @@ impl Cgroup {
     ///
     /// [`CgroupError`] when the processes do not go.
     pub fn kill_all(&self) -> Result<(), CgroupError> {
+        tracing::info!("killing every process of {}", self.path.display());
         if self.write("cgroup.kill", "1").is_err() {
             for pid in self.pids() {
                 // SAFETY: kill takes plain integers.

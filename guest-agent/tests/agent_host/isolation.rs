@@ -204,6 +204,54 @@ async fn test_pod_namespaces_hostname_and_sysctls() {
     .await
     .expect("the output of an init that left a process in the pod's PID namespace never ended");
     assert_eq!((status, stdout.as_str()), (0, "left-one\n"), "{stderr}");
+    // What it left, killed, was reaped: its PID 1, the holder, cannot
+    // wait, so no zombie may stay in the namespace. The left `sleep` goes
+    // a little after its init; the sleeper's stays.
+    let mut processes = String::new();
+    for _ in 0..40 {
+        let (status, stdout, stderr) = agent
+            .run("zombies", &joined(&["ps", "-o", "stat,comm"]), &rootfs)
+            .await;
+        assert_eq!(status, 0, "{stderr}");
+        agent
+            .client
+            .remove_container("zombies", false)
+            .await
+            .unwrap();
+        processes = stdout;
+        let live_sleeps = processes
+            .lines()
+            .filter(|line| line.ends_with(" sleep") && !line.starts_with('Z'))
+            .count();
+        if live_sleeps == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(
+        !processes.lines().any(|line| line.starts_with('Z')),
+        "a zombie in the pod's PID namespace:\n{processes}"
+    );
+    // The holder catches no signal (a handler of the agent's would kill
+    // it in strict mode, and every process of the namespace with it) and
+    // ignores SIGCHLD alone.
+    let (status, stdout, stderr) = agent
+        .run(
+            "signals",
+            &joined(&["grep", "-E", "^Sig(Cgt|Ign)", "/proc/1/status"]),
+            &rootfs,
+        )
+        .await;
+    assert_eq!(status, 0, "{stderr}");
+    assert_eq!(
+        stdout,
+        "SigIgn:\t0000000000010000\nSigCgt:\t0000000000000000\n"
+    );
+    agent
+        .client
+        .remove_container("signals", false)
+        .await
+        .unwrap();
     let (status, stdout, stderr) = agent
         .run("own", &spec(&["sh", "-c", script], "own"), &rootfs)
         .await;

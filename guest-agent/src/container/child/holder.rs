@@ -17,8 +17,9 @@ use super::{check, close, fail, mount, open, report, write_once, ChildFds, Step}
 /// Sets the pod's `hostname` (if any) and writes its `sysctls` (paths
 /// under /proc/sys, values) in its namespaces, confines the holder,
 /// reports Ready and waits for ever: in a read on a pipe whose write end
-/// it holds itself (pause(2) is not allowed in strict mode). The agent
-/// ends it with SIGKILL at DestroySandbox.
+/// it holds itself (pause(2) is not allowed in strict mode), its orphaned
+/// children reaped by the kernel. The agent ends it with SIGKILL at
+/// DestroySandbox.
 pub fn hold_pod_namespaces(fds: &ChildFds, hostname: &CStr, sysctls: &[(CString, CString)]) -> ! {
     close_all_but(fds.report);
     if !hostname.is_empty() {
@@ -36,6 +37,7 @@ pub fn hold_pod_namespaces(fds: &ChildFds, hostname: &CStr, sysctls: &[(CString,
         close(fd);
     }
     empty_root(fds);
+    reset_signals(fds);
     // SAFETY: prctl with integer arguments.
     let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     check(fds, rc, Step::Seccomp, 0);
@@ -60,6 +62,53 @@ pub fn hold_pod_namespaces(fds: &ChildFds, hostname: &CStr, sysctls: &[(CString,
     loop {
         // SAFETY: a one-byte read into a live byte.
         unsafe { libc::read(wait[0], (&raw mut byte).cast(), 1) };
+    }
+}
+
+/// Drops the signal handlers inherited from the agent (its runtime's and
+/// glibc's own): one running in strict mode makes a system call it may
+/// not and kills the holder, and with it every process of the pod's PID
+/// namespace. With none, a signal sent from inside the namespace to its
+/// PID 1 is ignored. SIGCHLD is ignored outright: orphans of the pod's
+/// containers become the holder's children, and strict mode has no wait,
+/// so the kernel reaps them (the pause container's job under runc) instead
+/// of each staying a zombie for the pod's life. Raw `rt_sigaction`: glibc
+/// refuses to touch its own signals (32, 33).
+fn reset_signals(fds: &ChildFds) {
+    /// The kernel's `struct sigaction` on x86_64 and aarch64.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: libc::sighandler_t,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    for signal in 1..=libc::SIGRTMAX() {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        let action = KernelSigaction {
+            handler: if signal == libc::SIGCHLD {
+                libc::SIG_IGN
+            } else {
+                libc::SIG_DFL
+            },
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        // SAFETY: rt_sigaction reads a live struct of the kernel's layout
+        // and the size of its mask; no old action is asked for.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                &raw const action,
+                std::ptr::null_mut::<KernelSigaction>(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+        check(fds, rc as libc::c_int, Step::Seccomp, 3);
     }
 }
 
