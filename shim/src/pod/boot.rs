@@ -4,8 +4,8 @@
 //! templates on, snapshotted as that shape's template before it becomes the
 //! pod's (before CreateSandbox: the guest has not mounted the share yet,
 //! and holds nothing of any pod). A failed restore falls back to a cold
-//! boot with one warning; a failed snapshot is a warning: neither fails
-//! the pod.
+//! boot with one warning and removes the template (the cold boot makes
+//! it anew); a failed snapshot is a warning: neither fails the pod.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -130,8 +130,7 @@ async fn find(
 
 /// Restores the pod's VM from `template` and waits (at most
 /// [`RESTORE_TIMEOUT`]) for its agent. On failure the VM is stopped, its
-/// socket removed, the template too when vmpod-vm refused it, and the
-/// reason returned, on one line.
+/// socket and the template removed, and the reason returned, on one line.
 #[allow(clippy::too_many_arguments)]
 async fn restore(
     config: &Config,
@@ -174,14 +173,15 @@ async fn restore(
         }
         (err, None) => vmpod_sys::error::chain(err),
     };
-    if refused.is_some() {
-        match template.remove() {
-            Ok(()) => why.push_str("; the template is removed"),
-            Err(err) => why.push_str(&format!(
-                "; removing the template: {}",
-                vmpod_sys::error::chain(&err)
-            )),
-        }
+    // A template that failed once, refused or too slow, would cost every
+    // later pod the same wait: it goes, and this pod's cold boot makes it
+    // anew.
+    match template.remove() {
+        Ok(()) => why.push_str("; the template is removed"),
+        Err(err) => why.push_str(&format!(
+            "; removing the template: {}",
+            vmpod_sys::error::chain(&err)
+        )),
     }
     Err(why)
 }
