@@ -1,10 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 //! `ctr run --rm` of `/bin/true` through the real containerd: vmpod's shim
 //! (a pod VM per run) side by side with containerd's default runc shim, in
-//! the same run and on the same image. Prints medians, the ratio, the share
-//! of a vmpod run spent booting the guest until its agent served, and the
-//! resident memory of the shim and of `vmpod-vm` (without guest RAM) for one
-//! running pod. Figures, not a test: run it through `bench/ctr-run.sh`.
+//! the same run and on the same image. vmpod runs twice over: booting every
+//! pod VM cold (`templates = false`), and with templates, where the first
+//! run boots cold and leaves the template the later runs restore. Prints
+//! medians, the ratios, the share of a run spent until the agent served,
+//! and the resident memory of the shim and of `vmpod-vm` (without guest
+//! RAM) for one running pod. Figures, not a test: run it through
+//! `bench/ctr-run.sh`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -30,27 +33,22 @@ fn descendants(pid: u32) -> Vec<u32> {
     all.split_off(1)
 }
 
-/// Resident KiB of `pid` outside its guest RAM mapping (the anonymous
-/// mapping of exactly `guest_kib`).
+/// Resident KiB of `pid` outside its guest RAM mapping: the mapping of
+/// exactly `guest_kib`, anonymous after a cold boot, of the template's
+/// memory file after a restore.
 fn rss_without_guest_kib(pid: u32, guest_kib: u64) -> u64 {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
     let mut total = 0;
     let mut guest = 0;
     let mut size = 0;
-    let mut anonymous = false;
     for line in smaps.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields
-            .first()
-            .is_some_and(|first| first.contains('-') && !first.ends_with(':'))
-        {
-            anonymous = fields.len() == 5;
-        } else if fields.first() == Some(&"Size:") {
+        if fields.first() == Some(&"Size:") {
             size = fields[1].parse().unwrap_or(0);
         } else if fields.first() == Some(&"Rss:") {
             let rss: u64 = fields[1].parse().unwrap_or(0);
             total += rss;
-            if anonymous && size == guest_kib {
+            if size == guest_kib {
                 guest += rss;
             }
         }
@@ -80,6 +78,10 @@ struct Bench {
     image: String,
     pods: std::path::PathBuf,
     faults: Retries,
+    /// The shim's configuration file, read by every new shim.
+    config: std::path::PathBuf,
+    /// Its contents as the bench started.
+    base_config: String,
 }
 
 impl Bench {
@@ -106,17 +108,24 @@ impl Bench {
         Some(seconds)
     }
 
-    /// `runs` vmpod runs' seconds and their boot seconds, trying at most
-    /// twice as many plus two so that runs lost to the host fault are made
-    /// up for.
-    fn vmpod_runs(&self, runs: usize) -> (Vec<f64>, Vec<f64>) {
+    /// Sets the shim's configuration for the pods started from now on:
+    /// the bench's with `extra` lines.
+    fn configure(&self, extra: &str) {
+        std::fs::write(&self.config, format!("{}{extra}", self.base_config))
+            .expect("write the shim's configuration");
+    }
+
+    /// `runs` vmpod runs' seconds and their boot seconds (ids
+    /// `bench-NAME-i`), trying at most twice as many plus two so that runs
+    /// lost to the host fault are made up for.
+    fn vmpod_runs(&self, name: &str, runs: usize) -> (Vec<f64>, Vec<f64>) {
         let mut vmpod = Vec::new();
         let mut boots = Vec::new();
         for i in 0..2 * runs + 2 {
             if vmpod.len() == runs {
                 break;
             }
-            let id = format!("bench-vmpod-{i}");
+            let id = format!("bench-{name}-{i}");
             if let Some(seconds) = self.timed(RUNTIME, &id) {
                 vmpod.push(seconds);
                 boots.extend(boot_seconds(&self.containerd.log_path(), &id));
@@ -169,37 +178,56 @@ impl Bench {
     }
 }
 
-/// Prints the figures side by side, as ratios to runc.
-fn print_figures(
-    runc: &mut [f64],
-    vmpod: &mut [f64],
-    boots: &mut [f64],
-    (shim_kib, vmm_kib): (u64, u64),
-    memory_mib: u64,
-) {
-    let runc_median = median(runc);
-    let vmpod_median = median(vmpod);
-    let boot_median = if boots.is_empty() {
-        f64::NAN
-    } else {
-        median(boots)
-    };
+/// One series of runs: seconds per run and, for vmpod, seconds until the
+/// agent served.
+struct Series {
+    name: &'static str,
+    runs: Vec<f64>,
+    boots: Vec<f64>,
+}
+
+impl Series {
+    fn median(&mut self) -> f64 {
+        median(&mut self.runs)
+    }
+
+    fn boot_median(&mut self) -> f64 {
+        if self.boots.is_empty() {
+            f64::NAN
+        } else {
+            median(&mut self.boots)
+        }
+    }
+}
+
+/// Prints the figures side by side, as ratios to runc and to vmpod's cold
+/// boots.
+fn print_figures(series: &mut [Series], (shim_kib, vmm_kib): (u64, u64), memory_mib: u64) {
+    let runc = series[0].median();
+    let cold = series[1].median();
     println!("ctr run --rm <busybox> true, same containerd 1.6, same image, one run:");
-    println!("| runtime | runs | median s | ratio to runc |");
-    println!("| --- | --- | --- | --- |");
-    println!(
-        "| io.containerd.runc.v2 | {} | {runc_median:.3} | 1.00 |",
-        runc.len()
-    );
-    println!(
-        "| io.containerd.vmpod.v2 | {} | {vmpod_median:.3} | {:.1} |",
-        vmpod.len(),
-        vmpod_median / runc_median
-    );
-    println!(
-        "vmpod: guest boot until the agent served: median {boot_median:.1} s = {:.0} % of a run",
-        100.0 * boot_median / vmpod_median
-    );
+    println!("| runtime | runs | median s | until the agent served, median s | ratio to runc | ratio to cold boot |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for one in series.iter_mut() {
+        let median = one.median();
+        let boot = one.boot_median();
+        println!(
+            "| {} | {} | {median:.3} | {} | {:.1} | {} |",
+            one.name,
+            one.runs.len(),
+            if boot.is_nan() {
+                String::new()
+            } else {
+                format!("{boot:.1}")
+            },
+            median / runc,
+            if one.boots.is_empty() {
+                String::new()
+            } else {
+                format!("{:.3}", median / cold)
+            },
+        );
+    }
     println!(
         "one running pod: shim RSS {:.1} MiB + vmpod-vm RSS without its {memory_mib} MiB guest RAM {:.1} MiB = {:.1} MiB (target <= 10 MiB)",
         shim_kib as f64 / 1024.0,
@@ -217,21 +245,30 @@ fn main() {
         Containerd::with_vmpod_shim(&work, &format!("memory = {memory_mib}\n{extra}\n"), true)
             .expect("containerd (run bench/ctr-run.sh)");
     let image = containerd.import_busybox().expect("busybox image");
+    let config = work.join("config.toml");
+    let base_config = std::fs::read_to_string(&config).expect("the shim's configuration");
     // Runs the host fault left out, said and summed up at the end.
     let bench = Bench {
         containerd,
         image,
         pods: work.join("pods"),
         faults: Retries::new("bench ctr_run"),
+        config,
+        base_config,
     };
-    let mut runc: Vec<f64> = (0..runs("VMPOD_BENCH_RUNC_RUNS", 10))
+    let runc: Vec<f64> = (0..runs("VMPOD_BENCH_RUNC_RUNS", 10))
         .map(|i| {
             bench
                 .timed("io.containerd.runc.v2", &format!("bench-runc-{i}"))
                 .expect("a runc run")
         })
         .collect();
-    let (mut vmpod, mut boots) = bench.vmpod_runs(runs("VMPOD_BENCH_VMPOD_RUNS", 3));
+    let vmpod_runs = runs("VMPOD_BENCH_VMPOD_RUNS", 3);
+    bench.configure("templates = false\n");
+    let (cold, cold_boots) = bench.vmpod_runs("cold", vmpod_runs);
+    bench.configure("");
+    let (first, first_boots) = bench.vmpod_runs("first", 1);
+    let (restored, restored_boots) = bench.vmpod_runs("restored", vmpod_runs);
     let rss = bench.running_pod_rss_kib(memory_mib);
     // The fault summary is printed when `_faults` drops, after the figures.
     let Bench {
@@ -241,5 +278,27 @@ fn main() {
     } = bench;
     containerd.stop().expect("stop containerd");
     let _ = std::fs::remove_dir_all(&work);
-    print_figures(&mut runc, &mut vmpod, &mut boots, rss, memory_mib);
+    let mut series = [
+        Series {
+            name: "io.containerd.runc.v2",
+            runs: runc,
+            boots: Vec::new(),
+        },
+        Series {
+            name: "vmpod, templates off (cold boot)",
+            runs: cold,
+            boots: cold_boots,
+        },
+        Series {
+            name: "vmpod, first pod: cold boot + snapshot into the template",
+            runs: first,
+            boots: first_boots,
+        },
+        Series {
+            name: "vmpod, restored from the template",
+            runs: restored,
+            boots: restored_boots,
+        },
+    ];
+    print_figures(&mut series, rss, memory_mib);
 }
