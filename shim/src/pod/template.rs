@@ -104,7 +104,7 @@ impl TemplateInputs {
 /// Failures of finding, keeping or removing a template; each ends up in a
 /// warning, never a pod's failure.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum TemplateError {
+pub enum TemplateError {
     /// A file or directory of the template could not be read, made,
     /// changed, moved or removed.
     #[error("{what} {path}")]
@@ -143,16 +143,7 @@ fn hex(bytes: &[u8]) -> String {
 fn sha256_cached(path: &Path, cache: &Path) -> Result<String, TemplateError> {
     let file = File::open(path).map_err(io_error("open", path))?;
     let meta = file.metadata().map_err(io_error("read", path))?;
-    let entry = cache.join(format!(
-        "{:x}-{:x}-{:x}-{}.{}-{}.{}",
-        meta.dev(),
-        meta.ino(),
-        meta.size(),
-        meta.mtime(),
-        meta.mtime_nsec(),
-        meta.ctime(),
-        meta.ctime_nsec()
-    ));
+    let entry = cache.join(cache_entry(&meta));
     if let Ok(hash) = std::fs::read_to_string(&entry) {
         if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(hash);
@@ -164,6 +155,20 @@ fn sha256_cached(path: &Path, cache: &Path) -> Result<String, TemplateError> {
         .and_then(|()| std::fs::write(&partial, &hash))
         .and_then(|()| std::fs::rename(&partial, &entry));
     Ok(hash)
+}
+
+/// The name of a file's entry in the hash cache: its identity.
+fn cache_entry(meta: &std::fs::Metadata) -> String {
+    format!(
+        "{:x}-{:x}-{:x}-{}.{}-{}.{}",
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    )
 }
 
 /// SHA-256 of the file at `path`, hex.
@@ -218,7 +223,26 @@ impl Template {
     /// template, held by the returned file (and let go when the shim
     /// dies); `None` when another pod holds it or it cannot be taken.
     pub(super) fn claim(&self) -> Option<File> {
-        let lock = self.dir.with_file_name(format!(".{}.lock", self.key));
+        self.lock(libc::LOCK_EX)
+    }
+
+    /// Holds the template while a pod restores it, so that [`prune`] leaves
+    /// it alone: a shared `flock` on the same `.<key>.lock` (which a claim
+    /// excludes, but a claim is only taken for a template not there).
+    /// `None` when it cannot be taken; the restore then goes on unheld.
+    pub(super) fn hold(&self) -> Option<File> {
+        self.lock(libc::LOCK_SH)
+    }
+
+    /// `.<key>.lock` beside the template.
+    fn lock_path(&self) -> PathBuf {
+        self.dir.with_file_name(format!(".{}.lock", self.key))
+    }
+
+    /// A `flock` of kind `operation` (without waiting) on the template's
+    /// lock file, made if missing; `None` when it is held otherwise.
+    fn lock(&self, operation: libc::c_int) -> Option<File> {
+        let lock = self.lock_path();
         if let Some(parent) = lock.parent() {
             std::fs::create_dir_all(parent).ok()?;
         }
@@ -231,8 +255,25 @@ impl Template {
             .open(&lock)
             .ok()?;
         // SAFETY: flock on a descriptor the file owns.
-        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        let locked = unsafe { libc::flock(file.as_raw_fd(), operation | libc::LOCK_NB) } == 0;
         locked.then_some(file)
+    }
+
+    /// Marks the template used now: its directory's modification time,
+    /// by which [`prune`] orders templates (nothing in a sealed template
+    /// changes it otherwise). The directory is opened without following a
+    /// link.
+    ///
+    /// # Errors
+    /// The directory cannot be opened or its time set.
+    pub(super) fn touch(&self) -> Result<(), TemplateError> {
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(&self.dir)
+            .map_err(io_error("open", &self.dir))?;
+        dir.set_modified(std::time::SystemTime::now())
+            .map_err(io_error("touch", &self.dir))
     }
 
     /// Removes the template (a restore refused it).
@@ -292,6 +333,118 @@ impl Template {
             _ => Err(io_error("move a snapshot to", &self.dir)(err)),
         }
     }
+}
+
+/// What [`prune`] removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Pruned {
+    /// The keys of the templates removed.
+    pub(super) templates: Vec<String>,
+    /// Lock files whose template was gone.
+    pub(super) locks: usize,
+    /// Hash cache entries of files as they no longer are.
+    pub(super) hashes: usize,
+}
+
+/// Whether `name` is a template's key (64 lowercase hex digits).
+fn is_key(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Removes from `templates` the least recently used templates beyond the
+/// `max` most recently used ones (by their directories' modification time,
+/// see [`Template::touch`]) — never `kept`, the one just made, nor one
+/// whose lock is held (a pod restoring or making it) — then the lock files
+/// whose template is gone and whose lock is free, and the hash cache's
+/// entries of files other than `sources` as they are now (a replaced
+/// kernel, initrd or `vmpod-vm`). Anything else there is left alone.
+///
+/// # Errors
+/// The directory cannot be read, or a template cannot be removed (what
+/// was removed before stays removed).
+pub(super) fn prune(
+    templates: &Path,
+    max: usize,
+    kept: &str,
+    sources: &[&Path],
+) -> Result<Pruned, TemplateError> {
+    let mut found = Vec::new();
+    let mut locks = Vec::new();
+    let read = io_error("read", templates);
+    for entry in std::fs::read_dir(templates).map_err(read)? {
+        let entry = entry.map_err(io_error("read", templates))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if let Some(key) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".lock")) {
+            locks.push(key.to_owned());
+        } else if is_key(&name) {
+            // DirEntry::metadata does not follow a link.
+            if let Some(meta) = entry.metadata().ok().filter(std::fs::Metadata::is_dir) {
+                found.push((meta.modified().ok(), name));
+            }
+        }
+    }
+    // The most recently used first.
+    found.sort_by(|a, b| b.cmp(a));
+    let mut pruned = Pruned::default();
+    let mut kept_count = usize::from(found.iter().any(|(_, key)| key == kept));
+    for (_, key) in found {
+        if key == kept {
+            continue;
+        }
+        if kept_count < max {
+            kept_count += 1;
+            continue;
+        }
+        let template = Template {
+            dir: templates.join(&key),
+            key,
+        };
+        let Some(_claim) = template.lock(libc::LOCK_EX) else {
+            continue;
+        };
+        template.remove()?;
+        let _ = std::fs::remove_file(template.lock_path());
+        pruned.templates.push(template.key);
+    }
+    for key in locks {
+        let template = Template {
+            dir: templates.join(&key),
+            key,
+        };
+        if template.dir.symlink_metadata().is_err() {
+            if let Some(_claim) = template.lock(libc::LOCK_EX) {
+                if std::fs::remove_file(template.lock_path()).is_ok() {
+                    pruned.locks += 1;
+                }
+            }
+        }
+    }
+    pruned.hashes = prune_hashes(&templates.join(HASH_CACHE), sources);
+    Ok(pruned)
+}
+
+/// Removes the entries of the hash cache `cache` that are not those of
+/// `sources` as they are now; returns how many went.
+fn prune_hashes(cache: &Path, sources: &[&Path]) -> usize {
+    let current: Vec<String> = sources
+        .iter()
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .map(|meta| cache_entry(&meta))
+        .collect();
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            !current
+                .iter()
+                .any(|name| entry.file_name() == name.as_str())
+        })
+        .filter(|entry| std::fs::remove_file(entry.path()).is_ok())
+        .count()
 }
 
 /// Opens `name` in the directory `dir` without following a link.
