@@ -409,6 +409,9 @@ pub(super) fn prune(
         pruned.templates.push(template.key);
     }
     for key in locks {
+        if pruned.templates.contains(&key) {
+            continue;
+        }
         let template = Template {
             dir: templates.join(&key),
             key,
@@ -649,6 +652,126 @@ mod tests {
         for log in others {
             assert_eq!(refusal_in(log), None, "{log:?}");
         }
+    }
+
+    /// A template directory named `key` in `dir`, last used `age` seconds
+    /// ago.
+    fn aged_template(dir: &Path, key: &str, age: u64) -> Template {
+        let template = Template {
+            key: key.to_owned(),
+            dir: dir.join(key),
+        };
+        std::fs::create_dir_all(&template.dir).unwrap();
+        std::fs::write(template.dir.join(STATE_FILE), b"state").unwrap();
+        let used = std::time::SystemTime::now() - std::time::Duration::from_secs(age);
+        File::open(&template.dir)
+            .unwrap()
+            .set_modified(used)
+            .unwrap();
+        template
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn test_the_least_recently_used_templates_beyond_the_max_are_pruned() {
+        let dir = std::env::temp_dir().join(format!("vmpod-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = |n: u32| format!("{n:064x}");
+        // Template n was last used 100 - n seconds ago: 6 is the newest;
+        // 1, the oldest, is the one just made.
+        let all: Vec<Template> = (1..=6)
+            .map(|n| aged_template(&dir, &key(n), u64::from(100 - n)))
+            .collect();
+        for template in &all {
+            drop(template.claim().unwrap());
+        }
+        // A pod restores 2: it is held.
+        let held = all[1].hold().expect("a shared hold");
+        assert!(all[1].claim().is_none(), "a claim while held");
+        let second_hold = all[1].hold().expect("holds are shared");
+        drop(second_hold);
+        // A lock file whose template is gone, one whose lock is held, a
+        // link and a file that are no templates, and the hash cache.
+        let gone = Template::new(
+            &dir,
+            &TemplateInputs {
+                vcpus: 3,
+                ..inputs()
+            },
+        );
+        drop(gone.claim().unwrap());
+        let making = Template::new(
+            &dir,
+            &TemplateInputs {
+                vcpus: 4,
+                ..inputs()
+            },
+        );
+        let making_claim = making.claim().unwrap();
+        std::os::unix::fs::symlink(all[5].dir.clone(), dir.join(key(7))).unwrap();
+        std::fs::write(dir.join("notes"), b"mine").unwrap();
+        let source = dir.join("initrd");
+        std::fs::write(&source, b"initrd").unwrap();
+        let cache = dir.join(HASH_CACHE);
+        sha256_cached(&source, &cache).unwrap();
+        std::fs::write(cache.join("1-2-3-4.5-6.7"), "f".repeat(64)).unwrap();
+
+        let pruned = prune(&dir, 3, &key(1), &[&source]).unwrap();
+        assert_eq!(pruned.templates, [key(4), key(3)]);
+        assert_eq!((pruned.locks, pruned.hashes), (1, 1));
+        let mut left = vec![
+            format!(".{}.lock", key(1)),
+            format!(".{}.lock", key(2)),
+            format!(".{}.lock", key(5)),
+            format!(".{}.lock", key(6)),
+            format!(".{}.lock", making.key),
+            HASH_CACHE.to_owned(),
+            key(1),
+            key(2),
+            key(5),
+            key(6),
+            key(7),
+            "initrd".to_owned(),
+            "notes".to_owned(),
+        ];
+        left.sort();
+        assert_eq!(names(&dir), left);
+        assert_eq!(names(&cache).len(), 1, "the source's own hash stays");
+        assert_eq!(
+            sha256_cached(&source, &cache).unwrap(),
+            sha256_file(&source).unwrap()
+        );
+        drop(making_claim);
+
+        // Restored, 2 is the most recently used: with room for two, the
+        // one just made and 2 stay.
+        drop(held);
+        all[1].touch().unwrap();
+        let pruned = prune(&dir, 2, &key(1), &[&source]).unwrap();
+        assert_eq!(pruned.templates, [key(6), key(5)]);
+        assert!(all[0].exists() && all[1].exists());
+        assert!(!all[4].exists() && !all[5].exists());
+        // The just made template stays even beyond a max of one.
+        let pruned = prune(&dir, 1, &key(1), &[]).unwrap();
+        assert_eq!(pruned.templates, [key(2)]);
+        assert!(all[0].exists());
+        assert_eq!(pruned.hashes, 1, "no source: no hash stays");
+        // A template link is not followed by touch.
+        let link = Template {
+            key: key(7),
+            dir: dir.join(key(7)),
+        };
+        assert!(link.touch().is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
