@@ -3,9 +3,9 @@
 //! that the first pod of the shape restores too. The VM is booted as a
 //! pod's would be, in a pod directory under `<state-dir>/.prepare/` (no
 //! containerd namespace starts with a dot), with as many interfaces as the
-//! pods will have: taps joined to dummy links in a network namespace of its
-//! own, which lives only as long as this process holds it (and the VM its
-//! taps). The VM is snapshotted once its agent serves and stopped; nothing
+//! pods will have: taps joined to veths in a network namespace of its own
+//! (their peers in another), which lives only as long as this process holds
+//! it (and the VM its taps). The VM is snapshotted once its agent serves and stopped; nothing
 //! of it is left, whether that worked or not.
 
 use std::collections::HashMap;
@@ -14,7 +14,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rtnetlink::LinkDummy;
+use rtnetlink::{LinkUnspec, LinkVeth};
 
 use super::boot::{make_template, stop, template_of, wait_for_agent};
 use super::jail::Launch;
@@ -74,8 +74,8 @@ pub enum PrepareError {
         #[source]
         source: std::io::Error,
     },
-    /// A dummy link cannot be added.
-    #[error("a network namespace for the template's VM: adding {link}")]
+    /// An interface of the namespace cannot be made.
+    #[error("a network namespace for the template's VM: {link}")]
     Link {
         /// The link's name.
         link: String,
@@ -174,9 +174,9 @@ fn default_size(config: &Config) -> VmSize {
     })
 }
 
-/// [`boot_and_snapshot`] in a namespace of its own with `interfaces` dummy
-/// links (none: no namespace, as a pod without one), all of which is gone
-/// when this returns.
+/// [`boot_and_snapshot`] in a namespace of its own with `interfaces`
+/// veths (none: no namespace, as a pod without one) whose peers are in a
+/// second namespace; both namespaces are gone when this returns.
 async fn in_namespace(
     config: &Config,
     id: &str,
@@ -188,11 +188,14 @@ async fn in_namespace(
     if interfaces == 0 {
         return boot_and_snapshot(config, id, dir, size, None, template).await;
     }
-    let namespace = new_namespace().map_err(|source| PrepareError::Namespace {
-        what: "unshare".to_owned(),
-        source,
-    })?;
-    add_dummies(&namespace, interfaces).await?;
+    let unshare = |_| {
+        new_namespace().map_err(|source| PrepareError::Namespace {
+            what: "unshare".to_owned(),
+            source,
+        })
+    };
+    let (namespace, peers) = (unshare(())?, unshare(())?);
+    add_interfaces(&namespace, &peers, interfaces).await?;
     // The VMM (or its jailer) opens the namespace by this path: this
     // process's descriptor, which it holds until the VM is gone.
     let path = PathBuf::from(format!(
@@ -205,7 +208,7 @@ async fn in_namespace(
         .map_err(PrepareError::Network)?;
     let made = boot_and_snapshot(config, id, dir, size, Some(&network), template).await;
     tear_down_network(id, Some(&network)).await;
-    drop(namespace);
+    drop((namespace, peers));
     made
 }
 
@@ -223,21 +226,50 @@ fn new_namespace() -> std::io::Result<File> {
     .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread panicked")))
 }
 
-/// Adds the dummy links `eth0`.. (up) to `namespace`: what the shim
-/// carries into the VM as a CNI's interfaces.
-async fn add_dummies(namespace: &File, interfaces: usize) -> Result<(), PrepareError> {
-    let handle = netns::netlink(namespace).map_err(|source| PrepareError::Namespace {
-        what: "netlink".to_owned(),
-        source,
-    })?;
+/// Adds `eth0`.. (up) to `namespace`, each a veth whose other end is in
+/// `peers`: what the shim carries into the VM as a CNI's interfaces.
+async fn add_interfaces(
+    namespace: &File,
+    peers: &File,
+    interfaces: usize,
+) -> Result<(), PrepareError> {
+    let netlink = |namespace| {
+        netns::netlink(namespace).map_err(|source| PrepareError::Namespace {
+            what: "netlink".to_owned(),
+            source,
+        })
+    };
+    let (pod, peer) = (netlink(namespace)?, netlink(peers)?);
     for n in 0..interfaces {
-        let link = format!("eth{n}");
-        handle
-            .link()
-            .add(LinkDummy::new(&link).up().build())
+        let (link, peer_link) = (format!("eth{n}"), format!("peer{n}"));
+        let failed = |step: &str| {
+            let link = format!("{link} ({step})");
+            move |source| PrepareError::Link { link, source }
+        };
+        peer.link()
+            .add(LinkVeth::new(&link, &peer_link).build())
             .execute()
             .await
-            .map_err(|source| PrepareError::Link { link, source })?;
+            .map_err(failed("add"))?;
+        peer.link()
+            .set(
+                LinkUnspec::new_with_name(&link)
+                    .setns_by_fd(namespace.as_raw_fd())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(failed("move"))?;
+        peer.link()
+            .set(LinkUnspec::new_with_name(&peer_link).up().build())
+            .execute()
+            .await
+            .map_err(failed("bring its peer up"))?;
+        pod.link()
+            .set(LinkUnspec::new_with_name(&link).up().build())
+            .execute()
+            .await
+            .map_err(failed("bring up"))?;
     }
     Ok(())
 }
