@@ -88,7 +88,7 @@ pub enum PrepareError {
     Network(#[source] NetworkError),
     /// The VM did not boot to its agent.
     #[error("the template's VM")]
-    Pod(#[source] PodError),
+    Pod(#[source] Box<PodError>),
     /// The VM served but its snapshot was not kept.
     #[error("template {key}: not made: {why}")]
     NotMade {
@@ -148,13 +148,13 @@ pub async fn prepare_template(
     let id = format!("template-{}", std::process::id());
     let dir = PodDir::new(&config.state_dir, PREPARE_NAMESPACE, &id);
     if dir.root.exists() {
-        return Err(PrepareError::Pod(PodError::Exists {
+        return Err(PrepareError::Pod(Box::new(PodError::Exists {
             pod: id,
             path: dir.root.display().to_string(),
-        }));
+        })));
     }
     dir.create(config.share_limits)
-        .map_err(|err| PrepareError::Pod(host_error(&id, "create", &dir.root)(err)))?;
+        .map_err(|err| PrepareError::Pod(Box::new(host_error(&id, "create", &dir.root)(err))))?;
     let made = in_namespace(config, &id, &dir, size, interfaces, template.clone()).await;
     let _ = dir.remove();
     drop(claim);
@@ -284,7 +284,7 @@ async fn boot_and_snapshot(
     network: Option<&PodNetwork>,
     template: Template,
 ) -> Result<bool, PrepareError> {
-    let pod = |err: PodError| PrepareError::Pod(err);
+    let pod = |err: PodError| PrepareError::Pod(Box::new(err));
     let log_socket = dir.log_socket();
     let logs =
         listen(&log_socket).map_err(|err| pod(host_error(id, "listen on", &log_socket)(err)))?;
