@@ -129,7 +129,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 restart_containerd,
             })?;
             if prepare_template {
-                run_prepare(Path::new(DEFAULT_CONFIG_PATH), 1)?;
+                run_prepare(Path::new(DEFAULT_CONFIG_PATH), 1)
+                    .context("install: vmpod is installed, but")?;
             }
             Ok(ExitCode::SUCCESS)
         }
