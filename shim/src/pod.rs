@@ -8,6 +8,7 @@ mod boot;
 mod jail;
 mod logs;
 mod prepare;
+mod prune;
 mod template;
 mod vm_api;
 

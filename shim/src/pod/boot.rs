@@ -16,6 +16,7 @@ use vmpod_jailer::cgroup::CgroupPath;
 
 use super::jail::{self, Launch, VmPaths};
 use super::logs::tail;
+use super::prune;
 use super::template::{self, Template, TemplateError, TemplateInputs};
 use super::{spawn_vmm, vm_api, vmm_command, PodDir, PodError, Vmm, CONNECT_RETRY};
 use crate::config::Config;
@@ -262,7 +263,7 @@ pub(super) async fn make_template(
 }
 
 /// Removes the templates beyond `template-max` after `kept` was made
-/// (see [`template::prune`]); what fails is a warning.
+/// (see [`prune::prune`]); what fails is a warning.
 async fn prune(config: &Config, id: &str, templates: PathBuf, kept: String) {
     let max = config.template_max;
     let sources = [
@@ -272,7 +273,7 @@ async fn prune(config: &Config, id: &str, templates: PathBuf, kept: String) {
     ];
     let pruned = tokio::task::spawn_blocking(move || {
         let sources: Vec<&Path> = sources.iter().map(PathBuf::as_path).collect();
-        template::prune(&templates, max, &kept, &sources)
+        prune::prune(&templates, max, &kept, &sources)
     })
     .await;
     match pruned {

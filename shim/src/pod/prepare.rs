@@ -5,19 +5,20 @@
 //! containerd namespace starts with a dot), with as many interfaces as the
 //! pods will have: taps joined to veths in a network namespace of its own
 //! (their peers in another), which lives only as long as this process holds
-//! it (and the VM its taps). The VM is snapshotted once its agent serves and stopped; nothing
-//! of it is left, whether that worked or not.
+//! it (and the VM its taps). The VM is snapshotted once its agent serves
+//! and stopped; nothing of it is left, whether that worked or not (the
+//! directory of a run that was killed is removed by the next).
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rtnetlink::{LinkUnspec, LinkVeth};
 
 use super::boot::{make_template, stop, template_of, wait_for_agent};
-use super::jail::Launch;
+use super::jail::{kill_jail_leftovers, Launch};
 use super::logs::forward_agent_logs;
 use super::template::{Template, TemplateError};
 use super::{host_error, listen, spawn_vmm, tear_down_network, vmm_command, PodDir, PodError};
@@ -145,6 +146,7 @@ pub async fn prepare_template(
     if template.exists() {
         return Ok(found(false));
     }
+    remove_leftovers(&config.state_dir);
     let id = format!("template-{}", std::process::id());
     let dir = PodDir::new(&config.state_dir, PREPARE_NAMESPACE, &id);
     if dir.root.exists() {
@@ -163,6 +165,29 @@ pub async fn prepare_template(
         // Another's snapshot took the place first: it is there.
         Ok(false) => Ok(found(false)),
         Err(err) => Err(err),
+    }
+}
+
+/// Removes the pod directories of prepare-template runs that were killed
+/// (their VMs died with them: parent-death signal): those named after a
+/// process that is gone.
+fn remove_leftovers(state_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(state_dir.join(PREPARE_NAMESPACE)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let pid = name
+            .strip_prefix("template-")
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let dir = PodDir::new(state_dir, PREPARE_NAMESPACE, name);
+            let _ = kill_jail_leftovers(&dir);
+            let _ = dir.remove();
+        }
     }
 }
 

@@ -23,13 +23,13 @@ use crate::sizing::VmSize;
 
 /// A snapshot's state file, written last: a directory without it is no
 /// template (vmpod-vm's `snapshot::STATE_FILE`).
-const STATE_FILE: &str = "vmstate";
+pub(super) const STATE_FILE: &str = "vmstate";
 /// A snapshot's guest memory (vmpod-vm's `snapshot::MEMORY_FILE`).
 const MEMORY_FILE: &str = "memory";
 /// The hashes of the files a key is made of, in the template directory
 /// (no key starts with a dot): a file per hashed file, named by its device,
 /// inode, size, modification and change times, holding its SHA-256.
-const HASH_CACHE: &str = ".sha256";
+pub(super) const HASH_CACHE: &str = ".sha256";
 /// How much of `vmm.log`'s end is searched for vmpod-vm's error line.
 const LOG_END: u64 = 16 * 1024;
 
@@ -127,7 +127,10 @@ pub enum TemplateError {
     },
 }
 
-fn io_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TemplateError {
+pub(super) fn io_error(
+    what: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> TemplateError {
     let path = path.display().to_string();
     move |source| TemplateError::Io { what, path, source }
 }
@@ -158,7 +161,7 @@ fn sha256_cached(path: &Path, cache: &Path) -> Result<String, TemplateError> {
 }
 
 /// The name of a file's entry in the hash cache: its identity.
-fn cache_entry(meta: &std::fs::Metadata) -> String {
+pub(super) fn cache_entry(meta: &std::fs::Metadata) -> String {
     format!(
         "{:x}-{:x}-{:x}-{}.{}-{}.{}",
         meta.dev(),
@@ -226,22 +229,23 @@ impl Template {
         self.lock(libc::LOCK_EX)
     }
 
-    /// Holds the template while a pod restores it, so that [`prune`] leaves
-    /// it alone: a shared `flock` on the same `.<key>.lock` (which a claim
-    /// excludes, but a claim is only taken for a template not there).
+    /// Holds the template while a pod restores it, so that pruning
+    /// ([`super::prune::prune`]) leaves it alone: a shared `flock` on the
+    /// same `.<key>.lock` (which a claim excludes, but a claim is only
+    /// taken for a template not there).
     /// `None` when it cannot be taken; the restore then goes on unheld.
     pub(super) fn hold(&self) -> Option<File> {
         self.lock(libc::LOCK_SH)
     }
 
     /// `.<key>.lock` beside the template.
-    fn lock_path(&self) -> PathBuf {
+    pub(super) fn lock_path(&self) -> PathBuf {
         self.dir.with_file_name(format!(".{}.lock", self.key))
     }
 
     /// A `flock` of kind `operation` (without waiting) on the template's
     /// lock file, made if missing; `None` when it is held otherwise.
-    fn lock(&self, operation: libc::c_int) -> Option<File> {
+    pub(super) fn lock(&self, operation: libc::c_int) -> Option<File> {
         let lock = self.lock_path();
         if let Some(parent) = lock.parent() {
             std::fs::create_dir_all(parent).ok()?;
@@ -259,10 +263,10 @@ impl Template {
         locked.then_some(file)
     }
 
-    /// Marks the template used now: its directory's modification time,
-    /// by which [`prune`] orders templates (nothing in a sealed template
-    /// changes it otherwise). The directory is opened without following a
-    /// link.
+    /// Marks the template used now: its directory's modification time, by
+    /// which pruning ([`super::prune::prune`]) orders templates (nothing in
+    /// a sealed template changes it otherwise). The directory is opened
+    /// without following a link.
     ///
     /// # Errors
     /// The directory cannot be opened or its time set.
@@ -333,121 +337,6 @@ impl Template {
             _ => Err(io_error("move a snapshot to", &self.dir)(err)),
         }
     }
-}
-
-/// What [`prune`] removed.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct Pruned {
-    /// The keys of the templates removed.
-    pub(super) templates: Vec<String>,
-    /// Lock files whose template was gone.
-    pub(super) locks: usize,
-    /// Hash cache entries of files as they no longer are.
-    pub(super) hashes: usize,
-}
-
-/// Whether `name` is a template's key (64 lowercase hex digits).
-fn is_key(name: &str) -> bool {
-    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// Removes from `templates` the least recently used templates beyond the
-/// `max` most recently used ones (by their directories' modification time,
-/// see [`Template::touch`]) — never `kept`, the one just made, nor one
-/// whose lock is held (a pod restoring or making it) — then the lock files
-/// whose template is gone and whose lock is free, and the hash cache's
-/// entries of files other than `sources` as they are now (a replaced
-/// kernel, initrd or `vmpod-vm`). Anything else there is left alone.
-///
-/// # Errors
-/// The directory cannot be read, or a template cannot be removed (what
-/// was removed before stays removed).
-pub(super) fn prune(
-    templates: &Path,
-    max: usize,
-    kept: &str,
-    sources: &[&Path],
-) -> Result<Pruned, TemplateError> {
-    let mut found = Vec::new();
-    let mut locks = Vec::new();
-    let read = io_error("read", templates);
-    for entry in std::fs::read_dir(templates).map_err(read)? {
-        let entry = entry.map_err(io_error("read", templates))?;
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        if let Some(key) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".lock")) {
-            locks.push(key.to_owned());
-        } else if is_key(&name) {
-            // DirEntry::metadata does not follow a link.
-            if let Some(meta) = entry.metadata().ok().filter(std::fs::Metadata::is_dir) {
-                found.push((meta.modified().ok(), name));
-            }
-        }
-    }
-    // The most recently used first.
-    found.sort_by(|a, b| b.cmp(a));
-    let mut pruned = Pruned::default();
-    let mut kept_count = usize::from(found.iter().any(|(_, key)| key == kept));
-    for (_, key) in found {
-        if key == kept {
-            continue;
-        }
-        if kept_count < max {
-            kept_count += 1;
-            continue;
-        }
-        let template = Template {
-            dir: templates.join(&key),
-            key,
-        };
-        let Some(_claim) = template.lock(libc::LOCK_EX) else {
-            continue;
-        };
-        template.remove()?;
-        let _ = std::fs::remove_file(template.lock_path());
-        pruned.templates.push(template.key);
-    }
-    for key in locks {
-        if pruned.templates.contains(&key) {
-            continue;
-        }
-        let template = Template {
-            dir: templates.join(&key),
-            key,
-        };
-        if template.dir.symlink_metadata().is_err() {
-            if let Some(_claim) = template.lock(libc::LOCK_EX) {
-                if std::fs::remove_file(template.lock_path()).is_ok() {
-                    pruned.locks += 1;
-                }
-            }
-        }
-    }
-    pruned.hashes = prune_hashes(&templates.join(HASH_CACHE), sources);
-    Ok(pruned)
-}
-
-/// Removes the entries of the hash cache `cache` that are not those of
-/// `sources` as they are now; returns how many went.
-fn prune_hashes(cache: &Path, sources: &[&Path]) -> usize {
-    let current: Vec<String> = sources
-        .iter()
-        .filter_map(|path| std::fs::metadata(path).ok())
-        .map(|meta| cache_entry(&meta))
-        .collect();
-    let Ok(entries) = std::fs::read_dir(cache) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter(|entry| {
-            !current
-                .iter()
-                .any(|name| entry.file_name() == name.as_str())
-        })
-        .filter(|entry| std::fs::remove_file(entry.path()).is_ok())
-        .count()
 }
 
 /// Opens `name` in the directory `dir` without following a link.
@@ -652,126 +541,6 @@ mod tests {
         for log in others {
             assert_eq!(refusal_in(log), None, "{log:?}");
         }
-    }
-
-    /// A template directory named `key` in `dir`, last used `age` seconds
-    /// ago.
-    fn aged_template(dir: &Path, key: &str, age: u64) -> Template {
-        let template = Template {
-            key: key.to_owned(),
-            dir: dir.join(key),
-        };
-        std::fs::create_dir_all(&template.dir).unwrap();
-        std::fs::write(template.dir.join(STATE_FILE), b"state").unwrap();
-        let used = std::time::SystemTime::now() - std::time::Duration::from_secs(age);
-        File::open(&template.dir)
-            .unwrap()
-            .set_modified(used)
-            .unwrap();
-        template
-    }
-
-    fn names(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-
-    #[test]
-    fn test_the_least_recently_used_templates_beyond_the_max_are_pruned() {
-        let dir = std::env::temp_dir().join(format!("vmpod-prune-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let key = |n: u32| format!("{n:064x}");
-        // Template n was last used 100 - n seconds ago: 6 is the newest;
-        // 1, the oldest, is the one just made.
-        let all: Vec<Template> = (1..=6)
-            .map(|n| aged_template(&dir, &key(n), u64::from(100 - n)))
-            .collect();
-        for template in &all {
-            drop(template.claim().unwrap());
-        }
-        // A pod restores 2: it is held.
-        let held = all[1].hold().expect("a shared hold");
-        assert!(all[1].claim().is_none(), "a claim while held");
-        let second_hold = all[1].hold().expect("holds are shared");
-        drop(second_hold);
-        // A lock file whose template is gone, one whose lock is held, a
-        // link and a file that are no templates, and the hash cache.
-        let gone = Template::new(
-            &dir,
-            &TemplateInputs {
-                vcpus: 3,
-                ..inputs()
-            },
-        );
-        drop(gone.claim().unwrap());
-        let making = Template::new(
-            &dir,
-            &TemplateInputs {
-                vcpus: 4,
-                ..inputs()
-            },
-        );
-        let making_claim = making.claim().unwrap();
-        std::os::unix::fs::symlink(all[5].dir.clone(), dir.join(key(7))).unwrap();
-        std::fs::write(dir.join("notes"), b"mine").unwrap();
-        let source = dir.join("initrd");
-        std::fs::write(&source, b"initrd").unwrap();
-        let cache = dir.join(HASH_CACHE);
-        sha256_cached(&source, &cache).unwrap();
-        std::fs::write(cache.join("1-2-3-4.5-6.7"), "f".repeat(64)).unwrap();
-
-        let pruned = prune(&dir, 3, &key(1), &[&source]).unwrap();
-        assert_eq!(pruned.templates, [key(4), key(3)]);
-        assert_eq!((pruned.locks, pruned.hashes), (1, 1));
-        let mut left = vec![
-            format!(".{}.lock", key(1)),
-            format!(".{}.lock", key(2)),
-            format!(".{}.lock", key(5)),
-            format!(".{}.lock", key(6)),
-            format!(".{}.lock", making.key),
-            HASH_CACHE.to_owned(),
-            key(1),
-            key(2),
-            key(5),
-            key(6),
-            key(7),
-            "initrd".to_owned(),
-            "notes".to_owned(),
-        ];
-        left.sort();
-        assert_eq!(names(&dir), left);
-        assert_eq!(names(&cache).len(), 1, "the source's own hash stays");
-        assert_eq!(
-            sha256_cached(&source, &cache).unwrap(),
-            sha256_file(&source).unwrap()
-        );
-        drop(making_claim);
-
-        // Restored, 2 is the most recently used: with room for two, the
-        // one just made and 2 stay.
-        drop(held);
-        all[1].touch().unwrap();
-        let pruned = prune(&dir, 2, &key(1), &[&source]).unwrap();
-        assert_eq!(pruned.templates, [key(6), key(5)]);
-        assert!(all[0].exists() && all[1].exists());
-        assert!(!all[4].exists() && !all[5].exists());
-        // The just made template stays even beyond a max of one.
-        let pruned = prune(&dir, 1, &key(1), &[]).unwrap();
-        assert_eq!(pruned.templates, [key(2)]);
-        assert!(all[0].exists());
-        assert_eq!(pruned.hashes, 1, "no source: no hash stays");
-        // A template link is not followed by touch.
-        let link = Template {
-            key: key(7),
-            dir: dir.join(key(7)),
-        };
-        assert!(link.touch().is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
