@@ -330,3 +330,58 @@ async fn boot_and_snapshot(
     forwarding.abort();
     made
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_the_directories_of_killed_runs_are_removed() {
+        let state = std::env::temp_dir().join(format!("vmpod-prepare-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&state);
+        let prepare = state.join(PREPARE_NAMESPACE);
+        // No pid is above the kernel's limit (at most 2^22).
+        let killed = prepare.join("template-4294967295");
+        let running = prepare.join(format!("template-{}", std::process::id()));
+        let other = prepare.join("notes");
+        for dir in [&killed, &running, &other] {
+            std::fs::create_dir_all(dir.join("run")).unwrap();
+            std::fs::write(dir.join("vmm.log"), b"log").unwrap();
+        }
+        remove_leftovers(&state);
+        assert!(!killed.exists(), "a killed run's directory stays");
+        assert!(running.exists() && other.exists());
+        std::fs::remove_dir_all(&state).unwrap();
+    }
+
+    #[test]
+    fn test_the_shape_is_the_default_size_of_a_pod_asking_for_nothing() {
+        let config = Config {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            vmm: "/vmpod-vm".into(),
+            state_dir: "/s".into(),
+            vcpus: 2,
+            max_vcpus: 4,
+            memory_mib: 384,
+            max_memory_mib: 2048,
+            cpu_template: "auto".into(),
+            log_level: "info".into(),
+            agent_timeout: Duration::from_secs(1),
+            share_limits: crate::share::layout::ShareLimits {
+                size_mib: 1,
+                inodes: 256,
+            },
+            jail: None,
+            templates: Some("/s/.templates".into()),
+            template_max: 8,
+        };
+        assert_eq!(
+            default_size(&config),
+            VmSize {
+                vcpus: 2,
+                memory_mib: 384
+            }
+        );
+    }
+}
