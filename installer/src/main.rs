@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-//! `vmpod`: install, uninstall and check vmpod on a node (docs/install.md).
+//! `vmpod`: install, uninstall and check vmpod on a node, and prepare its
+//! pod VM template (docs/install.md).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -12,6 +13,8 @@ use vmpod_installer::install::{install, InstallOptions};
 use vmpod_installer::layout::Root;
 use vmpod_installer::restart;
 use vmpod_installer::uninstall::uninstall;
+use vmpod_shim::config::{Config, DEFAULT_CONFIG_PATH};
+use vmpod_shim::pod::{prepare_template, MAX_INTERFACES};
 
 /// vmpod on a node: its files, its registration with containerd, and what
 /// the node lacks.
@@ -37,6 +40,10 @@ enum Command {
         /// this executable's directory, the guest kernel's cache, target/).
         #[arg(long, value_name = "DIR")]
         from: Vec<PathBuf>,
+        /// Once installed, make the template pod VM of one-interface pods
+        /// (as prepare-template does); only with --root /.
+        #[arg(long)]
+        prepare_template: bool,
     },
     /// Remove what install put there and restore the files it changed.
     Uninstall {
@@ -52,6 +59,22 @@ enum Command {
         /// Check the node beneath this directory instead of /.
         #[arg(long, default_value = "/")]
         root: PathBuf,
+    },
+    /// Make the template pod VM of the shape pods get (the config's default
+    /// size, N network interfaces) ahead of the first pod, so that the first
+    /// pod restores too (docs/shim.md, "Templates").
+    PrepareTemplate {
+        /// The shim's config file.
+        #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The pods' network interfaces: a CRI pod has one (its CNI's eth0),
+        /// a pod without a network namespace none.
+        #[arg(
+            long,
+            default_value_t = 1,
+            value_parser = clap::value_parser!(u8).range(0..=MAX_INTERFACES as i64)
+        )]
+        interfaces: u8,
     },
 }
 
@@ -90,11 +113,27 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             root,
             restart_containerd,
             from,
-        } => run_install(InstallOptions {
-            root: Root::new(root),
-            from,
-            restart_containerd,
-        }),
+            prepare_template,
+        } => {
+            if prepare_template && root != Path::new("/") {
+                anyhow::bail!(
+                    "install: --prepare-template needs --root / (the template is made on this node)"
+                );
+            }
+            if prepare_template {
+                need_root()?;
+            }
+            run_install(InstallOptions {
+                root: Root::new(root),
+                from,
+                restart_containerd,
+            })?;
+            if prepare_template {
+                run_prepare(Path::new(DEFAULT_CONFIG_PATH), 1)
+                    .context("install: vmpod is installed, but")?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Uninstall {
             root,
             restart_containerd,
@@ -110,10 +149,52 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::PrepareTemplate { config, interfaces } => {
+            need_root()?;
+            run_prepare(&config, interfaces.into())
+        }
     }
 }
 
-fn run_install(opts: InstallOptions) -> anyhow::Result<ExitCode> {
+/// Templates are made as the shim makes them: as root (network namespaces,
+/// taps, the jail).
+fn need_root() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!("prepare-template: needs root, as the shim");
+    }
+    Ok(())
+}
+
+/// Makes the template of pods with `interfaces` interfaces under the shim's
+/// config at `config`, and says which and where.
+fn run_prepare(config: &Path, interfaces: usize) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config).context("prepare-template")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("prepare-template: the async runtime")?;
+    let prepared = runtime
+        .block_on(prepare_template(&config, interfaces))
+        .context("prepare-template")?;
+    if prepared.made {
+        println!(
+            "template {}: made in {} ({:.1} s)",
+            prepared.key,
+            prepared.dir.display(),
+            prepared.took.as_secs_f64()
+        );
+    } else {
+        println!(
+            "template {}: already in {}",
+            prepared.key,
+            prepared.dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_install(opts: InstallOptions) -> anyhow::Result<()> {
     let installed = install(&opts).context("install")?;
     for entry in &installed.record.files {
         let how = if entry.backup.is_some() {
@@ -131,7 +212,7 @@ fn run_install(opts: InstallOptions) -> anyhow::Result<ExitCode> {
     if opts.restart_containerd {
         println!("restarted containerd");
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn run_uninstall(root: &Root, restart_containerd: bool) -> anyhow::Result<ExitCode> {

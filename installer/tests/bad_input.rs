@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Every way `vmpod install`'s input can be wrong: one line naming the
 //! problem, a failing status, and the root exactly as it was — including
-//! failures in the middle of writing, which undo what was written.
+//! failures in the middle of writing, which undo what was written; and
+//! `vmpod prepare-template`'s, refused before anything is made.
 // An integration test crate is a test module as a whole.
 #![allow(clippy::tests_outside_test_module)]
 
@@ -218,4 +219,82 @@ fn test_bad_flags_and_a_bad_record() {
         "vmpod: uninstall: cannot restart containerd: systemctl is not in",
     );
     assert_eq!(fixture.snapshot(), installed);
+}
+
+/// `vmpod prepare-template`'s bad input: flags (status 2), and configs it
+/// cannot make a template with (status 1); each one line, before anything
+/// is made (no state directory, no template directory).
+#[test]
+fn test_prepare_template_bad_input() {
+    let fixture = Fixture::new("prepare");
+    for (args, named) in [
+        (
+            &["prepare-template", "--interfaces", "17"][..],
+            "--interfaces",
+        ),
+        (&["prepare-template", "--interfaces", "-1"], "-1"),
+        (&["prepare-template", "--interfaces", "one"], "--interfaces"),
+        (&["prepare-template", "--config"], "--config"),
+        (&["prepare-template", "--root", "/"], "--root"),
+        (&["prepare-template", "extra"], "extra"),
+    ] {
+        let out = fixture.vmpod(args);
+        let line = assert_one_line_failure(&out, 2, "vmpod: error: ");
+        assert!(line.contains(named), "{args:?}: {line}");
+    }
+    // --prepare-template only on this node's root: refused before install.
+    assert_refused(
+        &fixture,
+        &["--prepare-template"],
+        "--prepare-template needs --root /",
+    );
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        let out = fixture.vmpod(&["prepare-template"]);
+        assert_one_line_failure(&out, 1, "vmpod: prepare-template: needs root");
+        eprintln!("skipped the config cases of test_prepare_template_bad_input: needs root");
+        return;
+    }
+    let state = fixture.dir.join("state");
+    let exe = std::env::current_exe().unwrap();
+    let files = format!(
+        "kernel = {exe:?}\ninitrd = {exe:?}\nvmm = {exe:?}\nunconfined = true\nstate-dir = {:?}\n",
+        state.display().to_string()
+    );
+    let config = fixture.dir.join("config.toml");
+    let config_arg = config.to_str().unwrap();
+    for (text, expected) in [
+        (
+            format!("{files}templates = false\n"),
+            "vmpod: prepare-template: templates are off (templates = false in the config)",
+        ),
+        (
+            format!("{files}template-max = 0\n"),
+            "template-max: 0 is not within 1..=1024",
+        ),
+        (
+            format!("{files}colour = 1\n"),
+            "line 6: unknown field `colour`",
+        ),
+        (
+            files.replace("kernel = \"", "kernel = \"/nonexistent"),
+            "kernel: /nonexistent",
+        ),
+    ] {
+        fs::write(&config, &text).unwrap();
+        let out = fixture.vmpod(&["prepare-template", "--config", config_arg]);
+        assert_one_line_failure(&out, 1, expected);
+        assert!(!state.exists(), "{text}: the state directory was made");
+    }
+    let missing = fixture.dir.join("missing.toml");
+    let out = fixture.vmpod(&["prepare-template", "--config", missing.to_str().unwrap()]);
+    assert_one_line_failure(
+        &out,
+        1,
+        &format!(
+            "vmpod: prepare-template: config {}: No such file",
+            missing.display()
+        ),
+    );
+    assert!(!state.exists());
 }

@@ -25,6 +25,9 @@ const CPU_TEMPLATES: [&str; 4] = ["auto", "host", "baseline", "emulated-supervis
 /// The template directory's name in the state directory unless
 /// `template-dir` names another.
 const DEFAULT_TEMPLATE_DIR: &str = ".templates";
+/// How many templates are kept unless `template-max` says otherwise, and
+/// how many it may say: each holds a pod VM's memory (~35 MiB at 256 MiB).
+const TEMPLATE_MAX: (u32, std::ops::RangeInclusive<u32>) = (8, 1..=1024);
 /// The levels `log-level` may name (tracing's).
 const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 /// Less guest memory than this does not boot the agent.
@@ -92,6 +95,7 @@ struct RawConfig {
     // Pod VM templates: docs/shim.md, "Templates".
     templates: Option<bool>,
     template_dir: Option<PathBuf>,
+    template_max: Option<u32>,
 }
 
 /// The checked configuration.
@@ -129,6 +133,9 @@ pub struct Config {
     /// `<state-dir>/.templates`); `None`: templates are off (`templates =
     /// false`) and every pod VM boots cold.
     pub templates: Option<PathBuf>,
+    /// How many templates are kept (`template-max`): once a new one is
+    /// made, the least recently used beyond it are removed.
+    pub template_max: usize,
 }
 
 /// The jail `vmpod-vm` runs in (keys `jailer` and `jail-ids`).
@@ -214,6 +221,13 @@ impl Config {
         let share_limits = check.share_limits(raw.share_size, raw.share_inodes)?;
         let jail = check.jail(raw.jailer, raw.jail_ids, raw.unconfined, &vmm)?;
         let templates = check.templates(raw.templates, raw.template_dir, &state_dir)?;
+        let template_max = raw.template_max.unwrap_or(TEMPLATE_MAX.0);
+        if !TEMPLATE_MAX.1.contains(&template_max) {
+            return Err(check.invalid(
+                "template-max",
+                format!("{template_max} is not within {:?}", TEMPLATE_MAX.1),
+            ));
+        }
         Ok(Config {
             kernel: raw.kernel,
             initrd: raw.initrd,
@@ -229,6 +243,7 @@ impl Config {
             share_limits,
             jail,
             templates,
+            template_max: usize::try_from(template_max).unwrap_or(usize::MAX),
         })
     }
 
@@ -503,6 +518,9 @@ mod tests {
         assert_eq!(config.templates, Some(PathBuf::from("/s/.templates")));
         let config = parse(&format!("{}templates = false\n", base())).unwrap();
         assert_eq!(config.templates, None);
+        assert_eq!(config.template_max, 8);
+        let config = parse(&format!("{}template-max = 1\n", base())).unwrap();
+        assert_eq!(config.template_max, 1);
         for dir in ["/var/lib/vmpod/templates", "/run/vmpod/.t/x"] {
             let config = parse(&format!("{}template-dir = {dir:?}\n", base())).unwrap();
             assert_eq!(config.templates, Some(PathBuf::from(dir)));
@@ -561,6 +579,12 @@ mod tests {
                 "template-dir = \"/run/vmpod\"",
                 "template-dir: /run/vmpod is in state-dir",
             ),
+            ("template-max = 0", "template-max: 0 is not within 1..=1024"),
+            (
+                "template-max = 5000",
+                "template-max: 5000 is not within 1..=1024",
+            ),
+            ("template-max = -1", "line 5: invalid value"),
             ("vcpus = \"two\"", "line 5: invalid type: string \"two\""),
             ("vcpus = 300", "line 5:"),
         ];

@@ -7,6 +7,8 @@
 mod boot;
 mod jail;
 mod logs;
+mod prepare;
+mod prune;
 mod template;
 mod vm_api;
 
@@ -33,6 +35,8 @@ use jail::Launch;
 use logs::{forward_agent_logs, tail};
 
 pub use jail::{kill_jail_leftovers, CGROUP_RECORD, JAIL_IDS};
+pub use prepare::{prepare_template, PrepareError, Prepared, MAX_INTERFACES, PREPARE_NAMESPACE};
+pub use template::TemplateError;
 
 /// The guest's vsock CID.
 const GUEST_CID: u32 = 3;

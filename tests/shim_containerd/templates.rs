@@ -6,13 +6,17 @@
 //! a damaged template is refused, removed, and the pod boots cold with one
 //! warning. Cold boots cost a minute or more here, so the last three pods
 //! boot side by side, and are only seen running (every guest process costs
-//! seconds here, and an idle guest half a host CPU).
+//! seconds here, and an idle guest half a host CPU). A template prepared
+//! ahead (`vmpod prepare-template`) leaves nothing of its VM, and the first
+//! pod restores it.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vmpod_integration_tests::containerd::{BUSYBOX, NAMESPACE, RUNTIME};
 use vmpod_integration_tests::netns::Netns;
+use vmpod_integration_tests::{run_with_timeout, vmpod_vm_binary};
 
 use crate::fixture::{fixture, text, Fixture, GUEST_DEADLINE};
 
@@ -346,4 +350,68 @@ fn test_pods_restored_from_a_template_are_their_own_and_a_bad_template_falls_bac
         pod.remove(&f);
     }
     f.assert_nothing_left("after the template pods");
+}
+
+/// `vmpod prepare-template` with the fixture's config, bounded by a cold
+/// boot's time; returns its one line of output.
+fn prepare_template(f: &Fixture, vmpod: &Path) -> String {
+    let config = f.work.join("config.toml");
+    let out = run_with_timeout(
+        Command::new(vmpod)
+            .arg("prepare-template")
+            .arg("--config")
+            .arg(&config)
+            .args(["--interfaces", "1"]),
+        Duration::from_secs(900),
+    );
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.stdout.lines().count(), 1, "{}", out.stdout);
+    out.stdout.trim_end().to_owned()
+}
+
+#[test]
+fn test_a_prepared_template_leaves_nothing_and_the_first_pod_restores_it() {
+    let test = "prepare";
+    let Some(f) = fixture(test, "") else {
+        return;
+    };
+    let vmpod = vmpod_vm_binary()
+        .map(|vmm| vmm.with_file_name("vmpod"))
+        .expect("the build's binaries");
+    assert!(vmpod.is_file(), "{} is not built", vmpod.display());
+    let template_dir = f.pods.join(".templates");
+
+    // Made ahead, of a one-interface pod's shape: the VM, its pod
+    // directory and its network namespaces (held by the command alone) end
+    // with the command.
+    let line = prepare_template(&f, &vmpod);
+    let keys = templates(&template_dir);
+    assert_eq!(keys.len(), 1, "{keys:?}: {line}");
+    let template = template_dir.join(&keys[0]);
+    let made = format!("template {}: made in {} (", keys[0], template.display());
+    assert!(line.starts_with(&made), "{line}");
+    assert!(template.join("vmstate").is_file() && template.join("memory").is_file());
+    assert!(
+        !f.pods.join(".prepare").exists(),
+        "its pod directory is left"
+    );
+    f.assert_nothing_left("after prepare-template");
+    // Made once.
+    let again = prepare_template(&f, &vmpod);
+    assert_eq!(
+        again,
+        format!("template {}: already in {}", keys[0], template.display())
+    );
+
+    // The first pod restores it.
+    let pod = TestPod::new(&f, "prepared", 7);
+    let took = pod.start(&f);
+    eprintln!("the first pod, restored from the prepared template: {took:?}");
+    let lines = log_lines(&f, &pod.id, "restored from its template");
+    assert_eq!(lines.len(), 1, "{}", f.containerd.log_tail(40));
+    assert!(lines[0].contains(&keys[0]), "{lines:?}");
+    assert!(log_lines(&f, &pod.id, "template made").is_empty());
+    pod.remove(&f);
+    assert_eq!(templates(&template_dir), keys);
+    f.assert_nothing_left("after the prepared template's pod");
 }

@@ -7,7 +7,7 @@
 //! boot with one warning and removes the template (the cold boot makes
 //! it anew); a failed snapshot is a warning: neither fails the pod.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,8 @@ use vmpod_jailer::cgroup::CgroupPath;
 
 use super::jail::{self, Launch, VmPaths};
 use super::logs::tail;
-use super::template::{self, Template, TemplateInputs};
+use super::prune;
+use super::template::{self, Template, TemplateError, TemplateInputs};
 use super::{spawn_vmm, vm_api, vmm_command, PodDir, PodError, Vmm, CONNECT_RETRY};
 use crate::config::Config;
 use crate::network::PodNetwork;
@@ -82,7 +83,22 @@ pub(super) async fn boot(
     };
     if let Some((claim, template)) = making {
         if !template.exists() {
-            make_template(config, id, dir, template).await;
+            let key = template.key.clone();
+            let started = Instant::now();
+            match make_template(config, id, dir, template).await {
+                Ok(true) => tracing::info!(
+                    pod = id,
+                    template = %key,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "template made of the pod VM"
+                ),
+                Ok(false) => tracing::info!(
+                    pod = id,
+                    template = %key,
+                    "another pod made the template first; this pod's snapshot is dropped"
+                ),
+                Err(why) => tracing::warn!(pod = id, template = %key, "no template made: {why}"),
+            }
         }
         drop(claim);
     }
@@ -100,17 +116,8 @@ async fn find(
 ) -> Option<Template> {
     let nets = network.map_or(0, |network| network.endpoints.len());
     let (config, templates) = (config.clone(), templates.to_path_buf());
-    let found = tokio::task::spawn_blocking(move || {
-        let inputs = TemplateInputs::of(
-            &config,
-            &templates,
-            size,
-            jail::guest_cmdline(),
-            jail::device_kinds(nets),
-        )?;
-        Ok::<_, template::TemplateError>(Template::new(&templates, &inputs))
-    })
-    .await;
+    let found =
+        tokio::task::spawn_blocking(move || template_of(&config, &templates, size, nets)).await;
     match found {
         Ok(Ok(template)) => Some(template),
         Ok(Err(err)) => {
@@ -128,6 +135,27 @@ async fn find(
     }
 }
 
+/// The template in `templates` of a pod VM of `size` with `nets`
+/// interfaces (hashing the files it is made of, hence blocking).
+///
+/// # Errors
+/// A file of its inputs cannot be read.
+pub(super) fn template_of(
+    config: &Config,
+    templates: &Path,
+    size: VmSize,
+    nets: usize,
+) -> Result<Template, TemplateError> {
+    let inputs = TemplateInputs::of(
+        config,
+        templates,
+        size,
+        jail::guest_cmdline(),
+        jail::device_kinds(nets),
+    )?;
+    Ok(Template::new(templates, &inputs))
+}
+
 /// Restores the pod's VM from `template` and waits (at most
 /// [`RESTORE_TIMEOUT`]) for its agent. On failure the VM is stopped, its
 /// socket and the template removed, and the reason returned, on one line.
@@ -142,6 +170,12 @@ async fn restore(
     template: &Template,
 ) -> Result<Booted, String> {
     let started = Instant::now();
+    // Held until the agent serves (the template's files are open by then)
+    // against pruning; the restore makes it the most recently used.
+    let _held = template.hold();
+    if let Err(err) = template.touch() {
+        tracing::warn!(pod = id, template = %template.key, "{}", vmpod_sys::error::chain(&err));
+    }
     let launch = Launch::Restore(&template.dir);
     let command = vmm_command(config, id, dir, size, network, cgroup, launch)
         .map_err(|err| vmpod_sys::error::chain(&*err))?;
@@ -186,8 +220,8 @@ async fn restore(
     Err(why)
 }
 
-/// Stops a VM that failed and waits for its end.
-async fn stop(vmm: Vmm) {
+/// Stops a VM and waits for its end.
+pub(super) async fn stop(vmm: Vmm) {
     let _ = vmm.kill.send(());
     let mut exit = vmm.exit;
     let _ = exit.wait_for(Option::is_some).await;
@@ -195,15 +229,22 @@ async fn stop(vmm: Vmm) {
 
 /// Pauses the cold-booted VM, has it snapshot itself into the pod's
 /// sockets' directory, resumes it, and moves the snapshot into place as
-/// `template`. Whatever fails is a warning: the pod goes on.
-async fn make_template(config: &Config, id: &str, dir: &PodDir, template: Template) {
-    let started = Instant::now();
+/// `template`; then prunes the templates beyond `template-max`. Returns
+/// whether this VM's snapshot became the template (`false`: another's did
+/// first), or why it failed, on one line.
+pub(super) async fn make_template(
+    config: &Config,
+    id: &str,
+    dir: &PodDir,
+    template: Template,
+) -> Result<bool, String> {
     let (socket, snapshot) = (dir.api_socket(), dir.snapshot());
     let seen_by_vm = match config.jail {
         Some(_) => VmPaths::jail().snapshot,
         None => snapshot.clone(),
     };
     let key = template.key.clone();
+    let templates = template.dir.parent().map(Path::to_path_buf);
     let made = tokio::task::spawn_blocking(move || {
         if let Err(err) = vm_api::snapshot(&socket, &seen_by_vm) {
             let _ = std::fs::remove_dir_all(&snapshot);
@@ -215,25 +256,49 @@ async fn make_template(config: &Config, id: &str, dir: &PodDir, template: Templa
     })
     .await
     .unwrap_or_else(|err| Err(err.to_string()));
-    match made {
-        Ok(true) => tracing::info!(
+    if let (Ok(true), Some(templates)) = (&made, templates) {
+        prune(config, id, templates, key).await;
+    }
+    made
+}
+
+/// Removes the templates beyond `template-max` after `kept` was made
+/// (see [`prune::prune`]); what fails is a warning.
+async fn prune(config: &Config, id: &str, templates: PathBuf, kept: String) {
+    let max = config.template_max;
+    let sources = [
+        config.kernel.clone(),
+        config.initrd.clone(),
+        config.vmm.clone(),
+    ];
+    let pruned = tokio::task::spawn_blocking(move || {
+        let sources: Vec<&Path> = sources.iter().map(PathBuf::as_path).collect();
+        prune::prune(&templates, max, &kept, &sources)
+    })
+    .await;
+    match pruned {
+        Ok(Ok(pruned)) => {
+            if !pruned.templates.is_empty() {
+                tracing::info!(
+                    pod = id,
+                    max,
+                    "removed the least recently used templates: {}",
+                    pruned.templates.join(", ")
+                );
+            }
+        }
+        Ok(Err(err)) => tracing::warn!(
             pod = id,
-            template = %key,
-            seconds = started.elapsed().as_secs_f64(),
-            "template made of the pod VM"
+            "pruning the templates: {}",
+            vmpod_sys::error::chain(&err)
         ),
-        Ok(false) => tracing::info!(
-            pod = id,
-            template = %key,
-            "another pod made the template first; this pod's snapshot is dropped"
-        ),
-        Err(why) => tracing::warn!(pod = id, template = %key, "no template made: {why}"),
+        Err(err) => tracing::warn!(pod = id, "pruning the templates: {err}"),
     }
 }
 
 /// Connects to the agent of a starting VM (bounded by `deadline`) and
 /// checks its version.
-async fn wait_for_agent(
+pub(super) async fn wait_for_agent(
     id: &str,
     dir: &PodDir,
     vmm: &Vmm,

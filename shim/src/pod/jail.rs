@@ -405,6 +405,7 @@ mod tests {
                 ids: "1000-1009".parse().unwrap(),
             }),
             templates: Some("/s/.templates".into()),
+            template_max: 8,
         }
     }
 

@@ -23,13 +23,13 @@ use crate::sizing::VmSize;
 
 /// A snapshot's state file, written last: a directory without it is no
 /// template (vmpod-vm's `snapshot::STATE_FILE`).
-const STATE_FILE: &str = "vmstate";
+pub(super) const STATE_FILE: &str = "vmstate";
 /// A snapshot's guest memory (vmpod-vm's `snapshot::MEMORY_FILE`).
 const MEMORY_FILE: &str = "memory";
 /// The hashes of the files a key is made of, in the template directory
 /// (no key starts with a dot): a file per hashed file, named by its device,
 /// inode, size, modification and change times, holding its SHA-256.
-const HASH_CACHE: &str = ".sha256";
+pub(super) const HASH_CACHE: &str = ".sha256";
 /// How much of `vmm.log`'s end is searched for vmpod-vm's error line.
 const LOG_END: u64 = 16 * 1024;
 
@@ -104,7 +104,7 @@ impl TemplateInputs {
 /// Failures of finding, keeping or removing a template; each ends up in a
 /// warning, never a pod's failure.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum TemplateError {
+pub enum TemplateError {
     /// A file or directory of the template could not be read, made,
     /// changed, moved or removed.
     #[error("{what} {path}")]
@@ -127,7 +127,10 @@ pub(super) enum TemplateError {
     },
 }
 
-fn io_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TemplateError {
+pub(super) fn io_error(
+    what: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> TemplateError {
     let path = path.display().to_string();
     move |source| TemplateError::Io { what, path, source }
 }
@@ -143,16 +146,7 @@ fn hex(bytes: &[u8]) -> String {
 fn sha256_cached(path: &Path, cache: &Path) -> Result<String, TemplateError> {
     let file = File::open(path).map_err(io_error("open", path))?;
     let meta = file.metadata().map_err(io_error("read", path))?;
-    let entry = cache.join(format!(
-        "{:x}-{:x}-{:x}-{}.{}-{}.{}",
-        meta.dev(),
-        meta.ino(),
-        meta.size(),
-        meta.mtime(),
-        meta.mtime_nsec(),
-        meta.ctime(),
-        meta.ctime_nsec()
-    ));
+    let entry = cache.join(cache_entry(&meta));
     if let Ok(hash) = std::fs::read_to_string(&entry) {
         if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(hash);
@@ -164,6 +158,20 @@ fn sha256_cached(path: &Path, cache: &Path) -> Result<String, TemplateError> {
         .and_then(|()| std::fs::write(&partial, &hash))
         .and_then(|()| std::fs::rename(&partial, &entry));
     Ok(hash)
+}
+
+/// The name of a file's entry in the hash cache: its identity.
+pub(super) fn cache_entry(meta: &std::fs::Metadata) -> String {
+    format!(
+        "{:x}-{:x}-{:x}-{}.{}-{}.{}",
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    )
 }
 
 /// SHA-256 of the file at `path`, hex.
@@ -218,7 +226,27 @@ impl Template {
     /// template, held by the returned file (and let go when the shim
     /// dies); `None` when another pod holds it or it cannot be taken.
     pub(super) fn claim(&self) -> Option<File> {
-        let lock = self.dir.with_file_name(format!(".{}.lock", self.key));
+        self.lock(libc::LOCK_EX)
+    }
+
+    /// Holds the template while a pod restores it, so that pruning
+    /// ([`super::prune::prune`]) leaves it alone: a shared `flock` on the
+    /// same `.<key>.lock` (which a claim excludes, but a claim is only
+    /// taken for a template not there).
+    /// `None` when it cannot be taken; the restore then goes on unheld.
+    pub(super) fn hold(&self) -> Option<File> {
+        self.lock(libc::LOCK_SH)
+    }
+
+    /// `.<key>.lock` beside the template.
+    pub(super) fn lock_path(&self) -> PathBuf {
+        self.dir.with_file_name(format!(".{}.lock", self.key))
+    }
+
+    /// A `flock` of kind `operation` (without waiting) on the template's
+    /// lock file, made if missing; `None` when it is held otherwise.
+    pub(super) fn lock(&self, operation: libc::c_int) -> Option<File> {
+        let lock = self.lock_path();
         if let Some(parent) = lock.parent() {
             std::fs::create_dir_all(parent).ok()?;
         }
@@ -231,8 +259,25 @@ impl Template {
             .open(&lock)
             .ok()?;
         // SAFETY: flock on a descriptor the file owns.
-        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        let locked = unsafe { libc::flock(file.as_raw_fd(), operation | libc::LOCK_NB) } == 0;
         locked.then_some(file)
+    }
+
+    /// Marks the template used now: its directory's modification time, by
+    /// which pruning ([`super::prune::prune`]) orders templates (nothing in
+    /// a sealed template changes it otherwise). The directory is opened
+    /// without following a link.
+    ///
+    /// # Errors
+    /// The directory cannot be opened or its time set.
+    pub(super) fn touch(&self) -> Result<(), TemplateError> {
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(&self.dir)
+            .map_err(io_error("open", &self.dir))?;
+        dir.set_modified(std::time::SystemTime::now())
+            .map_err(io_error("touch", &self.dir))
     }
 
     /// Removes the template (a restore refused it).

@@ -451,6 +451,7 @@ impl Harness {
             },
             jail: None,
             templates: None,
+            template_max: 8,
         };
         let agent = Arc::new(FakeAgent::new());
         let events = Arc::new(RecordingEvents::default());
