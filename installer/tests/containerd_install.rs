@@ -208,9 +208,19 @@ fn test_a_cri_pod_runs_through_the_installed_vmpod() {
     assert_ok(&out);
     let after = fixture.snapshot();
     assert_eq!(after, before, "uninstall did not give the root back");
-    let left: Vec<_> = fs::read_dir(&pods)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
+    // The pod left the template of its shape (the shim's default), which
+    // outlives pods; every other entry is a namespace's pods.
+    let (templates, left): (Vec<_>, Vec<_>) = fs::read_dir(&pods)
+        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .partition(|path| path.ends_with(".templates"));
+    let made: Vec<_> = templates
+        .iter()
+        .flat_map(|dir| fs::read_dir(dir).into_iter().flatten().flatten())
+        .filter(|entry| entry.path().join("vmstate").is_file())
+        .collect();
+    assert_eq!(made.len(), 1, "the pod's template: {templates:?}");
     assert!(
         left.iter()
             .all(|ns| fs::read_dir(ns).is_ok_and(|mut d| d.next().is_none())),
