@@ -9,7 +9,9 @@
 //! one for a pod as CRI makes it (64-digit ids, a deep `state-dir`, the
 //! sandbox's hostname, sysctls and namespaces); one for pod VM templates
 //! (a cold boot leaving a template, two pods restored from it, a changed
-//! initrd, templates off and a damaged template booting side by side).
+//! initrd, templates off and a damaged template booting side by side) and
+//! one for a template made ahead by `vmpod prepare-template`, which the
+//! first pod then restores.
 //! Bad input is checked without a boot: it fails before any VM starts.
 //!
 //! A step whose guest process died of the host fault some KVM hosts show
