@@ -111,9 +111,12 @@ fn assert_jail_root(vmm: u32) {
     assert_eq!(listing(&root), JAIL_ROOT);
     assert_eq!(listing(&root.join("dev")), ["kvm", "net", "urandom"]);
     assert_eq!(listing(&root.join("dev/net")), ["tun"]);
+    // The fixture's first pod boots cold and makes its shape's template
+    // (templates are on by default): its VMM serves the control API, and
+    // its snapshot has been moved out of the jail.
     assert_eq!(
         listing(&root.join("run")),
-        ["vsock.sock", "vsock.sock_1025"]
+        ["api.sock", "vsock.sock", "vsock.sock_1025"]
     );
     // Its /proc is its PID namespace's: the jail's init and itself.
     let pids: Vec<String> = listing(&root.join("proc"))
@@ -195,6 +198,14 @@ fn test_a_pods_vmm_is_jailed_and_leaves_nothing() {
         &["sleep", "3600"],
     );
     let (_jailer, vmm) = jail_processes(&f, "cf-pod");
+    // The jailed VMM wrote the template the shim sealed and moved out.
+    let templates: Vec<PathBuf> = std::fs::read_dir(f.pods.join(".templates"))
+        .map(|dir| dir.flatten().map(|entry| entry.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        templates.iter().any(|dir| dir.join("vmstate").is_file()),
+        "no template made: {templates:?}"
+    );
     let id = assert_threads_confined(vmm);
     assert_namespaces(vmm, &net.pod.path());
     assert_jail_root(vmm);
