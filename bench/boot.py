@@ -49,9 +49,7 @@ a VMM failed or timed out.
 import argparse
 import os
 import re
-import shlex
 import shutil
-import statistics
 import struct
 import subprocess
 import sys
@@ -59,7 +57,8 @@ import tempfile
 import threading
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import REPO, build_vmm, die, log, median, run_setup
+
 
 MEMORY_MIB = 256
 INIT_LINE = "vmpod-test-init: started"
@@ -92,15 +91,6 @@ TARGET_FIRST_INSN_MS = 5.0
 TARGET_RSS_MIB = 3.0
 
 
-def log(msg):
-    print(f"boot.py: {msg}", file=sys.stderr, flush=True)
-
-
-def die(msg):
-    log(f"error: {msg}")
-    sys.exit(1)
-
-
 # --- set-up --------------------------------------------------------------
 
 
@@ -118,28 +108,6 @@ def ensure_qemu():
     )
     if not shutil.which(QEMU):
         die(f"{QEMU} still missing after installing qemu-system-x86")
-
-
-def run_setup():
-    """Runs scripts/setup.sh and returns its KEY=VALUE lines as a dict."""
-    log("running scripts/setup.sh (guest kernel and test initrd)")
-    out = subprocess.run(
-        [os.path.join(REPO, "scripts", "setup.sh")], check=True, stdout=subprocess.PIPE, text=True
-    ).stdout
-    values = {}
-    for line in out.splitlines():
-        m = re.match(r"^([A-Z_][A-Z0-9_]*)=(.*)$", line.strip())
-        if m:
-            # Same as the shell's eval of the line (values may be quoted).
-            words = shlex.split(m.group(2)) or [""]
-            values[m.group(1)] = words[0]
-    return values
-
-
-def build_vmm():
-    log("building vmpod-vm (cargo build --release -p vmm)")
-    subprocess.run(["cargo", "build", "--release", "-p", "vmm"], check=True, cwd=REPO, stdout=sys.stderr)
-    return os.path.join(REPO, "target", "x86_64-unknown-linux-gnu", "release", "vmpod-vm")
 
 
 # --- the tiny PVH guest --------------------------------------------------
@@ -448,11 +416,6 @@ def fmt(v, digits):
 
 def ratio(a, b):
     return "n/a" if a is None or b is None or b == 0 else f"{a / b:.2f}"
-
-
-def median(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
 
 
 def main():

@@ -34,48 +34,16 @@ every measurement was taken, 1 when a VM failed or timed out.
 
 import argparse
 import os
-import re
-import shlex
 import socket
-import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import REPO, build_vmm, die, log, median, run_setup
+
 AGENT_PORT = 1024
 AGENT_LOG_PORT = 1025
 CMDLINE = f"console=ttyS0 reboot=k panic=1 vmpod.log_port={AGENT_LOG_PORT}"
-
-
-def log(msg):
-    print(f"restore.py: {msg}", file=sys.stderr, flush=True)
-
-
-def die(msg):
-    log(f"error: {msg}")
-    sys.exit(1)
-
-
-def run_setup():
-    """Runs scripts/setup.sh and returns its KEY=VALUE lines as a dict."""
-    out = subprocess.run(
-        [os.path.join(REPO, "scripts", "setup.sh")], check=True, stdout=subprocess.PIPE, text=True
-    ).stdout
-    values = {}
-    for line in out.splitlines():
-        m = re.match(r"^([A-Z_][A-Z0-9_]*)=(.*)$", line.strip())
-        if m:
-            words = shlex.split(m.group(2)) or [""]
-            values[m.group(1)] = words[0]
-    return values
-
-
-def build_vmm():
-    log("building vmpod-vm (cargo build --release -p vmm)")
-    subprocess.run(["cargo", "build", "--release", "-p", "vmm"], check=True, cwd=REPO, stdout=sys.stderr)
-    return os.path.join(REPO, "target", "x86_64-unknown-linux-gnu", "release", "vmpod-vm")
 
 
 class Vm:
@@ -179,10 +147,6 @@ class Vm:
         if self.proc is not None:
             self.proc.wait()
         self.log_listener.close()
-
-
-def median(xs):
-    return statistics.median(xs) if xs else None
 
 
 def main():
