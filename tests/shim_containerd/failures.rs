@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use vmpod_integration_tests::events::Events;
 
-use crate::fixture::{fixture, text, GUEST_DEADLINE, JOIN, STARTUP_WATCH};
+use crate::fixture::{fixture, text, write_stopping_vmm, GUEST_DEADLINE, JOIN, STARTUP_WATCH};
 
 #[test]
 fn test_failures_lose_nothing() {
@@ -144,7 +144,7 @@ fn test_bad_input_fails_in_one_line_before_any_vm() {
     // thread's epoll_wait, through a wrapper): containerd's error carries
     // vmpod-vm's own line naming the thread and the call.
     let work = std::env::temp_dir().join(format!("vmpod-seccomp-stop-{}", std::process::id()));
-    let vmm = write_stopping_vmm(&work);
+    let vmm = write_stopping_vmm(&work, "devices", "epoll_wait");
     let extra = format!("vmm = \"{}\"\nunconfined = true\n", vmm.display());
     let stopped = fixture("vb-seccomp", &extra).expect("prerequisites checked");
     let out = stopped.run(&["--rm"], "vb-seccomp", &["true"]);
@@ -162,30 +162,4 @@ fn test_bad_input_fails_in_one_line_before_any_vm() {
     let _ = stopped.ctr(&["container", "rm", "vb-seccomp"]);
     stopped.assert_nothing_left("after a seccomp stop");
     let _ = std::fs::remove_dir_all(&work);
-}
-
-/// A `vmpod-vm` that runs the real one with the built-in filters less the
-/// device thread's `epoll_wait`, in `work`; its path.
-fn write_stopping_vmm(work: &std::path::Path) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let builtin = concat!(env!("CARGO_MANIFEST_DIR"), "/../vmm/seccomp/x86_64.json");
-    let mut filters: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(builtin).unwrap()).unwrap();
-    filters["devices"]["filter"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|rule| rule["syscall"] != "epoll_wait");
-    std::fs::create_dir_all(work).unwrap();
-    let json = work.join("filters.json");
-    std::fs::write(&json, filters.to_string()).unwrap();
-    let real = vmpod_integration_tests::vmpod_vm_binary().unwrap();
-    let wrapper = work.join("vmpod-vm");
-    let script = format!(
-        "#!/bin/sh\nexec {} --seccomp-filter {} \"$@\"\n",
-        real.display(),
-        json.display()
-    );
-    std::fs::write(&wrapper, script).unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    wrapper
 }

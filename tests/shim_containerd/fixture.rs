@@ -4,7 +4,7 @@
 //! proof that nothing of a pod is left, and the steps tried again when
 //! their guest process died of the host fault.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -276,4 +276,31 @@ impl Fixture {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// A `vmpod-vm` that runs the real one with the built-in filters less
+/// `syscall` on `thread`'s, in `work` (made); its path. Run unconfined: the
+/// jail has no shell for the wrapper.
+pub fn write_stopping_vmm(work: &Path, thread: &str, syscall: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let builtin = concat!(env!("CARGO_MANIFEST_DIR"), "/../vmm/seccomp/x86_64.json");
+    let mut filters: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(builtin).unwrap()).unwrap();
+    let rules = filters[thread]["filter"].as_array_mut().unwrap();
+    let before = rules.len();
+    rules.retain(|rule| rule["syscall"] != syscall);
+    assert!(rules.len() < before, "{thread} allows no {syscall}");
+    std::fs::create_dir_all(work).unwrap();
+    let json = work.join("filters.json");
+    std::fs::write(&json, filters.to_string()).unwrap();
+    let real = vmpod_integration_tests::vmpod_vm_binary().unwrap();
+    let wrapper = work.join("vmpod-vm");
+    let script = format!(
+        "#!/bin/sh\nexec {} --seccomp-filter {} \"$@\"\n",
+        real.display(),
+        json.display()
+    );
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    wrapper
 }

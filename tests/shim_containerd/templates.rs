@@ -8,7 +8,7 @@
 //! boot side by side, and are only seen running (every guest process costs
 //! seconds here, and an idle guest half a host CPU). A template prepared
 //! ahead (`vmpod prepare-template`) leaves nothing of its VM, and the first
-//! pod restores it.
+//! pod restores it. A snapshot that ends the VM boots the pod cold again.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,7 +18,7 @@ use vmpod_integration_tests::containerd::{BUSYBOX, NAMESPACE, RUNTIME};
 use vmpod_integration_tests::netns::Netns;
 use vmpod_integration_tests::{run_with_timeout, vmpod_vm_binary};
 
-use crate::fixture::{fixture, text, Fixture, GUEST_DEADLINE};
+use crate::fixture::{fixture, text, write_stopping_vmm, Fixture, GUEST_DEADLINE};
 
 /// What each pod's container prints of its VM, in three processes (each
 /// costs seconds in an emulated guest): 32 random bytes, its hostname and
@@ -414,4 +414,46 @@ fn test_a_prepared_template_leaves_nothing_and_the_first_pod_restores_it() {
     pod.remove(&f);
     assert_eq!(templates(&template_dir), keys);
     f.assert_nothing_left("after the prepared template's pod");
+}
+
+#[test]
+fn test_a_snapshot_that_ends_the_vm_boots_the_pod_cold_again() {
+    // The VM is ended by its seccomp filter, which here lacks the API
+    // thread's `ftruncate` (a snapshot's first write), through a wrapper.
+    let test = "snapshot-end";
+    let work = crate::fixture::work_dir(&format!("{test}-vmm"));
+    let vmm = write_stopping_vmm(&work, "api", "ftruncate");
+    let extra = format!("vmm = \"{}\"\nunconfined = true\n", vmm.display());
+    let Some(f) = fixture(test, &extra) else {
+        let _ = std::fs::remove_dir_all(&work);
+        return;
+    };
+    let id = "vt-snapshot-end";
+    f.start_detached(id, &[], id, &["sleep", "3600"]);
+    let made = log_lines(&f, id, "no template made");
+    assert_eq!(made.len(), 1, "{}", f.containerd.log_tail(40));
+    assert!(
+        made[0].contains("snapshot (PUT /snapshot/create): the VM answered nothing"),
+        "{made:?}"
+    );
+    let ended = log_lines(&f, id, "ended while it was snapshotted");
+    assert_eq!(ended.len(), 1, "{}", f.containerd.log_tail(40));
+    assert!(
+        ended[0].contains("(exit status: 3)")
+            && ended[0].contains(
+                "the api thread made system call 77 (ftruncate), which its seccomp filter \
+                 does not allow"
+            )
+            && ended[0].contains("booting it cold again"),
+        "{ended:?}"
+    );
+    assert!(templates(&f.pods.join(".templates")).is_empty());
+    // The container runs (start_detached saw it), in the second VM.
+    assert_eq!(f.vmm_pids().len(), 1);
+    let _ = f.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+    f.wait_status(id, Some("STOPPED"));
+    f.ok("ctr task rm", &f.ctr(&["task", "rm", id]));
+    f.ok("ctr container rm", &f.ctr(&["container", "rm", id]));
+    f.assert_nothing_left("after the pod booted again");
+    let _ = std::fs::remove_dir_all(&work);
 }

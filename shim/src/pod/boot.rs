@@ -5,7 +5,8 @@
 //! pod's (before CreateSandbox: the guest has not mounted the share yet,
 //! and holds nothing of any pod). A failed restore falls back to a cold
 //! boot with one warning and removes the template (the cold boot makes
-//! it anew); a failed snapshot is a warning: neither fails the pod.
+//! it anew); a failed snapshot is a warning, and one that ended the VM
+//! boots it cold again: neither fails the pod.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -72,37 +73,71 @@ pub(super) async fn boot(
         Some(_) => Launch::ColdWithApi,
         None => Launch::Cold,
     };
-    let command = vmm_command(config, id, dir, size, network, cgroup, launch).map_err(|e| *e)?;
-    let vmm = spawn_vmm(command, config, id, dir, cgroup).map_err(|e| *e)?;
-    let agent = match wait_for_agent(id, dir, &vmm, config.agent_timeout).await {
-        Ok(agent) => agent,
-        Err(err) => {
-            stop(vmm).await;
-            return Err(err);
-        }
+    let booted = boot_cold(config, id, dir, size, network, cgroup, launch).await?;
+    let Some((claim, template)) = making else {
+        return Ok(booted);
     };
-    if let Some((claim, template)) = making {
-        if !template.exists() {
-            let key = template.key.clone();
-            let started = Instant::now();
-            match make_template(config, id, dir, template).await {
-                Ok(true) => tracing::info!(
+    if template.exists() {
+        return Ok(booted);
+    }
+    let key = template.key.clone();
+    let started = Instant::now();
+    match make_template(config, id, dir, template).await {
+        Ok(true) => tracing::info!(
+            pod = id,
+            template = %key,
+            seconds = started.elapsed().as_secs_f64(),
+            "template made of the pod VM"
+        ),
+        Ok(false) => tracing::info!(
+            pod = id,
+            template = %key,
+            "another pod made the template first; this pod's snapshot is dropped"
+        ),
+        Err(why) => {
+            tracing::warn!(pod = id, template = %key, "no template made: {why}");
+            drop(claim);
+            // A snapshot that ended the VM leaves no VM for the pod: it
+            // boots cold once more, without making a template.
+            if let Some(status) = ended_within(&booted.vmm, VM_END_GRACE).await {
+                tracing::warn!(
                     pod = id,
                     template = %key,
-                    seconds = started.elapsed().as_secs_f64(),
-                    "template made of the pod VM"
-                ),
-                Ok(false) => tracing::info!(
-                    pod = id,
-                    template = %key,
-                    "another pod made the template first; this pod's snapshot is dropped"
-                ),
-                Err(why) => tracing::warn!(pod = id, template = %key, "no template made: {why}"),
+                    "the pod VM ended while it was snapshotted ({status}); its log ends: {}; \
+                     booting it cold again",
+                    tail(&dir.vmm_log()).unwrap_or_default()
+                );
+                stop(booted.vmm).await;
+                for socket in [dir.vsock(), dir.api_socket()] {
+                    let _ = std::fs::remove_file(socket);
+                }
+                return boot_cold(config, id, dir, size, network, cgroup, Launch::Cold).await;
             }
         }
-        drop(claim);
     }
-    Ok(Booted { agent, vmm })
+    Ok(booted)
+}
+
+/// Boots the pod's VM cold and waits for its agent; a VM whose agent does
+/// not serve is stopped.
+async fn boot_cold(
+    config: &Config,
+    id: &str,
+    dir: &PodDir,
+    size: VmSize,
+    network: Option<&PodNetwork>,
+    cgroup: Option<&CgroupPath>,
+    launch: Launch<'_>,
+) -> Result<Booted, PodError> {
+    let command = vmm_command(config, id, dir, size, network, cgroup, launch).map_err(|e| *e)?;
+    let vmm = spawn_vmm(command, config, id, dir, cgroup).map_err(|e| *e)?;
+    match wait_for_agent(id, dir, &vmm, config.agent_timeout).await {
+        Ok(agent) => Ok(Booted { agent, vmm }),
+        Err(err) => {
+            stop(vmm).await;
+            Err(err)
+        }
+    }
 }
 
 /// The template of the pod VM's shape in `templates`; `None` (with a
@@ -218,6 +253,20 @@ async fn restore(
         )),
     }
     Err(why)
+}
+
+/// How long a VM that dropped its API connection may take to be seen
+/// ended.
+const VM_END_GRACE: Duration = Duration::from_secs(2);
+
+/// How the VM ended, if it does within `grace`.
+async fn ended_within(vmm: &Vmm, grace: Duration) -> Option<String> {
+    let mut exit = vmm.exit.clone();
+    let ended = tokio::time::timeout(grace, exit.wait_for(Option::is_some)).await;
+    match ended {
+        Ok(Ok(status)) => status.clone(),
+        _ => None,
+    }
 }
 
 /// Stops a VM and waits for its end.

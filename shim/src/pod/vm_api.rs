@@ -18,7 +18,7 @@ pub(super) enum VmApiError {
     /// The socket could not be reached, or the exchange broke off.
     #[error("{request} on {socket}")]
     Io {
-        /// The request line.
+        /// What was asked, and its request line.
         request: String,
         /// The control socket.
         socket: String,
@@ -29,7 +29,7 @@ pub(super) enum VmApiError {
     /// The VM answered with an error.
     #[error("{request}: the VM answered {answer}")]
     Refused {
-        /// The request line.
+        /// What was asked, and its request line.
         request: String,
         /// Its status line and fault message.
         answer: String,
@@ -37,11 +37,18 @@ pub(super) enum VmApiError {
 }
 
 /// Sends `method path` with the JSON `body` to the control socket `socket`
-/// and waits for a 2xx answer.
-fn request(socket: &Path, method: &str, path: &str, body: &str) -> Result<(), VmApiError> {
+/// and waits for a 2xx answer; errors name the request as `what`.
+fn request(
+    socket: &Path,
+    what: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(), VmApiError> {
     let request_line = format!("{method} {path}");
+    let asked = format!("{what} ({request_line})");
     let io = |source| VmApiError::Io {
-        request: request_line.clone(),
+        request: asked.clone(),
         socket: socket.display().to_string(),
         source,
     };
@@ -70,9 +77,15 @@ fn request(socket: &Path, method: &str, path: &str, body: &str) -> Result<(), Vm
     if success {
         return Ok(());
     }
+    if answer.is_empty() {
+        return Err(VmApiError::Refused {
+            request: asked,
+            answer: "nothing: it closed the connection".to_owned(),
+        });
+    }
     let fault = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
     Err(VmApiError::Refused {
-        request: request_line,
+        request: asked,
         answer: format!("{status_line} {fault}").trim().to_owned(),
     })
 }
@@ -84,10 +97,10 @@ fn request(socket: &Path, method: &str, path: &str, body: &str) -> Result<(), Vm
 /// # Errors
 /// The first request that failed.
 pub(super) fn snapshot(socket: &Path, snapshot_dir: &Path) -> Result<(), VmApiError> {
-    request(socket, "PATCH", "/vm", r#"{"state":"Paused"}"#)?;
+    request(socket, "pause", "PATCH", "/vm", r#"{"state":"Paused"}"#)?;
     let body = serde_json::json!({ "snapshot_dir": snapshot_dir }).to_string();
-    let taken = request(socket, "PUT", "/snapshot/create", &body);
-    let resumed = request(socket, "PATCH", "/vm", r#"{"state":"Resumed"}"#);
+    let taken = request(socket, "snapshot", "PUT", "/snapshot/create", &body);
+    let resumed = request(socket, "resume", "PATCH", "/vm", r#"{"state":"Resumed"}"#);
     taken.and(resumed)
 }
 
@@ -155,12 +168,23 @@ mod tests {
         let err = snapshot(&socket, Path::new("/run/template")).unwrap_err();
         assert_eq!(
             err.to_string(),
-            r#"PUT /snapshot/create: the VM answered HTTP/1.1 400 Bad Request {"fault_message":"disk full"}"#
+            r#"snapshot (PUT /snapshot/create): the VM answered HTTP/1.1 400 Bad Request {"fault_message":"disk full"}"#
         );
         assert_eq!(server.join().unwrap().len(), 3, "resumed all the same");
         std::fs::remove_file(&socket).unwrap();
+        let server = serve(&socket, vec![ok, ok, ""]);
+        let err = snapshot(&socket, Path::new("/run/template")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "resume (PATCH /vm): the VM answered nothing: it closed the connection"
+        );
+        server.join().unwrap();
+        std::fs::remove_file(&socket).unwrap();
         let err = snapshot(&socket, Path::new("/x")).unwrap_err();
-        assert!(err.to_string().starts_with("PATCH /vm on "), "{err}");
+        assert!(
+            err.to_string().starts_with("pause (PATCH /vm) on "),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
