@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Where the agent's logs go: stderr (the guest console), and, when the
 //! kernel command line asks with `vmpod.log_port=N`, a vsock stream to the
-//! host's port N (with hybrid vsock, the host's Unix socket `<uds>_N`).
+//! host's port N (with hybrid vsock, the host's Unix socket `<uds>_N`),
+//! connected again when it is lost (a restored VM's is reset).
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -20,7 +22,7 @@ const SEND_TIMEOUT_SECS: libc::time_t = 1;
 /// stderr plus, optionally, the host's log port.
 #[derive(Debug, Clone, Default)]
 pub struct LogSink {
-    vsock: Option<Arc<Mutex<Option<File>>>>,
+    vsock: Option<Arc<Mutex<HostStream>>>,
 }
 
 /// Connects to the host's vsock `port`.
@@ -64,16 +66,63 @@ fn connect(port: u32) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
-impl LogSink {
-    /// Logs to stderr, and to the host's vsock `port` if one is given and
-    /// the host accepts (otherwise says so on stderr).
-    pub fn new(port: Option<u32>) -> Self {
-        let vsock = port.and_then(|port| match connect(port) {
-            Ok(stream) => Some(Arc::new(Mutex::new(Some(stream)))),
-            Err(err) => {
-                eprintln!("vmpod-agent: logs stay on the console: vsock port {port}: {err}");
-                None
+/// How often a lost log stream may be connected again: a VM restored from
+/// a snapshot finds its stream reset, and the host may not listen at all.
+const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The stream to the host's log port, and when it was last connected.
+#[derive(Debug)]
+struct HostStream {
+    port: u32,
+    stream: Option<File>,
+    last_attempt: Option<Instant>,
+}
+
+impl HostStream {
+    /// The stream, connected again if it is lost and the last attempt is
+    /// [`RECONNECT_INTERVAL`] old.
+    fn stream(&mut self, now: Instant) -> Option<&mut File> {
+        let due = self
+            .last_attempt
+            .is_none_or(|last| now.saturating_duration_since(last) >= RECONNECT_INTERVAL);
+        if self.stream.is_none() && due {
+            self.last_attempt = Some(now);
+            self.stream = connect(self.port).ok();
+        }
+        self.stream.as_mut()
+    }
+
+    /// Sends `buf`, on a new stream if the one it had is gone (once per
+    /// [`RECONNECT_INTERVAL`]); what cannot be sent stays on the console.
+    fn send(&mut self, buf: &[u8]) {
+        for _ in 0..2 {
+            let Some(file) = self.stream(Instant::now()) else {
+                return;
+            };
+            if file.write_all(buf).is_ok() {
+                return;
             }
+            // The host went away, stopped reading, or the VM was restored.
+            self.stream = None;
+        }
+    }
+}
+
+impl LogSink {
+    /// Logs to stderr, and to the host's vsock `port` if one is given (if
+    /// the host does not accept, the logs stay on the console until it
+    /// does).
+    pub fn new(port: Option<u32>) -> Self {
+        let vsock = port.map(|port| {
+            let mut host = HostStream {
+                port,
+                stream: None,
+                last_attempt: None,
+            };
+            if host.stream(Instant::now()).is_none() {
+                eprintln!("vmpod-agent: logs stay on the console until the host listens on vsock port {port}");
+            }
+            Arc::new(Mutex::new(host))
         });
         LogSink { vsock }
     }
@@ -82,19 +131,13 @@ impl LogSink {
 /// One log record's writer.
 #[derive(Debug)]
 pub struct LogWriter {
-    vsock: Option<Arc<Mutex<Option<File>>>>,
+    vsock: Option<Arc<Mutex<HostStream>>>,
 }
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if let Some(vsock) = &self.vsock {
-            let mut stream = vsock.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(file) = stream.as_mut() {
-                if file.write_all(buf).is_err() {
-                    // The host went away or stopped reading.
-                    *stream = None;
-                }
-            }
+            vsock.lock().unwrap_or_else(|p| p.into_inner()).send(buf);
         }
         io::stderr().write_all(buf)?;
         Ok(buf.len())

@@ -280,6 +280,15 @@ fn test_pods_restored_from_a_template_are_their_own_and_a_bad_template_falls_bac
         "restored pods share random output"
     );
     restored[0].ping_peer(&f);
+    // The agent's log stream, reset by the restore, is connected again.
+    for pod in &restored {
+        let exits = log_lines(&f, &pod.id, "agent: ");
+        assert!(
+            exits.iter().any(|line| line.contains("exited with")),
+            "{} logged no process exit to the shim: {exits:?}",
+            pod.id
+        );
+    }
     assert_eq!(
         templates(&template_dir),
         keys,
