@@ -155,6 +155,32 @@ const DEFAULT_JAIL_IDS: IdRange = IdRange {
 };
 
 impl Config {
+    /// A valid configuration for unit tests with these files: unconfined,
+    /// templates off, the smallest share.
+    #[cfg(test)]
+    pub(crate) fn for_tests(kernel: &Path, initrd: &Path, vmm: &Path, state_dir: &Path) -> Config {
+        Config {
+            kernel: kernel.to_path_buf(),
+            initrd: initrd.to_path_buf(),
+            vmm: vmm.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            vcpus: 1,
+            max_vcpus: 2,
+            memory_mib: 256,
+            max_memory_mib: 512,
+            cpu_template: "auto".into(),
+            log_level: "info".into(),
+            agent_timeout: Duration::from_secs(1),
+            share_limits: ShareLimits {
+                size_mib: 1,
+                inodes: 256,
+            },
+            jail: None,
+            templates: None,
+            template_max: 8,
+        }
+    }
+
     /// Reads the file `VMPOD_CONFIG` names, or [`DEFAULT_CONFIG_PATH`].
     ///
     /// # Errors

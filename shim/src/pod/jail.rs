@@ -380,32 +380,20 @@ pub fn kill_jail_leftovers(pod: &PodDir) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::share::layout::ShareLimits;
-    use std::time::Duration;
 
     fn config() -> Config {
         Config {
-            kernel: "/k".into(),
-            initrd: "/i".into(),
-            vmm: "/vmpod-vm".into(),
-            state_dir: "/s".into(),
-            vcpus: 1,
-            max_vcpus: 2,
-            memory_mib: 256,
-            max_memory_mib: 512,
-            cpu_template: "auto".into(),
-            log_level: "info".into(),
-            agent_timeout: Duration::from_secs(1),
-            share_limits: ShareLimits {
-                size_mib: 1,
-                inodes: 256,
-            },
             jail: Some(Jail {
                 jailer: "/vmpod-jailer".into(),
                 ids: "1000-1009".parse().unwrap(),
             }),
             templates: Some("/s/.templates".into()),
-            template_max: 8,
+            ..Config::for_tests(
+                Path::new("/k"),
+                Path::new("/i"),
+                Path::new("/vmpod-vm"),
+                Path::new("/s"),
+            )
         }
     }
 

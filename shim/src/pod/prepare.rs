@@ -357,24 +357,17 @@ mod tests {
     #[test]
     fn test_the_shape_is_the_default_size_of_a_pod_asking_for_nothing() {
         let config = Config {
-            kernel: "/k".into(),
-            initrd: "/i".into(),
-            vmm: "/vmpod-vm".into(),
-            state_dir: "/s".into(),
             vcpus: 2,
             max_vcpus: 4,
             memory_mib: 384,
             max_memory_mib: 2048,
-            cpu_template: "auto".into(),
-            log_level: "info".into(),
-            agent_timeout: Duration::from_secs(1),
-            share_limits: crate::share::layout::ShareLimits {
-                size_mib: 1,
-                inodes: 256,
-            },
-            jail: None,
             templates: Some("/s/.templates".into()),
-            template_max: 8,
+            ..Config::for_tests(
+                Path::new("/k"),
+                Path::new("/i"),
+                Path::new("/vmpod-vm"),
+                Path::new("/s"),
+            )
         };
         assert_eq!(
             default_size(&config),

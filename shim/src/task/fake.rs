@@ -27,7 +27,6 @@ use vmpod_agent_api::{ClientError, ProcessId};
 use super::{lock, Agent, EventSink, Launcher, PodHandle, PodVm, TaskService};
 use crate::config::Config;
 use crate::pod::{PodDir, PodError};
-use crate::share::layout::ShareLimits;
 use crate::sizing::VmSize;
 
 /// The pid the fake VM's `vmpod-vm` has.
@@ -433,26 +432,12 @@ impl Harness {
             .join(format!("vmpod-task-{}", std::process::id()))
             .join(HARNESSES.fetch_add(1, Ordering::SeqCst).to_string());
         std::fs::create_dir_all(&dir).unwrap();
-        let config = Config {
-            kernel: dir.join("vmlinux"),
-            initrd: dir.join("initrd"),
-            vmm: dir.join("vmpod-vm"),
-            state_dir: dir.join("state"),
-            vcpus: 1,
-            max_vcpus: 2,
-            memory_mib: 256,
-            max_memory_mib: 512,
-            cpu_template: "auto".into(),
-            log_level: "info".into(),
-            agent_timeout: Duration::from_secs(1),
-            share_limits: ShareLimits {
-                size_mib: 1,
-                inodes: 256,
-            },
-            jail: None,
-            templates: None,
-            template_max: 8,
-        };
+        let config = Config::for_tests(
+            &dir.join("vmlinux"),
+            &dir.join("initrd"),
+            &dir.join("vmpod-vm"),
+            &dir.join("state"),
+        );
         let agent = Arc::new(FakeAgent::new());
         let events = Arc::new(RecordingEvents::default());
         let launcher = Arc::new(FakeLauncher {
