@@ -397,7 +397,15 @@ impl Pod {
         let log_listener =
             listen(&dir.log_socket()).map_err(host_error(id, "listen on", &dir.log_socket()))?;
         tokio::spawn(forward_agent_logs(log_listener, id.to_owned()));
-        let Booted { agent, vmm } = boot::boot(config, id, dir, size, network, cgroup).await?;
+        let launch = PodLaunch {
+            config,
+            id,
+            dir,
+            size,
+            network,
+            cgroup,
+        };
+        let Booted { agent, vmm } = boot::boot(launch).await?;
         let guest = GuestShape {
             memory_mib: size.memory_mib,
             network,
@@ -461,20 +469,33 @@ pub async fn tear_down_network(id: &str, network: Option<&PodNetwork>) {
     }
 }
 
+/// A pod's VM as the shim launches it — cold, cold with the API to make
+/// a template, or restored: the same pod, directory, size, network and
+/// cgroup whichever way.
+#[derive(Clone, Copy)]
+struct PodLaunch<'a> {
+    config: &'a Config,
+    id: &'a str,
+    dir: &'a PodDir,
+    size: VmSize,
+    network: Option<&'a PodNetwork>,
+    cgroup: Option<&'a CgroupPath>,
+}
+
 /// The `vmpod-vm` command line of the pod — through `vmpod-jailer` unless
 /// the configuration says `unconfined` — with its kernel, size, console,
 /// vsock, share and network, booted or restored as `launch` says; its
 /// output goes to the pod's `vmm.log`, and it dies with the shim. (The
 /// error is boxed, as [`PodError`] is large.)
-fn vmm_command(
-    config: &Config,
-    id: &str,
-    dir: &PodDir,
-    size: VmSize,
-    network: Option<&PodNetwork>,
-    cgroup: Option<&CgroupPath>,
-    launch: Launch<'_>,
-) -> Result<Command, Box<PodError>> {
+fn vmm_command(pod: PodLaunch<'_>, launch: Launch<'_>) -> Result<Command, Box<PodError>> {
+    let PodLaunch {
+        config,
+        id,
+        dir,
+        size,
+        network,
+        cgroup,
+    } = pod;
     let host = |what: &'static str, path: &Path| host_error(id, what, path);
     let vmm_log = std::fs::File::create(dir.vmm_log()).map_err(host("create", &dir.vmm_log()))?;
     let vmm_log_err = vmm_log.try_clone().map_err(host("open", &dir.vmm_log()))?;
@@ -519,13 +540,14 @@ fn vmm_command(
 /// `vmpod-vm` (or its jailer), records its pid in the pod's directory and
 /// watches it. When it ends, the shim leaves and removes the cgroup; when
 /// it ends unbidden, the end of its log is logged.
-fn spawn_vmm(
-    mut command: Command,
-    config: &Config,
-    id: &str,
-    dir: &PodDir,
-    cgroup: Option<&CgroupPath>,
-) -> Result<Vmm, Box<PodError>> {
+fn spawn_vmm(mut command: Command, pod: PodLaunch<'_>) -> Result<Vmm, Box<PodError>> {
+    let PodLaunch {
+        config,
+        id,
+        dir,
+        cgroup,
+        ..
+    } = pod;
     let placed = cgroup
         .map(|path| jail::join_pod_cgroup(id, dir, path))
         .transpose()?;

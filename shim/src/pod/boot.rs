@@ -13,13 +13,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use vmpod_agent_api::{AgentClient, AGENT_VSOCK_PORT, API_VERSION};
-use vmpod_jailer::cgroup::CgroupPath;
 
 use super::jail::{self, Launch, VmPaths};
 use super::logs::tail;
 use super::prune;
 use super::template::{self, Template, TemplateError, TemplateInputs};
-use super::{spawn_vmm, vm_api, vmm_command, PodDir, PodError, Vmm, CONNECT_RETRY};
+use super::{spawn_vmm, vm_api, vmm_command, PodDir, PodError, PodLaunch, Vmm, CONNECT_RETRY};
 use crate::config::Config;
 use crate::network::PodNetwork;
 use crate::sizing::VmSize;
@@ -42,20 +41,21 @@ pub(super) struct Booted {
 ///
 /// # Errors
 /// The cold boot's [`PodError`].
-pub(super) async fn boot(
-    config: &Config,
-    id: &str,
-    dir: &PodDir,
-    size: VmSize,
-    network: Option<&PodNetwork>,
-    cgroup: Option<&CgroupPath>,
-) -> Result<Booted, PodError> {
+pub(super) async fn boot(pod: PodLaunch<'_>) -> Result<Booted, PodError> {
+    let PodLaunch {
+        config,
+        id,
+        dir,
+        size,
+        network,
+        ..
+    } = pod;
     let template = match &config.templates {
         Some(templates) => find(config, templates, id, size, network).await,
         None => None,
     };
     if let Some(template) = template.as_ref().filter(|template| template.exists()) {
-        match restore(config, id, dir, size, network, cgroup, template).await {
+        match restore(pod, template).await {
             Ok(booted) => return Ok(booted),
             Err(why) => tracing::warn!(
                 pod = id,
@@ -73,7 +73,7 @@ pub(super) async fn boot(
         Some(_) => Launch::ColdWithApi,
         None => Launch::Cold,
     };
-    let booted = boot_cold(config, id, dir, size, network, cgroup, launch).await?;
+    let booted = boot_cold(pod, launch).await?;
     let Some((claim, template)) = making else {
         return Ok(booted);
     };
@@ -111,7 +111,7 @@ pub(super) async fn boot(
                 for socket in [dir.vsock(), dir.api_socket()] {
                     let _ = std::fs::remove_file(socket);
                 }
-                return boot_cold(config, id, dir, size, network, cgroup, Launch::Cold).await;
+                return boot_cold(pod, Launch::Cold).await;
             }
         }
     }
@@ -120,17 +120,12 @@ pub(super) async fn boot(
 
 /// Boots the pod's VM cold and waits for its agent; a VM whose agent does
 /// not serve is stopped.
-async fn boot_cold(
-    config: &Config,
-    id: &str,
-    dir: &PodDir,
-    size: VmSize,
-    network: Option<&PodNetwork>,
-    cgroup: Option<&CgroupPath>,
-    launch: Launch<'_>,
-) -> Result<Booted, PodError> {
-    let command = vmm_command(config, id, dir, size, network, cgroup, launch).map_err(|e| *e)?;
-    let vmm = spawn_vmm(command, config, id, dir, cgroup).map_err(|e| *e)?;
+async fn boot_cold(pod: PodLaunch<'_>, launch: Launch<'_>) -> Result<Booted, PodError> {
+    let PodLaunch {
+        config, id, dir, ..
+    } = pod;
+    let command = vmm_command(pod, launch).map_err(|e| *e)?;
+    let vmm = spawn_vmm(command, pod).map_err(|e| *e)?;
     match wait_for_agent(id, dir, &vmm, config.agent_timeout).await {
         Ok(agent) => Ok(Booted { agent, vmm }),
         Err(err) => {
@@ -194,16 +189,10 @@ pub(super) fn template_of(
 /// Restores the pod's VM from `template` and waits (at most
 /// [`RESTORE_TIMEOUT`]) for its agent. On failure the VM is stopped, its
 /// socket and the template removed, and the reason returned, on one line.
-#[allow(clippy::too_many_arguments)]
-async fn restore(
-    config: &Config,
-    id: &str,
-    dir: &PodDir,
-    size: VmSize,
-    network: Option<&PodNetwork>,
-    cgroup: Option<&CgroupPath>,
-    template: &Template,
-) -> Result<Booted, String> {
+async fn restore(pod: PodLaunch<'_>, template: &Template) -> Result<Booted, String> {
+    let PodLaunch {
+        config, id, dir, ..
+    } = pod;
     let started = Instant::now();
     // Held until the agent serves (the template's files are open by then)
     // against pruning; the restore makes it the most recently used.
@@ -212,10 +201,8 @@ async fn restore(
         tracing::warn!(pod = id, template = %template.key, "{}", vmpod_sys::error::chain(&err));
     }
     let launch = Launch::Restore(&template.dir);
-    let command = vmm_command(config, id, dir, size, network, cgroup, launch)
-        .map_err(|err| vmpod_sys::error::chain(&*err))?;
-    let vmm = spawn_vmm(command, config, id, dir, cgroup)
-        .map_err(|err| vmpod_sys::error::chain(&*err))?;
+    let command = vmm_command(pod, launch).map_err(|err| vmpod_sys::error::chain(&*err))?;
+    let vmm = spawn_vmm(command, pod).map_err(|err| vmpod_sys::error::chain(&*err))?;
     // Its end while restoring is this function's to report, once.
     vmm.quiet.store(true, Ordering::SeqCst);
     let deadline = RESTORE_TIMEOUT.min(config.agent_timeout);

@@ -21,7 +21,9 @@ use super::boot::{make_template, stop, template_of, wait_for_agent};
 use super::jail::{kill_jail_leftovers, Launch};
 use super::logs::forward_agent_logs;
 use super::template::{Template, TemplateError};
-use super::{host_error, listen, spawn_vmm, tear_down_network, vmm_command, PodDir, PodError};
+use super::{
+    host_error, listen, spawn_vmm, tear_down_network, vmm_command, PodDir, PodError, PodLaunch,
+};
 use crate::config::Config;
 use crate::network::{netns, NetworkError, PodNetwork};
 use crate::sizing::{vm_size, VmSize};
@@ -314,9 +316,16 @@ async fn boot_and_snapshot(
     let logs =
         listen(&log_socket).map_err(|err| pod(host_error(id, "listen on", &log_socket)(err)))?;
     let forwarding = tokio::spawn(forward_agent_logs(logs, id.to_owned()));
-    let command = vmm_command(config, id, dir, size, network, None, Launch::ColdWithApi)
-        .map_err(|err| pod(*err))?;
-    let vmm = spawn_vmm(command, config, id, dir, None).map_err(|err| pod(*err))?;
+    let launch = PodLaunch {
+        config,
+        id,
+        dir,
+        size,
+        network,
+        cgroup: None,
+    };
+    let command = vmm_command(launch, Launch::ColdWithApi).map_err(|err| pod(*err))?;
+    let vmm = spawn_vmm(command, launch).map_err(|err| pod(*err))?;
     let made = match wait_for_agent(id, dir, &vmm, config.agent_timeout).await {
         Ok(_agent) => {
             let key = template.key.clone();
