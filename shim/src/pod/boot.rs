@@ -107,10 +107,7 @@ pub(super) async fn boot(pod: PodLaunch<'_>) -> Result<Booted, PodError> {
                      booting it cold again",
                     tail(&dir.vmm_log()).unwrap_or_default()
                 );
-                stop(booted.vmm).await;
-                for socket in [dir.vsock(), dir.api_socket()] {
-                    let _ = std::fs::remove_file(socket);
-                }
+                stop_for_another_launch(booted.vmm, dir).await;
                 return boot_cold(pod, Launch::Cold).await;
             }
         }
@@ -188,7 +185,7 @@ pub(super) fn template_of(
 
 /// Restores the pod's VM from `template` and waits (at most
 /// [`RESTORE_TIMEOUT`]) for its agent. On failure the VM is stopped, its
-/// socket and the template removed, and the reason returned, on one line.
+/// sockets and the template removed, and the reason returned, on one line.
 async fn restore(pod: PodLaunch<'_>, template: &Template) -> Result<Booted, String> {
     let PodLaunch {
         config, id, dir, ..
@@ -219,8 +216,7 @@ async fn restore(pod: PodLaunch<'_>, template: &Template) -> Result<Booted, Stri
         }
         Err(err) => err,
     };
-    stop(vmm).await;
-    let _ = std::fs::remove_file(dir.vsock());
+    stop_for_another_launch(vmm, dir).await;
     let refused = template::refusal(&dir.vmm_log());
     let mut why = match (&err, &refused) {
         (_, Some(line)) => format!("vmpod-vm refused it: {line}"),
@@ -253,6 +249,15 @@ async fn ended_within(vmm: &Vmm, grace: Duration) -> Option<String> {
     match ended {
         Ok(Ok(status)) => status.clone(),
         _ => None,
+    }
+}
+
+/// Stops a VM that failed the pod and removes the sockets it leaves
+/// behind, which would stop the pod's next `vmpod-vm` from binding them.
+async fn stop_for_another_launch(vmm: Vmm, dir: &PodDir) {
+    stop(vmm).await;
+    for socket in [dir.vsock(), dir.api_socket()] {
+        let _ = std::fs::remove_file(socket);
     }
 }
 
