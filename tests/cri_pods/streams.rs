@@ -35,16 +35,17 @@ const ATTACH_EXIT: i32 = 3;
 /// the container's cgroup is known to fit (Docker's minimum), as every
 /// page past what it needs costs an emulated guest ~40 ms to fault in.
 const OOM_LIMIT: i64 = 6 << 20;
-/// The OOM container's command: one read of 16 MiB from /dev/zero into one
-/// buffer, which faults its pages in from the kernel past the limit. (A
-/// shell doubling a string had ~2 MiB charged after 120 s in an emulated
-/// guest: its many small reallocations are system calls.)
-const OOM_COMMAND: [&str; 5] = [
-    "dd",
-    "if=/dev/zero",
-    "of=/dev/null",
-    "bs=16777216",
-    "count=1",
+/// The OOM container's command: a second's wait, then one read of 16 MiB
+/// from /dev/zero into one buffer, which faults its pages in from the
+/// kernel past the limit. (A shell doubling a string had ~2 MiB charged
+/// after 120 s in an emulated guest: its many small reallocations are
+/// system calls.) The wait is for runc's shim on a cgroup v1 host: it
+/// watches a container's `memory.oom_control` only once Start has
+/// returned, so a kill before that is never reported `OOMKilled`.
+const OOM_COMMAND: [&str; 3] = [
+    "sh",
+    "-c",
+    "sleep 1; exec dd if=/dev/zero of=/dev/null bs=16777216 count=1",
 ];
 /// What a container's cgroup v2 says of its memory, CPU and processes
 /// (for a report).
