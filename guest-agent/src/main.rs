@@ -64,8 +64,9 @@ fn main() {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(options.log_level.unwrap_or("info"))
+            }),
         )
         .with_writer(LogSink::new(options.log_port))
         .with_ansi(false)

@@ -181,6 +181,9 @@ pub fn enable_cgroup_controllers(dir: &Path) {
     }
 }
 
+/// The levels `vmpod.log_level` takes, as the shim's `log-level` does.
+const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
 /// Options for the agent on the kernel command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelOptions {
@@ -188,6 +191,8 @@ pub struct KernelOptions {
     pub agent_port: u32,
     /// `vmpod.log_port=N`: the host's vsock port for the logs.
     pub log_port: Option<u32>,
+    /// `vmpod.log_level=LEVEL`: the least level logged (the shim's).
+    pub log_level: Option<&'static str>,
 }
 
 impl Default for KernelOptions {
@@ -195,6 +200,7 @@ impl Default for KernelOptions {
         KernelOptions {
             agent_port: vmpod_agent_api::AGENT_VSOCK_PORT,
             log_port: None,
+            log_level: None,
         }
     }
 }
@@ -225,6 +231,11 @@ impl KernelOptions {
                 }
             } else if let Some(value) = word.strip_prefix("vmpod.log_port=") {
                 options.log_port = port(value);
+            } else if let Some(value) = word.strip_prefix("vmpod.log_level=") {
+                options.log_level = LOG_LEVELS.into_iter().find(|level| *level == value);
+                if options.log_level.is_none() {
+                    eprintln!("vmpod-agent: ignoring {word}: not one of {LOG_LEVELS:?}");
+                }
             }
         }
         options
@@ -279,6 +290,22 @@ mod tests {
             "vmpod.agent_port=abc",
         ] {
             assert_eq!(KernelOptions::parse(bad).agent_port, 1024, "{bad}");
+        }
+    }
+
+    #[test]
+    fn test_kernel_options_take_a_known_log_level_only() {
+        assert_eq!(KernelOptions::parse("quiet").log_level, None);
+        assert_eq!(
+            KernelOptions::parse("vmpod.log_level=debug").log_level,
+            Some("debug")
+        );
+        for bad in [
+            "vmpod.log_level=",
+            "vmpod.log_level=loud",
+            "vmpod.log_level=debug,h2=trace",
+        ] {
+            assert_eq!(KernelOptions::parse(bad).log_level, None, "{bad}");
         }
     }
 }

@@ -142,6 +142,7 @@ impl AgentService for Agent {
                 })
             })
             .map_err(|e| identity_status(&e))?;
+        tracing::debug!("sandbox {}: entropy read", req.sandbox_id);
         let settings = PodSettings {
             hostname: req.hostname,
             dns: req.dns,
@@ -152,6 +153,7 @@ impl AgentService for Agent {
         self.sandbox
             .create(&req.sandbox_id, &settings, &req.shared_mounts)
             .map_err(|e| status(&e))?;
+        tracing::debug!("sandbox {}: created", req.sandbox_id);
         if let Err(err) = identity
             .apply(&entropy, &settings.hostname, &self.machine, &self.network)
             .await
@@ -159,6 +161,7 @@ impl AgentService for Agent {
             self.sandbox.destroy().await;
             return Err(identity_status(&err));
         }
+        tracing::debug!("sandbox {}: the guest is the pod's", req.sandbox_id);
         Ok(api::Empty::new())
     }
 

@@ -411,7 +411,10 @@ impl Pod {
             network,
         };
         let ready = match create_sandbox(id, &agent, spec, guest).await {
-            Ok(()) => configure_guest_network(id, &agent, network).await,
+            Ok(()) => {
+                tracing::debug!(pod = id, "sandbox created");
+                configure_guest_network(id, &agent, network).await
+            }
             Err(err) => Err(err),
         };
         match ready {

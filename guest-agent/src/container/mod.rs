@@ -421,6 +421,7 @@ impl Container {
         let start = self.start.take().ok_or_else(|| self.incorrect("start"))?;
         self.started = true;
         spawn::release(&mut self.init.spawned, start, &self.init_process)?;
+        tracing::debug!("container {}: started", self.id);
         if self.shares_pid_namespace {
             self.end_with_init();
         }

@@ -177,7 +177,7 @@ pub(super) fn template_of(
         config,
         templates,
         size,
-        jail::guest_cmdline(),
+        jail::guest_cmdline(&config.log_level),
         jail::device_kinds(nets),
     )?;
     Ok(Template::new(templates, &inputs))

@@ -96,9 +96,9 @@ pub(super) enum Launch<'a> {
 
 /// The kernel command line of every pod VM. The console keeps the kernel's
 /// messages (not `quiet`): a guest process's fatal trap shows there
-/// (README, "Known host faults").
-pub(super) fn guest_cmdline() -> String {
-    format!("console=ttyS0 reboot=k panic=1 vmpod.log_port={AGENT_LOG_PORT}")
+/// (README, "Known host faults"). The agent logs at the shim's level.
+pub(super) fn guest_cmdline(log_level: &str) -> String {
+    format!("console=ttyS0 reboot=k panic=1 vmpod.log_port={AGENT_LOG_PORT} vmpod.log_level={log_level}")
 }
 
 /// The virtio devices of a pod VM with `nets` interfaces by kind, in
@@ -134,7 +134,7 @@ pub(super) fn vmm_args(
         "--cpu-template".into(),
         config.cpu_template.clone().into(),
         "--cmdline".into(),
-        guest_cmdline().into(),
+        guest_cmdline(&config.log_level).into(),
         "--serial".into(),
         [b"file:", paths.console.as_os_str().as_bytes()]
             .concat()

@@ -145,6 +145,7 @@ async fn create_in_pod(
     share
         .mount_rootfs(&req.rootfs, &root, mount_points.as_deref())
         .map_err(|err| host_status(Code::INTERNAL, &err))?;
+    tracing::debug!(container = req.id, "root file system in the share");
     let guest_spec = spec::for_guest(spec, share, member)
         .map_err(|err| host_status(Code::INVALID_ARGUMENT, &err))?;
     let mut rootfs = Mount::new();
