@@ -13,6 +13,7 @@ use vmpod_agent_api::MAX_POD_SHM_BYTES;
 use vmpod_sys::error::Chain;
 
 use crate::container::cgroup::{Cgroup, CgroupError};
+use crate::container::device_cgroup::Programs;
 use crate::container::plan::{plan_pod_sysctls, PodNamespaces};
 use crate::container::{unmount, Container, ContainerError, Placement};
 use crate::oom::OomTracker;
@@ -112,6 +113,8 @@ struct State {
 pub struct Sandbox {
     paths: SandboxPaths,
     reaper: Arc<Reaper>,
+    /// Kept across sandboxes: a template VM's outlive its snapshot.
+    programs: Arc<Programs>,
     state: Mutex<State>,
 }
 
@@ -135,6 +138,7 @@ impl Sandbox {
         Ok(Arc::new(Sandbox {
             paths,
             reaper,
+            programs: Arc::default(),
             state: Mutex::new(State::default()),
         }))
     }
@@ -351,6 +355,7 @@ impl Sandbox {
                 state_dir: &sandbox.paths.state_dir,
                 sandbox_cgroup: pod.cgroup.path(),
                 pod_namespaces: &pod.namespaces,
+                programs: &sandbox.programs,
             };
             let container = Container::create(&id, &spec, &rootfs, placement, &sandbox.reaper)?;
             state.containers.insert(id, container);
@@ -373,6 +378,29 @@ impl Sandbox {
             Ok(op(container, &sandbox.reaper)?)
         })
         .await
+    }
+
+    /// LoadDeviceProgram: loads the device program of a container whose
+    /// spec has the `linux` object `linux_json`, ahead of its creation
+    /// (with or without a sandbox). Returns its length in instructions.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::Container`]: bad JSON or rules, a refused program.
+    pub async fn load_device_program(
+        self: &Arc<Self>,
+        linux_json: Vec<u8>,
+    ) -> Result<usize, SandboxError> {
+        let programs = Arc::clone(&self.programs);
+        tokio::task::spawn_blocking(move || {
+            crate::container::load_device_program(&linux_json, &programs)
+        })
+        .await
+        .map_err(|err| SandboxError::Os {
+            what: "agent worker".into(),
+            source: std::io::Error::other(err.to_string()),
+        })?
+        .map_err(SandboxError::from)
     }
 
     /// StartContainer.

@@ -205,6 +205,20 @@ impl AgentService for Agent {
         Ok(api::Empty::new())
     }
 
+    async fn load_device_program(
+        &self,
+        _: &TtrpcContext,
+        req: api::LoadDeviceProgramRequest,
+    ) -> Reply<api::Empty> {
+        let length = self
+            .sandbox
+            .load_device_program(req.linux)
+            .await
+            .map_err(|e| status(&e))?;
+        tracing::info!("device program of {length} instructions loaded ahead");
+        Ok(api::Empty::new())
+    }
+
     async fn remove_container(
         &self,
         _: &TtrpcContext,

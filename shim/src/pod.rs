@@ -404,6 +404,7 @@ impl Pod {
             size,
             network,
             cgroup,
+            device_rules: &spec.device_rules,
         };
         let Booted { agent, vmm } = boot::boot(launch).await?;
         let guest = GuestShape {
@@ -483,6 +484,9 @@ struct PodLaunch<'a> {
     size: VmSize,
     network: Option<&'a PodNetwork>,
     cgroup: Option<&'a CgroupPath>,
+    /// The device rules a template made of the VM loads ahead
+    /// ([`crate::spec::device_rules`]).
+    device_rules: &'a [u8],
 }
 
 /// The `vmpod-vm` command line of the pod — through `vmpod-jailer` unless
@@ -498,6 +502,7 @@ fn vmm_command(pod: PodLaunch<'_>, launch: Launch<'_>) -> Result<Command, Box<Po
         size,
         network,
         cgroup,
+        ..
     } = pod;
     let host = |what: &'static str, path: &Path| host_error(id, what, path);
     let vmm_log = std::fs::File::create(dir.vmm_log()).map_err(host("create", &dir.vmm_log()))?;

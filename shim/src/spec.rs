@@ -122,6 +122,29 @@ pub struct PodSpec {
     pub sysctls: HashMap<String, String>,
     /// The pod's `/dev/shm`, made in the guest ([`shm`]).
     pub shm: Option<PodShm>,
+    /// Its container's device rules ([`device_rules`]), which a template
+    /// made of the pod's VM loads ahead.
+    pub device_rules: Vec<u8>,
+}
+
+/// The device rules of a container whose spec adds none to containerd's
+/// base spec (deny every device; the agent appends runc's defaults): what
+/// a template made ahead, for no pod in particular, loads.
+pub const BASE_DEVICE_RULES: &[u8] =
+    br#"{"resources":{"devices":[{"allow":false,"access":"rwm"}]}}"#;
+
+/// The device rules of `spec` as the agent reads them to make a
+/// container's device program: an OCI `linux` object (JSON) of only its
+/// `resources.devices` and `devices`.
+pub fn device_rules(spec: &Spec) -> Vec<u8> {
+    let linux = spec.linux().as_ref();
+    let rules = serde_json::json!({
+        "resources": {
+            "devices": linux.and_then(|l| l.resources().as_ref()).and_then(|r| r.devices().as_ref()),
+        },
+        "devices": linux.and_then(|l| l.devices().as_ref()),
+    });
+    rules.to_string().into_bytes()
 }
 
 /// The pod's settings in `spec`, should its container be the pod's first.
@@ -139,6 +162,7 @@ pub fn pod_spec(spec: &Spec) -> Result<PodSpec, SpecError> {
             .and_then(|linux| linux.sysctl().clone())
             .unwrap_or_default(),
         shm: shm::pod_shm(spec)?,
+        device_rules: device_rules(spec),
     })
 }
 
@@ -278,6 +302,39 @@ mod tests {
 
     fn spec(json: serde_json::Value) -> Spec {
         serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn test_device_rules_are_the_specs_linux_devices_only() {
+        let rules = |json| -> serde_json::Value {
+            serde_json::from_slice(&device_rules(&spec(json))).unwrap()
+        };
+        let full = rules(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "hostname": "pod",
+            "linux": {
+                "resources": {
+                    "devices": [{"allow": false, "access": "rwm"}],
+                    "memory": {"limit": 1048576}
+                },
+                "devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}],
+                "sysctl": {"net.ipv4.ip_forward": "1"}
+            }
+        }));
+        assert_eq!(
+            full,
+            serde_json::json!({
+                "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+                "devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}]
+            })
+        );
+        let none = rules(serde_json::json!({"ociVersion": "1.0.2"}));
+        assert_eq!(
+            none,
+            serde_json::json!({"resources": {"devices": null}, "devices": null})
+        );
+        let base: serde_json::Value = serde_json::from_slice(BASE_DEVICE_RULES).unwrap();
+        assert_eq!(base["resources"]["devices"][0]["allow"], false);
     }
 
     #[test]

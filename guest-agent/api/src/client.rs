@@ -16,10 +16,10 @@ pub use crate::error::ClientError;
 use crate::messages::{
     AddNeighboursRequest, CheckRequest, ContainerRequest, CreateContainerRequest,
     CreateSandboxRequest, DestroySandboxRequest, ExecProcessRequest, GetOOMEventRequest, Interface,
-    Mount, Neighbour, OOMEvent, ProcessRequest, ReadStreamRequest, RemoveContainerRequest, Route,
-    Routes, SignalProcessRequest, StatsContainerResponse, TtyWinResizeRequest,
-    UpdateContainerRequest, UpdateInterfaceRequest, UpdateRoutesRequest, VersionRequest,
-    VersionResponse, WaitProcessResponse, WriteStreamRequest,
+    LoadDeviceProgramRequest, Mount, Neighbour, OOMEvent, ProcessRequest, ReadStreamRequest,
+    RemoveContainerRequest, Route, Routes, SignalProcessRequest, StatsContainerResponse,
+    TtyWinResizeRequest, UpdateContainerRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
+    VersionRequest, VersionResponse, WaitProcessResponse, WriteStreamRequest,
 };
 use crate::service::AgentServiceClient;
 
@@ -272,6 +272,23 @@ impl AgentClient {
             .start_container(bounded(), &container_request(container_id))
             .await
             .map_err(rpc("StartContainer"))?;
+        Ok(())
+    }
+
+    /// Loads the device cgroup program that a container with the OCI
+    /// `linux` object `linux_json` would get, ahead of its creation (see
+    /// the request in `agent.proto`).
+    ///
+    /// # Errors
+    ///
+    /// As [`AgentClient::check`].
+    pub async fn load_device_program(&self, linux_json: Vec<u8>) -> Result<(), ClientError> {
+        let mut req = LoadDeviceProgramRequest::new();
+        req.linux = linux_json;
+        self.inner
+            .load_device_program(bounded(), &req)
+            .await
+            .map_err(rpc("LoadDeviceProgram"))?;
         Ok(())
     }
 

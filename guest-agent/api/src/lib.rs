@@ -31,8 +31,9 @@ pub use client::{AgentClient, ClientError, HostTimeAndSeed, ProcessId, SandboxCo
 /// Bumped on incompatible changes to `protos/agent.proto` or to what its
 /// fields mean (3: the pod's sysctls and namespaces; 4: the pod's
 /// `/dev/shm`; 5: CreateSandbox's host time, seed and interface MACs,
-/// which make a guest restored from a template its own).
-pub const API_VERSION: u32 = 5;
+/// which make a guest restored from a template its own; 6:
+/// LoadDeviceProgram).
+pub const API_VERSION: u32 = 6;
 
 /// The most bytes of CreateSandbox's `seed` the agent takes.
 pub const MAX_SEED_BYTES: usize = 256;

@@ -220,6 +220,8 @@ pub struct Placement<'a> {
     pub sandbox_cgroup: &'a Path,
     /// The pod's namespaces.
     pub pod_namespaces: &'a plan::PodNamespaces,
+    /// The device programs the agent has loaded.
+    pub programs: &'a Arc<device_cgroup::Programs>,
 }
 
 fn json<T: serde::de::DeserializeOwned>(
@@ -246,6 +248,28 @@ fn json_with_rules<T: serde::de::DeserializeOwned>(
         what,
         message: err.to_string(),
     })
+}
+
+/// Loads into `programs` the device program a container whose spec has
+/// the `linux` object `linux_json` (JSON) would get, before any such
+/// container: a template VM loads its first pod's this way, so that the
+/// pods restored from it find the program loaded. Returns the program's
+/// length in instructions.
+///
+/// # Errors
+///
+/// [`ContainerError`]: bad JSON or device rules, a program the kernel
+/// refuses.
+pub fn load_device_program(
+    linux_json: &[u8],
+    programs: &device_cgroup::Programs,
+) -> Result<usize, ContainerError> {
+    let linux: oci_spec::runtime::Linux =
+        json_with_rules("OCI linux object", linux_json, "/resources/devices")?;
+    let rules = device_cgroup::spec_rules(&linux).map_err(PlanError::from)?;
+    let program = device_cgroup::compile(&rules).map_err(PlanError::from)?;
+    programs.get_or_load(&program)?;
+    Ok(program.len())
 }
 
 /// Undoes the set-up steps done so far when a create fails half-way.
@@ -360,7 +384,8 @@ impl Container {
         }
         let cgroup_dir = cgroup.open()?;
         let nodes = spec.linux().as_ref().and_then(|l| l.devices().clone());
-        let devices = DeviceCgroup::attach(&cgroup_dir, &plan.device_program, nodes)?;
+        let devices =
+            DeviceCgroup::attach(&cgroup_dir, &plan.device_program, nodes, placement.programs)?;
         tracing::debug!("container {id}: cgroup ready");
         let (pipes, console, child_side) = child_stdio(plan.process.terminal)?;
         let (spawned, start, master) =

@@ -494,3 +494,105 @@ async fn test_device_cgroup_update() {
     );
     agent.client.remove_container("live", false).await.unwrap();
 }
+
+/// The device programs (BPF) the agent holds, by its descriptors.
+fn loaded_programs(agent: &HostAgent) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", agent.pid()))
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy() == "anon_inode:bpf-prog")
+        .count()
+}
+
+/// LoadDeviceProgram loads a container's device program ahead, before any
+/// sandbox (as in a template VM): a container of the same rules then
+/// attaches that program, confined by it, and loads none; one of other
+/// rules loads its own. Bad rules are refused naming the field.
+#[tokio::test]
+async fn test_a_device_program_loaded_ahead_is_shared() {
+    let agent: HostAgent = agent_or_skip!("devcgahead");
+    let strict = serde_json::json!({"resources": {"devices": [{"allow": false, "access": "rwm"}]}});
+    agent
+        .client
+        .load_device_program(serde_json::to_vec(&strict).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(loaded_programs(&agent), 1);
+    // A spec without rules (the shim sends nulls) denies every device but
+    // the defaults, as containerd's deny-all does: the same program.
+    agent
+        .client
+        .load_device_program(br#"{"resources":{"devices":null},"devices":null}"#.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(loaded_programs(&agent), 1);
+    for (bad, field) in [
+        (
+            serde_json::json!({"resources": {"devices": [{"allow": true, "type": "x", "access": "r"}]}}),
+            "linux.resources.devices[0].type: \"x\" is not a, b or c",
+        ),
+        (
+            serde_json::json!({"resources": {"devices": [{"allow": true, "access": "rwz"}]}}),
+            "linux.resources.devices[0].access: \"rwz\" is not a combination of r, w and m",
+        ),
+    ] {
+        let message = refused(
+            agent
+                .client
+                .load_device_program(serde_json::to_vec(&bad).unwrap()),
+        )
+        .await;
+        assert_eq!(message, field);
+    }
+    let message = refused(agent.client.load_device_program(b"{".to_vec())).await;
+    assert!(
+        message.starts_with("the OCI linux object is not valid: "),
+        "{message}"
+    );
+    assert_eq!(loaded_programs(&agent), 1, "a refused program is kept");
+
+    agent.sandbox("pod").await;
+    let rootfs = agent.rootfs("root");
+    let mut same = spec(
+        &[
+            "sh",
+            "-c",
+            "mknod /dev/mem c 1 1 && echo \"mem:$(head -c 1 /dev/mem 2>&1 >/dev/null)\"; read line",
+        ],
+        "pod",
+    );
+    for set in ["bounding", "effective", "permitted"] {
+        same["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push("CAP_MKNOD".into());
+    }
+    same["linux"]["resources"] = strict["resources"].clone();
+    agent.create("same", &same, &rootfs).await.unwrap();
+    assert_eq!(loaded_programs(&agent), 1, "the same rules loaded again");
+    agent.client.start_container("same").await.unwrap();
+    let init = ProcessId::init("same");
+    let mut seen = Vec::new();
+    while !seen.ends_with(b"\n") {
+        let chunk = agent.client.read_stdout(&init, 4096).await.unwrap();
+        assert!(!chunk.is_empty(), "no output: {seen:?}");
+        seen.extend_from_slice(&chunk);
+    }
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.ends_with("Operation not permitted\n"), "{seen}");
+    let mut other = same.clone();
+    other["linux"]["resources"]["devices"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"allow": true, "type": "c", "major": 240, "access": "rw"}));
+    agent.create("other", &other, &rootfs).await.unwrap();
+    assert_eq!(loaded_programs(&agent), 2);
+    agent.client.write_stdin(&init, b"go\n").await.unwrap();
+    assert_eq!(
+        agent.client.wait_process(&init).await.unwrap().exit_status,
+        0
+    );
+    agent.client.remove_container("same", false).await.unwrap();
+    agent.client.remove_container("other", true).await.unwrap();
+    assert_eq!(loaded_programs(&agent), 2, "the agent keeps its programs");
+}

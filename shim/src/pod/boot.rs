@@ -82,7 +82,7 @@ pub(super) async fn boot(pod: PodLaunch<'_>) -> Result<Booted, PodError> {
     }
     let key = template.key.clone();
     let started = Instant::now();
-    match make_template(config, id, dir, template).await {
+    match make_template(pod, &booted.agent, template).await {
         Ok(true) => tracing::info!(
             pod = id,
             template = %key,
@@ -268,17 +268,32 @@ pub(super) async fn stop(vmm: Vmm) {
     let _ = exit.wait_for(Option::is_some).await;
 }
 
-/// Pauses the cold-booted VM, has it snapshot itself into the pod's
-/// sockets' directory, resumes it, and moves the snapshot into place as
-/// `template`; then prunes the templates beyond `template-max`. Returns
-/// whether this VM's snapshot became the template (`false`: another's did
-/// first), or why it failed, on one line.
+/// Has the cold-booted VM's agent load the pod's device program (so that
+/// the pods restored from the template find it loaded; a failure is a
+/// warning), pauses the VM, has it snapshot itself into the pod's sockets'
+/// directory, resumes it, and moves the snapshot into place as `template`;
+/// then prunes the templates beyond `template-max`. Returns whether this
+/// VM's snapshot became the template (`false`: another's did first), or
+/// why it failed, on one line.
 pub(super) async fn make_template(
-    config: &Config,
-    id: &str,
-    dir: &PodDir,
+    pod: PodLaunch<'_>,
+    agent: &AgentClient,
     template: Template,
 ) -> Result<bool, String> {
+    let PodLaunch {
+        config,
+        id,
+        dir,
+        device_rules,
+        ..
+    } = pod;
+    if let Err(err) = agent.load_device_program(device_rules.to_vec()).await {
+        tracing::warn!(
+            pod = id,
+            "the template will not have the pod's device program loaded: {}",
+            vmpod_sys::error::chain(&err)
+        );
+    }
     let (socket, snapshot) = (dir.api_socket(), dir.snapshot());
     let seen_by_vm = match config.jail {
         Some(_) => VmPaths::jail().snapshot,

@@ -27,6 +27,7 @@ use super::{
 use crate::config::Config;
 use crate::network::{netns, NetworkError, PodNetwork};
 use crate::sizing::{vm_size, VmSize};
+use crate::spec::BASE_DEVICE_RULES;
 
 /// The namespace of the pod directories of templates being prepared.
 pub const PREPARE_NAMESPACE: &str = ".prepare";
@@ -323,13 +324,14 @@ async fn boot_and_snapshot(
         size,
         network,
         cgroup: None,
+        device_rules: BASE_DEVICE_RULES,
     };
     let command = vmm_command(launch, Launch::ColdWithApi).map_err(|err| pod(*err))?;
     let vmm = spawn_vmm(command, launch).map_err(|err| pod(*err))?;
     let made = match wait_for_agent(id, dir, &vmm, config.agent_timeout).await {
-        Ok(_agent) => {
+        Ok(agent) => {
             let key = template.key.clone();
-            make_template(config, id, dir, template)
+            make_template(launch, &agent, template)
                 .await
                 .map_err(|why| PrepareError::NotMade { key, why })
         }

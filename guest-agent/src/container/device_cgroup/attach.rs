@@ -2,7 +2,8 @@
 //! Loads a device program with bpf(BPF_PROG_LOAD) and attaches it to a
 //! cgroup with bpf(BPF_PROG_ATTACH, BPF_CGROUP_DEVICE). The cgroup keeps
 //! the program and it goes with the cgroup when it is removed; the agent
-//! keeps its descriptor only to replace it on an update.
+//! keeps its descriptor to attach it to the next container of the same
+//! rules ([`super::cache`]) and to replace it on an update.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -131,7 +132,7 @@ fn load_program(program: &[Insn], log: Option<&mut [u8]>) -> io::Result<OwnedFd>
 
 /// Loads the program; when the kernel refuses it, loads it once more with
 /// the verifier's log to say why.
-fn load(program: &[Insn]) -> Result<OwnedFd, AttachError> {
+pub(super) fn load(program: &[Insn]) -> Result<OwnedFd, AttachError> {
     let source = match load_program(program, None) {
         Ok(fd) => return Ok(fd),
         Err(source) => source,
@@ -148,43 +149,45 @@ fn load(program: &[Insn]) -> Result<OwnedFd, AttachError> {
     Err(AttachError::Load { verifier, source })
 }
 
-/// Loads `program` and attaches it to the cgroup open as `cgroup`, so
-/// that it decides every device access of the cgroup's processes; returns
-/// it, for [`replace`].
+/// Attaches the loaded `program` to the cgroup open as `cgroup`, so that
+/// it decides every device access of the cgroup's processes.
 ///
 /// # Errors
 ///
-/// [`AttachError`] naming the step the kernel refused.
-pub fn attach(cgroup: impl AsFd, program: &[Insn]) -> Result<OwnedFd, AttachError> {
+/// [`AttachError::Attach`].
+pub fn attach(cgroup: impl AsFd, program: BorrowedFd<'_>) -> Result<(), AttachError> {
     attach_to(cgroup.as_fd(), program, None)
 }
 
-/// Loads `program` and puts it in the place of `old` on the cgroup, in one
+/// Puts the loaded `program` in the place of `old` on the cgroup, in one
 /// step (BPF_F_REPLACE): the cgroup is never without a program.
 ///
 /// # Errors
 ///
-/// [`AttachError`] naming the step the kernel refused; `old` stays.
-pub fn replace(cgroup: impl AsFd, old: &OwnedFd, program: &[Insn]) -> Result<OwnedFd, AttachError> {
-    attach_to(cgroup.as_fd(), program, Some(old.as_fd()))
+/// [`AttachError::Attach`]; `old` stays.
+pub fn replace(
+    cgroup: impl AsFd,
+    old: BorrowedFd<'_>,
+    program: BorrowedFd<'_>,
+) -> Result<(), AttachError> {
+    attach_to(cgroup.as_fd(), program, Some(old))
 }
 
 fn attach_to(
     cgroup: BorrowedFd<'_>,
-    program: &[Insn],
+    program: BorrowedFd<'_>,
     old: Option<BorrowedFd<'_>>,
-) -> Result<OwnedFd, AttachError> {
-    let prog = load(program)?;
+) -> Result<(), AttachError> {
     let attr = ProgAttachAttr {
         target_fd: cgroup.as_raw_fd() as u32,
-        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_bpf_fd: program.as_raw_fd() as u32,
         attach_type: ATTACH_CGROUP_DEVICE,
         attach_flags: F_ALLOW_MULTI | old.map_or(0, |_| F_REPLACE),
         replace_bpf_fd: old.map_or(0, |fd| fd.as_raw_fd() as u32),
     };
     // SAFETY: a BPF_PROG_ATTACH attr of live descriptors.
     unsafe { bpf(BPF_PROG_ATTACH, &attr) }.map_err(|source| AttachError::Attach { source })?;
-    Ok(prog)
+    Ok(())
 }
 
 /// The programs run in the host's kernel: a scratch cgroup v2 gets one,
@@ -348,7 +351,8 @@ mod tests {
         }))
         .unwrap();
         let program = compile(&spec_rules(&linux).unwrap()).unwrap();
-        attach(File::open(&scratch.cgroup).unwrap(), &program).unwrap();
+        let program = load(&program).unwrap();
+        attach(File::open(&scratch.cgroup).unwrap(), program.as_fd()).unwrap();
         let results = scratch.run(&[
             Probe::Open(c"/dev/null".to_owned(), libc::O_RDWR),
             Probe::Open(scratch.node("null"), libc::O_RDWR),
@@ -372,7 +376,8 @@ mod tests {
         }))
         .unwrap();
         let program = compile(&spec_rules(&linux).unwrap()).unwrap();
-        attach(File::open(&scratch.cgroup).unwrap(), &program).unwrap();
+        let program = load(&program).unwrap();
+        attach(File::open(&scratch.cgroup).unwrap(), program.as_fd()).unwrap();
         let results = scratch.run(&[
             Probe::Open(scratch.node("kmsg"), libc::O_RDWR),
             Probe::Mknod(scratch.node("made"), libc::makedev(240, 0)),
@@ -401,7 +406,8 @@ mod tests {
             rule(true, DeviceKind::Block, None, None, Access::MKNOD),
         ];
         let program = compile(&rules).unwrap();
-        attach(File::open(&scratch.cgroup).unwrap(), &program).unwrap();
+        let program = load(&program).unwrap();
+        attach(File::open(&scratch.cgroup).unwrap(), program.as_fd()).unwrap();
         let eperm = libc::EPERM;
         let results = scratch.run(&[
             Probe::Open(scratch.node("null"), libc::O_RDONLY),
@@ -423,7 +429,8 @@ mod tests {
     fn test_a_replaced_program_no_longer_decides() {
         let scratch = scratch_or_skip!("replace");
         let cgroup = File::open(&scratch.cgroup).unwrap();
-        let deny_all = attach(&cgroup, &compile(&[]).unwrap()).unwrap();
+        let deny_all = load(&compile(&[]).unwrap()).unwrap();
+        attach(&cgroup, deny_all.as_fd()).unwrap();
         let null = [Probe::Open(scratch.node("null"), libc::O_RDWR)];
         assert_eq!(scratch.run(&null), vec![libc::EPERM]);
         let allow_null = [Rule {
@@ -434,11 +441,36 @@ mod tests {
             access: Access::ALL,
         }];
         // Both attached would still refuse: every program must allow.
-        let _new = replace(&cgroup, &deny_all, &compile(&allow_null).unwrap()).unwrap();
+        let allow_null = load(&compile(&allow_null).unwrap()).unwrap();
+        replace(&cgroup, deny_all.as_fd(), allow_null.as_fd()).unwrap();
         assert_eq!(scratch.run(&null), vec![0]);
         // The replaced program is no longer attached: it cannot be replaced
         // again.
-        assert!(replace(&cgroup, &deny_all, &compile(&[]).unwrap()).is_err());
+        assert!(replace(&cgroup, deny_all.as_fd(), deny_all.as_fd()).is_err());
+    }
+
+    #[test]
+    fn test_one_loaded_program_decides_for_two_cgroups() {
+        let first = scratch_or_skip!("shared-1");
+        let second = scratch_or_skip!("shared-2");
+        let allow_null = [Rule {
+            allow: true,
+            kind: DeviceKind::Char,
+            major: Some(1),
+            minor: Some(3),
+            access: Access::READ,
+        }];
+        let program = load(&compile(&allow_null).unwrap()).unwrap();
+        attach(File::open(&first.cgroup).unwrap(), program.as_fd()).unwrap();
+        attach(File::open(&second.cgroup).unwrap(), program.as_fd()).unwrap();
+        drop(program);
+        for scratch in [&first, &second] {
+            let results = scratch.run(&[
+                Probe::Open(scratch.node("null"), libc::O_RDONLY),
+                Probe::Open(scratch.node("null"), libc::O_WRONLY),
+            ]);
+            assert_eq!(results, vec![0, libc::EPERM]);
+        }
     }
 
     #[test]

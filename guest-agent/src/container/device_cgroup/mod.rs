@@ -4,34 +4,41 @@
 //! program attached to the container's cgroup, as runc and crun attach
 //! one. `rules` turns `linux.resources.devices`, `linux.devices` and
 //! runc's default allow-list into rules; `program` compiles the rules to
-//! BPF instructions; `attach` loads the program and attaches it.
+//! BPF instructions; `cache` loads each program once per VM; `attach`
+//! loads a program and attaches it.
 
 mod attach;
+mod cache;
 mod program;
 mod rules;
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceCgroup};
 
 pub use self::attach::{attach, replace, AttachError};
+pub use self::cache::Programs;
 pub use self::program::{compile, Insn};
 pub use self::rules::{
     check_rule_types, rules, spec_rules, Access, DeviceKind, Rule, RuleError, DEFAULT_RULES,
     MAX_RULES,
 };
 
-/// A container's attached device program, and the spec's device nodes an
-/// updated program still allows.
+/// A container's attached device program, the spec's device nodes an
+/// updated program still allows, and the agent's loaded programs an update
+/// takes its program from.
 #[derive(Debug)]
 pub struct DeviceCgroup {
-    program: OwnedFd,
+    program: Arc<OwnedFd>,
     nodes: Vec<LinuxDevice>,
+    programs: Arc<Programs>,
 }
 
 impl DeviceCgroup {
     /// Attaches `program` (compiled from the spec, whose `linux.devices`
-    /// are `nodes`) to the cgroup open as `cgroup`.
+    /// are `nodes`), loaded or taken from `programs`, to the cgroup open
+    /// as `cgroup`.
     ///
     /// # Errors
     ///
@@ -40,10 +47,14 @@ impl DeviceCgroup {
         cgroup: impl AsFd,
         program: &[Insn],
         nodes: Option<Vec<LinuxDevice>>,
+        programs: &Arc<Programs>,
     ) -> Result<Self, AttachError> {
+        let program = programs.get_or_load(program)?;
+        attach(cgroup, program.as_fd())?;
         Ok(DeviceCgroup {
-            program: attach(cgroup, program)?,
+            program,
             nodes: nodes.unwrap_or_default(),
+            programs: Arc::clone(programs),
         })
     }
 
@@ -63,7 +74,9 @@ impl DeviceCgroup {
     ///
     /// [`AttachError`]; the old program stays.
     pub fn replace(&mut self, cgroup: impl AsFd, program: &[Insn]) -> Result<(), AttachError> {
-        self.program = replace(cgroup, &self.program, program)?;
+        let program = self.programs.get_or_load(program)?;
+        replace(cgroup, self.program.as_fd(), program.as_fd())?;
+        self.program = program;
         Ok(())
     }
 }
