@@ -14,3 +14,4 @@ pub mod reaper;
 pub mod sandbox;
 pub mod server;
 pub mod stdio;
+pub mod template;

@@ -19,6 +19,7 @@ use crate::container::{unmount, Container, ContainerError, Placement};
 use crate::oom::OomTracker;
 use crate::reaper::{Exit, ExitWatch, Reaper};
 use crate::stdio::Streams;
+use crate::template::Warmed;
 
 /// Failures of sandbox requests. Each maps to a ttrpc status code.
 #[derive(Debug, thiserror::Error)]
@@ -380,27 +381,35 @@ impl Sandbox {
         .await
     }
 
-    /// LoadDeviceProgram: loads the device program of a container whose
-    /// spec has the `linux` object `linux_json`, ahead of its creation
-    /// (with or without a sandbox). Returns its length in instructions.
+    /// PrepareTemplate: loads the device program of a container whose
+    /// spec has the `linux` object `linux_json`, and makes and removes a
+    /// pod's cgroups ([`crate::template`]). Refused once a sandbox exists:
+    /// a template holds no pod. Returns the program's length in
+    /// instructions and what the cgroups' warm-up saw.
     ///
     /// # Errors
     ///
-    /// [`SandboxError::Container`]: bad JSON or rules, a refused program.
-    pub async fn load_device_program(
+    /// [`SandboxError`]: a sandbox, bad JSON or rules, a refused program, a
+    /// cgroup that could not be made or removed.
+    pub async fn prepare_template(
         self: &Arc<Self>,
         linux_json: Vec<u8>,
-    ) -> Result<usize, SandboxError> {
+    ) -> Result<(usize, Warmed), SandboxError> {
+        if let Some(pod) = &self.lock().pod {
+            return Err(SandboxError::SandboxExists(pod.id.clone()));
+        }
         let programs = Arc::clone(&self.programs);
-        tokio::task::spawn_blocking(move || {
-            crate::container::load_device_program(&linux_json, &programs)
+        let cgroup_root = self.paths.cgroup_root.clone();
+        tokio::task::spawn_blocking(move || -> Result<(usize, Warmed), SandboxError> {
+            let length = crate::container::load_device_program(&linux_json, &programs)?;
+            let warmed = crate::template::warm_cgroups(&cgroup_root)?;
+            Ok((length, warmed))
         })
         .await
         .map_err(|err| SandboxError::Os {
             what: "agent worker".into(),
             source: std::io::Error::other(err.to_string()),
         })?
-        .map_err(SandboxError::from)
     }
 
     /// StartContainer.

@@ -205,17 +205,30 @@ impl AgentService for Agent {
         Ok(api::Empty::new())
     }
 
-    async fn load_device_program(
+    async fn prepare_template(
         &self,
         _: &TtrpcContext,
-        req: api::LoadDeviceProgramRequest,
+        req: api::PrepareTemplateRequest,
     ) -> Reply<api::Empty> {
-        let length = self
+        let started = std::time::Instant::now();
+        let (length, warmed) = self
             .sandbox
-            .load_device_program(req.linux)
+            .prepare_template(req.linux)
             .await
             .map_err(|e| status(&e))?;
-        tracing::info!("device program of {length} instructions loaded ahead");
+        let percpu = warmed
+            .percpu_kib
+            .map_or_else(|| "unknown".to_owned(), |kib| format!("{kib} KiB"));
+        tracing::info!(
+            "template prepared in {:.1} s: device program of {length} instructions loaded ahead; \
+             a pod's cgroups made and removed, per-CPU memory {} at {percpu}",
+            started.elapsed().as_secs_f64(),
+            if warmed.settled {
+                "settled"
+            } else {
+                "still changing"
+            }
+        );
         Ok(api::Empty::new())
     }
 

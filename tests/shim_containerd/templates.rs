@@ -251,8 +251,9 @@ fn test_pods_restored_from_a_template_are_their_own_and_a_bad_template_falls_bac
     let template = template_dir.join(&keys[0]);
     assert!(template.join("vmstate").is_file() && template.join("memory").is_file());
     assert_eq!(log_lines(&f, &first.id, "template made").len(), 1);
-    // Its device program was loaded into the template, for the restores.
-    let loaded = log_lines(&f, &first.id, "instructions loaded ahead");
+    // The template was prepared (its device program, its cgroups) for the
+    // restores.
+    let loaded = log_lines(&f, &first.id, "template prepared");
     assert_eq!(loaded.len(), 1, "{}", f.containerd.log_tail(40));
     // Its idle VM costs half a host CPU here: the restores need it not.
     first.remove(&f);

@@ -16,7 +16,7 @@ pub use crate::error::ClientError;
 use crate::messages::{
     AddNeighboursRequest, CheckRequest, ContainerRequest, CreateContainerRequest,
     CreateSandboxRequest, DestroySandboxRequest, ExecProcessRequest, GetOOMEventRequest, Interface,
-    LoadDeviceProgramRequest, Mount, Neighbour, OOMEvent, ProcessRequest, ReadStreamRequest,
+    Mount, Neighbour, OOMEvent, PrepareTemplateRequest, ProcessRequest, ReadStreamRequest,
     RemoveContainerRequest, Route, Routes, SignalProcessRequest, StatsContainerResponse,
     TtyWinResizeRequest, UpdateContainerRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
     VersionRequest, VersionResponse, WaitProcessResponse, WriteStreamRequest,
@@ -275,20 +275,20 @@ impl AgentClient {
         Ok(())
     }
 
-    /// Loads the device cgroup program that a container with the OCI
-    /// `linux` object `linux_json` would get, ahead of its creation (see
-    /// the request in `agent.proto`).
+    /// Has the agent of a VM about to become a template do the guest
+    /// kernel work its restored pods would repeat, for containers with the
+    /// OCI `linux` object `linux_json` (see the request in `agent.proto`).
     ///
     /// # Errors
     ///
     /// As [`AgentClient::check`].
-    pub async fn load_device_program(&self, linux_json: Vec<u8>) -> Result<(), ClientError> {
-        let mut req = LoadDeviceProgramRequest::new();
+    pub async fn prepare_template(&self, linux_json: Vec<u8>) -> Result<(), ClientError> {
+        let mut req = PrepareTemplateRequest::new();
         req.linux = linux_json;
         self.inner
-            .load_device_program(bounded(), &req)
+            .prepare_template(bounded(), &req)
             .await
-            .map_err(rpc("LoadDeviceProgram"))?;
+            .map_err(rpc("PrepareTemplate"))?;
         Ok(())
     }
 

@@ -32,7 +32,7 @@ pub use client::{AgentClient, ClientError, HostTimeAndSeed, ProcessId, SandboxCo
 /// fields mean (3: the pod's sysctls and namespaces; 4: the pod's
 /// `/dev/shm`; 5: CreateSandbox's host time, seed and interface MACs,
 /// which make a guest restored from a template its own; 6:
-/// LoadDeviceProgram).
+/// PrepareTemplate).
 pub const API_VERSION: u32 = 6;
 
 /// The most bytes of CreateSandbox's `seed` the agent takes.

@@ -504,17 +504,18 @@ fn loaded_programs(agent: &HostAgent) -> usize {
         .count()
 }
 
-/// LoadDeviceProgram loads a container's device program ahead, before any
-/// sandbox (as in a template VM): a container of the same rules then
-/// attaches that program, confined by it, and loads none; one of other
-/// rules loads its own. Bad rules are refused naming the field.
+/// PrepareTemplate loads a container's device program ahead, before any
+/// sandbox (as in a template VM), and leaves no cgroup: a container of the
+/// same rules then attaches that program, confined by it, and loads none;
+/// one of other rules loads its own. Bad rules are refused naming the
+/// field, and once a sandbox exists the request is refused.
 #[tokio::test]
 async fn test_a_device_program_loaded_ahead_is_shared() {
     let agent: HostAgent = agent_or_skip!("devcgahead");
     let strict = serde_json::json!({"resources": {"devices": [{"allow": false, "access": "rwm"}]}});
     agent
         .client
-        .load_device_program(serde_json::to_vec(&strict).unwrap())
+        .prepare_template(serde_json::to_vec(&strict).unwrap())
         .await
         .unwrap();
     assert_eq!(loaded_programs(&agent), 1);
@@ -522,7 +523,7 @@ async fn test_a_device_program_loaded_ahead_is_shared() {
     // the defaults, as containerd's deny-all does: the same program.
     agent
         .client
-        .load_device_program(br#"{"resources":{"devices":null},"devices":null}"#.to_vec())
+        .prepare_template(br#"{"resources":{"devices":null},"devices":null}"#.to_vec())
         .await
         .unwrap();
     assert_eq!(loaded_programs(&agent), 1);
@@ -539,19 +540,35 @@ async fn test_a_device_program_loaded_ahead_is_shared() {
         let message = refused(
             agent
                 .client
-                .load_device_program(serde_json::to_vec(&bad).unwrap()),
+                .prepare_template(serde_json::to_vec(&bad).unwrap()),
         )
         .await;
         assert_eq!(message, field);
     }
-    let message = refused(agent.client.load_device_program(b"{".to_vec())).await;
+    let message = refused(agent.client.prepare_template(b"{".to_vec())).await;
     assert!(
         message.starts_with("the OCI linux object is not valid: "),
         "{message}"
     );
     assert_eq!(loaded_programs(&agent), 1, "a refused program is kept");
+    let cgroups: Vec<_> = std::fs::read_dir(&agent.cgroup_root)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().unwrap().is_dir())
+        .map(|e| e.file_name())
+        .collect();
+    assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
 
     agent.sandbox("pod").await;
+    assert_eq!(
+        refused(
+            agent
+                .client
+                .prepare_template(serde_json::to_vec(&strict).unwrap())
+        )
+        .await,
+        "the sandbox pod exists already"
+    );
     let rootfs = agent.rootfs("root");
     let mut same = spec(
         &[

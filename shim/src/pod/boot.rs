@@ -268,9 +268,9 @@ pub(super) async fn stop(vmm: Vmm) {
     let _ = exit.wait_for(Option::is_some).await;
 }
 
-/// Has the cold-booted VM's agent load the pod's device program (so that
-/// the pods restored from the template find it loaded; a failure is a
-/// warning), pauses the VM, has it snapshot itself into the pod's sockets'
+/// Has the cold-booted VM's agent do ahead the guest kernel work its
+/// restored pods would repeat (PrepareTemplate: the pod's device program,
+/// a pod's cgroups; a failure is a warning), pauses the VM, has it snapshot itself into the pod's sockets'
 /// directory, resumes it, and moves the snapshot into place as `template`;
 /// then prunes the templates beyond `template-max`. Returns whether this
 /// VM's snapshot became the template (`false`: another's did first), or
@@ -287,10 +287,10 @@ pub(super) async fn make_template(
         device_rules,
         ..
     } = pod;
-    if let Err(err) = agent.load_device_program(device_rules.to_vec()).await {
+    if let Err(err) = agent.prepare_template(device_rules.to_vec()).await {
         tracing::warn!(
             pod = id,
-            "the template will not have the pod's device program loaded: {}",
+            "the template is not prepared (its restored pods will redo that work): {}",
             vmpod_sys::error::chain(&err)
         );
     }
