@@ -458,13 +458,7 @@ async fn test_device_cgroup_update() {
     agent.create("live", &live, &rootfs).await.unwrap();
     agent.client.start_container("live").await.unwrap();
     let init = ProcessId::init("live");
-    let mut before = Vec::new();
-    while !before.ends_with(b"\n") {
-        let chunk = agent.client.read_stdout(&init, 4096).await.unwrap();
-        assert!(!chunk.is_empty(), "no output: {before:?}");
-        before.extend_from_slice(&chunk);
-    }
-    let before = String::from_utf8_lossy(&before);
+    let before = agent.read_line(&init).await;
     assert!(before.ends_with("Operation not permitted\n"), "{before}");
     let bad = serde_json::json!({"devices": [{"allow": true, "type": "c", "access": "rwz"}]});
     assert_eq!(
@@ -589,13 +583,7 @@ async fn test_a_device_program_loaded_ahead_is_shared() {
     assert_eq!(loaded_programs(&agent), 1, "the same rules loaded again");
     agent.client.start_container("same").await.unwrap();
     let init = ProcessId::init("same");
-    let mut seen = Vec::new();
-    while !seen.ends_with(b"\n") {
-        let chunk = agent.client.read_stdout(&init, 4096).await.unwrap();
-        assert!(!chunk.is_empty(), "no output: {seen:?}");
-        seen.extend_from_slice(&chunk);
-    }
-    let seen = String::from_utf8_lossy(&seen);
+    let seen = agent.read_line(&init).await;
     assert!(seen.ends_with("Operation not permitted\n"), "{seen}");
     let mut other = same.clone();
     other["linux"]["resources"]["devices"]

@@ -245,6 +245,18 @@ impl HostAgent {
         }
     }
 
+    /// Reads stdout of `process` up to the end of a line; its end before
+    /// that fails the test.
+    pub async fn read_line(&self, process: &ProcessId) -> String {
+        let mut out = Vec::new();
+        while !out.ends_with(b"\n") {
+            let chunk = self.client.read_stdout(process, 4096).await.unwrap();
+            assert!(!chunk.is_empty(), "no output: {out:?}");
+            out.extend_from_slice(&chunk);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
     /// Runs a container to its end: (exit status, stdout, stderr).
     pub async fn run(&self, id: &str, spec: &Value, rootfs: &Path) -> (i32, String, String) {
         self.create(id, spec, rootfs).await.unwrap();
