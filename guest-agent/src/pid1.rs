@@ -181,9 +181,6 @@ pub fn enable_cgroup_controllers(dir: &Path) {
     }
 }
 
-/// The levels `vmpod.log_level` takes, as the shim's `log-level` does.
-const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
-
 /// Options for the agent on the kernel command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelOptions {
@@ -232,9 +229,14 @@ impl KernelOptions {
             } else if let Some(value) = word.strip_prefix("vmpod.log_port=") {
                 options.log_port = port(value);
             } else if let Some(value) = word.strip_prefix("vmpod.log_level=") {
-                options.log_level = LOG_LEVELS.into_iter().find(|level| *level == value);
+                options.log_level = vmpod_agent_api::LOG_LEVELS
+                    .into_iter()
+                    .find(|level| *level == value);
                 if options.log_level.is_none() {
-                    eprintln!("vmpod-agent: ignoring {word}: not one of {LOG_LEVELS:?}");
+                    eprintln!(
+                        "vmpod-agent: ignoring {word}: not one of {:?}",
+                        vmpod_agent_api::LOG_LEVELS
+                    );
                 }
             }
         }

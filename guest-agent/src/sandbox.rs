@@ -395,21 +395,16 @@ impl Sandbox {
         self: &Arc<Self>,
         linux_json: Vec<u8>,
     ) -> Result<(usize, Warmed), SandboxError> {
-        if let Some(pod) = &self.lock().pod {
-            return Err(SandboxError::SandboxExists(pod.id.clone()));
-        }
-        let programs = Arc::clone(&self.programs);
-        let cgroup_root = self.paths.cgroup_root.clone();
-        tokio::task::spawn_blocking(move || -> Result<(usize, Warmed), SandboxError> {
-            let length = crate::container::load_device_program(&linux_json, &programs)?;
-            let warmed = crate::template::warm_cgroups(&cgroup_root)?;
+        // Under the state's lock: no CreateSandbox comes in between.
+        self.blocking(move |sandbox, state| {
+            if let Some(pod) = &state.pod {
+                return Err(SandboxError::SandboxExists(pod.id.clone()));
+            }
+            let length = crate::container::load_device_program(&linux_json, &sandbox.programs)?;
+            let warmed = crate::template::warm_cgroups(&sandbox.paths.cgroup_root)?;
             Ok((length, warmed))
         })
         .await
-        .map_err(|err| SandboxError::Os {
-            what: "agent worker".into(),
-            source: std::io::Error::other(err.to_string()),
-        })?
     }
 
     /// StartContainer.

@@ -28,8 +28,6 @@ const DEFAULT_TEMPLATE_DIR: &str = ".templates";
 /// How many templates are kept unless `template-max` says otherwise, and
 /// how many it may say: each holds a pod VM's memory (~35 MiB at 256 MiB).
 const TEMPLATE_MAX: (u32, std::ops::RangeInclusive<u32>) = (8, 1..=1024);
-/// The levels `log-level` may name (tracing's).
-const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 /// Less guest memory than this does not boot the agent.
 const MIN_MEMORY_MIB: u32 = 64;
 /// vmpod-vm's limit: the guest's RAM must fit below the 32-bit MMIO gap and above it
@@ -236,7 +234,12 @@ impl Config {
         let (memory_mib, max_memory_mib) = check.memory(raw.memory, raw.max_memory)?;
         let cpu_template =
             check.one_of("cpu-template", raw.cpu_template, "auto", &CPU_TEMPLATES)?;
-        let log_level = check.one_of("log-level", raw.log_level, "info", &LOG_LEVELS)?;
+        let log_level = check.one_of(
+            "log-level",
+            raw.log_level,
+            "info",
+            &vmpod_agent_api::LOG_LEVELS,
+        )?;
         let agent_timeout = raw.agent_timeout.unwrap_or(300);
         if !(1..=3600).contains(&agent_timeout) {
             return Err(check.invalid(

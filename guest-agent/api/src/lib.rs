@@ -35,6 +35,10 @@ pub use client::{AgentClient, ClientError, HostTimeAndSeed, ProcessId, SandboxCo
 /// PrepareTemplate).
 pub const API_VERSION: u32 = 6;
 
+/// The log levels of the shim's `log-level`, which it passes to the agent
+/// as `vmpod.log_level` on the guest's kernel command line.
+pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
 /// The most bytes of CreateSandbox's `seed` the agent takes.
 pub const MAX_SEED_BYTES: usize = 256;
 

@@ -266,8 +266,7 @@ pub fn load_device_program(
 ) -> Result<usize, ContainerError> {
     let linux: oci_spec::runtime::Linux =
         json_with_rules("OCI linux object", linux_json, "/resources/devices")?;
-    let rules = device_cgroup::spec_rules(&linux).map_err(PlanError::from)?;
-    let program = device_cgroup::compile(&rules).map_err(PlanError::from)?;
+    let program = device_cgroup::spec_program(&linux).map_err(PlanError::from)?;
     programs.get_or_load(&program)?;
     Ok(program.len())
 }

@@ -270,11 +270,11 @@ pub(super) async fn stop(vmm: Vmm) {
 
 /// Has the cold-booted VM's agent do ahead the guest kernel work its
 /// restored pods would repeat (PrepareTemplate: the pod's device program,
-/// a pod's cgroups; a failure is a warning), pauses the VM, has it snapshot itself into the pod's sockets'
-/// directory, resumes it, and moves the snapshot into place as `template`;
-/// then prunes the templates beyond `template-max`. Returns whether this
-/// VM's snapshot became the template (`false`: another's did first), or
-/// why it failed, on one line.
+/// a pod's cgroups; a failure is a warning), pauses the VM, has it
+/// snapshot itself into the pod's sockets' directory, resumes it, and
+/// moves the snapshot into place as `template`; then prunes the templates
+/// beyond `template-max`. Returns whether this VM's snapshot became the
+/// template (`false`: another's did first), or why it failed, on one line.
 pub(super) async fn make_template(
     pod: PodLaunch<'_>,
     agent: &AgentClient,

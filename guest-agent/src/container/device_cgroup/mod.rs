@@ -25,6 +25,16 @@ pub use self::rules::{
     MAX_RULES,
 };
 
+/// The device program of a container whose spec has `linux`: its rules
+/// ([`spec_rules`]) compiled.
+///
+/// # Errors
+///
+/// [`RuleError`] naming the field at fault, or too many rules.
+pub fn spec_program(linux: &oci_spec::runtime::Linux) -> Result<Vec<Insn>, RuleError> {
+    compile(&spec_rules(linux)?)
+}
+
 /// A container's attached device program, the spec's device nodes an
 /// updated program still allows, and the agent's loaded programs an update
 /// takes its program from.

@@ -186,7 +186,7 @@ pub fn plan_init(spec: &Spec, rootfs: &Path, pod: &PodNamespaces) -> Result<Init
     let device_nodes = devices::plan_device_nodes(&linux, rootfs, &mounted)?;
     let dev = resolve_in_root(rootfs, Path::new("/dev"), &mounted)?;
     let devices = devices::default_devices(&dev, &device_nodes)?;
-    let device_program = super::device_cgroup::compile(&super::device_cgroup::spec_rules(&linux)?)?;
+    let device_program = super::device_cgroup::spec_program(&linux)?;
     let sysctls = limits::plan_sysctls(&linux, namespaces.clone_flags)?;
     let dev_links = devices::dev_links(&dev)?;
     Ok(InitPlan {
